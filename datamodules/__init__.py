@@ -1,0 +1,5 @@
+"""LightningDataModules that serve Whisper patching experiments."""
+
+from datamodules.pairs import PairDataModule
+
+__all__ = ["PairDataModule"]

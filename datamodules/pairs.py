@@ -1,0 +1,124 @@
+"""A LightningDataModule that serves batches of log-mel pairs (source clip, target clip) for patching.
+
+Reusable on its own::
+
+    dm = PairDataModule(pairs_file="pairs.csv", model="tiny.en")
+    dm.prepare_data(); dm.setup("predict")
+    for batch in dm.predict_dataloader(): ...
+"""
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from wpatch.audio import load_audio, log_mel
+from wpatch.errors import WpatchError
+from wpatch.models import cache_root, model_dims
+from wpatch.pairs import patch_items, read_pairs
+from wpatch.text import tokenizer_for, word_tokens
+from wpatch.tts import ClipCache, make_backend
+
+log = logging.getLogger(__name__)
+
+
+class PairDataModule(L.LightningDataModule):
+    """Pairs of words as batches of log-mels, token ids and metadata.
+
+    Args:
+        pairs_file: CSV of pairs (see `wpatch.pairs`); None = the packaged starter set.
+        limit: keep the first `limit` pairs.
+        bidirectional: serve A into B and B into A (the original design), else A into B only.
+        model: model spec; only its dimensions are read (n_mels, vocabulary).
+        tts: speech backend for words without a recording: espeak, piper or gtts.
+        voices: language -> voice for the backend, e.g. {en: en-us+m3, es: es}; unset languages use its defaults.
+        cache_dir: where clips are cached (default ~/.cache/wpatch/clips).
+        batch_size: items per batch.
+    """
+
+    def __init__(
+        self,
+        pairs_file: str | None = None,
+        limit: int | None = None,
+        bidirectional: bool = True,
+        model: str = "tiny.en",
+        tts: str = "espeak",
+        voices: dict[str, str] | None = None,
+        cache_dir: str | None = None,
+        batch_size: int = 16,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.clips = ClipCache(Path(cache_dir) if cache_dir else cache_root() / "clips", make_backend(tts), voices)
+        self.items = None
+        self.mels = None
+
+    def _clip_keys(self, items):
+        """(word, lang, audio path) of every source and target clip, in item order."""
+        return [list(zip(items[f"{side}_word"], items[f"{side}_lang"], items[f"{side}_audio"])) for side in ("source", "target")]
+
+    def _read_items(self):
+        pairs = read_pairs(self.hparams.pairs_file, self.hparams.limit)
+        return patch_items(pairs, self.hparams.bidirectional)
+
+    def prepare_data(self):
+        """Synthesise every clip that is not cached yet (runs once, on one process)."""
+        items = self._read_items()
+        for lang in set(items["source_lang"]) | set(items["target_lang"]):
+            self.clips.backend.check_voice(self.clips.voice(lang))
+        unique = sorted({key for side in self._clip_keys(items) for key in side if not key[2]})
+        start = time.perf_counter()
+        for word, lang, _ in unique:
+            self.clips.get(word, lang)
+        log.info("clips: %d synthesised, %d cached (%.1fs)", self.clips.synthesized, len(unique) - self.clips.synthesized, time.perf_counter() - start)
+
+    def setup(self, stage: str | None = None):
+        """Read the pairs, load every unique clip once and compute its log-mel once."""
+        if self.items is not None:
+            return
+        dims = model_dims(self.hparams.model)
+        items = self._read_items()
+        source_keys, target_keys = self._clip_keys(items)
+        unique = list(dict.fromkeys(source_keys + target_keys))
+        index = {key: i for i, key in enumerate(unique)}
+        self.mels = torch.stack([
+            log_mel(load_audio(audio if audio else self.clips.get(word, lang)), dims.n_mels) for word, lang, audio in unique
+        ])
+        self.clip_words = [key[0] for key in unique]
+        items["source_clip"] = [index[k] for k in source_keys]
+        items["target_clip"] = [index[k] for k in target_keys]
+        tokenizers = {lang: tokenizer_for(dims, lang) for lang in set(items["source_lang"]) | set(items["target_lang"])}
+        self.source_tokens = [word_tokens(tokenizers[lang], w) for w, lang in zip(items["source_word"], items["source_lang"])]
+        self.target_tokens = [word_tokens(tokenizers[lang], w) for w, lang in zip(items["target_word"], items["target_lang"])]
+        self.items = items
+
+    def collate(self, indices: list[int]) -> dict:
+        """A batch: source/target log-mels (B, n_mels, 3000), clip indices, token ids and metadata."""
+        rows = self.items.iloc[indices]
+        source_clip = torch.tensor(rows["source_clip"].to_numpy())
+        target_clip = torch.tensor(rows["target_clip"].to_numpy())
+        return {
+            "item_id": torch.tensor(rows["item_id"].to_numpy()),
+            "source_mel": self.mels[source_clip],
+            "target_mel": self.mels[target_clip],
+            "source_clip": source_clip,
+            "target_clip": target_clip,
+            "source_tokens": [self.source_tokens[i] for i in indices],
+            "target_tokens": [self.target_tokens[i] for i in indices],
+            **{column: rows[column].tolist() for column in ("pair_id", "direction", "category", "source_word", "target_word", "source_lang", "target_lang")},
+        }
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.items is None:
+            raise WpatchError("PairDataModule.predict_dataloader() called before setup(); call setup('predict') first")
+        return DataLoader(
+            range(len(self.items)),
+            batch_size=self.hparams.batch_size,
+            collate_fn=self.collate,
+            num_workers=self.hparams.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )

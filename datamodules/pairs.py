@@ -56,6 +56,7 @@ class PairDataModule(L.LightningDataModule):
         self.clips = ClipCache(Path(cache_dir) if cache_dir else cache_root() / "clips", make_backend(tts), voices)
         self.items = None
         self.mels = None
+        self.skipped: set[int] = set()
 
     def _clip_keys(self, items):
         """(word, lang, audio path) of every source and target clip, in item order."""
@@ -112,11 +113,15 @@ class PairDataModule(L.LightningDataModule):
             **{column: rows[column].tolist() for column in ("pair_id", "direction", "category", "source_word", "target_word", "source_lang", "target_lang")},
         }
 
+    def skip(self, item_ids: set[int]) -> None:
+        """Leave these items out of the dataloader (already done, e.g. when resuming a run)."""
+        self.skipped = set(item_ids)
+
     def predict_dataloader(self) -> DataLoader:
         if self.items is None:
             raise WpatchError("PairDataModule.predict_dataloader() called before setup(); call setup('predict') first")
         return DataLoader(
-            range(len(self.items)),
+            [i for i in range(len(self.items)) if i not in self.skipped],
             batch_size=self.hparams.batch_size,
             collate_fn=self.collate,
             num_workers=self.hparams.num_workers,

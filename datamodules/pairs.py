@@ -89,7 +89,7 @@ class PairDataModule(L.LightningDataModule):
         self.mels = torch.stack([
             log_mel(load_audio(audio if audio else self.clips.get(word, lang)), dims.n_mels) for word, lang, audio in unique
         ])
-        self.clip_words = [key[0] for key in unique]
+        self.clip_keys = unique  # (word, lang, recording path) of each row of self.mels
         items["source_clip"] = [index[k] for k in source_keys]
         items["target_clip"] = [index[k] for k in target_keys]
         tokenizers = {lang: tokenizer_for(dims, lang) for lang in set(items["source_lang"]) | set(items["target_lang"])}

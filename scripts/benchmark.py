@@ -1,0 +1,150 @@
+"""Time wpatch against the original way of running the experiment, on the same rows, model, clips and machine.
+
+    python scripts/benchmark.py [--limit 16] [--model tiny.en] [--accelerator cpu] [--precision 32-true]
+
+Modes:
+  original         per row, a forward hook on encoder.blocks[t] returning the source state, then
+                   `model.transcribe` of the target clip (what the original notebooks did);
+  original-decode  the same hook, then a batch-1 `whisper.decode` with the harness's token cap;
+  wpatch           the harness's predict loop (Lightning Trainer.predict) on cached clips and log-mels.
+The baselines run on a sample of rows (`--baseline-rows`) and are extrapolated per row; the output says so.
+Prints a table and JSON (rows/s, ratios, peak memory, transcript agreement with original-decode).
+"""
+
+import argparse
+import json
+import os
+import random
+import threading
+import time
+
+import lightning as L
+import torch
+import whisper
+
+from datamodules import PairDataModule
+from wpatch.audio import load_audio
+from wpatch.module import PatchingModule, check_precision
+from wpatch.patching import block_outputs, output_patch
+
+
+class PeakMemory:
+    """Peak resident memory (CPU, sampled every 20 ms) or peak CUDA allocation while the block runs, in MiB."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.peak = cuda, 0
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self.running, self.peak = True, self._rss()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.02)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.mib = (torch.cuda.max_memory_allocated() if self.cuda else self.peak) / 2**20
+
+
+def baseline(mode: str, module: PatchingModule, dm: PairDataModule, rows: list[tuple[int, int, int]], device) -> tuple[float, list[str]]:
+    """Seconds and transcripts for `rows` (item index, s, t), one hooked pass per row as the original did."""
+    model, items = module.whisper, dm.items
+    options = whisper.DecodingOptions(language=module.hparams.language, fp16=False, without_timestamps=True, sample_len=module.hparams.max_tokens)
+    transcripts = []
+    start = time.perf_counter()
+    for item, s, t in rows:
+        source_mel = dm.mels[items.source_clip[item]][None].to(device)
+        target_clip = items.target_clip[item]
+        with torch.no_grad():
+            states, _ = block_outputs(model.encoder, source_mel)
+            with output_patch(model.encoder.blocks[t], states[s]):
+                if mode == "original":
+                    text = model.transcribe(clip_audio(dm, target_clip), language=module.hparams.language, fp16=False, verbose=None)["text"]
+                else:
+                    text = whisper.decode(model, dm.mels[target_clip][None].to(device), options)[0].text
+        transcripts.append(text.strip())
+    return time.perf_counter() - start, transcripts
+
+
+def clip_audio(dm: PairDataModule, clip: int):
+    """The 16 kHz waveform of one of the datamodule's clips (transcribe takes audio, not a log-mel)."""
+    word, lang, audio = dm.clip_keys[clip]
+    return load_audio(audio or dm.clips.get(word, lang))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--pairs-file", default=None)
+    parser.add_argument("--limit", type=int, default=16, help="pairs (x2 directions)")
+    parser.add_argument("--tts", default="espeak")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--baseline-rows", type=int, default=48, help="rows timed for each baseline (extrapolated)")
+    parser.add_argument("--modes", default="original,original-decode,wpatch")
+    parser.add_argument("--json-out", default=None)
+    args = parser.parse_args()
+    check_precision(args.precision, args.accelerator in ("gpu", "cuda"))
+    device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
+    modes = args.modes.split(",")
+
+    dm = PairDataModule(pairs_file=args.pairs_file, limit=args.limit, model=args.model, tts=args.tts, batch_size=args.batch_size)
+    dm.prepare_data()
+    dm.setup("predict")
+    module = PatchingModule(model=args.model)
+    n_rows = len(dm.items) * len(module.pairs)
+    sample = sorted(random.Random(0).sample([(i, s, t) for i in range(len(dm.items)) for s, t in module.pairs], min(args.baseline_rows, n_rows)))
+
+    results = {}
+    if "wpatch" in modes:
+        trainer = L.Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, logger=False, enable_progress_bar=False, enable_model_summary=False)
+        with PeakMemory(device.type == "cuda") as memory:
+            start = time.perf_counter()
+            batches = trainer.predict(module, datamodule=dm)
+            seconds = time.perf_counter() - start
+        rows = {(r["item_id"], r["source_layer"], r["target_layer"]): r["transcript"] for batch in batches for r in batch}
+        results["wpatch"] = {"rows": n_rows, "seconds": seconds, "peak_mib": memory.mib, "sampled": False, "transcripts": [rows[k] for k in sample]}
+    module.whisper.to(device)
+    for mode in ("original", "original-decode"):
+        if mode in modes:
+            with PeakMemory(device.type == "cuda") as memory:
+                seconds, transcripts = baseline(mode, module, dm, sample, device)
+            results[mode] = {"rows": len(sample), "seconds": seconds, "peak_mib": memory.mib, "sampled": True, "transcripts": transcripts}
+
+    report = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+        "model": args.model, "precision": args.precision, "items": len(dm.items), "layer_pairs": len(module.pairs), "rows": n_rows,
+        "modes": {m: {"rows_per_s": r["rows"] / r["seconds"], "rows_timed": r["rows"], "seconds": round(r["seconds"], 2),
+                      "extrapolated": r["sampled"], "peak_mib": round(r["peak_mib"])} for m, r in results.items()},
+    }
+    if "wpatch" in results:
+        for mode in ("original", "original-decode"):
+            if mode in results:
+                report["modes"][mode]["wpatch_speedup"] = round(report["modes"]["wpatch"]["rows_per_s"] / report["modes"][mode]["rows_per_s"], 2)
+        if "original-decode" in results:
+            same = sum(a == b for a, b in zip(results["wpatch"]["transcripts"], results["original-decode"]["transcripts"]))
+            report["identical_transcripts_vs_original_decode"] = f"{same}/{len(sample)}"
+    print(f"{'mode':<16} {'rows/s':>9} {'timed rows':>11} {'seconds':>8} {'peak MiB':>9} {'wpatch x':>9}")
+    for mode, r in report["modes"].items():
+        note = " (sample, extrapolated per row)" if r["extrapolated"] else ""
+        print(f"{mode:<16} {r['rows_per_s']:>9.2f} {r['rows_timed']:>11} {r['seconds']:>8} {r['peak_mib']:>9} {r.get('wpatch_speedup', ''):>9}{note}")
+    print(json.dumps(report, indent=2))
+    if args.json_out:
+        with open(args.json_out, "w") as out:
+            json.dump(report, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()

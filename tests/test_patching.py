@@ -1,0 +1,114 @@
+"""Patching invariants: the fast path equals a plain forward hook, the diagonal equals the clean run."""
+
+import pytest
+import torch
+import whisper
+
+from tests.conftest import random_whisper
+from wpatch.audio import load_audio, log_mel
+from wpatch.decoding import greedy_transcripts, scoring_prefix, sequence_logprobs
+from wpatch.errors import WpatchError
+from wpatch.models import load_model
+from wpatch.patching import block_outputs, hook_patched_output, layer_pairs, output_patch, patched_outputs
+from wpatch.text import tokenizer_for
+from wpatch.tts import ClipCache, make_backend
+
+
+def mels_of(words, clip_dir, n_mels=80):
+    cache = ClipCache(clip_dir, make_backend("espeak"))
+    return torch.stack([log_mel(load_audio(cache.get(w, "en")), n_mels) for w in words])
+
+
+def assert_fast_path_equals_hooks(model, source_mel, target_mel):
+    states, clean = block_outputs(model.encoder, source_mel)
+    pairs = layer_pairs(len(model.encoder.blocks))
+    features, slot = patched_outputs(model.encoder, states, clean, pairs)
+    assert set(slot) == set(pairs) and features.shape[1] == 1 + len(pairs) - len(model.encoder.blocks)
+    hooked = torch.stack([hook_patched_output(model.encoder, target_mel, states[s], t) for s, t in pairs], dim=1)
+    fast = torch.stack([features[:, slot[p]] for p in pairs], dim=1)
+    assert (fast - hooked).abs().max().item() < 1e-5
+    flat = lambda x: x.flatten(0, 1)  # noqa: E731
+    assert greedy_transcripts(model, flat(fast), "en") == greedy_transcripts(model, flat(hooked), "en")
+    return features, slot, clean
+
+
+def test_fast_path_equals_hook_path_random_model(clip_dir):
+    torch.manual_seed(0)
+    model = random_whisper()
+    assert_fast_path_equals_hooks(model, mels_of(["bat", "hot"], clip_dir), mels_of(["pat", "cold"], clip_dir))
+
+
+@pytest.mark.real_weights
+def test_fast_path_equals_hook_path_tiny_en(clip_dir):
+    model = load_model("tiny.en")
+    features, slot, clean = assert_fast_path_equals_hooks(model, mels_of(["big", "water"], clip_dir), mels_of(["pig", "house"], clip_dir))
+    # the diagonal is the clean run of the source clip: same transcript, same teacher-forced score
+    mel = mels_of(["big", "water"], clip_dir)
+    options = whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True, sample_len=8)
+    clean_text = [r.text for r in whisper.decode(model, mel, options)]
+    for layer in range(4):
+        assert greedy_transcripts(model, features[:, slot[(layer, layer)]], "en") == clean_text
+    assert clean_text[0].strip(" .").lower() == "big"  # the real model hears the word
+
+
+def test_teacher_forced_scores_match_full_decoder_logits():
+    torch.manual_seed(1)
+    model = random_whisper()
+    prefix = scoring_prefix(tokenizer_for(model.dims))
+    features = torch.randn(2, 1500, model.dims.n_audio_state)
+    sequences = [[[7365], [6577, 11]], [[1458, 2, 3]]]
+    scores = sequence_logprobs(model, features, sequences, prefix)
+    for f, seqs in enumerate(sequences):
+        for j, seq in enumerate(seqs):
+            logp = model.logits(torch.tensor([prefix + seq]), features[f : f + 1]).log_softmax(-1)[0]
+            expected = sum(logp[len(prefix) - 1 + i, token].item() for i, token in enumerate(seq))
+            assert scores[f][j] == pytest.approx(expected, abs=1e-4)
+
+
+def test_hooks_are_removed_even_on_error():
+    model = random_whisper()
+    block = model.encoder.blocks[1]
+    with pytest.raises(AssertionError, match="incorrect audio shape"):
+        with output_patch(block, torch.zeros(1, 1500, model.dims.n_audio_state)):
+            assert len(block._forward_hooks) == 1
+            model.encoder(torch.zeros(1, 80, 10))  # wrong length: the encoder raises
+    assert len(block._forward_hooks) == 0
+
+
+def test_layers_outside_the_model_are_refused():
+    assert len(layer_pairs(4)) == 16 and layer_pairs(4, [1], [2, 3]) == [(1, 2), (1, 3)]
+    with pytest.raises(WpatchError, match="source layer 4 is outside the encoder's 4 blocks"):
+        layer_pairs(4, [4])
+    with pytest.raises(WpatchError, match="target layer -1"):
+        layer_pairs(4, None, [-1])
+
+
+@pytest.mark.real_weights
+def test_module_diagonal_rows_equal_the_unpatched_run(tmp_path, clip_dir):
+    from datamodules import PairDataModule
+    from wpatch.module import PatchingModule
+
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("word_a,word_b\nbig,pig\nwater,house\n")
+    dm = PairDataModule(pairs_file=str(csv), cache_dir=clip_dir, bidirectional=False)
+    dm.setup()
+    module = PatchingModule()
+    batch = next(iter(dm.predict_dataloader()))
+    rows = module.predict_step(batch)
+    model = module.whisper
+    prefix = scoring_prefix(module.tokenizer)
+    options = whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True, sample_len=8)
+    for b, word in enumerate(["big", "water"]):
+        mel = batch["source_mel"][b : b + 1]
+        text = whisper.decode(model, mel, options)[0].text.strip()
+        clean = model.embed_audio(mel)
+        forms = []
+        for form in (" " + word, " " + word.capitalize()):
+            seq = module.tokenizer.encode(form)
+            logp = model.logits(torch.tensor([prefix + seq]), clean).log_softmax(-1)[0]
+            forms.append(sum(logp[len(prefix) - 1 + i, token] for i, token in enumerate(seq)))
+        expected = torch.stack(forms).logsumexp(0).item()
+        diagonal = [r for r in rows if r["source_word"] == word and r["source_layer"] == r["target_layer"]]
+        assert len(diagonal) == 4
+        for row in diagonal:
+            assert row["transcript"] == text and row["logp_source"] == pytest.approx(expected, abs=1e-4)

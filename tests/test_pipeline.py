@@ -1,0 +1,122 @@
+"""Experiment A end to end through LightningCLI, the real Trainer, the writer and TensorBoard."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from scripts.predict import main
+from wpatch.module import ROW_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = "word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\nship,sheep,vowel\n"
+
+
+def run(tmp_path, model, out, *extra):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text(PAIRS)
+    return [
+        "--config", str(ROOT / "configs/experiment_a.yaml"), "--model.model", model, "--data.pairs_file", str(csv),
+        "--data.cache_dir", str(tmp_path / "clips"), "--data.batch_size", "4", "--writer.output_dir", str(out),
+        "--trainer.enable_progress_bar", "false", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, small_model_path):
+    tmp_path = tmp_path_factory.mktemp("run")
+    out = tmp_path / "out"
+    main(run(tmp_path, small_model_path, out))
+    return tmp_path, out
+
+
+def test_table_has_one_row_per_item_and_layer_pair(finished_run):
+    _, out = finished_run
+    rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert list(rows.columns) == ROW_COLUMNS
+    assert len(rows) == 6 * 3 * 3  # 3 pairs x 2 directions, 3 encoder blocks
+    assert not rows.duplicated(["item_id", "source_layer", "target_layer"]).any()
+    assert rows["score"].between(0, 1).all()
+    expected = 1 / (1 + (rows["logp_target"] - rows["logp_source"]).map(lambda d: __import__("math").exp(d)))
+    assert (rows["score"] - expected).abs().max() < 1e-9
+
+
+def test_diagonal_rows_equal_the_clean_run(finished_run):
+    _, out = finished_run
+    rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    diagonal = rows[rows.source_layer == rows.target_layer]
+    # under a whole-block patch every diagonal cell is the clean source run: identical across layers
+    for _, cells in diagonal.groupby("item_id"):
+        assert cells["transcript"].nunique() == 1 and cells["logp_source"].nunique() == 1
+
+
+def test_matrices_are_the_means_of_the_table(finished_run):
+    _, out = finished_run
+    rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    for measure in ("override", "score"):
+        matrix = pd.read_csv(out / f"{measure}_matrix.csv", index_col=0)
+        for s in range(3):
+            for t in range(3):
+                cell = rows[(rows.source_layer == s) & (rows.target_layer == t)][measure].astype(float).mean()
+                assert matrix.iloc[s, t] == pytest.approx(cell)
+        vowel = pd.read_csv(out / f"{measure}_matrix_vowel.csv", index_col=0)
+        assert vowel.iloc[0, 1] == pytest.approx(rows[(rows.category == "vowel") & (rows.source_layer == 0) & (rows.target_layer == 1)][measure].astype(float).mean())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["groups"]["all"]["rows"] == 54 and summary["groups"]["category=vowel"]["items"] == 2
+    score = pd.read_csv(out / "score_matrix.csv", index_col=0).to_numpy()
+    assert summary["groups"]["all"]["score"]["diagonal_mean"] == pytest.approx(score.diagonal().mean())
+
+
+def test_tensorboard_holds_the_heatmaps(finished_run):
+    _, out = finished_run
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    assert "override_matrix/all" in tags["images"] and "score_matrix/category=vowel" in tags["images"]
+    image = events.Images("score_matrix/all")[0]
+    assert image.width > 100 and image.encoded_image_string.startswith(b"\x89PNG")
+    assert "score/diagonal_mean/all" in tags["scalars"]
+    assert (out / "score_matrix.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_finished_run_is_refused_and_unfinished_run_resumes(finished_run, small_model_path, capsys):
+    tmp_path, out = finished_run
+    with pytest.raises(SystemExit) as exit_info:
+        main(run(tmp_path, small_model_path, out))
+    assert exit_info.value.code == 2 and "already holds a finished run" in capsys.readouterr().err
+    # an interrupted copy: no summary, one batch of parts missing
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    (partial / "summary.json").unlink()
+    parts = sorted((partial / "parts").glob("items-*.csv"))
+    parts[-1].unlink()
+    with pytest.raises(SystemExit):
+        main(run(tmp_path, small_model_path, partial))
+    assert "unfinished run" in capsys.readouterr().err
+    main(run(tmp_path, small_model_path, partial, "--writer.resume", "true"))
+    assert pd.read_csv(partial / "predictions.csv").equals(pd.read_csv(out / "predictions.csv"))
+
+
+def test_two_process_ddp_run_gives_the_same_rows(finished_run, small_model_path):
+    tmp_path, out = finished_run
+    ddp_out = tmp_path / "ddp"
+    args = run(tmp_path, small_model_path, ddp_out, "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/predict.py"), *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((ddp_out / "parts").glob("items-*.csv"))) == 2  # one batch per rank
+    assert pd.read_csv(ddp_out / "predictions.csv").equals(pd.read_csv(out / "predictions.csv"))
+
+
+def test_bad_precision_fails_with_one_line(tmp_path, small_model_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(run(tmp_path, small_model_path, tmp_path / "x", "--trainer.precision", "16-mixed"))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.count("\n") == 0 and "16-mixed is not supported on the CPU" in err
+    assert not (tmp_path / "x").exists()

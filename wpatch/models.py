@@ -79,9 +79,8 @@ def bundle_directory(name: str) -> Path | None:
     parts = [root / folder / f"model.bin.part{i + 1}" for i, root in enumerate(roots)]
     directory = cache_root() / "models" / name
     _join_parts(parts, directory / "model.bin")
-    for extra in ("config.json",):
-        if (first / extra).exists() and not (directory / extra).exists():
-            (directory / extra).write_bytes((first / extra).read_bytes())
+    if (first / "config.json").exists() and not (directory / "config.json").exists():
+        (directory / "config.json").write_bytes((first / "config.json").read_bytes())
     return directory
 
 

@@ -64,7 +64,7 @@ class PatchingModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> list[dict]:
         """One row per item and layer pair (columns `ROW_COLUMNS`)."""
-        clips, first, inverse = _unique(batch["source_clip"])
+        first, inverse = _unique(batch["source_clip"])
         states, clean = block_outputs(self.whisper.encoder, batch["source_mel"][first])
         features, slot = patched_outputs(self.whisper.encoder, states, clean, self.pairs)
         n_slots = features.shape[1]
@@ -96,9 +96,9 @@ class PatchingModule(L.LightningModule):
         return rows
 
 
-def _unique(clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Distinct clip ids, the batch position of each one's first occurrence, and each position's distinct index."""
+def _unique(clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch position of each distinct clip's first occurrence, and each position's distinct-clip index."""
     unique, inverse = torch.unique(clips, return_inverse=True)
     first = torch.full((len(unique),), len(clips), dtype=torch.long, device=clips.device)
     first = first.scatter_reduce(0, inverse, torch.arange(len(clips), device=clips.device), reduce="amin")
-    return unique, first, inverse
+    return first, inverse

@@ -12,18 +12,15 @@ import time
 from pathlib import Path
 
 import lightning as L
-import matplotlib
+import pandas as pd
+import seaborn as sns
+from lightning.pytorch.callbacks import BasePredictionWriter
+from matplotlib.figure import Figure
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from lightning.pytorch.callbacks import BasePredictionWriter  # noqa: E402
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
-from torch.utils.tensorboard.summary import hparams  # noqa: E402
-
-from wpatch.errors import WpatchError  # noqa: E402
-from wpatch.module import ROW_COLUMNS  # noqa: E402
+from wpatch.errors import WpatchError
+from wpatch.module import ROW_COLUMNS
 
 MEASURES = ("override", "score")
 
@@ -46,9 +43,10 @@ def matrix_summary(matrix: pd.DataFrame) -> dict:
     }
 
 
-def heatmap(matrix: pd.DataFrame, title: str):
-    """An annotated seaborn heatmap of a layer matrix."""
-    figure, axes = plt.subplots(figsize=(1.1 * matrix.shape[1] + 2, 0.9 * matrix.shape[0] + 1.5))
+def heatmap(matrix: pd.DataFrame, title: str) -> Figure:
+    """An annotated seaborn heatmap of a layer matrix (a pyplot-free Figure: no GUI backend, no global state)."""
+    figure = Figure(figsize=(1.1 * matrix.shape[1] + 2, 0.9 * matrix.shape[0] + 1.5))
+    axes = figure.subplots()
     sns.heatmap(matrix, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", square=True, ax=axes, cbar_kws={"shrink": 0.8})
     axes.set_xlabel("target layer (block replaced)")
     axes.set_ylabel("source layer (state taken)")

@@ -36,7 +36,9 @@ class PairDataModule(L.LightningDataModule):
         tts: speech backend for words without a recording: espeak, piper or gtts.
         voices: language -> voice for the backend, e.g. {en: en-us+m3, es: es}; unset languages use its defaults.
         cache_dir: where clips are cached (default ~/.cache/wpatch/clips).
-        batch_size: items per batch.
+        batch_size: source clips per batch when `group_by_source` (each with all its items), else items per batch.
+        group_by_source: serve every item that shares a source clip in the same batch, so work that depends
+            only on the source (the whole-block patch) is done once per clip, on one process.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class PairDataModule(L.LightningDataModule):
         voices: dict[str, str] | None = None,
         cache_dir: str | None = None,
         batch_size: int = 16,
+        group_by_source: bool = True,
         num_workers: int = 0,
     ):
         super().__init__()
@@ -93,12 +96,15 @@ class PairDataModule(L.LightningDataModule):
         items["source_clip"] = [index[k] for k in source_keys]
         items["target_clip"] = [index[k] for k in target_keys]
         tokenizers = {lang: tokenizer_for(dims, lang) for lang in set(items["source_lang"]) | set(items["target_lang"])}
+        groups = items.groupby("source_clip", sort=False).indices if self.hparams.group_by_source else {i: [i] for i in range(len(items))}
+        self.groups = [[int(i) for i in group] for group in groups.values()]
         self.source_tokens = [word_tokens(tokenizers[lang], w) for w, lang in zip(items["source_word"], items["source_lang"])]
         self.target_tokens = [word_tokens(tokenizers[lang], w) for w, lang in zip(items["target_word"], items["target_lang"])]
         self.items = items
 
-    def collate(self, indices: list[int]) -> dict:
-        """A batch: source/target log-mels (B, n_mels, 3000), clip indices, token ids and metadata."""
+    def collate(self, groups: list[int]) -> dict:
+        """A batch of the items in these groups: source/target log-mels (B, n_mels, 3000), clip indices, token ids, metadata."""
+        indices = [i for g in groups for i in self.groups[g] if i not in self.skipped]
         rows = self.items.iloc[indices]
         source_clip = torch.tensor(rows["source_clip"].to_numpy())
         target_clip = torch.tensor(rows["target_clip"].to_numpy())
@@ -121,7 +127,7 @@ class PairDataModule(L.LightningDataModule):
         if self.items is None:
             raise WpatchError("PairDataModule.predict_dataloader() called before setup(); call setup('predict') first")
         return DataLoader(
-            [i for i in range(len(self.items)) if i not in self.skipped],
+            [g for g, group in enumerate(self.groups) if not self.skipped.issuperset(group)],
             batch_size=self.hparams.batch_size,
             collate_fn=self.collate,
             num_workers=self.hparams.num_workers,

@@ -74,3 +74,15 @@ def test_recordings_are_used_instead_of_synthesis(tmp_path, small_model_path):
     dm.setup()
     assert dm.clips.synthesized == 0 and not (tmp_path / "clips").exists()
     assert dm.mels.shape == (2, 80, 3000) and not torch.equal(dm.mels[0], dm.mels[1])
+
+
+def test_items_sharing_a_source_clip_come_in_one_batch(tmp_path, small_model_path):
+    csv = write_csv(tmp_path / "pairs.csv", "word_a,word_b\nbat,pat\ncat,hat\nbat,cat\n")
+    dm = PairDataModule(pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"), batch_size=1)
+    dm.setup()
+    batches = list(dm.predict_dataloader())
+    sources = [b["source_word"] for b in batches]
+    assert sources == [["bat", "bat"], ["pat"], ["cat", "cat"], ["hat"]]
+    assert sorted(i for b in batches for i in b["item_id"].tolist()) == list(range(6))
+    dm.skip({0, 4, 5})  # a resumed run: bat's items done, one of cat's
+    assert [b["item_id"].tolist() for b in dm.predict_dataloader()] == [[1], [2], [3]]

@@ -83,6 +83,17 @@ def clip_audio(dm: PairDataModule, clip: int):
     return load_audio(audio or dm.clips.get(word, lang))
 
 
+def run_wpatch(module: PatchingModule, dm: PairDataModule, accelerator: str, precision: str, device) -> tuple[float, float, dict]:
+    """Seconds, peak MiB and {(item, s, t): (transcript, score)} of the harness's predict loop."""
+    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with PeakMemory(device.type == "cuda") as memory:
+        start = time.perf_counter()
+        batches = trainer.predict(module, datamodule=dm)
+        seconds = time.perf_counter() - start
+    rows = {(r["item_id"], r["source_layer"], r["target_layer"]): (r["transcript"], r["score"]) for batch in batches for r in batch}
+    return seconds, memory.mib, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny.en")
@@ -94,9 +105,11 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--baseline-rows", type=int, default=48, help="rows timed for each baseline (extrapolated)")
     parser.add_argument("--modes", default="original,original-decode,wpatch")
+    parser.add_argument("--compare-precision", default=None, help="also run wpatch under this precision (e.g. bf16-mixed) and report its agreement with fp32")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
-    check_precision(args.precision, args.accelerator in ("gpu", "cuda"))
+    for precision in filter(None, (args.precision, args.compare_precision)):
+        check_precision(precision, args.accelerator in ("gpu", "cuda"))
     device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
     modes = args.modes.split(",")
 
@@ -109,13 +122,17 @@ def main() -> None:
 
     results = {}
     if "wpatch" in modes:
-        trainer = L.Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, logger=False, enable_progress_bar=False, enable_model_summary=False)
-        with PeakMemory(device.type == "cuda") as memory:
-            start = time.perf_counter()
-            batches = trainer.predict(module, datamodule=dm)
-            seconds = time.perf_counter() - start
-        rows = {(r["item_id"], r["source_layer"], r["target_layer"]): r["transcript"] for batch in batches for r in batch}
-        results["wpatch"] = {"rows": n_rows, "seconds": seconds, "peak_mib": memory.mib, "sampled": False, "transcripts": [rows[k] for k in sample]}
+        seconds, peak, rows = run_wpatch(module, dm, args.accelerator, args.precision, device)
+        results["wpatch"] = {"rows": n_rows, "seconds": seconds, "peak_mib": peak, "sampled": False, "transcripts": [rows[k][0] for k in sample]}
+    agreement = None
+    if args.compare_precision:
+        reference = rows if args.precision == "32-true" else run_wpatch(module, dm, args.accelerator, "32-true", device)[2]
+        seconds, peak, mixed = run_wpatch(module, dm, args.accelerator, args.compare_precision, device)
+        agreement = {
+            "precision": args.compare_precision, "rows_per_s": n_rows / seconds, "peak_mib": round(peak),
+            "identical_transcripts": sum(mixed[k][0] == reference[k][0] for k in reference) / n_rows,
+            "mean_abs_score_difference": sum(abs(mixed[k][1] - reference[k][1]) for k in reference) / n_rows,
+        }
     module.whisper.to(device)
     for mode in ("original", "original-decode"):
         if mode in modes:
@@ -136,6 +153,8 @@ def main() -> None:
         if "original-decode" in results:
             same = sum(a == b for a, b in zip(results["wpatch"]["transcripts"], results["original-decode"]["transcripts"]))
             report["identical_transcripts_vs_original_decode"] = f"{same}/{len(sample)}"
+    if agreement:
+        report["precision_agreement"] = agreement
     print(f"{'mode':<16} {'rows/s':>9} {'timed rows':>11} {'seconds':>8} {'peak MiB':>9} {'wpatch x':>9}")
     for mode, r in report["modes"].items():
         note = " (sample, extrapolated per row)" if r["extrapolated"] else ""

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
@@ -33,8 +34,10 @@ class PairDataModule(L.LightningDataModule):
         limit: keep the first `limit` pairs.
         bidirectional: serve A into B and B into A (the original design), else A into B only.
         model: model spec; only its dimensions are read (n_mels, vocabulary).
-        tts: speech backend for words without a recording: espeak, piper or gtts.
-        voices: language -> voice for the backend, e.g. {en: en-us+m3, es: es}; unset languages use its defaults.
+        tts: speech backend(s) for words without a recording: espeak, piper, gtts, or a list of them to run the
+            same set with several voices (items repeat per backend; the `voice` column tells them apart).
+        voices: language -> voice, e.g. {en: en-us+m3, es: es}, for every backend; `backend.lang` keys
+            (e.g. {piper.en: en_US-joe-medium}) for one backend only. Unset languages use a backend's defaults.
         cache_dir: where clips are cached (default ~/.cache/wpatch/clips).
         batch_size: source clips per batch when `group_by_source` (each with all its items), else items per batch.
         group_by_source: serve every item that shares a source clip in the same batch, so work that depends
@@ -47,7 +50,7 @@ class PairDataModule(L.LightningDataModule):
         limit: int | None = None,
         bidirectional: bool = True,
         model: str = "tiny.en",
-        tts: str = "espeak",
+        tts: str | list[str] = "espeak",
         voices: dict[str, str] | None = None,
         cache_dir: str | None = None,
         batch_size: int = 16,
@@ -56,29 +59,43 @@ class PairDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.clips = ClipCache(Path(cache_dir) if cache_dir else cache_root() / "clips", make_backend(tts), voices)
+        root = Path(cache_dir) if cache_dir else cache_root() / "clips"
+        voices = voices or {}
+        self.clips = {}  # backend name -> its clip cache
+        for name in [tts] if isinstance(tts, str) else tts:
+            backend = make_backend(name)
+            mine = {k: v for k, v in voices.items() if "." not in k} | {k.split(".", 1)[1]: v for k, v in voices.items() if k.startswith(name + ".")}
+            self.clips[name] = ClipCache(root, backend, mine)
         self.items = None
         self.mels = None
         self.skipped: set[int] = set()
 
     def _clip_keys(self, items):
-        """(word, lang, audio path) of every source and target clip, in item order."""
-        return [list(zip(items[f"{side}_word"], items[f"{side}_lang"], items[f"{side}_audio"])) for side in ("source", "target")]
+        """(word, lang, recording path, voice) of every source and target clip, in item order."""
+        voice = lambda side: items["voice"].where(items[f"{side}_audio"] == "", "")  # noqa: E731 (a recording has no voice)
+        return [list(zip(items[f"{side}_word"], items[f"{side}_lang"], items[f"{side}_audio"], voice(side))) for side in ("source", "target")]
 
     def _read_items(self):
-        pairs = read_pairs(self.hparams.pairs_file, self.hparams.limit)
-        return patch_items(pairs, self.hparams.bidirectional)
+        """The patching items, repeated once per voice, numbered 0..n-1."""
+        items = patch_items(read_pairs(self.hparams.pairs_file, self.hparams.limit), self.hparams.bidirectional)
+        items = pd.concat([items.assign(voice=name) for name in self.clips], ignore_index=True)
+        items["item_id"] = range(len(items))
+        return items
+
+    def _clip(self, word: str, lang: str, audio: str, voice: str) -> Path:
+        return Path(audio) if audio else self.clips[voice].get(word, lang)
 
     def prepare_data(self):
         """Synthesise every clip that is not cached yet (runs once, on one process)."""
         items = self._read_items()
-        for lang in set(items["source_lang"]) | set(items["target_lang"]):
-            self.clips.backend.check_voice(self.clips.voice(lang))
         unique = sorted({key for side in self._clip_keys(items) for key in side if not key[2]})
+        for lang, voice in sorted({(lang, voice) for _, lang, _, voice in unique}):
+            self.clips[voice].backend.check_voice(self.clips[voice].voice(lang))
         start = time.perf_counter()
-        for word, lang, _ in unique:
-            self.clips.get(word, lang)
-        log.info("clips: %d synthesised, %d cached (%.1fs)", self.clips.synthesized, len(unique) - self.clips.synthesized, time.perf_counter() - start)
+        for key in unique:
+            self._clip(*key)
+        made = sum(cache.synthesized for cache in self.clips.values())
+        log.info("clips: %d synthesised, %d cached (%.1fs)", made, len(unique) - made, time.perf_counter() - start)
 
     def setup(self, stage: str | None = None):
         """Read the pairs, load every unique clip once and compute its log-mel once."""
@@ -90,9 +107,9 @@ class PairDataModule(L.LightningDataModule):
         unique = list(dict.fromkeys(source_keys + target_keys))
         index = {key: i for i, key in enumerate(unique)}
         self.mels = torch.stack([
-            log_mel(load_audio(audio if audio else self.clips.get(word, lang)), dims.n_mels) for word, lang, audio in unique
+            log_mel(load_audio(self._clip(*key)), dims.n_mels) for key in unique
         ])
-        self.clip_keys = unique  # (word, lang, recording path) of each row of self.mels
+        self.clip_paths = [self._clip(*key) for key in unique]  # the audio behind each row of self.mels
         items["source_clip"] = [index[k] for k in source_keys]
         items["target_clip"] = [index[k] for k in target_keys]
         tokenizers = {lang: tokenizer_for(dims, lang) for lang in set(items["source_lang"]) | set(items["target_lang"])}
@@ -116,7 +133,7 @@ class PairDataModule(L.LightningDataModule):
             "target_clip": target_clip,
             "source_tokens": [self.source_tokens[i] for i in indices],
             "target_tokens": [self.target_tokens[i] for i in indices],
-            **{column: rows[column].tolist() for column in ("pair_id", "direction", "category", "source_word", "target_word", "source_lang", "target_lang")},
+            **{column: rows[column].tolist() for column in ("pair_id", "direction", "category", "voice", "source_word", "target_word", "source_lang", "target_lang")},
         }
 
     def skip(self, item_ids: set[int]) -> None:

@@ -70,17 +70,11 @@ def baseline(mode: str, module: PatchingModule, dm: PairDataModule, rows: list[t
             states, _ = block_outputs(model.encoder, source_mel)
             with output_patch(model.encoder.blocks[t], states[s]):
                 if mode == "original":
-                    text = model.transcribe(clip_audio(dm, target_clip), language=module.hparams.language, fp16=False, verbose=None)["text"]
+                    text = model.transcribe(load_audio(dm.clip_paths[target_clip]), language=module.hparams.language, fp16=False, verbose=None)["text"]
                 else:
                     text = whisper.decode(model, dm.mels[target_clip][None].to(device), options)[0].text
         transcripts.append(text.strip())
     return time.perf_counter() - start, transcripts
-
-
-def clip_audio(dm: PairDataModule, clip: int):
-    """The 16 kHz waveform of one of the datamodule's clips (transcribe takes audio, not a log-mel)."""
-    word, lang, audio = dm.clip_keys[clip]
-    return load_audio(audio or dm.clips.get(word, lang))
 
 
 def run_wpatch(module: PatchingModule, dm: PairDataModule, accelerator: str, precision: str, device) -> tuple[float, float, dict]:

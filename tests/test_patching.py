@@ -54,10 +54,10 @@ def test_fast_path_equals_hook_path_tiny_en(clip_dir):
 def test_teacher_forced_scores_match_full_decoder_logits():
     torch.manual_seed(1)
     model = random_whisper()
-    prefix = scoring_prefix(tokenizer_for(model.dims))
+    prefix = list(scoring_prefix(tokenizer_for(model.dims)))
     features = torch.randn(2, 1500, model.dims.n_audio_state)
     sequences = [[[7365], [6577, 11]], [[1458, 2, 3]]]
-    scores = sequence_logprobs(model, features, sequences, prefix)
+    scores = sequence_logprobs(model, features, [[(prefix, seq) for seq in seqs] for seqs in sequences])
     for f, seqs in enumerate(sequences):
         for j, seq in enumerate(seqs):
             logp = model.logits(torch.tensor([prefix + seq]), features[f : f + 1]).log_softmax(-1)[0]
@@ -96,7 +96,7 @@ def test_module_diagonal_rows_equal_the_unpatched_run(tmp_path, clip_dir):
     batch = next(iter(dm.predict_dataloader()))
     rows = module.predict_step(batch)
     model = module.whisper
-    prefix = scoring_prefix(module.tokenizer)
+    prefix = list(scoring_prefix(module.tokenizer))
     options = whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True, sample_len=8)
     for b, word in enumerate(["big", "water"]):
         mel = batch["source_mel"][b : b + 1]

@@ -1,5 +1,6 @@
 """Experiment A end to end through LightningCLI, the real Trainer, the writer and TensorBoard."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,17 +14,18 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from scripts.predict import main
+from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from wpatch.module import ROW_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = "word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\nship,sheep,vowel\n"
 
 
-def run(tmp_path, model, out, *extra):
+def run(tmp_path, model, out, *extra, pairs=PAIRS, config="experiment_a"):
     csv = tmp_path / "pairs.csv"
-    csv.write_text(PAIRS)
+    csv.write_text(pairs)
     return [
-        "--config", str(ROOT / "configs/experiment_a.yaml"), "--model.model", model, "--data.pairs_file", str(csv),
+        "--config", str(ROOT / f"configs/{config}.yaml"), "--model.model", model, "--data.pairs_file", str(csv),
         "--data.cache_dir", str(tmp_path / "clips"), "--data.batch_size", "4", "--writer.output_dir", str(out),
         "--trainer.enable_progress_bar", "false", *extra,
     ]
@@ -120,3 +122,31 @@ def test_bad_precision_fails_with_one_line(tmp_path, small_model_path, capsys):
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and err.count("\n") == 0 and "16-mixed is not supported on the CPU" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_experiment_b_cross_lingual_measures(tmp_path):
+    multilingual = save_checkpoint(random_whisper(dataclasses.replace(SMALL_DIMS, n_vocab=51865), seed=3), tmp_path / "ml.pt")
+    pairs = "word_a,word_b,lang_a,lang_b,category\ntelephone,teléfono,en,es,cognate\ncat,gato,en,es,non-cognate\n"
+    out = tmp_path / "b"
+    main(run(tmp_path, multilingual, out, pairs=pairs, config="experiment_b"))
+    rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert len(rows) == 2 * 9 and set(rows.direction) == {"a->b"} and set(rows.source_word) == {"telephone", "cat"}
+    assert rows["p_source_language"].astype(float).between(0, 1).all()
+    assert rows["transfer"].isin([True, False]).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["language"] is None and summary["model"] == multilingual
+    assert {"all", "recognised", "category=cognate", "category=non-cognate|recognised"} <= set(summary["groups"])
+    language = pd.read_csv(out / "p_source_language_matrix.csv", index_col=0)
+    assert language.iloc[1, 2] == pytest.approx(rows[(rows.source_layer == 1) & (rows.target_layer == 2)]["p_source_language"].astype(float).mean())
+
+
+def test_several_voices_in_one_run(tmp_path, small_model_path):
+    out = tmp_path / "voices"
+    main(run(tmp_path, small_model_path, out, "--data.tts", "[espeak, piper]", pairs="word_a,word_b,category\nbat,pat,consonant\n"))
+    rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert rows.groupby("voice")["item_id"].nunique().to_dict() == {"espeak": 2, "piper": 2}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["groups"]["voice=piper"]["items"] == 2
+    espeak = pd.read_csv(out / "score_matrix_voice-espeak.csv", index_col=0)
+    piper = pd.read_csv(out / "score_matrix_voice-piper.csv", index_col=0)
+    assert summary["voice_differences_mean_abs"]["espeak vs piper"]["score"] == pytest.approx((espeak - piper).abs().to_numpy().mean())

@@ -20,20 +20,20 @@ def greedy_transcripts(model: Whisper, features: Tensor, language: str | None, t
 
 
 @torch.no_grad()
-def sequence_logprobs(model: Whisper, features: Tensor, sequences: list[list[list[int]]], prefix: list[int]) -> list[list[float]]:
-    """Teacher-forced log P(sequence | prefix, features[f]) for each token sequence of each feature f.
+def sequence_logprobs(model: Whisper, features: Tensor, sequences: list[list[tuple[list[int], list[int]]]]) -> list[list[float]]:
+    """Teacher-forced log P(continuation | prefix, features[f]) for each (prefix, continuation) of each feature f.
 
     One decoder pass for all sequences. The cross-attention keys and values are computed once per feature:
     cross-attention treats every query position on its own, so all sequences of one feature are laid out
     as a single (S * T)-long query against that feature.
     """
     n_features, n_seq = len(sequences), max(len(s) for s in sequences)
-    length = len(prefix) + max(len(seq) for seqs in sequences for seq in seqs)
+    length = max(len(prefix) + len(rest) for seqs in sequences for prefix, rest in seqs)
     tokens = torch.zeros(n_features, n_seq, length, dtype=torch.long)
     wanted = torch.zeros(n_features, n_seq, length, dtype=torch.bool)  # positions whose next token is scored
     for f, seqs in enumerate(sequences):
-        for j, seq in enumerate(seqs):
-            full = list(prefix) + list(seq)
+        for j, (prefix, rest) in enumerate(seqs):
+            full = list(prefix) + list(rest)
             tokens[f, j, : len(full)] = torch.tensor(full)
             wanted[f, j, len(prefix) - 1 : len(full) - 1] = True
     tokens, wanted = tokens.to(features.device), wanted.to(features.device)
@@ -56,22 +56,28 @@ def sequence_logprobs(model: Whisper, features: Tensor, sequences: list[list[lis
     return [per_sequence[f, : len(seqs)].tolist() for f, seqs in enumerate(sequences)]
 
 
-def word_logprobs(model: Whisper, features: Tensor, words: list[list[tuple]], prefix: list[int]) -> list[dict]:
+def word_logprobs(model: Whisper, features: Tensor, words: list[list[tuple]]) -> list[dict]:
     """log P(word | features[f]) for each word asked of each feature f, as {word: logp} per feature.
 
-    A word is a tuple of its surface forms' token sequences; its probability sums over the forms
-    (the transcript begins with " bat" or " Bat").
+    A word is (prefix, forms): the forced transcript start and its surface forms' token sequences; its
+    probability sums over the forms (the transcript begins with " bat" or " Bat").
     """
-    logps = sequence_logprobs(model, features, [[list(seq) for word in ws for seq in word] for ws in words], prefix)
+    logps = sequence_logprobs(model, features, [[(prefix, form) for prefix, forms in ws for form in forms] for ws in words])
     result = []
     for ws, lp in zip(words, logps):
         offsets = [0]
-        for word in ws:
-            offsets.append(offsets[-1] + len(word))
+        for _, forms in ws:
+            offsets.append(offsets[-1] + len(forms))
         result.append({word: torch.tensor(lp[a:b]).logsumexp(0).item() for word, a, b in zip(ws, offsets, offsets[1:])})
     return result
 
 
-def scoring_prefix(tokenizer: Tokenizer) -> list[int]:
+@torch.no_grad()
+def language_probs(model: Whisper, features: Tensor, tokenizer: Tokenizer) -> list[dict[str, float]]:
+    """openai-whisper's language-detection probabilities for each encoder output (multilingual models)."""
+    return whisper.detect_language(model, features.float(), tokenizer)[1]
+
+
+def scoring_prefix(tokenizer: Tokenizer) -> tuple[int, ...]:
     """The forced start of a transcript: start-of-transcript, language, task, no-timestamps."""
-    return list(tokenizer.sot_sequence_including_notimestamps)
+    return tuple(tokenizer.sot_sequence_including_notimestamps)

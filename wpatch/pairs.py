@@ -11,7 +11,12 @@ import pandas as pd
 
 from wpatch.errors import WpatchError
 
-STARTER_PAIRS = Path(str(files("wpatch") / "data" / "starter_pairs.csv"))
+DATA = Path(str(files("wpatch") / "data"))
+PACKAGED = {  # names that --data.pairs_file accepts besides paths
+    "starter": DATA / "starter_pairs.csv",                   # 64 English pairs
+    "english": DATA / "english_pairs.csv",                   # 869 English pairs (Experiment A)
+    "english_spanish": DATA / "english_spanish_pairs.csv",   # 162 English-Spanish pairs (Experiment B)
+}
 REQUIRED = ("word_a", "word_b")
 ITEM_COLUMNS = [
     "item_id", "pair_id", "direction", "category",
@@ -20,10 +25,10 @@ ITEM_COLUMNS = [
 
 
 def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.DataFrame:
-    """The checked pairs table (the packaged starter set when `path` is None), first `limit` rows."""
-    path = Path(path) if path else STARTER_PAIRS
+    """The checked pairs table, first `limit` rows; `path` is a CSV or a packaged set's name (None: starter)."""
+    path = PACKAGED.get(str(path), Path(path)) if path else PACKAGED["starter"]
     if not path.is_file():
-        raise WpatchError(f"pairs file {path} does not exist; pass an existing CSV with columns word_a,word_b")
+        raise WpatchError(f"pairs file {path} does not exist; pass a CSV with columns word_a,word_b or one of {', '.join(PACKAGED)}")
     try:
         pairs = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except Exception as error:

@@ -22,7 +22,30 @@ from torch.utils.tensorboard.summary import hparams
 from wpatch.errors import WpatchError
 from wpatch.module import ROW_COLUMNS
 
-MEASURES = ("override", "score")
+MEASURES = ("override", "transfer", "score", "p_source_language")  # the last only where languages differ
+
+
+def read_rows(path) -> pd.DataFrame:
+    """A rows CSV as written: transcripts stay strings (even "" or "NaN"), p_source_language may be empty."""
+    return pd.read_csv(path, keep_default_na=False, na_values={"p_source_language": [""]})
+
+
+def row_groups(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Named subsets of the rows: all; items whose clean source clip is recognised (the honest denominator);
+    each category and its recognised part; each voice when a run has several."""
+    groups = {"all": rows, "recognised": rows[rows["source_recognised"]]}
+    for category, frame in rows.groupby("category"):
+        if category:
+            groups[f"category={category}"] = frame
+            groups[f"category={category}|recognised"] = frame[frame["source_recognised"]]
+    if rows["voice"].nunique() > 1:
+        groups |= {f"voice={voice}": frame for voice, frame in rows.groupby("voice")}
+    return groups
+
+
+def file_suffix(group: str) -> str:
+    """File-name suffix of a group: '' for all, '_vowel_recognised' for 'category=vowel|recognised'."""
+    return "" if group == "all" else "_" + group.replace("category=", "").replace("|", "_").replace("=", "-")
 
 
 def layer_matrix(rows: pd.DataFrame, measure: str) -> pd.DataFrame:
@@ -103,33 +126,42 @@ class PatchingResultsWriter(BasePredictionWriter):
 
     def finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Merge the parts and write every table, figure and the summary (rank 0 only)."""
-        rows = pd.concat([pd.read_csv(p, keep_default_na=False) for p in sorted(self.parts.glob("items-*.csv"))], ignore_index=True)
+        rows = pd.concat([read_rows(p) for p in sorted(self.parts.glob("items-*.csv"))], ignore_index=True)
         rows = rows.sort_values(["item_id", "source_layer", "target_layer"]).reset_index(drop=True)
         n_items, n_pairs = len(trainer.datamodule.items), len(pl_module.pairs)
         if rows.duplicated(["item_id", "source_layer", "target_layer"]).any() or len(rows) != n_items * n_pairs:
             raise WpatchError(f"{self.parts} holds {len(rows)} rows, expected {n_items} items x {n_pairs} layer pairs once each; delete the directory and rerun")
         rows.to_csv(self.output_dir / "predictions.csv", index=False)
 
-        groups = {"all": rows} | {f"category={c}": g for c, g in rows.groupby("category") if c}
+        measures = [m for m in MEASURES if rows[m].notna().any()]
         tensorboard = SummaryWriter(self.output_dir / "tensorboard")
-        summary = {}
-        for group, frame in groups.items():
-            suffix = "" if group == "all" else "_" + group.split("=", 1)[1]
+        summary, matrices = {}, {}
+        for group, frame in row_groups(rows).items():
             summary[group] = {"items": int(frame["item_id"].nunique()), "rows": len(frame)}
-            for measure in MEASURES:
-                matrix = layer_matrix(frame, measure)
-                matrix.to_csv(self.output_dir / f"{measure}_matrix{suffix}.csv")
+            if frame.empty:
+                continue
+            for measure in measures:
+                matrix = matrices[group, measure] = layer_matrix(frame, measure)
+                name = f"{measure}_matrix{file_suffix(group)}"
+                matrix.to_csv(self.output_dir / f"{name}.csv")
                 summary[group][measure] = matrix_summary(matrix)
                 figure = heatmap(matrix, f"{measure} ({group}, {summary[group]['items']} items)")
-                figure.savefig(self.output_dir / f"{measure}_matrix{suffix}.png", dpi=110)
+                figure.savefig(self.output_dir / f"{name}.png", dpi=110)
                 tensorboard.add_figure(f"{measure}_matrix/{group}", figure)
                 for key in ("diagonal_mean", "off_diagonal_mean"):
                     if summary[group][measure][key] is not None:
                         tensorboard.add_scalar(f"{measure}/{key}/{group}", summary[group][measure][key])
+        voices = sorted(rows["voice"].unique())
+        differences = {
+            f"{a} vs {b}": {m: float((matrices[f"voice={a}", m] - matrices[f"voice={b}", m]).abs().to_numpy().mean()) for m in measures}
+            for i, a in enumerate(voices) for b in voices[i + 1 :]
+        }
 
         settings = self.settings(trainer, pl_module)
         summary = {**settings, "wall_time_s": round(time.time() - self.started, 2), "groups": summary}
-        metrics = {f"hparam/{m}_{k}": summary["groups"]["all"][m][k] for m in MEASURES for k in ("diagonal_mean", "off_diagonal_mean")}
+        if differences:
+            summary["voice_differences_mean_abs"] = differences
+        metrics = {f"hparam/{m}_{k}": summary["groups"]["all"][m][k] for m in measures for k in ("diagonal_mean", "off_diagonal_mean")}
         for event in hparams({k: str(v) if isinstance(v, (list, dict)) or v is None else v for k, v in settings.items()}, metrics):
             tensorboard.file_writer.add_summary(event)
         for key, value in metrics.items():
@@ -154,7 +186,7 @@ class PatchingResultsWriter(BasePredictionWriter):
             "limit": data.limit,
             "bidirectional": data.bidirectional,
             "tts": data.tts,
-            "voices": trainer.datamodule.clips.voices,
+            "voices": {name: cache.voices for name, cache in trainer.datamodule.clips.items()},
             "precision": str(trainer.precision),
             "accelerator": type(trainer.accelerator).__name__,
             "devices": trainer.world_size,

@@ -1,0 +1,83 @@
+"""The packaged stimulus sets: rebuilt byte for byte from the installed sources, and what they promise."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scripts.build_stimuli import SETS, build
+from wpatch.pairs import PACKAGED, read_pairs
+from wpatch.stimuli import CONSONANTS, FEATURES, has_homophone, is_vowel, pronunciations
+from wpatch.tts import ClipCache, make_backend
+
+
+@pytest.fixture(scope="module")
+def english():
+    return pd.read_csv(PACKAGED["english"], dtype=str, keep_default_na=False)
+
+
+@pytest.fixture(scope="module")
+def english_spanish():
+    return pd.read_csv(PACKAGED["english_spanish"], dtype=str, keep_default_na=False)
+
+
+def test_builder_reproduces_the_shipped_files(tmp_path):
+    for path in build(tmp_path):
+        assert path.read_bytes() == (PACKAGED["english"].parent / path.name).read_bytes(), path.name
+    assert set(SETS) == {p.name for p in tmp_path.iterdir()}
+
+
+def test_english_counts_kinds_and_no_duplicates(english):
+    assert len(english) == 869
+    assert english["category"].value_counts().to_dict() == {"consonant": 400, "vowel": 300, "semantic": 169}
+    unordered = english.apply(lambda r: frozenset((r.word_a, r.word_b)), axis=1)
+    assert not unordered.duplicated().any() and (english.word_a != english.word_b).all()
+    assert english.pair_id.is_unique
+    read_pairs("english")  # passes the pairs-file checks
+
+
+def test_minimal_pairs_differ_in_exactly_the_stated_phoneme(english):
+    minimal = english[english.category != "semantic"]
+    for row in minimal.itertuples():
+        a, b = row.pron_a.split(), row.pron_b.split()
+        assert len(a) == len(b) and [pronunciations()[row.word_a][0], pronunciations()[row.word_b][0]] == [tuple(a), tuple(b)]
+        differ = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        assert len(differ) == 1 and (a[differ[0]], b[differ[0]]) == (row.phoneme_a, row.phoneme_b)
+        nucleus = next(i for i, p in enumerate(a) if is_vowel(p))
+        position = "nucleus" if differ[0] == nucleus else "onset" if differ[0] < nucleus else "coda"
+        assert row.position == position
+        if row.category == "consonant":
+            changed = [f for f, x, y in zip(FEATURES, CONSONANTS[row.phoneme_a], CONSONANTS[row.phoneme_b]) if x != y]
+            assert row.feature == "+".join(changed) and changed
+        else:
+            assert is_vowel(row.phoneme_a) and is_vowel(row.phoneme_b)
+
+
+def test_no_homophones_and_no_pair_that_sounds_the_same(english):
+    words = set(english.word_a) | set(english.word_b)
+    assert not [w for w in words if has_homophone(w)]
+    for row in english.itertuples():
+        assert not set(pronunciations()[row.word_a]) & set(pronunciations()[row.word_b]), (row.word_a, row.word_b)
+    assert (english.zipf_a.astype(float) >= 3.0).all() and (english.zipf_b.astype(float) >= 3.0).all()
+
+
+def test_english_spanish_pairs(english_spanish):
+    assert len(english_spanish) == 162
+    assert english_spanish["category"].value_counts().to_dict() == {"cognate": 81, "non-cognate": 81}
+    assert set(english_spanish.lang_a) == {"en"} and set(english_spanish.lang_b) == {"es"}
+    assert not english_spanish.word_a.duplicated().any() and not english_spanish.word_b.duplicated().any()
+    similarity = english_spanish.groupby("category")["spelling_similarity"].apply(lambda s: s.astype(float).mean())
+    assert similarity["cognate"] > 0.6 > 0.3 > similarity["non-cognate"]
+    row = english_spanish.set_index("word_a").loc["telephone"]
+    assert row.word_b == "teléfono" and float(row.spelling_similarity) == pytest.approx(1 - 3 / 9, abs=0.01)
+
+
+def test_every_word_is_synthesisable_by_the_default_voice(english, english_spanish, clip_dir):
+    espeak = ClipCache(clip_dir, make_backend("espeak"))
+    words = sorted(set(english.word_a) | set(english.word_b) | set(english_spanish.word_a)) + sorted(set(english_spanish.word_b))
+    langs = ["en"] * (len(words) - english_spanish.word_b.nunique()) + ["es"] * english_spanish.word_b.nunique()
+    short = []
+    for word, lang in zip(words, langs):
+        samples, rate = espeak.backend.synthesize(word, espeak.voice(lang))
+        if len(samples) < 0.15 * rate or np.abs(samples).max() < 1000:
+            short.append(word)
+    assert not short

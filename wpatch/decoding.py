@@ -4,7 +4,7 @@ import torch
 import whisper
 from torch import Tensor
 from whisper.model import Whisper
-from whisper.tokenizer import Tokenizer
+from whisper.tokenizer import Tokenizer, get_tokenizer
 
 
 @torch.no_grad()
@@ -12,11 +12,14 @@ def greedy_transcripts(model: Whisper, features: Tensor, language: str | None, t
     """Greedy transcripts of encoder outputs (N, 1500, d), with openai-whisper's `DecodingOptions` semantics.
 
     `max_tokens` caps each transcript (single words need few); decoding stops once every sequence has ended.
+    Special tokens that a patched encoder output can provoke mid-transcript (e.g. `<|el|>`) are not text
+    and are left out.
     """
     options = whisper.DecodingOptions(
         task=task, language=language, temperature=0.0, sample_len=max_tokens, without_timestamps=True, fp16=False
     )
-    return [result.text for result in whisper.decode(model, features.float(), options)]
+    tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
+    return [tokenizer.decode([t for t in result.tokens if t < tokenizer.eot]).strip() for result in whisper.decode(model, features.float(), options)]
 
 
 @torch.no_grad()

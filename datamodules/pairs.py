@@ -8,6 +8,7 @@ Reusable on its own::
 """
 
 import logging
+import random
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from wpatch.audio import load_audio, log_mel
+from wpatch.audio import load_audio, log_mel, speech_span
 from wpatch.errors import WpatchError
 from wpatch.models import cache_root, model_dims
 from wpatch.pairs import patch_items, read_pairs
@@ -106,12 +107,13 @@ class PairDataModule(L.LightningDataModule):
         source_keys, target_keys = self._clip_keys(items)
         unique = list(dict.fromkeys(source_keys + target_keys))
         index = {key: i for i, key in enumerate(unique)}
-        self.mels = torch.stack([
-            log_mel(load_audio(self._clip(*key)), dims.n_mels) for key in unique
-        ])
         self.clip_paths = [self._clip(*key) for key in unique]  # the audio behind each row of self.mels
+        audios = [load_audio(path) for path in self.clip_paths]
+        self.mels = torch.stack([log_mel(audio, dims.n_mels) for audio in audios])
+        self.spans = torch.tensor([speech_span(audio, n_ctx=dims.n_audio_ctx) for audio in audios])
         items["source_clip"] = [index[k] for k in source_keys]
         items["target_clip"] = [index[k] for k in target_keys]
+        items["control_clip"], items["control_word"] = control_clips(items)
         tokenizers = {lang: tokenizer_for(dims, lang) for lang in set(items["source_lang"]) | set(items["target_lang"])}
         groups = items.groupby("source_clip", sort=False).indices if self.hparams.group_by_source else {i: [i] for i in range(len(items))}
         self.groups = [[int(i) for i in group] for group in groups.values()]
@@ -123,17 +125,15 @@ class PairDataModule(L.LightningDataModule):
         """A batch of the items in these groups: source/target log-mels (B, n_mels, 3000), clip indices, token ids, metadata."""
         indices = [i for g in groups for i in self.groups[g] if i not in self.skipped]
         rows = self.items.iloc[indices]
-        source_clip = torch.tensor(rows["source_clip"].to_numpy())
-        target_clip = torch.tensor(rows["target_clip"].to_numpy())
+        clips = {side: torch.tensor(rows[f"{side}_clip"].to_numpy()) for side in ("source", "target", "control")}
         return {
             "item_id": torch.tensor(rows["item_id"].to_numpy()),
-            "source_mel": self.mels[source_clip],
-            "target_mel": self.mels[target_clip],
-            "source_clip": source_clip,
-            "target_clip": target_clip,
+            **{f"{side}_mel": self.mels[clip] for side, clip in clips.items()},
+            **{f"{side}_clip": clip for side, clip in clips.items()},
+            **{f"{side}_span": self.spans[clip] for side, clip in clips.items()},
             "source_tokens": [self.source_tokens[i] for i in indices],
             "target_tokens": [self.target_tokens[i] for i in indices],
-            **{column: rows[column].tolist() for column in ("pair_id", "direction", "category", "voice", "source_word", "target_word", "source_lang", "target_lang")},
+            **{column: rows[column].tolist() for column in ("pair_id", "direction", "category", "voice", "source_word", "target_word", "control_word", "source_lang", "target_lang")},
         }
 
     def skip(self, item_ids: set[int]) -> None:
@@ -150,3 +150,20 @@ class PairDataModule(L.LightningDataModule):
             num_workers=self.hparams.num_workers,
             pin_memory=torch.cuda.is_available(),
         )
+
+
+def control_clips(items: pd.DataFrame) -> tuple[list[int], list[str]]:
+    """For each item, a control donor: the source clip of another item, in the same language and voice,
+    whose word is neither the item's source nor its target word (drawn with a fixed seed per item)."""
+    clips, words = [], []
+    for item in items.itertuples():
+        pool = items[(items.source_lang == item.source_lang) & (items.voice == item.voice)
+                     & ~items.source_word.isin([item.source_word, item.target_word])]
+        if pool.empty:
+            clips.append(item.source_clip)  # nothing unrelated to draw from: the control is the source itself
+            words.append(item.source_word)
+            continue
+        pick = pool.iloc[random.Random(item.item_id).randrange(len(pool))]
+        clips.append(int(pick.source_clip))
+        words.append(pick.source_word)
+    return clips, words

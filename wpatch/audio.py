@@ -39,3 +39,15 @@ def log_mel(audio: np.ndarray, n_mels: int) -> torch.Tensor:
     """Whisper's (n_mels, 3000) log-mel of one clip padded to 30 s, computed alone so no other clip sets its clamp."""
     padded = whisper.pad_or_trim(torch.from_numpy(np.asarray(audio, dtype=np.float32)))
     return whisper.log_mel_spectrogram(padded, n_mels=n_mels)
+
+
+FRAME = 320  # samples per encoder position (20 ms)
+
+
+def speech_span(audio: np.ndarray, threshold_db: float = -30.0, pad: int = 1, n_ctx: int = 1500) -> tuple[int, int]:
+    """Encoder frames [start, end) where the clip is spoken: 20 ms frames whose RMS is within `threshold_db`
+    of the loudest frame, padded by `pad` frames each side (the word's frames for patching)."""
+    n = max(1, len(audio) // FRAME)
+    rms = np.sqrt(np.mean(np.asarray(audio[: n * FRAME], dtype=np.float64).reshape(n, -1) ** 2, axis=1) + 1e-20)
+    active = np.flatnonzero(20 * np.log10(rms / rms.max()) > threshold_db)
+    return max(0, int(active[0]) - pad), min(n_ctx, int(active[-1]) + 1 + pad)

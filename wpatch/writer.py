@@ -2,16 +2,23 @@
 
 Every batch's rows go to `parts/items-<first item>.csv` in the output directory, written under a temporary
 name and renamed, by whichever process made them. When prediction ends, rank 0 merges the parts into
-`predictions.csv` (checked: every item x layer pair exactly once), then writes the matrices, heatmaps,
-`summary.json` and the TensorBoard event file under `tensorboard/`.
+`predictions.csv` (checked: every item x patch exactly once), then writes the matrices, heatmaps,
+`cells.csv` (every group x condition x layer pair, with bootstrap intervals), `summary.json` and the
+TensorBoard event file under `tensorboard/`.
+
+A condition is one setting of (site, window, alpha, patch_direction, donor). The layer matrices and their
+heatmaps per group are for the primary condition (the first one asked for; the only one by default);
+every condition gets an effect heatmap with 95% intervals, and sliding-window sweeps a (layer x time) map.
 """
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -22,12 +29,48 @@ from torch.utils.tensorboard.summary import hparams
 from wpatch.errors import WpatchError
 from wpatch.module import ROW_COLUMNS
 
-MEASURES = ("override", "transfer", "score", "p_source_language")  # the last only where languages differ
+MEASURES = ("override", "transfer", "score", "effect", "p_source_language")  # the last only where languages differ
+CONDITION = ["site", "window", "alpha", "patch_direction", "donor"]
+ROW_KEY = ["item_id", *CONDITION, "source_layer", "target_layer", "window_start"]
+BOOTSTRAP_SAMPLES = 1000
+
+
+def condition_label(condition: dict) -> str:
+    """A condition as a short name: block_out_all_a1_denoising_source."""
+    return f"{condition['site']}_{condition['window']}_a{condition['alpha']:g}_{condition['patch_direction']}_{condition['donor']}"
+
+
+def bootstrap_interval(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of `values` (one value per pair), resampling pairs."""
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    means = values[np.random.default_rng(seed).integers(0, len(values), (BOOTSTRAP_SAMPLES, len(values)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def cell_table(groups: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per group x condition x layer pair (x sweep window): means of every measure, and the effect's
+    mean over pairs with a bootstrap 95% interval (rows flagged effect_valid false left out)."""
+    cells = []
+    for group, rows in groups.items():
+        rows = rows.assign(sweep_start=np.where(rows["window"] == "sweep", rows["window_start"], -1))
+        for key, frame in rows.groupby([*CONDITION, "source_layer", "target_layer", "sweep_start"], sort=False):
+            per_pair = frame[frame["effect_valid"]].groupby("pair_id")["effect"].mean().to_numpy()
+            low, high = bootstrap_interval(per_pair)
+            cells.append({
+                "group": group, **dict(zip([*CONDITION, "source_layer", "target_layer", "sweep_start"], key)),
+                "items": frame["item_id"].nunique(), "pairs": frame["pair_id"].nunique(),
+                **{m: frame[m].astype(float).mean() for m in MEASURES if m != "effect"},
+                "effect": per_pair.mean() if len(per_pair) else float("nan"), "effect_low": low, "effect_high": high,
+                "effect_pairs": len(per_pair),
+            })
+    return pd.DataFrame(cells)
 
 
 def read_rows(path) -> pd.DataFrame:
     """A rows CSV as written: transcripts stay strings (even "" or "NaN"), p_source_language may be empty."""
-    return pd.read_csv(path, keep_default_na=False, na_values={"p_source_language": [""]})
+    return pd.read_csv(path, keep_default_na=False, na_values={"p_source_language": [""], "effect": [""]})
 
 
 def row_groups(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -66,13 +109,20 @@ def matrix_summary(matrix: pd.DataFrame) -> dict:
     }
 
 
-def heatmap(matrix: pd.DataFrame, title: str) -> Figure:
-    """An annotated seaborn heatmap of a layer matrix (a pyplot-free Figure: no GUI backend, no global state)."""
-    figure = Figure(figsize=(1.1 * matrix.shape[1] + 2, 0.9 * matrix.shape[0] + 1.5))
+def heatmap(matrix: pd.DataFrame, title: str, labels: pd.DataFrame | None = None,
+            axis_names=("target layer (recipient block)", "source layer (donor block)")) -> Figure:
+    """An annotated seaborn heatmap (a pyplot-free Figure: no GUI backend, no global state); `labels`
+    replaces the numbers written in the cells (e.g. with intervals)."""
+    width, height = matrix.shape[1], matrix.shape[0]
+    scale = 1.0 if labels is None else 1.8
+    figure = Figure(figsize=(min(1.1 * scale * width + 2, 24), 0.9 * scale * height + 1.5))
     axes = figure.subplots()
-    sns.heatmap(matrix, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", square=True, ax=axes, cbar_kws={"shrink": 0.8})
-    axes.set_xlabel("target layer (block replaced)")
-    axes.set_ylabel("source layer (state taken)")
+    low = min(0.0, float(np.nanmin(matrix.to_numpy()))) if matrix.notna().any().any() else 0.0
+    high = max(1.0, float(np.nanmax(matrix.to_numpy()))) if matrix.notna().any().any() else 1.0
+    sns.heatmap(matrix, annot=labels if labels is not None else width <= 16, fmt="" if labels is not None else ".2f",
+                vmin=low, vmax=high, cmap="viridis", square=labels is None and width <= 16, ax=axes, cbar_kws={"shrink": 0.8})
+    axes.set_xlabel(axis_names[0])
+    axes.set_ylabel(axis_names[1])
     axes.set_title(title)
     figure.tight_layout()
     return figure
@@ -127,21 +177,29 @@ class PatchingResultsWriter(BasePredictionWriter):
     def finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Merge the parts and write every table, figure and the summary (rank 0 only)."""
         rows = pd.concat([read_rows(p) for p in sorted(self.parts.glob("items-*.csv"))], ignore_index=True)
-        rows = rows.sort_values(["item_id", "source_layer", "target_layer"]).reset_index(drop=True)
-        n_items, n_pairs = len(trainer.datamodule.items), len(pl_module.pairs)
-        if rows.duplicated(["item_id", "source_layer", "target_layer"]).any() or len(rows) != n_items * n_pairs:
-            raise WpatchError(f"{self.parts} holds {len(rows)} rows, expected {n_items} items x {n_pairs} layer pairs once each; delete the directory and rerun")
+        rows = rows.sort_values(["item_id"], kind="stable").reset_index(drop=True)
+        n_items, per_item = len(trainer.datamodule.items), pl_module.rows_per_item
+        if rows.duplicated(ROW_KEY).any() or len(rows) != n_items * per_item:
+            raise WpatchError(f"{self.parts} holds {len(rows)} rows, expected {n_items} items x {per_item} patches once each; delete the directory and rerun")
         rows.to_csv(self.output_dir / "predictions.csv", index=False)
 
         measures = [m for m in MEASURES if rows[m].notna().any()]
+        groups = row_groups(rows)
+        cells = cell_table(groups)
+        cells.to_csv(self.output_dir / "cells.csv", index=False)
+        conditions = rows[CONDITION].drop_duplicates().to_dict("records")
+        primary = next((c for c in conditions if c["window"] != "sweep"), conditions[0])
+        in_primary = (rows[CONDITION] == pd.Series(primary)).all(axis=1)
         tensorboard = SummaryWriter(self.output_dir / "tensorboard")
         summary, matrices = {}, {}
-        for group, frame in row_groups(rows).items():
+        for group, frame in row_groups(rows[in_primary]).items():
             summary[group] = {"items": int(frame["item_id"].nunique()), "rows": len(frame)}
             if frame.empty:
                 continue
             for measure in measures:
                 matrix = matrices[group, measure] = layer_matrix(frame, measure)
+                if matrix.empty:
+                    continue
                 name = f"{measure}_matrix{file_suffix(group)}"
                 matrix.to_csv(self.output_dir / f"{name}.csv")
                 summary[group][measure] = matrix_summary(matrix)
@@ -151,6 +209,7 @@ class PatchingResultsWriter(BasePredictionWriter):
                 for key in ("diagonal_mean", "off_diagonal_mean"):
                     if summary[group][measure][key] is not None:
                         tensorboard.add_scalar(f"{measure}/{key}/{group}", summary[group][measure][key])
+        summary_of_conditions = self.condition_figures(cells[cells["group"] == "all"], conditions, tensorboard)
         voices = sorted(rows["voice"].unique())
         differences = {
             f"{a} vs {b}": {m: float((matrices[f"voice={a}", m] - matrices[f"voice={b}", m]).abs().to_numpy().mean()) for m in measures}
@@ -158,18 +217,47 @@ class PatchingResultsWriter(BasePredictionWriter):
         }
 
         settings = self.settings(trainer, pl_module)
-        summary = {**settings, "wall_time_s": round(time.time() - self.started, 2), "groups": summary}
+        summary = {**settings, "primary_condition": primary, "wall_time_s": round(time.time() - self.started, 2),
+                   "groups": summary, "conditions": summary_of_conditions}
         if differences:
             summary["voice_differences_mean_abs"] = differences
-        metrics = {f"hparam/{m}_{k}": summary["groups"]["all"][m][k] for m in measures for k in ("diagonal_mean", "off_diagonal_mean")}
-        for event in hparams({k: str(v) if isinstance(v, (list, dict)) or v is None else v for k, v in settings.items()}, metrics):
+        metrics = {f"hparam/{m}_{k}": summary["groups"]["all"][m][k] for m in measures if m in summary["groups"]["all"]
+                   for k in ("diagonal_mean", "off_diagonal_mean") if summary["groups"]["all"][m][k] is not None}
+        for event in hparams({k: str(v) if isinstance(v, (list, dict, tuple)) or v is None else v for k, v in settings.items()}, metrics):
             tensorboard.file_writer.add_summary(event)
         for key, value in metrics.items():
             tensorboard.add_scalar(key, value)
         tensorboard.close()
         partial = self.output_dir / ".summary.json.partial"
-        partial.write_text(json.dumps(summary, indent=2) + "\n")
+        partial.write_text(json.dumps(summary, indent=2, default=str) + "\n")
         os.replace(partial, self.output_dir / "summary.json")
+
+    def condition_figures(self, cells: pd.DataFrame, conditions: list[dict], tensorboard: SummaryWriter) -> dict:
+        """For each condition: the effect heatmap with 95% intervals (or, for a sweep, the layer x time map),
+        saved as PNG and to TensorBoard; returns the effect's diagonal / off-diagonal means per condition."""
+        summary = {}
+        for condition in conditions:
+            label = condition_label(condition)
+            mine = cells[(cells[CONDITION] == pd.Series(condition)).all(axis=1)]
+            if condition["window"] == "sweep":
+                matrix = mine.pivot_table(index="target_layer", columns="sweep_start", values="effect")
+                figure = heatmap(matrix, f"effect by layer and window start\n{label}", axis_names=("window start (frame)", "layer (s = t)"))
+                name, tag = f"sweep_map_{label}", f"sweep_map/{label}"
+                summary[label] = {"effect_mean": float(np.nanmean(matrix.to_numpy())) if matrix.size else None}
+            else:
+                matrix = mine.pivot_table(index="source_layer", columns="target_layer", values="effect")
+                if matrix.empty:
+                    summary[label] = {"effect_pairs": 0}
+                    continue
+                low = mine.pivot_table(index="source_layer", columns="target_layer", values="effect_low")
+                high = mine.pivot_table(index="source_layer", columns="target_layer", values="effect_high")
+                labels = matrix.apply(lambda col: [f"{v:.2f}\n[{lo:.2f}, {hi:.2f}]" for v, lo, hi in zip(col, low[col.name], high[col.name])])
+                figure = heatmap(matrix, f"effect, 95% CI over pairs\n{label}", labels=labels)
+                name, tag = f"effect_matrix_{label}", f"effect_matrix/{label}"
+                summary[label] = {**matrix_summary(matrix), "effect_pairs": int(mine["effect_pairs"].max())}
+            figure.savefig(self.output_dir / (re.sub(r"[^\w.-]", "_", name) + ".png"), dpi=110)
+            tensorboard.add_figure(tag, figure)
+        return summary
 
     @staticmethod
     def settings(trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
@@ -177,7 +265,12 @@ class PatchingResultsWriter(BasePredictionWriter):
         data = trainer.datamodule.hparams
         return {
             "model": pl_module.hparams.model,
-            "patch": "whole block output, all positions",
+            "sites": list(pl_module.hparams.sites),
+            "windows": [str(w) for w in pl_module.hparams.windows],
+            "sweep": pl_module.hparams.sweep,
+            "alphas": list(pl_module.hparams.alphas),
+            "directions": list(pl_module.hparams.directions),
+            "control": pl_module.hparams.control,
             "language": pl_module.hparams.language,
             "task": pl_module.hparams.task,
             "max_tokens": pl_module.hparams.max_tokens,

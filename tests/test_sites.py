@@ -1,0 +1,113 @@
+"""Patching sites, windows, interpolation and directions: invariants and agreement with plain hooks."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from scripts.predict import main
+from tests.conftest import random_whisper
+from tests.test_pipeline import run
+from wpatch.errors import WpatchError
+from wpatch.module import PatchingModule
+from wpatch.patching import SITES, Patch, hook_patched_run, patched_outputs, run_patched, site_patch, site_states, window_weights
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_whisper(seed=5)
+
+
+@pytest.fixture(scope="module")
+def runs(model):
+    torch.manual_seed(0)
+    recipient, donor = torch.randn(2, 80, 3000), torch.randn(2, 80, 3000)
+    return recipient, site_states(model.encoder, recipient, set(SITES)), site_states(model.encoder, donor, set(SITES))
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_every_site_and_window_agrees_with_a_plain_hook(model, runs, site):
+    recipient_mel, (rec, _), (don, _) = runs
+    for s in range(3):
+        for t in range(3):
+            patches = [Patch(site, s, t, 100, 140, 0.7), Patch(site, s, t, 0, 1500, 1.0)]
+            weight = window_weights(patches, 1500)
+            fast = run_patched(model.encoder, rec["resid_pre"][t], t, site, don[site][s], weight)
+            reference = hook_patched_run(model.encoder, recipient_mel, t, site, don[site][s], weight)
+            assert (fast - reference).abs().max() < 1e-5, (site, s, t)
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_alpha_zero_and_self_patching_change_nothing(model, runs, site):
+    _, (rec, clean), _ = runs
+    for t in range(3):
+        nothing = window_weights([Patch(site, 1, t, 0, 1500, 0.0)] * 2, 1500)
+        assert torch.equal(run_patched(model.encoder, rec["resid_pre"][t], t, site, rec[site][1], nothing), clean)
+        itself = window_weights([Patch(site, t, t, 0, 1500, 1.0)] * 2, 1500)
+        assert (run_patched(model.encoder, rec["resid_pre"][t], t, site, rec[site][t], itself) - clean).abs().max() < 1e-5
+
+
+def test_full_window_block_output_equals_the_original_whole_block_patch(model, runs):
+    _, (rec, _), (don, don_clean) = runs
+    whole, slot = patched_outputs(model.encoder, don["block_out"], don_clean, [(2, 0)])
+    everything = window_weights([Patch("block_out", 2, 0, 0, 1500, 1.0)] * 2, 1500)
+    windowed = run_patched(model.encoder, rec["resid_pre"][0], 0, "block_out", don["block_out"][2], everything)
+    assert (windowed - whole[:, slot[(2, 0)]]).abs().max() < 1e-5
+
+
+def test_attention_plus_mlp_plus_input_equals_the_block_output_patch(model, runs):
+    recipient_mel, _, (don, _) = runs
+    ones = torch.ones(2, 1500, 1)
+    t = 1
+    block = model.encoder.blocks[t]
+    with (
+        site_patch(block, "resid_pre", don["resid_pre"][t], ones),
+        site_patch(block, "attn_out", don["attn_out"][t], ones),
+        site_patch(block, "mlp_out", don["mlp_out"][t], ones),
+    ):
+        combined = model.encoder(recipient_mel)
+    block_out = hook_patched_run(model.encoder, recipient_mel, t, "block_out", don["block_out"][t], ones)
+    assert (combined - block_out).abs().max() < 1e-5
+
+
+def test_bad_patch_settings_are_refused(small_model_path):
+    for kwargs, message in [({"sites": ["mlp"]}, "unknown patch site 'mlp'"), ({"windows": [[10, 5]]}, "window \\[10, 5\\]"),
+                            ({"alphas": [1.5]}, "alpha 1.5 is outside"), ({"directions": ["sideways"]}, "unknown patch direction")]:
+        with pytest.raises(WpatchError, match=message):
+            PatchingModule(model=small_model_path, **kwargs)
+
+
+def test_one_run_sweeps_sites_windows_alphas_directions_and_control(tmp_path, small_model_path):
+    out = tmp_path / "sweep"
+    main(run(tmp_path, small_model_path, out, "--model.sites", "[block_out, mlp_out]", "--model.windows", "[all, word, [0, 10]]",
+             "--model.alphas", "[0.0, 1.0]", "--model.directions", "[denoising, noising]", "--model.control", "true",
+             "--model.sweep", "[10, 10, 30]", "--model.min_separation=-1e9", pairs="word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\n"))
+    rows = pd.read_csv(out / "predictions.csv", keep_default_na=False, na_values={"effect": [""], "p_source_language": [""]})
+    per_item = 2 * (9 * 3 * 2 + 3 * 3 * 2) * 2 * 2  # sites x (pairs x windows x alphas + same-layer pairs x 3 sweep starts x alphas) x directions x donors
+    assert len(rows) == 4 * per_item
+    assert set(rows.site) == {"block_out", "mlp_out"} and set(rows.patch_direction) == {"denoising", "noising"}
+    assert set(rows.donor) == {"source", "target", "control"} and set(rows.window) == {"all", "word", "0-10", "sweep"}
+    word = rows[rows.window == "word"]
+    assert (word.window_start < word.window_end).all() and (word.window_end <= 40).all()
+    # alpha 0 leaves the recipient's clean run: the target's when denoising, the source's when noising
+    zero = rows[rows.alpha == 0.0]
+    ld = zero.logp_source - zero.logp_target
+    denoising = zero.patch_direction == "denoising"
+    assert ((ld - zero.ld_target_clean)[denoising].abs() < 1e-4).all() and ((ld - zero.ld_source_clean)[~denoising].abs() < 1e-4).all()
+    clean_target = rows[(rows.window == "all") & (rows.site == "block_out") & (rows.alpha == 1) & (rows.patch_direction == "noising")
+                        & (rows.donor == "target") & (rows.source_layer == rows.target_layer)].groupby("item_id").transcript.first()
+    assert (zero[denoising].groupby("item_id").transcript.agg(set).map(len) == 1).all()
+    assert zero[denoising].groupby("item_id").transcript.first().equals(clean_target)
+    # the effect is the normalised logit difference, defined on every row here (min_separation -1e9)
+    expected = (rows.logp_source - rows.logp_target - rows.ld_target_clean) / (rows.ld_source_clean - rows.ld_target_clean)
+    assert rows.effect_valid.all() and ((rows.effect - expected).abs() <= 1e-6 * (1 + expected.abs())).all()
+    cells = pd.read_csv(out / "cells.csv")
+    valid = cells.dropna(subset=["effect_low"])
+    assert ((valid.effect_low <= valid.effect + 1e-9) & (valid.effect <= valid.effect_high + 1e-9)).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["primary_condition"] == {"site": "block_out", "window": "all", "alpha": 0.0, "patch_direction": "denoising", "donor": "source"}
+    assert any(name.startswith("sweep_map_") for name in (p.name for p in out.iterdir()))
+    assert {"block_out_all_a1_denoising_control", "mlp_out_word_a0.5_noising_target"} - set(summary["conditions"]) == {"mlp_out_word_a0.5_noising_target"}
+    assert len(summary["conditions"]) == 2 * 4 * 2 * 2 * 2  # sites x windows (incl. sweep) x alphas x directions x donors
+    assert (out / "effect_matrix_mlp_out_word_a1_noising_target.png").exists() and (out / "sweep_map_block_out_sweep_a1_denoising_control.png").exists()

@@ -5,6 +5,7 @@ import math
 import lightning as L
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 
 from wpatch.decoding import greedy_transcripts, language_probs, scoring_prefix, word_logprobs
 from wpatch.errors import WpatchError
@@ -97,7 +98,8 @@ class PatchingModule(L.LightningModule):
         return scoring_prefix(tokenizer_for(self.whisper.dims, self.hparams.language or lang, self.hparams.task))
 
     def plan(self, batch: dict) -> list[dict]:
-        """Every row of the batch: item, patch (window resolved), direction, donor kind, recipient and donor clips."""
+        """Every row of the batch: item, patch (window resolved; `whole` if it is the original recipient-free
+        patch), direction, donor kind, recipient and donor clips."""
         n_ctx = self.whisper.dims.n_audio_ctx
         donors = ("source", "control") if self.hparams.control else ("source",)
         rows = []
@@ -111,15 +113,13 @@ class PatchingModule(L.LightningModule):
                     recipient, real_donor = ("target", "source") if direction == "denoising" else ("source", "target")
                     for kind in donors:
                         donor = real_donor if kind == "source" else "control"
-                        rows.append({"b": b, "patch": patch, "window": window, "direction": direction, "donor": donor,
-                                     "recipient_clip": clip[recipient], "donor_clip": clip[donor]})
+                        rows.append({"b": b, "patch": patch, "whole": patch.replaces_whole_block(n_ctx), "window": window,
+                                     "direction": direction, "donor": donor, "recipient_clip": clip[recipient], "donor_clip": clip[donor]})
         return rows
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> list[dict]:
         """One row per item and patch (columns `ROW_COLUMNS`)."""
-        encoder, n_ctx = self.whisper.encoder, self.whisper.dims.n_audio_ctx
         plan = self.plan(batch)
-        general = [r for r in plan if not r["patch"].replaces_whole_block(n_ctx)]
         mels = {}
         for side in ("source", "target", "control"):
             for clip, mel in zip(batch[f"{side}_clip"].tolist(), batch[f"{side}_mel"]):
@@ -127,12 +127,25 @@ class PatchingModule(L.LightningModule):
         needed = {c for side in ("source", "target") for c in batch[f"{side}_clip"].tolist()} | {r["donor_clip"] for r in plan}
         clips = sorted(needed)
         position = {clip: i for i, clip in enumerate(clips)}
-        sites = {"block_out"} | {r["patch"].site for r in general} | ({"resid_pre"} if general else set())
-        states, clean = site_states(encoder, torch.stack([mels[c] for c in clips]), sites)
+        general_sites = {r["patch"].site for r in plan if not r["whole"]}
+        sites = {"block_out"} | general_sites | ({"resid_pre"} if general_sites else set())
+        with record_function("wpatch.encoder.clean"):
+            states, clean = site_states(self.whisper.encoder, torch.stack([mels[c] for c in clips]), sites)
+        with record_function("wpatch.encoder.patched"):
+            features, index = self.patched_features(plan, states, clean, position)
+        for r in plan:
+            p = r["patch"]
+            r["feature"] = index[("whole", r["donor_clip"], (p.source_layer, p.target_layer)) if r["whole"] else ("general", r["recipient_clip"], r["donor_clip"], p)]
+        return self.measure(batch, plan, features, position)
 
-        # the encoder outputs to decode: clean runs, whole-block patches (recipient-free), the rest
-        features, index = [clean], {("clean", c): position[c] for c in clips}
-        whole = [r for r in plan if r["patch"].replaces_whole_block(n_ctx)]
+    def patched_features(self, plan: list[dict], states: dict, clean: torch.Tensor, position: dict) -> tuple[torch.Tensor, dict]:
+        """Every encoder output the plan needs, stacked: the clean runs first (in `position` order), then the
+        whole-block patches, which depend only on the donor (key ("whole", donor, (s, t))), then the rest
+        (("general", recipient, donor, patch)); returns them and the index from key to position."""
+        encoder, n_ctx = self.whisper.encoder, self.whisper.dims.n_audio_ctx
+        features, index = [clean], {}
+        general = [r for r in plan if not r["whole"]]
+        whole = [r for r in plan if r["whole"]]
         if whole:
             donors = sorted({r["donor_clip"] for r in whole})
             pairs = sorted({(r["patch"].source_layer, r["patch"].target_layer) for r in whole})
@@ -156,37 +169,32 @@ class PatchingModule(L.LightningModule):
                 offset = sum(len(f) for f in features)
                 features.append(run_patched(encoder, block_input, t, site, donor, weight))
                 index.update({("general", *key): offset + i for i, key in enumerate(part)})
-        features = torch.cat([f.to(clean.dtype) for f in features])
+        return torch.cat([f.to(clean.dtype) for f in features]), index
 
-        def feature_of(r):
-            p = r["patch"]
-            if p.replaces_whole_block(n_ctx):
-                return index[("whole", r["donor_clip"], (p.source_layer, p.target_layer))]
-            return index[("general", r["recipient_clip"], r["donor_clip"], p)]
-
-        return self.measure(batch, plan, features, feature_of, index)
-
-    def measure(self, batch: dict, plan: list[dict], features, feature_of, index: dict) -> list[dict]:
-        """Decode every feature once and turn the plan into rows of measures."""
-        transcripts = greedy_transcripts(self.whisper, features, self.hparams.language, self.hparams.task, self.hparams.max_tokens)
+    def measure(self, batch: dict, plan: list[dict], features: torch.Tensor, clean: dict) -> list[dict]:
+        """Decode every feature once and turn the plan into rows of measures (`clean`: clip -> its clean feature)."""
+        with record_function("wpatch.decoder.greedy"):
+            transcripts = greedy_transcripts(self.whisper, features, self.hparams.language, self.hparams.task, self.hparams.max_tokens)
         source_words = [(self.prefix(lang), tuple(map(tuple, forms))) for lang, forms in zip(batch["source_lang"], batch["source_tokens"])]
         target_words = [(self.prefix(lang), tuple(map(tuple, forms))) for lang, forms in zip(batch["target_lang"], batch["target_tokens"])]
         asked = [{} for _ in range(len(features))]
         for r in plan:
             b = r["b"]
-            for f in (feature_of(r), index[("clean", int(batch["source_clip"][b]))], index[("clean", int(batch["target_clip"][b]))]):
+            for f in (r["feature"], clean[int(batch["source_clip"][b])], clean[int(batch["target_clip"][b])]):
                 asked[f].update(dict.fromkeys((source_words[b], target_words[b])))
-        logp = word_logprobs(self.whisper, features, [list(words) for words in asked])
+        with record_function("wpatch.decoder.score"):
+            logp = word_logprobs(self.whisper, features, [list(words) for words in asked])
         crosses_languages = any(a != b for a, b in zip(batch["source_lang"], batch["target_lang"]))
-        lang_probs = language_probs(self.whisper, features, self.tokenizer) if self.whisper.is_multilingual and crosses_languages else None
+        with record_function("wpatch.decoder.language"):
+            lang_probs = language_probs(self.whisper, features, self.tokenizer) if self.whisper.is_multilingual and crosses_languages else None
 
         rows = []
         for r in plan:
-            b, p, f = r["b"], r["patch"], feature_of(r)
+            b, p, f = r["b"], r["patch"], r["feature"]
             source, target = normalise(batch["source_word"][b]), normalise(batch["target_word"][b])
             source_lang, target_lang = batch["source_lang"][b], batch["target_lang"][b]
             lp_s, lp_t = logp[f][source_words[b]], logp[f][target_words[b]]
-            clean_s, clean_t = (index[("clean", int(batch[f"{side}_clip"][b]))] for side in ("source", "target"))
+            clean_s, clean_t = (clean[int(batch[f"{side}_clip"][b])] for side in ("source", "target"))
             ld_source = logp[clean_s][source_words[b]] - logp[clean_s][target_words[b]]
             ld_target = logp[clean_t][source_words[b]] - logp[clean_t][target_words[b]]
             valid = ld_source - ld_target >= self.hparams.min_separation

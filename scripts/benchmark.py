@@ -3,8 +3,9 @@
     python scripts/benchmark.py [--limit 16] [--model tiny.en] [--accelerator cpu] [--precision 32-true]
 
 Modes:
-  original         per row, a forward hook on encoder.blocks[t] returning the source state, then
-                   `model.transcribe` of the target clip (what the original notebooks did);
+  original         per row, a forward hook on encoder.blocks[t] returning the source state (word A's block
+                   outputs recorded once per item), then `model.transcribe` of the target clip (what the
+                   original notebooks did);
   original-decode  the same hook, then a batch-1 `whisper.decode` with the harness's token cap;
   wpatch           the harness's predict loop (Lightning Trainer.predict) on cached clips and log-mels.
 The baselines run on a sample of rows (`--baseline-rows`) and are extrapolated per row; the output says so.
@@ -21,6 +22,8 @@ import time
 import lightning as L
 import torch
 import whisper
+from torch.profiler import ProfilerActivity
+from torch.profiler import profile as profiler
 
 from datamodules import PairDataModule
 from wpatch.audio import load_audio
@@ -61,14 +64,14 @@ def baseline(mode: str, module: PatchingModule, dm: PairDataModule, rows: list[t
     """Seconds and transcripts for `rows` (item index, s, t), one hooked pass per row as the original did."""
     model, items = module.whisper, dm.items
     options = whisper.DecodingOptions(language=module.hparams.language, fp16=False, without_timestamps=True, sample_len=module.hparams.max_tokens)
-    transcripts = []
+    transcripts, recorded = [], {}
     start = time.perf_counter()
     for item, s, t in rows:
-        source_mel = dm.mels[items.source_clip[item]][None].to(device)
         target_clip = items.target_clip[item]
         with torch.no_grad():
-            states, _ = block_outputs(model.encoder, source_mel)
-            with output_patch(model.encoder.blocks[t], states[s]):
+            if item not in recorded:  # word A's block outputs, recorded once per item as the original did
+                recorded[item] = block_outputs(model.encoder, dm.mels[items.source_clip[item]][None].to(device))[0]
+            with output_patch(model.encoder.blocks[t], recorded[item][s]):
                 if mode == "original":
                     text = model.transcribe(load_audio(dm.clip_paths[target_clip]), language=module.hparams.language, fp16=False, verbose=None)["text"]
                 else:
@@ -77,13 +80,22 @@ def baseline(mode: str, module: PatchingModule, dm: PairDataModule, rows: list[t
     return time.perf_counter() - start, transcripts
 
 
-def run_wpatch(module: PatchingModule, dm: PairDataModule, accelerator: str, precision: str, device) -> tuple[float, float, dict]:
-    """Seconds, peak MiB and {(item, s, t): (transcript, score)} of the harness's predict loop."""
+def run_wpatch(module: PatchingModule, dm: PairDataModule, accelerator: str, precision: str, device, profile: bool = False) -> tuple[float, float, dict]:
+    """Seconds, peak MiB and {(item, s, t): (transcript, score)} of the harness's predict loop; with `profile`,
+    prints where the time went (the module's wpatch.* phases; the rest is data, Lightning and Python)."""
     trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    with PeakMemory(device.type == "cuda") as memory:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with PeakMemory(device.type == "cuda") as memory, profiler(activities=activities, enabled=profile) as prof:
         start = time.perf_counter()
         batches = trainer.predict(module, datamodule=dm)
         seconds = time.perf_counter() - start
+    if profile:
+        phases = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key.startswith("wpatch.")}
+        print(f"profile of {seconds:.1f} s of predict ({precision}):")
+        for key, value in sorted(phases.items(), key=lambda kv: -kv[1]):
+            print(f"  {key:<26} {value:8.1f} s  {100 * value / seconds:5.1f}%")
+        rest = seconds - sum(phases.values())
+        print(f"  {'data, Lightning, Python':<26} {rest:8.1f} s  {100 * rest / seconds:5.1f}%")
     rows = {(r["item_id"], r["source_layer"], r["target_layer"]): (r["transcript"], r["score"]) for batch in batches for r in batch}
     return seconds, memory.mib, rows
 
@@ -100,6 +112,7 @@ def main() -> None:
     parser.add_argument("--baseline-rows", type=int, default=48, help="rows timed for each baseline (extrapolated)")
     parser.add_argument("--modes", default="original,original-decode,wpatch")
     parser.add_argument("--compare-precision", default=None, help="also run wpatch under this precision (e.g. bf16-mixed) and report its agreement with fp32")
+    parser.add_argument("--profile", action="store_true", help="print where wpatch's predict time goes")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
     for precision in filter(None, (args.precision, args.compare_precision)):
@@ -116,7 +129,7 @@ def main() -> None:
 
     results = {}
     if "wpatch" in modes:
-        seconds, peak, rows = run_wpatch(module, dm, args.accelerator, args.precision, device)
+        seconds, peak, rows = run_wpatch(module, dm, args.accelerator, args.precision, device, args.profile)
         results["wpatch"] = {"rows": n_rows, "seconds": seconds, "peak_mib": peak, "sampled": False, "transcripts": [rows[k][0] for k in sample]}
     agreement = None
     if args.compare_precision:
@@ -136,7 +149,7 @@ def main() -> None:
 
     report = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
-        "model": args.model, "precision": args.precision, "items": len(dm.items), "layer_pairs": len(module.pairs), "rows": n_rows,
+        "model": args.model, "pairs_file": args.pairs_file or "starter", "precision": args.precision, "items": len(dm.items), "items_per_source_clip": round(len(dm.items) / len(dm.groups), 2), "layer_pairs": len(module.pairs), "rows": n_rows,
         "modes": {m: {"rows_per_s": r["rows"] / r["seconds"], "rows_timed": r["rows"], "seconds": round(r["seconds"], 2),
                       "extrapolated": r["sampled"], "peak_mib": round(r["peak_mib"])} for m, r in results.items()},
     }

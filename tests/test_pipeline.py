@@ -116,6 +116,16 @@ def test_two_process_ddp_run_gives_the_same_rows(finished_run, small_model_path)
     assert pd.read_csv(ddp_out / "predictions.csv").equals(pd.read_csv(out / "predictions.csv"))
 
 
+def test_decoding_in_small_chunks_gives_the_same_rows(finished_run, small_model_path):
+    tmp_path, out = finished_run
+    chunked = tmp_path / "chunked"
+    main(run(tmp_path, small_model_path, chunked, "--model.decode_chunk", "5"))
+    a, b = pd.read_csv(chunked / "predictions.csv", keep_default_na=False), pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    floats = ["logp_source", "logp_target", "score", "ld_source_clean", "ld_target_clean", "effect"]
+    assert a.drop(columns=floats).equals(b.drop(columns=floats))
+    assert ((a[floats].apply(pd.to_numeric) - b[floats].apply(pd.to_numeric)).abs().fillna(0) < 1e-4).all().all()
+
+
 def test_bad_precision_fails_with_one_line(tmp_path, small_model_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(run(tmp_path, small_model_path, tmp_path / "x", "--trainer.precision", "16-mixed"))

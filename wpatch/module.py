@@ -62,6 +62,8 @@ class PatchingModule(L.LightningModule):
         language: decoding language (e.g. en); None lets Whisper detect it (multilingual models).
         task: transcribe or translate.
         max_tokens: greedy decoding stops after this many tokens (single words need few).
+        decode_chunk: encoder outputs decoded together; bounds the decoder's cross-attention cache (about
+            64 x 18 MB for tiny, 64 x 37 MB for base); raise it on a large GPU.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class PatchingModule(L.LightningModule):
         language: str | None = "en",
         task: str = "transcribe",
         max_tokens: int = 8,
+        decode_chunk: int = 64,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -173,8 +176,10 @@ class PatchingModule(L.LightningModule):
 
     def measure(self, batch: dict, plan: list[dict], features: torch.Tensor, clean: dict) -> list[dict]:
         """Decode every feature once and turn the plan into rows of measures (`clean`: clip -> its clean feature)."""
+        chunks = [slice(i, i + self.hparams.decode_chunk) for i in range(0, len(features), self.hparams.decode_chunk)]
         with record_function("wpatch.decoder.greedy"):
-            transcripts = greedy_transcripts(self.whisper, features, self.hparams.language, self.hparams.task, self.hparams.max_tokens)
+            hp = self.hparams
+            transcripts = [t for c in chunks for t in greedy_transcripts(self.whisper, features[c], hp.language, hp.task, hp.max_tokens)]
         source_words = [(self.prefix(lang), tuple(map(tuple, forms))) for lang, forms in zip(batch["source_lang"], batch["source_tokens"])]
         target_words = [(self.prefix(lang), tuple(map(tuple, forms))) for lang, forms in zip(batch["target_lang"], batch["target_tokens"])]
         asked = [{} for _ in range(len(features))]
@@ -183,10 +188,12 @@ class PatchingModule(L.LightningModule):
             for f in (r["feature"], clean[int(batch["source_clip"][b])], clean[int(batch["target_clip"][b])]):
                 asked[f].update(dict.fromkeys((source_words[b], target_words[b])))
         with record_function("wpatch.decoder.score"):
-            logp = word_logprobs(self.whisper, features, [list(words) for words in asked])
+            logp = [lp for c in chunks for lp in word_logprobs(self.whisper, features[c], [list(words) for words in asked[c]])]
         crosses_languages = any(a != b for a, b in zip(batch["source_lang"], batch["target_lang"]))
         with record_function("wpatch.decoder.language"):
-            lang_probs = language_probs(self.whisper, features, self.tokenizer) if self.whisper.is_multilingual and crosses_languages else None
+            lang_probs = None
+            if self.whisper.is_multilingual and crosses_languages:
+                lang_probs = [p for c in chunks for p in language_probs(self.whisper, features[c], self.tokenizer)]
 
         rows = []
         for r in plan:

@@ -18,6 +18,7 @@ import os
 import random
 import threading
 import time
+from contextlib import nullcontext
 
 import lightning as L
 import torch
@@ -85,7 +86,7 @@ def run_wpatch(module: PatchingModule, dm: PairDataModule, accelerator: str, pre
     prints where the time went (the module's wpatch.* phases; the rest is data, Lightning and Python)."""
     trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False, enable_progress_bar=False, enable_model_summary=False)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with PeakMemory(device.type == "cuda") as memory, profiler(activities=activities, enabled=profile) as prof:
+    with PeakMemory(device.type == "cuda") as memory, (profiler(activities=activities) if profile else nullcontext()) as prof:
         start = time.perf_counter()
         batches = trainer.predict(module, datamodule=dm)
         seconds = time.perf_counter() - start
@@ -100,7 +101,8 @@ def run_wpatch(module: PatchingModule, dm: PairDataModule, accelerator: str, pre
     return seconds, memory.mib, rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; prints the table and JSON and returns the report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--pairs-file", default=None)
@@ -114,7 +116,7 @@ def main() -> None:
     parser.add_argument("--compare-precision", default=None, help="also run wpatch under this precision (e.g. bf16-mixed) and report its agreement with fp32")
     parser.add_argument("--profile", action="store_true", help="print where wpatch's predict time goes")
     parser.add_argument("--json-out", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for precision in filter(None, (args.precision, args.compare_precision)):
         check_precision(precision, args.accelerator in ("gpu", "cuda"))
     device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
@@ -170,6 +172,7 @@ def main() -> None:
     if args.json_out:
         with open(args.json_out, "w") as out:
             json.dump(report, out, indent=2)
+    return report
 
 
 if __name__ == "__main__":

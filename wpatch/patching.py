@@ -43,17 +43,10 @@ def output_patch(module: torch.nn.Module, replacement: Tensor):
         handle.remove()
 
 
-@torch.no_grad()
 def block_outputs(encoder: AudioEncoder, mel: Tensor) -> tuple[list[Tensor], Tensor]:
     """Every encoder block's output (each (B, 1500, d)) and the final encoder output, from one forward pass."""
-    states: list[Tensor] = []
-    handles = [block.register_forward_hook(lambda _m, _i, output: states.append(output)) for block in encoder.blocks]
-    try:
-        final = encoder(mel)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return states, final
+    states, final = site_states(encoder, mel, {"block_out"})
+    return states["block_out"], final
 
 
 @torch.no_grad()

@@ -1,12 +1,14 @@
 """Patching invariants: the fast path equals a plain forward hook, the diagonal equals the clean run."""
 
+import dataclasses
+
 import pytest
 import torch
 import whisper
 
-from tests.conftest import random_whisper
+from tests.conftest import SMALL_DIMS, random_whisper
 from wpatch.audio import load_audio, log_mel
-from wpatch.decoding import greedy_transcripts, scoring_prefix, sequence_logprobs
+from wpatch.decoding import cross_attention_cache, greedy_transcripts, language_probs, scoring_prefix, sequence_logprobs
 from wpatch.errors import WpatchError
 from wpatch.models import load_model
 from wpatch.patching import block_outputs, hook_patched_output, layer_pairs, output_patch, patched_outputs
@@ -28,7 +30,8 @@ def assert_fast_path_equals_hooks(model, source_mel, target_mel):
     fast = torch.stack([features[:, slot[p]] for p in pairs], dim=1)
     assert (fast - hooked).abs().max().item() < 1e-5
     flat = lambda x: x.flatten(0, 1)  # noqa: E731
-    assert greedy_transcripts(model, flat(fast), "en") == greedy_transcripts(model, flat(hooked), "en")
+    transcripts = lambda features: greedy_transcripts(model, cross_attention_cache(model, features), "en")  # noqa: E731
+    assert transcripts(flat(fast)) == transcripts(flat(hooked))
     return features, slot, clean
 
 
@@ -47,7 +50,7 @@ def test_fast_path_equals_hook_path_tiny_en(clip_dir):
     options = whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True, sample_len=8)
     clean_text = [r.text for r in whisper.decode(model, mel, options)]
     for layer in range(4):
-        assert greedy_transcripts(model, features[:, slot[(layer, layer)]], "en") == clean_text
+        assert greedy_transcripts(model, cross_attention_cache(model, features[:, slot[(layer, layer)]]), "en") == clean_text
     assert clean_text[0].strip(" .").lower() == "big"  # the real model hears the word
 
 
@@ -57,12 +60,38 @@ def test_teacher_forced_scores_match_full_decoder_logits():
     prefix = list(scoring_prefix(tokenizer_for(model.dims)))
     features = torch.randn(2, 1500, model.dims.n_audio_state)
     sequences = [[[7365], [6577, 11]], [[1458, 2, 3]]]
-    scores = sequence_logprobs(model, features, [[(prefix, seq) for seq in seqs] for seqs in sequences])
+    scores = sequence_logprobs(model, cross_attention_cache(model, features), [[(prefix, seq) for seq in seqs] for seqs in sequences])
     for f, seqs in enumerate(sequences):
         for j, seq in enumerate(seqs):
             logp = model.logits(torch.tensor([prefix + seq]), features[f : f + 1]).log_softmax(-1)[0]
             expected = sum(logp[len(prefix) - 1 + i, token].item() for i, token in enumerate(seq))
             assert scores[f][j] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("multilingual", [False, True])
+def test_greedy_transcripts_equal_whisper_decode(multilingual):
+    # a random model's transcripts run to the token cap through arbitrary tokens: any difference in the decoder
+    # (cache order, filters, stopping) shows; the multilingual model detects each output's language first
+    dims = dataclasses.replace(SMALL_DIMS, n_vocab=51865) if multilingual else SMALL_DIMS
+    model = random_whisper(dims, seed=4)
+    tokenizer = tokenizer_for(dims, "en")
+    with torch.no_grad():  # make the tokens whisper suppresses (blank, non-speech) win unless they are suppressed
+        model.decoder.token_embedding.weight[tokenizer.encode(" ") + list(tokenizer.non_speech_tokens)] *= 20
+    features = torch.randn(6, 1500, dims.n_audio_state, generator=torch.Generator().manual_seed(5))
+    cross = cross_attention_cache(model, features)
+    language = None if multilingual else "en"
+    options = whisper.DecodingOptions(language=language, fp16=False, without_timestamps=True, sample_len=12)
+    expected = whisper.decode(model, features, options)
+    if multilingual:
+        probs = language_probs(model, cross, tokenizer)
+        reference = whisper.detect_language(model, features, tokenizer)[1]
+        for mine, theirs in zip(probs, reference):
+            assert max(abs(mine[code] - theirs[code]) for code in theirs) < 1e-6
+        language = [max(p, key=p.get) for p in probs]
+        assert language == [r.language for r in expected]
+    texts = [tokenizer.decode([t for t in r.tokens if t < tokenizer.eot]).strip() for r in expected]
+    assert greedy_transcripts(model, cross, language, max_tokens=12) == texts
+    assert any(len(r.tokens) >= 10 for r in expected)  # the comparison covered long transcripts
 
 
 def test_hooks_are_removed_even_on_error():

@@ -73,7 +73,8 @@ def test_attention_plus_mlp_plus_input_equals_the_block_output_patch(model, runs
 
 def test_bad_patch_settings_are_refused(small_model_path):
     for kwargs, message in [({"sites": ["mlp"]}, "unknown patch site 'mlp'"), ({"windows": [[10, 5]]}, "window \\[10, 5\\]"),
-                            ({"alphas": [1.5]}, "alpha 1.5 is outside"), ({"directions": ["sideways"]}, "unknown patch direction")]:
+                            ({"alphas": [1.5]}, "alpha 1.5 is outside"), ({"directions": ["sideways"]}, "unknown patch direction"),
+                            ({"max_tokens": 0}, "max_tokens 0 is outside 1..224"), ({"decode_chunk": 0}, "decode_chunk 0 decodes nothing")]:
         with pytest.raises(WpatchError, match=message):
             PatchingModule(model=small_model_path, **kwargs)
 

@@ -1,35 +1,111 @@
-"""Batched decoding of (patched) encoder outputs: greedy transcripts and teacher-forced word log-probabilities."""
+"""Batched decoding of (patched) encoder outputs: language probabilities, greedy transcripts and teacher-forced
+word log-probabilities, all reading one cross-attention cache.
+
+openai-whisper computes each decoder block's cross-attention keys and values from the encoder output in every
+call (`detect_language`, `decode`, `logits`); over 1500 frames they are most of a short decode's cost. Here they
+are computed once per encoder output (`cross_attention_cache`) and every decoding below reads them. The
+operations are openai-whisper's own (its attention, its logit filters, its kv-cache order), so greedy
+transcripts and language probabilities equal `whisper.decode` and `whisper.detect_language` in fp32.
+"""
 
 import torch
 import whisper
 from torch import Tensor
+from whisper.decoding import DecodingTask
 from whisper.model import Whisper
-from whisper.tokenizer import Tokenizer, get_tokenizer
+from whisper.tokenizer import Tokenizer
+
+CrossCache = list[tuple[Tensor, Tensor]]  # per decoder block: cross-attention keys and values (N, 1500, d)
+SelfCache = list[tuple[Tensor, Tensor]]   # per decoder block: self-attention keys and values of the tokens so far
 
 
 @torch.no_grad()
-def greedy_transcripts(model: Whisper, features: Tensor, language: str | None, task: str = "transcribe", max_tokens: int = 8) -> list[str]:
-    """Greedy transcripts of encoder outputs (N, 1500, d), with openai-whisper's `DecodingOptions` semantics.
+def cross_attention_cache(model: Whisper, features: Tensor) -> CrossCache:
+    """Each decoder block's cross-attention keys and values of encoder outputs (N, 1500, d), computed once."""
+    return [(block.cross_attn.key(features), block.cross_attn.value(features)) for block in model.decoder.blocks]
+
+
+@torch.no_grad()
+def decoder_states(model: Whisper, tokens: Tensor, cross: CrossCache, past: SelfCache | None = None) -> tuple[Tensor, SelfCache]:
+    """Final decoder states (N, S, T, d) of S token sequences (N, S, T) per encoder output, continuing `past`;
+    returns them and the self-attention cache extended by these tokens.
+
+    openai-whisper's `TextDecoder.forward` with its kv cache, except that cross-attention reads `cross`: it
+    treats every query position on its own, so the S sequences of one encoder output are one (S * T)-long query.
+    """
+    decoder = model.decoder
+    n, s, t = tokens.shape
+    offset = past[0][0].shape[1] if past else 0
+    x = decoder.token_embedding(tokens.reshape(n * s, t)) + decoder.positional_embedding[offset : offset + t]
+    x = x.to(cross[0][0].dtype)
+    present = []
+    for i, (block, (cross_keys, cross_values)) in enumerate(zip(decoder.blocks, cross)):
+        attn, h = block.attn, block.attn_ln(x)
+        keys, values = attn.key(h), attn.value(h)
+        if past:
+            keys, values = torch.cat([past[i][0], keys], dim=1), torch.cat([past[i][1], values], dim=1)
+        present.append((keys, values))
+        x = x + attn.out(attn.qkv_attention(attn.query(h), keys, values, decoder.mask)[0])
+        queries = block.cross_attn.query(block.cross_attn_ln(x)).reshape(n, s * t, -1)
+        x = x + block.cross_attn.out(block.cross_attn.qkv_attention(queries, cross_keys, cross_values)[0]).reshape(x.shape)
+        x = x + block.mlp(block.mlp_ln(x))
+    return decoder.ln(x).reshape(n, s, t, -1), present
+
+
+def vocabulary_logits(model: Whisper, states: Tensor) -> Tensor:
+    """Next-token logits (float32) of decoder states, through the tied token embedding as in openai-whisper."""
+    return (states @ model.decoder.token_embedding.weight.to(states.dtype).T).float()
+
+
+@torch.no_grad()
+def language_probs(model: Whisper, cross: CrossCache, tokenizer: Tokenizer) -> list[dict[str, float]]:
+    """openai-whisper's language-detection probabilities of each encoder output (multilingual models)."""
+    tokens = torch.full((cross[0][0].shape[0], 1, 1), tokenizer.sot, device=cross[0][0].device)
+    logits = vocabulary_logits(model, decoder_states(model, tokens, cross)[0][:, 0, 0])
+    languages = torch.tensor(tokenizer.all_language_tokens, device=logits.device)
+    probs = logits[:, languages].softmax(-1).tolist()
+    return [dict(zip(tokenizer.all_language_codes, p)) for p in probs]
+
+
+@torch.no_grad()
+def greedy_transcripts(model: Whisper, cross: CrossCache, language: str | list[str], task: str = "transcribe", max_tokens: int = 8) -> list[str]:
+    """Greedy transcripts of encoder outputs, with openai-whisper's `DecodingOptions` semantics (temperature 0,
+    no timestamps, blank and non-speech tokens suppressed); `language` is one code or one per encoder output
+    (e.g. the detected ones).
 
     `max_tokens` caps each transcript (single words need few); decoding stops once every sequence has ended.
     Special tokens that a patched encoder output can provoke mid-transcript (e.g. `<|el|>`) are not text
     and are left out.
     """
-    options = whisper.DecodingOptions(
-        task=task, language=language, temperature=0.0, sample_len=max_tokens, without_timestamps=True, fp16=False
-    )
-    tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
-    return [tokenizer.decode([t for t in result.tokens if t < tokenizer.eot]).strip() for result in whisper.decode(model, features.float(), options)]
+    languages = [language] * cross[0][0].shape[0] if isinstance(language, str) else language
+    task_of = DecodingTask(model, whisper.DecodingOptions(task=task, language=languages[0], sample_len=max_tokens, without_timestamps=True, fp16=False))
+    tokenizer = task_of.tokenizer
+    tokens = torch.tensor([task_of.initial_tokens], device=cross[0][0].device).repeat(len(languages), 1)
+    if model.is_multilingual:
+        tokens[:, task_of.sot_index + 1] = torch.tensor([tokenizer.to_language_token(code) for code in languages])
+    past = None
+    for _ in range(max_tokens):
+        states, past = decoder_states(model, (tokens if past is None else tokens[:, -1:])[:, None], cross, past)
+        logits = vocabulary_logits(model, states[:, 0, -1])
+        for logit_filter in task_of.logit_filters:
+            logit_filter.apply(logits, tokens)
+        next_tokens = logits.argmax(dim=-1)
+        next_tokens[tokens[:, -1] == tokenizer.eot] = tokenizer.eot
+        tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
+        if (next_tokens == tokenizer.eot).all():
+            break
+    texts = []
+    for sequence in tokens[:, task_of.sample_begin :].tolist():
+        sequence = sequence[: sequence.index(tokenizer.eot)] if tokenizer.eot in sequence else sequence
+        texts.append(tokenizer.decode([t for t in sequence if t < tokenizer.eot]).strip())
+    return texts
 
 
 @torch.no_grad()
-def sequence_logprobs(model: Whisper, features: Tensor, sequences: list[list[tuple[list[int], list[int]]]]) -> list[list[float]]:
-    """Teacher-forced log P(continuation | prefix, features[f]) for each (prefix, continuation) of each feature f.
-
-    One decoder pass for all sequences. The cross-attention keys and values are computed once per feature:
-    cross-attention treats every query position on its own, so all sequences of one feature are laid out
-    as a single (S * T)-long query against that feature.
-    """
+def sequence_logprobs(model: Whisper, cross: CrossCache, sequences: list[list[tuple[list[int], list[int]]]]) -> list[list[float]]:
+    """Teacher-forced log P(continuation | prefix, encoder output f) for each (prefix, continuation) asked of
+    each encoder output f, all in one decoder pass."""
+    device = cross[0][0].device
     n_features, n_seq = len(sequences), max(len(s) for s in sequences)
     length = max(len(prefix) + len(rest) for seqs in sequences for prefix, rest in seqs)
     tokens = torch.zeros(n_features, n_seq, length, dtype=torch.long)
@@ -39,33 +115,23 @@ def sequence_logprobs(model: Whisper, features: Tensor, sequences: list[list[tup
             full = list(prefix) + list(rest)
             tokens[f, j, : len(full)] = torch.tensor(full)
             wanted[f, j, len(prefix) - 1 : len(full) - 1] = True
-    tokens, wanted = tokens.to(features.device), wanted.to(features.device)
-
-    decoder = model.decoder
-    x = decoder.token_embedding(tokens.view(-1, length)) + decoder.positional_embedding[:length]
-    x = x.to(features.dtype)
-    for block in decoder.blocks:
-        x = x + block.attn(block.attn_ln(x), mask=decoder.mask)[0]
-        queries = block.cross_attn_ln(x).reshape(n_features, n_seq * length, -1)
-        x = x + block.cross_attn(queries, features)[0].reshape(x.shape)
-        x = x + block.mlp(block.mlp_ln(x))
-    hidden = decoder.ln(x).view(n_features, n_seq, length, -1)[wanted]
-    logits = (hidden @ decoder.token_embedding.weight.to(hidden.dtype).T).float()
+    tokens, wanted = tokens.to(device), wanted.to(device)
+    states = decoder_states(model, tokens, cross)[0][wanted]
     next_tokens = torch.roll(tokens, -1, dims=-1)[wanted]
-    token_logp = logits.log_softmax(-1).gather(-1, next_tokens[:, None])[:, 0]
-    per_sequence = torch.zeros(n_features, n_seq, device=features.device).index_put_(
+    token_logp = vocabulary_logits(model, states).log_softmax(-1).gather(-1, next_tokens[:, None])[:, 0]
+    per_sequence = torch.zeros(n_features, n_seq, device=device).index_put_(
         tuple(wanted.nonzero()[:, :2].T), token_logp, accumulate=True
     )
     return [per_sequence[f, : len(seqs)].tolist() for f, seqs in enumerate(sequences)]
 
 
-def word_logprobs(model: Whisper, features: Tensor, words: list[list[tuple]]) -> list[dict]:
-    """log P(word | features[f]) for each word asked of each feature f, as {word: logp} per feature.
+def word_logprobs(model: Whisper, cross: CrossCache, words: list[list[tuple]]) -> list[dict]:
+    """log P(word | encoder output f) for each word asked of each encoder output f, as {word: logp} per output.
 
     A word is (prefix, forms): the forced transcript start and its surface forms' token sequences; its
     probability sums over the forms (the transcript begins with " bat" or " Bat").
     """
-    logps = sequence_logprobs(model, features, [[(prefix, form) for prefix, forms in ws for form in forms] for ws in words])
+    logps = sequence_logprobs(model, cross, [[(prefix, form) for prefix, forms in ws for form in forms] for ws in words])
     result = []
     for ws, lp in zip(words, logps):
         offsets = [0]
@@ -73,12 +139,6 @@ def word_logprobs(model: Whisper, features: Tensor, words: list[list[tuple]]) ->
             offsets.append(offsets[-1] + len(forms))
         result.append({word: torch.tensor(lp[a:b]).logsumexp(0).item() for word, a, b in zip(ws, offsets, offsets[1:])})
     return result
-
-
-@torch.no_grad()
-def language_probs(model: Whisper, features: Tensor, tokenizer: Tokenizer) -> list[dict[str, float]]:
-    """openai-whisper's language-detection probabilities for each encoder output (multilingual models)."""
-    return whisper.detect_language(model, features.float(), tokenizer)[1]
 
 
 def scoring_prefix(tokenizer: Tokenizer) -> tuple[int, ...]:

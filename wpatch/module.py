@@ -7,7 +7,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 
-from wpatch.decoding import greedy_transcripts, language_probs, scoring_prefix, word_logprobs
+from wpatch.decoding import cross_attention_cache, greedy_transcripts, language_probs, scoring_prefix, word_logprobs
 from wpatch.errors import WpatchError
 from wpatch.models import load_model
 from wpatch.patching import SITES, Patch, layer_pairs, patched_outputs, run_patched, site_states, window_weights
@@ -92,6 +92,10 @@ class PatchingModule(L.LightningModule):
         for direction in directions:
             if direction not in DIRECTIONS:
                 raise WpatchError(f"unknown patch direction {direction!r}; use denoising or noising")
+        if not 1 <= max_tokens <= self.whisper.dims.n_text_ctx // 2:
+            raise WpatchError(f"max_tokens {max_tokens} is outside 1..{self.whisper.dims.n_text_ctx // 2}; single words need about 8")
+        if decode_chunk < 1:
+            raise WpatchError(f"decode_chunk {decode_chunk} decodes nothing; give 1 or more encoder outputs per decoder pass")
         self.rows_per_item = len(self.specs) * len(directions) * (2 if control else 1)
         # a sparse, non-persistent buffer (used only for word timestamps) that DDP cannot broadcast
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["whisper.alignment_heads"])
@@ -176,10 +180,7 @@ class PatchingModule(L.LightningModule):
 
     def measure(self, batch: dict, plan: list[dict], features: torch.Tensor, clean: dict) -> list[dict]:
         """Decode every feature once and turn the plan into rows of measures (`clean`: clip -> its clean feature)."""
-        chunks = [slice(i, i + self.hparams.decode_chunk) for i in range(0, len(features), self.hparams.decode_chunk)]
-        with record_function("wpatch.decoder.greedy"):
-            hp = self.hparams
-            transcripts = [t for c in chunks for t in greedy_transcripts(self.whisper, features[c], hp.language, hp.task, hp.max_tokens)]
+        hp = self.hparams
         source_words = [(self.prefix(lang), tuple(map(tuple, forms))) for lang, forms in zip(batch["source_lang"], batch["source_tokens"])]
         target_words = [(self.prefix(lang), tuple(map(tuple, forms))) for lang, forms in zip(batch["target_lang"], batch["target_tokens"])]
         asked = [{} for _ in range(len(features))]
@@ -187,13 +188,20 @@ class PatchingModule(L.LightningModule):
             b = r["b"]
             for f in (r["feature"], clean[int(batch["source_clip"][b])], clean[int(batch["target_clip"][b])]):
                 asked[f].update(dict.fromkeys((source_words[b], target_words[b])))
-        with record_function("wpatch.decoder.score"):
-            logp = [lp for c in chunks for lp in word_logprobs(self.whisper, features[c], [list(words) for words in asked[c]])]
         crosses_languages = any(a != b for a, b in zip(batch["source_lang"], batch["target_lang"]))
-        with record_function("wpatch.decoder.language"):
-            lang_probs = None
-            if self.whisper.is_multilingual and crosses_languages:
-                lang_probs = [p for c in chunks for p in language_probs(self.whisper, features[c], self.tokenizer)]
+        detect = self.whisper.is_multilingual and (hp.language is None or crosses_languages)
+        transcripts, logp, lang_probs = [], [], []
+        for chunk in (slice(i, i + hp.decode_chunk) for i in range(0, len(features), hp.decode_chunk)):
+            with record_function("wpatch.decoder.cross_attention"):
+                cross = cross_attention_cache(self.whisper, features[chunk])
+            with record_function("wpatch.decoder.language"):
+                probs = language_probs(self.whisper, cross, self.tokenizer) if detect else []
+                lang_probs += probs
+            with record_function("wpatch.decoder.greedy"):
+                language = hp.language or ([max(p, key=p.get) for p in probs] if self.whisper.is_multilingual else "en")
+                transcripts += greedy_transcripts(self.whisper, cross, language, hp.task, hp.max_tokens)
+            with record_function("wpatch.decoder.score"):
+                logp += word_logprobs(self.whisper, cross, [list(words) for words in asked[chunk]])
 
         rows = []
         for r in plan:
@@ -206,7 +214,7 @@ class PatchingModule(L.LightningModule):
             ld_target = logp[clean_t][source_words[b]] - logp[clean_t][target_words[b]]
             valid = ld_source - ld_target >= self.hparams.min_separation
             p_lang = float("nan")
-            if lang_probs is not None and source_lang != target_lang:
+            if lang_probs and source_lang != target_lang:
                 p_src, p_tgt = lang_probs[f].get(source_lang, 0.0), lang_probs[f].get(target_lang, 0.0)
                 p_lang = p_src / (p_src + p_tgt) if p_src + p_tgt > 0 else float("nan")
             text = normalise(transcripts[f])

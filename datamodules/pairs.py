@@ -19,12 +19,14 @@ from torch.utils.data import DataLoader
 
 from wpatch.audio import load_audio, log_mel, speech_span
 from wpatch.errors import WpatchError
-from wpatch.models import cache_root, model_dims
+from wpatch.models import cache_root, load_model, model_dims
 from wpatch.pairs import patch_items, read_pairs
+from wpatch.screening import SCREEN_COLUMNS, cached_screen
 from wpatch.text import tokenizer_for, word_tokens
-from wpatch.tts import ClipCache, make_backend
+from wpatch.tts import ClipCache, make_backend, parse_speaker
 
 log = logging.getLogger(__name__)
+REQUIRE_HEARD = ("none", "source", "both")
 
 
 class PairDataModule(L.LightningDataModule):
@@ -35,14 +37,18 @@ class PairDataModule(L.LightningDataModule):
         limit: keep the first `limit` pairs.
         bidirectional: serve A into B and B into A (the original design), else A into B only.
         model: model spec; only its dimensions are read (n_mels, vocabulary).
-        tts: speech backend(s) for words without a recording: espeak, piper, gtts, or a list of them to run the
-            same set with several voices (items repeat per backend; the `voice` column tells them apart).
+        tts: speaker(s) for words without a recording: a backend (hibari, kokoro, espeak, piper, gtts) or a
+            backend and voice (kokoro:af_heart), or a list of them to run the same set with several speakers
+            (items repeat per speaker; the `voice` column tells them apart).
         voices: language -> voice, e.g. {en: en-us+m3, es: es}, for every backend; `backend.lang` keys
             (e.g. {piper.en: en_US-joe-medium}) for one backend only. Unset languages use a backend's defaults.
         cache_dir: where clips are cached (default ~/.cache/wpatch/clips).
         batch_size: source clips per batch when `group_by_source` (each with all its items), else items per batch.
         group_by_source: serve every item that shares a source clip in the same batch, so work that depends
             only on the source (the whole-block patch) is done once per clip, on one process.
+        require_heard: none (keep every item), source (keep items whose clean source clip the model hears) or
+            both (source and target heard); screened with `wpatch.screening` on `model` (loaded for it). The
+            counts kept and dropped are in `self.screening` (and the run's summary.json).
     """
 
     def __init__(
@@ -51,25 +57,31 @@ class PairDataModule(L.LightningDataModule):
         limit: int | None = None,
         bidirectional: bool = True,
         model: str = "tiny.en",
-        tts: str | list[str] = "espeak",
+        tts: str | list[str] = "hibari",
         voices: dict[str, str] | None = None,
         cache_dir: str | None = None,
         batch_size: int = 16,
         group_by_source: bool = True,
         num_workers: int = 0,
+        require_heard: str = "none",
     ):
         super().__init__()
         self.save_hyperparameters()
+        if require_heard not in REQUIRE_HEARD:
+            raise WpatchError(f"require_heard {require_heard!r} is not one of {', '.join(REQUIRE_HEARD)}; use none, source or both")
         root = Path(cache_dir) if cache_dir else cache_root() / "clips"
+        self.screening_cache = root / "screening"  # screening results per model, beside the clips they are of
         voices = voices or {}
         self.clips = {}  # backend name -> its clip cache
-        for name in [tts] if isinstance(tts, str) else tts:
+        for speaker in [tts] if isinstance(tts, str) else tts:
+            name, own = parse_speaker(speaker)
             backend = make_backend(name)
             mine = {k: v for k, v in voices.items() if "." not in k} | {k.split(".", 1)[1]: v for k, v in voices.items() if k.startswith(name + ".")}
-            self.clips[name] = ClipCache(root, backend, mine)
+            self.clips[speaker] = ClipCache(root, backend, mine | own)
         self.items = None
         self.mels = None
         self.skipped: set[int] = set()
+        self.screening: dict = {}
 
     def _clip_keys(self, items):
         """(word, lang, recording path, voice) of every source and target clip, in item order."""
@@ -107,12 +119,15 @@ class PairDataModule(L.LightningDataModule):
         source_keys, target_keys = self._clip_keys(items)
         unique = list(dict.fromkeys(source_keys + target_keys))
         index = {key: i for i, key in enumerate(unique)}
+        self.clip_keys = unique  # (word, lang, recording, voice) of each row of self.mels
         self.clip_paths = [self._clip(*key) for key in unique]  # the audio behind each row of self.mels
         audios = [load_audio(path) for path in self.clip_paths]
         self.mels = torch.stack([log_mel(audio, dims.n_mels) for audio in audios])
         self.spans = torch.tensor([speech_span(audio, n_ctx=dims.n_audio_ctx) for audio in audios])
         items["source_clip"] = [index[k] for k in source_keys]
         items["target_clip"] = [index[k] for k in target_keys]
+        if self.hparams.require_heard != "none":
+            items = self._keep_heard(items)
         items["control_clip"], items["control_word"] = control_clips(items)
         tokenizers = {lang: tokenizer_for(dims, lang) for lang in set(items["source_lang"]) | set(items["target_lang"])}
         groups = items.groupby("source_clip", sort=False).indices if self.hparams.group_by_source else {i: [i] for i in range(len(items))}
@@ -120,6 +135,32 @@ class PairDataModule(L.LightningDataModule):
         self.source_tokens = [word_tokens(tokenizers[lang], w) for w, lang in zip(items["source_word"], items["source_lang"])]
         self.target_tokens = [word_tokens(tokenizers[lang], w) for w, lang in zip(items["target_word"], items["target_lang"])]
         self.items = items
+
+    def screen(self) -> pd.DataFrame:
+        """Every clean clip screened with the run's model (see `wpatch.screening`): one row per clip, in clip order."""
+        spec = self.hparams.model
+        words, langs = [k[0] for k in self.clip_keys], [k[1] for k in self.clip_keys]
+        screen = cached_screen(lambda: load_model(spec), spec, self.mels, words, langs, self.screening_cache)
+        screen.insert(2, "voice", [k[3] or "recording" for k in self.clip_keys])
+        screen.insert(3, "clip", [str(path) for path in self.clip_paths])
+        return screen[SCREEN_COLUMNS]
+
+    def _keep_heard(self, items: pd.DataFrame) -> pd.DataFrame:
+        """The items whose clean clips the model hears (source, or source and target), counted in `self.screening`."""
+        heard = self.screen()["heard"].to_numpy()
+        keep = heard[items["source_clip"].to_numpy()]
+        if self.hparams.require_heard == "both":
+            keep &= heard[items["target_clip"].to_numpy()]
+        self.screening = {
+            "require_heard": self.hparams.require_heard, "clips": len(heard), "clips_heard": int(heard.sum()),
+            "items": len(items), "items_kept": int(keep.sum()), "items_dropped": int((~keep).sum()),
+        }
+        log.info("require_heard=%s: %d of %d clips heard; %d of %d items kept", self.hparams.require_heard,
+                 heard.sum(), len(heard), keep.sum(), len(items))
+        if not keep.any():
+            raise WpatchError(f"require_heard={self.hparams.require_heard}: the model hears none of the items' clips; "
+                              "use --data.require_heard none, another voice (--data.tts) or another model")
+        return items[keep].reset_index(drop=True)
 
     def collate(self, groups: list[int]) -> dict:
         """A batch of the items in these groups: source/target log-mels (B, n_mels, 3000), clip indices, token ids, metadata."""

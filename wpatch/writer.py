@@ -15,6 +15,7 @@ import json
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -41,23 +42,37 @@ def condition_label(condition: dict) -> str:
 
 
 def bootstrap_interval(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of `values` (one value per pair), resampling pairs."""
+    """95% percentile interval of the mean of `values`: one value per pair (resampling pairs), or a
+    (pairs x voices) table, NaN where a pair was not run with a voice (resampling pairs and voices, so the
+    interval covers both the words and the speakers)."""
     if len(values) < 2:
         return float("nan"), float("nan")
-    means = values[np.random.default_rng(seed).integers(0, len(values), (BOOTSTRAP_SAMPLES, len(values)))].mean(axis=1)
+    rng = np.random.default_rng(seed)
+    if values.ndim == 1:
+        means = values[rng.integers(0, len(values), (BOOTSTRAP_SAMPLES, len(values)))].mean(axis=1)
+    else:
+        rows = rng.integers(0, values.shape[0], (BOOTSTRAP_SAMPLES, values.shape[0], 1))
+        columns = rng.integers(0, values.shape[1], (BOOTSTRAP_SAMPLES, 1, values.shape[1]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a draw of only missing cells has no mean
+            means = np.nanmean(values[rows, columns].reshape(BOOTSTRAP_SAMPLES, -1), axis=1)
+        means = means[~np.isnan(means)]
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
 
 
 def cell_table(groups: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per group x condition x layer pair (x sweep window): means of every measure, and the effect's
-    mean over pairs with a bootstrap 95% interval (rows flagged effect_valid false left out)."""
+    mean over pairs with a bootstrap 95% interval (over pairs, and over voices too when the group has several;
+    rows flagged effect_valid false left out)."""
     cells = []
     for group, rows in groups.items():
         rows = rows.assign(sweep_start=np.where(rows["window"] == "sweep", rows["window_start"], -1))
         for key, frame in rows.groupby([*CONDITION, "source_layer", "target_layer", "sweep_start"], sort=False):
-            per_pair = frame[frame["effect_valid"]].groupby("pair_id")["effect"].mean().to_numpy()
-            low, high = bootstrap_interval(per_pair)
+            valid = frame[frame["effect_valid"]]
+            per_pair = valid.groupby("pair_id")["effect"].mean().to_numpy()
+            by_voice = valid.pivot_table(index="pair_id", columns="voice", values="effect", aggfunc="mean")
+            low, high = bootstrap_interval(by_voice.to_numpy() if by_voice.shape[1] > 1 else per_pair)
             cells.append({
                 "group": group, **dict(zip([*CONDITION, "source_layer", "target_layer", "sweep_start"], key)),
                 "items": frame["item_id"].nunique(), "pairs": frame["pair_id"].nunique(),
@@ -86,9 +101,24 @@ def row_groups(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return groups
 
 
+def voice_spread(groups: dict, voices: list[str], measures: list[str]) -> dict:
+    """Per measure, the lowest and highest diagonal and off-diagonal mean over the voices, and their range:
+    a finding that holds for one voice only shows up as a wide range."""
+    spread = {}
+    for measure in measures:
+        for key in ("diagonal_mean", "off_diagonal_mean"):
+            values = {v: groups[f"voice={v}"][measure][key] for v in voices if measure in groups.get(f"voice={v}", {})}
+            values = {v: x for v, x in values.items() if x is not None}
+            if values:
+                low, high = min(values, key=values.get), max(values, key=values.get)
+                spread.setdefault(measure, {})[key] = {"lowest": {low: values[low]}, "highest": {high: values[high]},
+                                                       "range": values[high] - values[low]}
+    return spread
+
+
 def file_suffix(group: str) -> str:
     """File-name suffix of a group: '' for all, '_vowel_recognised' for 'category=vowel|recognised'."""
-    return "" if group == "all" else "_" + group.replace("category=", "").replace("|", "_").replace("=", "-")
+    return "" if group == "all" else "_" + re.sub(r"[^\w.-]", "_", group.replace("category=", "").replace("|", "_").replace("=", "-"))
 
 
 def layer_matrix(rows: pd.DataFrame, measure: str) -> pd.DataFrame:
@@ -221,6 +251,9 @@ class PatchingResultsWriter(BasePredictionWriter):
                    "groups": summary, "conditions": summary_of_conditions}
         if differences:
             summary["voice_differences_mean_abs"] = differences
+            summary["voice_spread"] = voice_spread(summary["groups"], voices, measures)
+        if trainer.datamodule.screening:
+            summary["screening"] = trainer.datamodule.screening
         metrics = {f"hparam/{m}_{k}": summary["groups"]["all"][m][k] for m in measures if m in summary["groups"]["all"]
                    for k in ("diagonal_mean", "off_diagonal_mean") if summary["groups"]["all"][m][k] is not None}
         for event in hparams({k: str(v) if isinstance(v, (list, dict, tuple)) or v is None else v for k, v in settings.items()}, metrics):
@@ -279,6 +312,7 @@ class PatchingResultsWriter(BasePredictionWriter):
             "limit": data.limit,
             "bidirectional": data.bidirectional,
             "tts": data.tts,
+            "require_heard": data.require_heard,
             "voices": {name: cache.voices for name, cache in trainer.datamodule.clips.items()},
             "precision": str(trainer.precision),
             "accelerator": type(trainer.accelerator).__name__,

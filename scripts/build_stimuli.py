@@ -4,30 +4,55 @@
 
 Writes english_pairs.csv (869 pairs) and english_spanish_pairs.csv (162 pairs); the same installed
 sources give the same bytes (a test checks the shipped files against a rebuild).
+
+Word choice by what a model hears (three steps; see README, Stimulus sets):
+
+    python scripts/build_stimuli.py --candidates runs/candidates.csv          # every word the builder may choose
+    python scripts/screen.py --pairs-file runs/candidates.csv --tts hibari --output-dir runs/screen_candidates
+    python scripts/build_stimuli.py --heard runs/screen_candidates/screen.csv  # writes english_heard_pairs.csv
 """
 
 import argparse
 from pathlib import Path
 
-from wpatch.stimuli import english_pairs, english_spanish_pairs, to_csv
+import pandas as pd
+
+from wpatch.stimuli import candidate_words, english_pairs, english_spanish_pairs, heard_shares, to_csv
 
 SETS = {"english_pairs.csv": english_pairs, "english_spanish_pairs.csv": english_spanish_pairs}
 
 
+def write(table: pd.DataFrame, path: Path) -> Path:
+    """`table` as the sets ship (see `to_csv`), under a temporary name, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(to_csv(table), encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
 def build(out_dir: Path) -> list[Path]:
-    """Write every set into `out_dir` (each under a temporary name, then renamed)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, make in SETS.items():
-        partial = out_dir / f".{name}.partial"
-        partial.write_text(to_csv(make()), encoding="utf-8")
-        partial.replace(out_dir / name)
-        written.append(out_dir / name)
-    return written
+    """Write every set into `out_dir`."""
+    return [write(make(), out_dir / name) for name, make in SETS.items()]
+
+
+def main(args=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parents[1] / "wpatch" / "data")
+    parser.add_argument("--candidates", type=Path, help="write every candidate word (as a pair with itself) for screen.py")
+    parser.add_argument("--heard", type=Path, help="a screen.csv: build english_heard_pairs.csv from the words heard most")
+    options = parser.parse_args(args)
+    if options.candidates:
+        words = candidate_words()
+        paths = [write(pd.DataFrame({"word_a": words, "word_b": words, "category": "candidate"}), options.candidates)]
+    elif options.heard:
+        screen = pd.read_csv(options.heard, keep_default_na=False)
+        paths = [write(english_pairs(heard_shares(screen)), options.out_dir / "english_heard_pairs.csv")]
+    else:
+        paths = build(options.out_dir)
+    for path in paths:
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parents[1] / "wpatch" / "data")
-    for path in build(parser.parse_args().out_dir):
-        print(f"wrote {path}")
+    main()

@@ -125,12 +125,14 @@ def minimal_pairs(words: dict[str, tuple[str, ...]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def pick(candidates: pd.DataFrame, count: int) -> pd.DataFrame:
+def pick(candidates: pd.DataFrame, count: int, heard: dict[str, float] | None = None) -> pd.DataFrame:
     """`count` pairs, fewest changed features first (classic pairs like cap/gap), then those whose rarer
-    word is most frequent; each word used at most MAX_USES times."""
+    word is most frequent; each word used at most MAX_USES times. With `heard` (word -> share of the
+    screened voices that the model hears it in), pairs whose less-heard word is heard most come first."""
     n_features = candidates["feature"].str.count(r"\+") + 1
-    ranked = candidates.assign(n_features=n_features, rank=-candidates[["zipf_a", "zipf_b"]].min(axis=1))
-    ranked = ranked.sort_values(["n_features", "rank", "word_a", "word_b"], kind="stable").drop(columns="n_features")
+    ranked = candidates.assign(n_features=n_features, rank=-candidates[["zipf_a", "zipf_b"]].min(axis=1),
+                               unheard=-pair_heard(candidates, heard))
+    ranked = ranked.sort_values(["unheard", "n_features", "rank", "word_a", "word_b"], kind="stable").drop(columns=["n_features", "unheard"])
     uses: dict[str, int] = {}
     chosen = []
     for index, row in ranked.iterrows():
@@ -145,9 +147,29 @@ def pick(candidates: pd.DataFrame, count: int) -> pd.DataFrame:
     return ranked.loc[chosen].drop(columns="rank")
 
 
-def semantic_pairs() -> pd.DataFrame:
-    """The first COUNTS['semantic'] curated pairs whose words are in cmudict and have no common homophone."""
+def pair_heard(pairs: pd.DataFrame, heard: dict[str, float] | None) -> pd.Series:
+    """Per pair, the heard share of its less-heard word (0 for a word never screened); all 0 without `heard`."""
+    if heard is None:
+        return pd.Series(0.0, index=pairs.index)
+    return pd.concat([pairs.word_a.map(heard), pairs.word_b.map(heard)], axis=1).fillna(0.0).min(axis=1)
+
+
+def heard_shares(screen: pd.DataFrame) -> dict[str, float]:
+    """word -> the share of its screened clips (one per voice) that the model hears, from a `screen.csv`."""
+    return screen.groupby("word")["heard"].mean().to_dict()
+
+
+def candidate_words() -> list[str]:
+    """Every word `english_pairs` can choose from (minimal-pair vocabulary and curated semantic words), to screen."""
     curated = pd.read_csv(io.StringIO((CURATED / "semantic_pairs.csv").read_text()), dtype=str)
+    return sorted(set(one_syllable_words()) | set(curated.word_a) | set(curated.word_b))
+
+
+def semantic_pairs(heard: dict[str, float] | None = None) -> pd.DataFrame:
+    """The first COUNTS['semantic'] curated pairs whose words are in cmudict and have no common homophone
+    (with `heard`: the most heard first, curated order among equals)."""
+    curated = pd.read_csv(io.StringIO((CURATED / "semantic_pairs.csv").read_text()), dtype=str)
+    curated = curated.loc[(-pair_heard(curated, heard)).sort_values(kind="stable").index]
     rows = []
     for row in curated.itertuples():
         if all(w in pronunciations() and not has_homophone(w) for w in (row.word_a, row.word_b)):
@@ -156,13 +178,14 @@ def semantic_pairs() -> pd.DataFrame:
     return pd.DataFrame(rows[: COUNTS["semantic"]])
 
 
-def english_pairs() -> pd.DataFrame:
-    """The 869 English pairs: consonant minimal pairs, vowel contrasts, semantic pairs."""
+def english_pairs(heard: dict[str, float] | None = None) -> pd.DataFrame:
+    """The 869 English pairs: consonant minimal pairs, vowel contrasts, semantic pairs; with `heard` (see
+    `heard_shares`), chosen among the pairs whose words the screened voices are heard on most."""
     words = one_syllable_words()
     pairs = minimal_pairs(words)
     pairs["zipf_a"], pairs["zipf_b"] = pairs.word_a.map(zipf), pairs.word_b.map(zipf)
-    chosen = [pick(pairs[pairs.category == kind], COUNTS[kind]) for kind in ("consonant", "vowel")]
-    semantic = semantic_pairs()
+    chosen = [pick(pairs[pairs.category == kind], COUNTS[kind], heard) for kind in ("consonant", "vowel")]
+    semantic = semantic_pairs(heard)
     semantic["zipf_a"], semantic["zipf_b"] = semantic.word_a.map(zipf), semantic.word_b.map(zipf)
     table = pd.concat(chosen + [semantic], ignore_index=True)
     table.insert(0, "pair_id", [f"en{i:04d}" for i in range(len(table))])

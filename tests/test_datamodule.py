@@ -38,7 +38,7 @@ def test_serves_log_mel_pairs_both_ways_and_caches_clips(tmp_path, small_model_p
     csv = write_csv(tmp_path / "pairs.csv", "word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\nbig,pig,consonant\n")
     dm = PairDataModule(pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"), batch_size=4)
     dm.prepare_data()
-    assert dm.clips['espeak'].synthesized == 6
+    assert dm.clips['hibari'].synthesized == 6
     dm.setup("predict")
     batches = list(dm.predict_dataloader())
     assert [len(b["item_id"]) for b in batches] == [4, 2]
@@ -52,7 +52,7 @@ def test_serves_log_mel_pairs_both_ways_and_caches_clips(tmp_path, small_model_p
     one_way = PairDataModule(pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"), bidirectional=False)
     one_way.prepare_data()
     one_way.setup()
-    assert one_way.clips['espeak'].synthesized == 0  # every clip came from the cache
+    assert one_way.clips['hibari'].synthesized == 0  # every clip came from the cache
     assert len(one_way.items) == 3 and set(one_way.items["direction"]) == {"a->b"}
 
 
@@ -72,7 +72,7 @@ def test_recordings_are_used_instead_of_synthesis(tmp_path, small_model_path):
     dm = PairDataModule(pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"))
     dm.prepare_data()
     dm.setup()
-    assert dm.clips['espeak'].synthesized == 0 and not (tmp_path / "clips").exists()
+    assert dm.clips['hibari'].synthesized == 0 and not (tmp_path / "clips").exists()
     assert dm.mels.shape == (2, 80, 3000) and not torch.equal(dm.mels[0], dm.mels[1])
 
 

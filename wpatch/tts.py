@@ -14,6 +14,7 @@ import ctypes
 import hashlib
 import io
 import json
+import logging
 import multiprocessing
 import os
 import re
@@ -326,13 +327,30 @@ def parse_speaker(speaker: str) -> tuple[str, dict[str, str]]:
     return backend, {language_of(backend, voice): voice}
 
 
+log = logging.getLogger(__name__)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` under a temporary name, then rename it to `path` (readers never see part of it)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
 class ClipCache:
-    """Synthesised clips on disk, one wav each, keyed by backend, voice, text and settings."""
+    """Synthesised clips on disk, one wav each, keyed by backend, voice, text and settings.
+
+    Each wav has a sidecar `<name>.json` with its sha256, written after it; a clip that does not match its
+    sidecar (truncated, emptied, damaged) is synthesised again, with a warning. A clip without a sidecar
+    (caches made before sidecars, or a run killed between the two writes) is kept if its wav header and
+    length agree, and gets its sidecar then.
+    """
 
     def __init__(self, root: str | Path, backend, voices: dict[str, str] | None = None):
         self.root, self.backend = Path(root), backend
         self.voices = {**backend.default_voices, **(voices or {})}
         self.synthesized = 0  # clips made by this cache object (the rest were cache hits)
+        self.repaired = 0  # of them, clips made again because the cached one was damaged
 
     def voice(self, lang: str) -> str:
         if lang not in self.voices:
@@ -347,22 +365,54 @@ class ClipCache:
         slug = re.sub(r"[^\w-]+", "_", text, flags=re.UNICODE)[:40]
         return self.root / self.backend.name / re.sub(r"[^\w+-]", "_", voice) / f"{slug}-{digest}.wav"
 
+    def damage(self, path: Path) -> str | None:
+        """Why the cached clip at `path` cannot be served, or None if it is sound (see the class docstring)."""
+        data = path.read_bytes()
+        sidecar = path.with_suffix(".json")
+        if sidecar.exists():
+            try:
+                recorded = json.loads(sidecar.read_text())["sha256"]
+            except (ValueError, KeyError, TypeError):
+                return "has an unreadable sidecar"
+            return None if hashlib.sha256(data).hexdigest() == recorded else f"does not match its sha256 ({len(data)} bytes: truncated or damaged)"
+        try:
+            with wave.open(io.BytesIO(data)) as clip:
+                frames, frame_bytes = clip.getnframes(), clip.getsampwidth() * clip.getnchannels()
+                complete = frames > 0 and len(clip.readframes(frames)) == frames * frame_bytes
+        except (wave.Error, EOFError) as error:
+            return f"is not a readable wav ({error or 'empty'})"
+        if not complete:
+            return "holds fewer samples than its wav header says (truncated)"
+        self.write_sidecar(path, data)
+        return None
+
+    @staticmethod
+    def write_sidecar(path: Path, data: bytes) -> None:
+        """Record the sha256 and size of the clip `data` stored at `path`."""
+        write_atomically(path.with_suffix(".json"), json.dumps({"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}).encode())
+
     def get(self, text: str, lang: str) -> Path:
-        """The cached clip of `text`, synthesised first if it is not there yet."""
+        """The cached clip of `text` (verified), synthesised first if it is not there yet or is damaged."""
         path = self.path(text, lang)
         if path.exists():
-            return path
+            problem = self.damage(path)
+            if problem is None:
+                return path
+            log.warning("clip cache: %s %s; synthesising it again", path, problem)
+            self.repaired += 1
         samples, rate = self.backend.synthesize(text, self.voice(lang))
         if samples.size == 0:
             raise WpatchError(f"{self.backend.name} voice {self.voice(lang)!r} produced no audio for {text!r}; check the word's spelling and language")
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        with wave.open(str(partial), "wb") as out:
+        clip = io.BytesIO()
+        with wave.open(clip, "wb") as out:
             out.setnchannels(1)
             out.setsampwidth(2)
             out.setframerate(rate)
             out.writeframes(samples.astype(np.int16).tobytes())
-        os.replace(partial, path)
+        data = clip.getvalue()
+        write_atomically(path, data)
+        self.write_sidecar(path, data)
         self.synthesized += 1
         return path
 

@@ -29,6 +29,8 @@ from torch.utils.tensorboard.summary import hparams
 
 from wpatch.errors import WpatchError
 from wpatch.module import ROW_COLUMNS
+from wpatch.pairs import pairs_path
+from wpatch.runfolder import StopOnSignal, claim_folder, code_version, fault_point, file_sha256, record_run
 
 MEASURES = ("override", "transfer", "score", "effect", "p_source_language")  # the last only where languages differ
 CONDITION = ["site", "window", "alpha", "patch_direction", "donor"]
@@ -161,9 +163,13 @@ def heatmap(matrix: pd.DataFrame, title: str, labels: pd.DataFrame | None = None
 class PatchingResultsWriter(BasePredictionWriter):
     """Writes predictions.csv, layer matrices (overall and per category), heatmaps, summary.json and TensorBoard.
 
+    The folder is locked while a run uses it, and `run.json` keeps the settings its rows depend on (see
+    `wpatch.runfolder`). SIGTERM or SIGINT stops the run before its next batch (`RunStopped`).
+
     Args:
         output_dir: the run's folder; one that holds a finished run (summary.json) is refused.
-        resume: continue an unfinished run in `output_dir`, skipping items already written.
+        resume: continue an unfinished run in `output_dir` (same settings), skipping items already written;
+            a run whose items are all written is merged and finished.
     """
 
     def __init__(self, output_dir: str = "runs/experiment_a", resume: bool = False):
@@ -171,16 +177,62 @@ class PatchingResultsWriter(BasePredictionWriter):
         self.output_dir = Path(output_dir)
         self.resume = resume
         self.parts = self.output_dir / "parts"
+        self.lock = None  # the open, locked lock file while this process owns the folder
+        self.stop = StopOnSignal()
+        self.parts_written = 0
+
+    def claim(self, trainer: L.Trainer, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+        """Before any work, on the process that starts the run: lock the folder (checking that it is writable),
+        refuse a finished run or an unasked resume, and store (or, resuming, check) the settings in run.json."""
+        if self.lock is not None:
+            return
+        self.lock = claim_folder(self.output_dir)
+        try:
+            if (self.output_dir / "summary.json").exists():
+                raise WpatchError(f"output directory {self.output_dir} already holds a finished run; choose another --writer.output_dir")
+            done = self.finished_items()
+            if done and not self.resume:
+                raise WpatchError(f"output directory {self.output_dir} holds an unfinished run ({len(done)} items); add --writer.resume true to continue it, or choose another directory")
+            for stale in [*self.output_dir.glob(".*.partial"), *self.parts.glob(".*.partial")]:
+                stale.unlink()  # left by a killed process; the lock says none is writing
+            data = datamodule.hparams
+            session = {"code_version": code_version(), "accelerator": type(trainer.accelerator).__name__, "devices": trainer.world_size,
+                       "batch_size": data.batch_size, "decode_chunk": pl_module.hparams.decode_chunk, "items_done": len(done)}
+            record_run(self.output_dir, self.run_settings(trainer, pl_module, datamodule), session, self.resume)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Unlock the folder (closing the lock file drops the flock)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.release()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.release()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if (self.output_dir / "summary.json").exists():
-            raise WpatchError(f"output directory {self.output_dir} already holds a finished run; choose another --writer.output_dir")
+        if trainer.is_global_zero:
+            self.claim(trainer, pl_module, trainer.datamodule)
         done = self.finished_items()
-        if done and not self.resume:
-            raise WpatchError(f"output directory {self.output_dir} holds an unfinished run ({len(done)} items); add --writer.resume true to continue it, or choose another directory")
         if done:
             trainer.datamodule.skip(done)
         self.started = time.time()
+        self.stop.children = getattr(trainer.strategy.launcher, "procs", [])  # DDP processes this one launched
+        if len(done) == len(trainer.datamodule.items):  # nothing left to predict (Lightning skips the loop): finish here
+            self.on_predict_end(trainer, pl_module)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning's SIGTERM handler (installed just before this) only logs in a predict loop and broadcasts
+        # over the process group inside the handler; ours replaces it (Lightning restores the old one at teardown)
+        self.stop.install()
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.stop.check()
 
     def finished_items(self) -> set[int]:
         """Item ids already written by earlier or current processes."""
@@ -197,6 +249,9 @@ class PatchingResultsWriter(BasePredictionWriter):
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         frame.to_csv(partial, index=False)
         os.replace(partial, path)
+        self.parts_written += 1
+        if trainer.is_global_zero:
+            fault_point(f"part{self.parts_written}")
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.strategy.barrier()
@@ -211,7 +266,10 @@ class PatchingResultsWriter(BasePredictionWriter):
         n_items, per_item = len(trainer.datamodule.items), pl_module.rows_per_item
         if rows.duplicated(ROW_KEY).any() or len(rows) != n_items * per_item:
             raise WpatchError(f"{self.parts} holds {len(rows)} rows, expected {n_items} items x {per_item} patches once each; delete the directory and rerun")
-        rows.to_csv(self.output_dir / "predictions.csv", index=False)
+        partial = self.output_dir / ".predictions.csv.partial"
+        rows.to_csv(partial, index=False)
+        os.replace(partial, self.output_dir / "predictions.csv")
+        fault_point("merged")
 
         measures = [m for m in MEASURES if rows[m].notna().any()]
         groups = row_groups(rows)
@@ -247,7 +305,9 @@ class PatchingResultsWriter(BasePredictionWriter):
         }
 
         settings = self.settings(trainer, pl_module)
+        clips = trainer.datamodule.clips.values()
         summary = {**settings, "primary_condition": primary, "wall_time_s": round(time.time() - self.started, 2),
+                   "clip_cache": {"synthesised": sum(c.synthesized for c in clips), "resynthesised_damaged": sum(c.repaired for c in clips)},
                    "groups": summary, "conditions": summary_of_conditions}
         if differences:
             summary["voice_differences_mean_abs"] = differences
@@ -282,8 +342,9 @@ class PatchingResultsWriter(BasePredictionWriter):
                 if matrix.empty:
                     summary[label] = {"effect_pairs": 0}
                     continue
-                low = mine.pivot_table(index="source_layer", columns="target_layer", values="effect_low")
-                high = mine.pivot_table(index="source_layer", columns="target_layer", values="effect_high")
+                # intervals need two pairs: a cell with one has none (NaN), which pivot_table would drop
+                low = mine.pivot_table(index="source_layer", columns="target_layer", values="effect_low", dropna=False).reindex_like(matrix)
+                high = mine.pivot_table(index="source_layer", columns="target_layer", values="effect_high", dropna=False).reindex_like(matrix)
                 labels = matrix.apply(lambda col: [f"{v:.2f}\n[{lo:.2f}, {hi:.2f}]" for v, lo, hi in zip(col, low[col.name], high[col.name])])
                 figure = heatmap(matrix, f"effect, 95% CI over pairs\n{label}", labels=labels)
                 name, tag = f"effect_matrix_{label}", f"effect_matrix/{label}"
@@ -292,29 +353,37 @@ class PatchingResultsWriter(BasePredictionWriter):
             tensorboard.add_figure(tag, figure)
         return summary
 
-    @staticmethod
-    def settings(trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+    @classmethod
+    def settings(cls, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         """The run's settings: model, decoding, data and trainer choices."""
-        data = trainer.datamodule.hparams
+        return {**cls.run_settings(trainer, pl_module, trainer.datamodule),
+                "accelerator": type(trainer.accelerator).__name__, "devices": trainer.world_size}
+
+    @staticmethod
+    def run_settings(trainer: L.Trainer, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> dict:
+        """The settings a run's rows depend on: model, patches, decoding, stimuli, voices and precision."""
+        data = datamodule.hparams
         return {
             "model": pl_module.hparams.model,
+            "source_layers": pl_module.hparams.source_layers,
+            "target_layers": pl_module.hparams.target_layers,
             "sites": list(pl_module.hparams.sites),
             "windows": [str(w) for w in pl_module.hparams.windows],
             "sweep": pl_module.hparams.sweep,
             "alphas": list(pl_module.hparams.alphas),
             "directions": list(pl_module.hparams.directions),
             "control": pl_module.hparams.control,
+            "min_separation": pl_module.hparams.min_separation,
             "language": pl_module.hparams.language,
             "task": pl_module.hparams.task,
             "max_tokens": pl_module.hparams.max_tokens,
             "layer_pairs": len(pl_module.pairs),
             "pairs_file": str(data.pairs_file or "starter_pairs.csv"),
+            "pairs_sha256": file_sha256(pairs_path(data.pairs_file)),
             "limit": data.limit,
             "bidirectional": data.bidirectional,
             "tts": data.tts,
             "require_heard": data.require_heard,
-            "voices": {name: cache.voices for name, cache in trainer.datamodule.clips.items()},
+            "voices": {name: cache.voices for name, cache in datamodule.clips.items()},
             "precision": str(trainer.precision),
-            "accelerator": type(trainer.accelerator).__name__,
-            "devices": trainer.world_size,
         }

@@ -1,0 +1,151 @@
+"""Bad input gives one line that names the problem and the way out (exit 2, nothing half-written); the table of
+them in docs/bad_inputs.md is made here (WPATCH_WRITE_DOCS=1 rewrites it; otherwise it must be current)."""
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+
+from scripts.predict import main
+from wpatch.text import has_word, is_word
+from wpatch.tts import ClipCache, make_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs/bad_inputs.md"
+PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"
+
+
+def args(d: Path, model: str, *extra, pairs=PAIRS, out=None):
+    (d / "pairs.csv").write_text(pairs)
+    return ["--config", str(ROOT / "configs/experiment_a.yaml"), "--model.model", model, "--data.pairs_file", str(d / "pairs.csv"),
+            "--data.cache_dir", str(d / "clips"), "--data.batch_size", "1", "--model.max_tokens", "3",
+            "--writer.output_dir", str(out or d / "out"), "--trainer.enable_progress_bar", "false", *extra]
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding the folder's lock, as a running run does."""
+    holder = subprocess.Popen([sys.executable, "-c", f"from pathlib import Path; from wpatch.runfolder import claim_folder; "
+                               f"lock = claim_folder(Path({str(folder)!r})); print(flush=True); input()"],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder.stdout.readline()
+    return holder
+
+
+def table_row(label: str, code: int, seen: str, d: Path, model: str = "") -> str:
+    """A markdown row; paths that differ between machines are written D (the probe's folder), MODEL, python and ."""
+    for path, name in ((str(d), "D"), (model or "MODEL", "MODEL"), (sys.executable, "python"), (str(ROOT), ".")):
+        seen = seen.replace(path, name)
+    seen = re.sub(r"\(pid \d+\)", "(pid N)", seen)
+    return f"| {label} | {code} | `{seen}` |"
+
+
+def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model_path, monkeypatch, capsys, caplog):
+    rows = []
+
+    def refused(label, make, code=2, env=None, at=None):
+        d = at or tmp_path / f"probe{len(rows)}"
+        d.mkdir(exist_ok=True)
+        arguments = make(d)
+        monkeypatch.setenv("WPATCH_FAULT", env or "")
+        parts = sorted(d.glob("out/parts/items-*"))
+        with pytest.raises(SystemExit) as exit_info:
+            main(arguments)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == code and err[-1].startswith("wpatch: "), err
+        if code == 2:
+            assert len(err) == 1
+            assert not (d / "out" / "predictions.csv").exists() and sorted(d.glob("out/parts/items-*")) == parts
+        rows.append(table_row(label, code, err[-1], d, small_model_path))
+        return d
+
+    refused("`--model.alphas '[nan]'`", lambda d: args(d, small_model_path, "--model.alphas", "[nan]"))
+    def with_file(name, text="", **kwargs):
+        def make(d):
+            (d / name).parent.mkdir(exist_ok=True)
+            (d / name).write_text(text)
+            return args(d, small_model_path, **kwargs)
+        return make
+
+    refused("`--writer.output_dir` is an existing file", with_file("out"))
+    refused("`--writer.output_dir` below a file (cannot be created)", lambda d: with_file("file", out=d / "file" / "out")(d))
+    holder = None
+
+    def in_use(d):
+        nonlocal holder
+        holder = hold_lock(d / "out")
+        return args(d, small_model_path)
+    try:
+        refused("`--writer.output_dir` used by a run that is still going", in_use)
+    finally:
+        holder.kill()
+        holder.wait()
+    refused("`--writer.output_dir` holds a finished run", with_file("out/summary.json", "{}"))
+    stopped = refused("SIGTERM (or SIGINT: exit 130) during a run", lambda d: args(d, small_model_path), code=143, env="part1:SIGTERM")
+    assert len(list(stopped.glob("out/parts/items-*.csv"))) == 1
+    refused("the stopped run again, without `--writer.resume true`", lambda d: args(d, small_model_path), at=stopped)
+    refused("the stopped run resumed with other settings (`--data.limit 1`)",
+            lambda d: args(d, small_model_path, "--writer.resume", "true", "--data.limit", "1"), at=stopped)
+    refused("a word that is only punctuation (`!!!`)", lambda d: args(d, small_model_path, pairs=PAIRS + "!!!,cat\n"))
+    refused("the same pair twice", lambda d: args(d, small_model_path, pairs=PAIRS + "bat,pat\n"))
+
+    def long_recording(d):
+        soundfile.write(d / "long.wav", np.zeros(16000 * 31, np.float32), 16000)
+        return args(d, small_model_path, pairs="word_a,word_b,audio_a\nbat,pat,\nhello,yellow,long.wav\n")
+    refused("a recording longer than 30 s", long_recording)
+
+    cache = ClipCache(tmp_path / "cache", make_backend("espeak"))
+    clip = cache.get("bat", "en")
+    for label, damage in (("a cached clip emptied to 0 bytes", lambda: clip.write_bytes(b"")),
+                          ("a cached clip cut to half its bytes", lambda: clip.write_bytes(clip.read_bytes()[: len(clip.read_bytes()) // 2]))):
+        good = clip.read_bytes()
+        damage()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="wpatch.tts"):
+            assert cache.get("bat", "en") == clip and clip.read_bytes() == good
+        assert len(caplog.messages) == 1 and "synthesising it again" in caplog.messages[0]
+        rows.append(table_row(f"{label} (the run goes on)", 0, caplog.messages[0], tmp_path / "cache"))
+
+    table = "\n".join(["| input | exit | what the user sees (one line on stderr) |", "|---|---|---|", *rows]) + "\n"
+    if os.environ.get("WPATCH_WRITE_DOCS"):
+        DOC.write_text(table)
+    assert DOC.read_text() == table, "docs/bad_inputs.md is out of date: rerun this test with WPATCH_WRITE_DOCS=1"
+
+
+def test_cells_with_one_pair_summarise_cleanly(tmp_path, small_model_path):
+    """One pair (`--data.limit 1`), every effect valid (separation at least -1000): no cell has the two pairs a
+    bootstrap interval needs."""
+    main(args(tmp_path, small_model_path, "--data.limit", "1", "--model.min_separation", "-1000"))
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    cells = pd.read_csv(tmp_path / "out/cells.csv")
+    assert cells["effect"].notna().all() and cells["effect_low"].isna().all()
+    assert summary["conditions"]["block_out_all_a1_denoising_source"]["effect_pairs"] == 1
+    assert summary["clip_cache"] == {"synthesised": 2, "resynthesised_damaged": 0}
+
+
+def test_clip_cache_verifies_what_it_serves(tmp_path, caplog):
+    cache = ClipCache(tmp_path, make_backend("espeak"))
+    clip = cache.get("pat", "en")
+    good = clip.read_bytes()
+    # a cache made before sidecars: checked by its header and length, kept, and given a sidecar
+    clip.with_suffix(".json").unlink()
+    again = ClipCache(tmp_path, make_backend("espeak"))
+    assert again.get("pat", "en") == clip and again.synthesized == 0 and clip.with_suffix(".json").exists()
+    clip.with_suffix(".json").unlink()
+    clip.write_bytes(good[:-100])
+    with caplog.at_level(logging.WARNING, logger="wpatch.tts"):
+        assert again.get("pat", "en") == clip and clip.read_bytes() == good
+    assert again.repaired == 1 and "fewer samples than its wav header says" in caplog.text
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_an_empty_normalised_word_never_matches():
+    assert not is_word("...", "!!!") and not has_word("...", "!!!") and not has_word("a b", "?")
+    assert is_word(" Bat.", "bat") and has_word("the cat sat", "Cat") and not has_word("category", "cat")

@@ -1,0 +1,151 @@
+"""A run's life: killed (SIGKILL) or stopped (SIGINT; SIGTERM under 2-process DDP) at several points, between
+batches and during the final merge, then resumed, gives predictions.csv byte for byte as an uninterrupted run;
+the folder lock; settings checked on resume. The runs signal themselves at named points (WPATCH_FAULT)."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scripts.predict import main
+from wpatch.runfolder import claim_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"  # 4 items, each its own source clip: 4 batches of 1
+
+
+def args(tmp_path, model, out, *extra, pairs=PAIRS):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text(pairs)
+    return ["--config", str(ROOT / "configs/experiment_a.yaml"), "--model.model", model, "--data.pairs_file", str(csv),
+            "--data.cache_dir", str(tmp_path / "clips"), "--data.batch_size", "1", "--model.max_tokens", "3",
+            "--model.source_layers", "[0, 2]", "--model.target_layers", "[0, 2]",
+            "--writer.output_dir", str(out), "--trainer.enable_progress_bar", "false", *extra]
+
+
+def script(arguments, fault=None, **popen):
+    """scripts/predict.py in a new process (WPATCH_FAULT=fault makes it signal itself at that point)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} | ({"WPATCH_FAULT": fault} if fault else {})
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts/predict.py"), *arguments], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def parts(out):
+    return sorted(p.name for p in (out / "parts").glob("items-*.csv"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small_model_path):
+    """An uninterrupted run."""
+    tmp_path = tmp_path_factory.mktemp("runs")
+    main(args(tmp_path, small_model_path, tmp_path / "reference"))
+    return tmp_path, (tmp_path / "reference" / "predictions.csv").read_bytes()
+
+
+def test_killed_or_stopped_at_several_points_then_resumed_gives_the_same_bytes(reference, small_model_path, monkeypatch, capsys):
+    tmp_path, expected = reference
+    out = tmp_path / "killed"
+    run = script(args(tmp_path, small_model_path, out), fault="part2:SIGKILL")
+    assert run.wait(timeout=300) == -signal.SIGKILL
+    assert len(parts(out)) == 2 and not (out / "summary.json").exists()
+    # resumed, then Ctrl-C (SIGINT) after its first batch: stops with the command that continues the run
+    monkeypatch.setenv("WPATCH_FAULT", "part1:SIGINT")
+    with pytest.raises(SystemExit) as stopped:
+        main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 130 and len(parts(out)) == 3
+    assert "stopped by SIGINT; every finished batch is kept; continue with: " in err[-1]
+    assert err[-1].endswith(f"--writer.output_dir {out} --trainer.enable_progress_bar false --writer.resume true")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run's handlers are gone
+    # killed again after every part is written and predictions.csv is merged, before the tables and summary
+    resumed = script(args(tmp_path, small_model_path, out, "--writer.resume", "true"), fault="merged:SIGKILL")
+    assert resumed.wait(timeout=300) == -signal.SIGKILL
+    assert len(parts(out)) == 4 and (out / "predictions.csv").exists() and not (out / "summary.json").exists()
+    # every item is done: resuming only merges and finishes (Lightning would skip its empty predict loop)
+    monkeypatch.delenv("WPATCH_FAULT")
+    main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    assert (out / "predictions.csv").read_bytes() == expected
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["groups"]["all"]["items"] == 4 and (out / "score_matrix.csv").exists()
+    assert [s["items_done"] for s in json.loads((out / "run.json").read_text())["sessions"]] == [0, 2, 3, 4]
+
+
+def test_ddp_sigterm_stops_every_rank_then_resume(reference, small_model_path):
+    tmp_path, expected = reference
+    out = tmp_path / "ddp"
+    run = script(args(tmp_path, small_model_path, out, "--trainer.devices", "2", "--trainer.strategy", "ddp"),
+                 fault="part1:SIGTERM", start_new_session=True)  # rank 0 (the process a scheduler signals) is signalled
+    try:
+        _, err = run.communicate(timeout=300)
+        for _ in range(100):
+            os.killpg(run.pid, 0)
+            time.sleep(0.1)
+        pytest.fail("a DDP process outlived the stopped run")
+    except ProcessLookupError:  # the run's process group is empty: every rank ended
+        pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM; every finished batch is kept; continue with: " in err.strip().splitlines()[-1]
+    assert 1 <= len(parts(out)) < 4 and not (out / "summary.json").exists()
+    main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    assert (out / "predictions.csv").read_bytes() == expected
+
+
+def test_second_signal_stops_at_once():
+    code = ("import os, signal, time\nfrom wpatch.runfolder import StopOnSignal\nstop = StopOnSignal(); stop.install()\n"
+            "os.kill(os.getpid(), signal.SIGINT)\nassert stop.signum == signal.SIGINT\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(60)\n")
+    started = time.time()
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 128 + signal.SIGTERM and time.time() - started < 30
+    assert "SIGINT received: stopping before the next batch" in done.stderr and "stopped at once" in done.stderr
+
+
+def test_folder_in_use_is_refused_and_a_killed_holder_leaves_it_free(reference, small_model_path, capsys):
+    tmp_path, _ = reference
+    out = tmp_path / "locked"
+    holder = subprocess.Popen([sys.executable, "-c", f"from pathlib import Path; from wpatch.runfolder import claim_folder; "
+                               f"lock = claim_folder(Path({str(out)!r})); print('locked', flush=True); input()"],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as refused:
+            main(args(tmp_path, small_model_path, out))
+        assert refused.value.code == 2
+        assert f"output directory {out} is in use by another run (pid {holder.pid})" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    claim_folder(out).close()  # the lock died with its holder
+
+
+def test_resume_with_other_settings_is_refused_and_code_version_recorded(reference, small_model_path, capsys):
+    tmp_path, _ = reference
+    out = tmp_path / "settings"
+    shutil.copytree(tmp_path / "reference", out)
+    (out / "summary.json").unlink()  # as if killed during the final merge
+    for other, message in ((["--data.limit", "1"], "holds a run with limit=None, not 1;"),
+                           (["--model.min_separation", "2"], "holds a run with min_separation=1.0, not 2.0;")):
+        with pytest.raises(SystemExit) as refused:
+            main(args(tmp_path, small_model_path, out, "--writer.resume", "true", *other))
+        assert refused.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(args(tmp_path, small_model_path, out, "--writer.resume", "true", pairs=PAIRS.replace("hot", "hat")))
+    assert "holds a run with pairs_sha256=" in capsys.readouterr().err
+    # the same settings from another code version: resumed (here: finished), and the version recorded
+    run = json.loads((out / "run.json").read_text())
+    run["sessions"][-1]["code_version"] = "0.0.0-older"
+    (out / "run.json").write_text(json.dumps(run))
+    main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    assert "started by code version 0.0.0-older" in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["sessions"][-1]["code_version"] != "0.0.0-older"
+    assert (out / "summary.json").exists()

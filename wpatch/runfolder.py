@@ -1,0 +1,160 @@
+"""The life of a run's output folder: writability check, lock, stored settings, signals and fault points.
+
+- `check_writable` tells at once, creating nothing, whether the folder can be created and written;
+  `claim_folder` creates it and takes an exclusive `fcntl.flock` on `<folder>/.lock`; the kernel drops the
+  lock when the process ends, however it ends, so a killed run never leaves the folder stuck.
+- `run.json` holds the settings a run's rows depend on (written when the run starts); a resume with other
+  settings is refused, naming the first difference. Each start appends a session (time, code version,
+  accelerator, devices, batch size), recorded but never compared.
+- `StopOnSignal`: the first SIGTERM or SIGINT asks the run to stop before its next batch; a second one
+  ends the process (and the DDP processes it launched) at once.
+- `fault_point`: crash-safety tests set WPATCH_FAULT=<point>:<signal> to have the run signal itself at a
+  named point (e.g. `part2:SIGKILL`, after its second part; `merged:SIGKILL`, during the final merge).
+"""
+
+import errno
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from wpatch.errors import WpatchError
+
+LOCK = ".lock"
+
+
+class RunStopped(Exception):
+    """The run stopped early on a signal; every finished part is kept."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def not_writable(folder: Path, error: OSError) -> WpatchError:
+    return WpatchError(f"output directory {folder} is not writable ({error.strerror}); choose another --writer.output_dir or fix its permissions")
+
+
+def check_writable(folder: Path) -> None:
+    """Raise if `folder` cannot be created or written: its nearest existing ancestor must be a directory that
+    takes a (temporary) file. Creates nothing."""
+    if folder.exists() and not folder.is_dir():
+        raise WpatchError(f"output directory {folder} is an existing file; choose another --writer.output_dir")
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise not_writable(folder, error) from None
+
+
+def claim_folder(folder: Path):
+    """Check, create and lock `folder`; returns the open lock file (keep it: closing it unlocks)."""
+    check_writable(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / LOCK, "a+")
+    except OSError as error:
+        raise not_writable(folder, error) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "unknown"
+        lock.close()
+        raise WpatchError(f"output directory {folder} is in use by another run (pid {owner}); wait for it to end or choose another --writer.output_dir") from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def code_version() -> str:
+    """The git commit of wpatch's checkout (with `+dirty` if it has changes), else the package version."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / ".git").exists():  # a checkout (in an installed copy, git would report any enclosing repository)
+        try:
+            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
+            return commit + ("+dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return importlib.metadata.version("wpatch")
+
+
+def record_run(folder: Path, settings: dict, session: dict, resume: bool) -> None:
+    """Write run.json for a new run, or check a resumed run's settings against it and append the session."""
+    path = folder / "run.json"
+    run = {"settings": settings, "sessions": []}
+    if resume and path.exists():
+        run = json.loads(path.read_text())
+        stored = json.loads(json.dumps(settings, default=str))
+        for key, value in stored.items():
+            if run["settings"].get(key) != value:
+                raise WpatchError(f"output directory {folder} holds a run with {key}={run['settings'].get(key)!r}, not {value!r}; "
+                                  "resume it with the same settings, or choose another --writer.output_dir")
+        if run["sessions"] and run["sessions"][-1]["code_version"] != session["code_version"]:
+            print(f"wpatch: note: resuming a run started by code version {run['sessions'][-1]['code_version']} with {session['code_version']} (recorded in run.json)", file=sys.stderr)
+    run["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **session})
+    partial = folder / f".run.json.{os.getpid()}.partial"
+    partial.write_text(json.dumps(run, indent=2, default=str) + "\n")
+    os.replace(partial, path)
+
+
+class StopOnSignal:
+    """SIGTERM / SIGINT handling: the first signal sets `signum` (the run stops before its next batch); a
+    second one kills the processes in `children` and exits at once with 128 + signal number."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.children: list = []  # subprocess.Popen objects (Lightning's DDP launcher's)
+        self.resume_command = ""  # printed when a second signal ends the process
+        self.previous: dict = {}
+
+    def install(self) -> None:
+        for signum in self.SIGNALS:
+            previous = signal.signal(signum, self.handle)
+            self.previous.setdefault(signum, previous)
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before the first `install`."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def handle(self, signum: int, _frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            print(f"wpatch: {signal.Signals(signum).name} received: stopping before the next batch (send it again to stop at once)", file=sys.stderr, flush=True)
+            return
+        for child in self.children:
+            child.kill()
+        print(f"wpatch: {signal.Signals(signum).name} received again: stopped at once; every finished batch is kept; "
+              f"continue with: {self.resume_command}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    def check(self) -> None:
+        """Raise RunStopped if a signal came."""
+        if self.signum is not None:
+            raise RunStopped(self.signum)
+
+
+def fault_point(name: str) -> None:
+    """Tests' crash injection: if WPATCH_FAULT is `<name>:<SIGNAL>`, send that signal to this process."""
+    point, _, signame = os.environ.get("WPATCH_FAULT", "").partition(":")
+    if point == name:
+        os.kill(os.getpid(), signal.Signals[signame])

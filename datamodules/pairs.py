@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from wpatch.audio import load_audio, log_mel, speech_span
 from wpatch.errors import WpatchError
+from wpatch.melcache import MelStore
 from wpatch.models import cache_root, model_dims
 from wpatch.pairs import patch_items, read_pairs
 from wpatch.text import tokenizer_for, word_tokens
@@ -99,7 +99,7 @@ class PairDataModule(L.LightningDataModule):
         log.info("clips: %d synthesised, %d cached (%.1fs)", made, len(unique) - made, time.perf_counter() - start)
 
     def setup(self, stage: str | None = None):
-        """Read the pairs, load every unique clip once and compute its log-mel once."""
+        """Read the pairs and give every unique clip its log-mel, computed once and cached on disk (`wpatch.melcache`)."""
         if self.items is not None:
             return
         dims = model_dims(self.hparams.model)
@@ -108,9 +108,8 @@ class PairDataModule(L.LightningDataModule):
         unique = list(dict.fromkeys(source_keys + target_keys))
         index = {key: i for i, key in enumerate(unique)}
         self.clip_paths = [self._clip(*key) for key in unique]  # the audio behind each row of self.mels
-        audios = [load_audio(path) for path in self.clip_paths]
-        self.mels = torch.stack([log_mel(audio, dims.n_mels) for audio in audios])
-        self.spans = torch.tensor([speech_span(audio, n_ctx=dims.n_audio_ctx) for audio in audios])
+        self.mel_store = MelStore(cache_root() / "mels")
+        self.mels, self.spans = self.mel_store.table(self.clip_paths, dims.n_mels, dims.n_audio_ctx, pin=torch.cuda.is_available())
         items["source_clip"] = [index[k] for k in source_keys]
         items["target_clip"] = [index[k] for k in target_keys]
         items["control_clip"], items["control_word"] = control_clips(items)

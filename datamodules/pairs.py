@@ -11,12 +11,14 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from wpatch.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.errors import WpatchError
 from wpatch.melcache import MelStore
 from wpatch.models import cache_root, model_dims
@@ -40,7 +42,9 @@ class PairDataModule(L.LightningDataModule):
         voices: language -> voice, e.g. {en: en-us+m3, es: es}, for every backend; `backend.lang` keys
             (e.g. {piper.en: en_US-joe-medium}) for one backend only. Unset languages use a backend's defaults.
         cache_dir: where clips are cached (default ~/.cache/wpatch/clips).
-        batch_size: source clips per batch when `group_by_source` (each with all its items), else items per batch.
+        batch_size: source clips per batch when `group_by_source` (each with all its items), else items per batch;
+            `auto`: the largest that fits the GPU's memory, and the module's decode chunk with it
+            (`wpatch.autobatch`; 16 on the CPU).
         group_by_source: serve every item that shares a source clip in the same batch, so work that depends
             only on the source (the whole-block patch) is done once per clip, on one process.
     """
@@ -54,11 +58,13 @@ class PairDataModule(L.LightningDataModule):
         tts: str | list[str] = "espeak",
         voices: dict[str, str] | None = None,
         cache_dir: str | None = None,
-        batch_size: int = 16,
+        batch_size: int | Literal["auto"] = DEFAULT_BATCH,
         group_by_source: bool = True,
         num_workers: int = 0,
     ):
         super().__init__()
+        if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
+            raise WpatchError(f"batch_size {batch_size!r} is not a positive number of clips or auto")
         self.save_hyperparameters()
         root = Path(cache_dir) if cache_dir else cache_root() / "clips"
         voices = voices or {}
@@ -142,9 +148,13 @@ class PairDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if self.items is None:
             raise WpatchError("PairDataModule.predict_dataloader() called before setup(); call setup('predict') first")
+        self.resolved_batch_size = self.hparams.batch_size
+        if self.resolved_batch_size == "auto":
+            trainer = self.trainer
+            self.resolved_batch_size = auto_batch(trainer.lightning_module, self, trainer.precision)[0] if trainer else DEFAULT_BATCH
         return DataLoader(
             [g for g, group in enumerate(self.groups) if not self.skipped.issuperset(group)],
-            batch_size=self.hparams.batch_size,
+            batch_size=self.resolved_batch_size,
             collate_fn=self.collate,
             num_workers=self.hparams.num_workers,
             pin_memory=torch.cuda.is_available(),

@@ -43,7 +43,7 @@ class MelTable:
         rows = [rows] if single else rows
         out = torch.empty((len(rows), *self.shape[1:]), dtype=torch.float32, pin_memory=self.pin)
         for i, row in enumerate(rows):
-            out[i] = torch.from_numpy(np.load(self.files[row], mmap_mode="r"))
+            out[i].numpy()[...] = np.load(self.files[row], mmap_mode="r")
         return out[0] if single else out
 
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_dry_run_packs_a_bundle_that_fits_and_runs_the_check_on_the_cpu(tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts/device_check.py"), "dry-run", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/device_check.py"), "dry-run", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     carried = {call: float(mib) for call, mib in re.findall(r"(call[12]) carries ([\d.]+) MiB", done.stdout)}
     assert set(carried) == {"call1", "call2"} and max(carried.values()) * 2**20 <= LIMIT

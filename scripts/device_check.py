@@ -7,7 +7,7 @@
 
 A call carries at most 64 MiB with the repo; tiny.en's model.bin is 75.5 MB of fp16 values that no lossless
 coder brings under about 62 MB, leaving too little room for the wheels (openai-whisper, more-itertools,
-espeakng-loader, soundfile, cffi, pycparser: 12.5 MB). So model.bin travels as two plain halves: call 1 leaves the first on
+espeakng-loader, soundfile, cffi, pycparser: 12.6 MB). So model.bin travels as two plain halves: call 1 leaves the first on
 the machine's disk (a machine stays warm 30 s after a call, with its files), call 2 brings the second and the
 wheels, joins and verifies the sha256, and runs: the benchmark on all of Experiment A in fp32, bf16-mixed and
 16-mixed (with each one's agreement with fp32 and the original's way on a sample of rows), the automatic

@@ -1,10 +1,13 @@
 """Automatic batch size: the arithmetic and the CPU fallback (the GPU probe: tests/test_gpu.py)."""
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 from whisper.model import ModelDimensions
 
 from datamodules import PairDataModule
+from scripts.predict import main
 from wpatch.autobatch import DEFAULT_BATCH, decode_chunk_for, fit_batch
 from wpatch.errors import WpatchError
 from wpatch.module import PatchingModule
@@ -43,3 +46,13 @@ def test_auto_on_the_cpu_is_the_default(tmp_path, small_model_path):
     rows = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).predict(module, datamodule=dm)
     assert dm.resolved_batch_size == DEFAULT_BATCH and module.hparams.decode_chunk == 5
     assert len(rows) == 1 and len(rows[0]) == 4 * 9  # the 4 source clips in one batch
+
+
+def test_cli_takes_auto_and_refuses_other_words(capsys):
+    config = str(Path(__file__).resolve().parents[1] / "configs/experiment_a.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", config, "--data.batch_size", "auto", "--print_config"])
+    assert exit_info.value.code == 0 and "batch_size: auto" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", config, "--data.batch_size", "huge", "--print_config"])
+    assert exit_info.value.code == 2 and "data.batch_size" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """On a CUDA GPU: the fast path equals the hook path in fp32, mixed precision runs, the writer's rows are complete,
-and the automatic batch fits. Skipped without CUDA (run by scripts/device_check.py on a lent GPU)."""
+and the automatic batch fits, log-mels load into pinned memory. Skipped without CUDA (run by scripts/device_check.py on a lent GPU)."""
 
 import lightning as L
 import pandas as pd
@@ -73,3 +73,10 @@ def test_auto_batch_fits_and_gives_the_same_rows(pairs):
     assert [r["transcript"] for r in auto] == [r["transcript"] for r in fixed]
     free, _ = torch.cuda.mem_get_info()
     assert peak_memory(module.cuda(), dm, largest_groups(dm, dm.resolved_batch_size), "32-true") <= SHARE * (free + torch.cuda.memory_reserved())
+
+
+def test_log_mels_load_into_pinned_memory(pairs):
+    dm = pairs()
+    dm.setup("predict")
+    batch = next(iter(dm.predict_dataloader()))
+    assert dm.mels[[0, 1]].is_pinned() and batch["source_mel"].is_pinned()

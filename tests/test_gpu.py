@@ -35,19 +35,26 @@ def predict(dm, precision: str, accelerator: str = "gpu", callbacks=()):
     return sorted(rows, key=lambda r: (r["item_id"], r["source_layer"], r["target_layer"])), module
 
 
+def assert_rows_agree(a: list[dict], b: list[dict]) -> None:
+    """Same rows; word log-probabilities within 1e-3; greedy transcripts identical on at least 95% of rows
+    (a random model's near-tied logits can flip under the last-bit differences of another device or batch shape)."""
+    assert [(r["item_id"], r["source_layer"], r["target_layer"]) for r in a] == [(r["item_id"], r["source_layer"], r["target_layer"]) for r in b]
+    assert max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in ("logp_source", "logp_target")) < 1e-3
+    assert sum(x["transcript"] == y["transcript"] for x, y in zip(a, b)) >= 0.95 * len(a)
+
+
 def test_fast_path_equals_hook_path_on_cuda_fp32(clip_dir):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     model = random_whisper().cuda()
     assert_fast_path_equals_hooks(model, mels_of(["bat", "hot"], clip_dir).cuda(), mels_of(["pat", "cold"], clip_dir).cuda())
 
 
-def test_gpu_rows_equal_cpu_rows_in_fp32(pairs):
+def test_gpu_rows_agree_with_cpu_rows_in_fp32(pairs):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     gpu, _ = predict(pairs(), "32-true")
     cpu, _ = predict(pairs(), "32-true", accelerator="cpu")
     assert len(gpu) == len(cpu) == 6 * 9
-    assert [r["transcript"] for r in gpu] == [r["transcript"] for r in cpu]
-    assert max(abs(a["logp_source"] - b["logp_source"]) for a, b in zip(gpu, cpu)) < 1e-3
+    assert_rows_agree(gpu, cpu)
 
 
 def test_mixed_precision_run_completes(pairs):
@@ -70,7 +77,7 @@ def test_auto_batch_fits_and_gives_the_same_rows(pairs):
     dm = pairs(batch_size="auto")
     auto, module = predict(dm, "32-true")
     assert dm.resolved_batch_size == len(dm.groups) and module.hparams.decode_chunk >= 64  # a few clips: all in one batch
-    assert [r["transcript"] for r in auto] == [r["transcript"] for r in fixed]
+    assert_rows_agree(auto, fixed)
     free, _ = torch.cuda.mem_get_info()
     assert peak_memory(module.cuda(), dm, largest_groups(dm, dm.resolved_batch_size), "32-true") <= SHARE * (free + torch.cuda.memory_reserved())
 

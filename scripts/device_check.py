@@ -174,7 +174,7 @@ def default_batch_peaks(model: str, pairs_file: str, limit: int, precisions: lis
     from wpatch.autobatch import DEFAULT_BATCH, largest_groups, peak_memory
     from wpatch.module import PatchingModule
 
-    dm = PairDataModule(pairs_file=pairs_file, limit=limit, model=model)
+    dm = PairDataModule(pairs_file=pairs_file, limit=limit, model=model, tts="espeak")
     dm.setup("predict")
     module = PatchingModule(model=model).to("cuda")
     return {p: peak_memory(module, dm, largest_groups(dm, DEFAULT_BATCH), p) for p in precisions}, torch.cuda.get_device_properties(0).total_memory

@@ -41,7 +41,7 @@ def test_bad_batch_size_is_refused():
 def test_auto_on_the_cpu_is_the_default(tmp_path, small_model_path):
     csv = tmp_path / "pairs.csv"
     csv.write_text("word_a,word_b\nbat,pat\nhot,cold\n")
-    dm = PairDataModule(pairs_file=str(csv), model=small_model_path, cache_dir=str(tmp_path / "clips"), batch_size="auto")
+    dm = PairDataModule(pairs_file=str(csv), model=small_model_path, tts="espeak", cache_dir=str(tmp_path / "clips"), batch_size="auto")
     module = PatchingModule(model=small_model_path, decode_chunk=5)
     rows = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).predict(module, datamodule=dm)
     assert dm.resolved_batch_size == DEFAULT_BATCH and module.hparams.decode_chunk == 5

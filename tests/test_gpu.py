@@ -24,7 +24,7 @@ def pairs(tmp_path, clip_dir, small_model_path, monkeypatch):
     monkeypatch.setenv("WPATCH_CACHE", str(tmp_path / "cache"))
     csv = tmp_path / "pairs.csv"
     csv.write_text(PAIRS)
-    return lambda batch_size=4: PairDataModule(pairs_file=str(csv), model=small_model_path, cache_dir=clip_dir, batch_size=batch_size)
+    return lambda batch_size=4: PairDataModule(pairs_file=str(csv), model=small_model_path, tts="espeak", cache_dir=clip_dir, batch_size=batch_size)
 
 
 def predict(dm, precision: str, accelerator: str = "gpu", callbacks=()):

@@ -23,6 +23,7 @@ def test_cached_log_mels_equal_direct_ones_and_are_read_back(tmp_path):
     assert store.computed == 2 and table.shape == (2, 80, 3000) and spans.shape == (2, 2)
     direct = torch.stack([log_mel(load_audio(p), 80) for p in paths])
     assert torch.equal(table[[0, 1]], direct) and torch.equal(table[1], direct[1]) and torch.equal(table[torch.tensor([1, 0])], direct[[1, 0]])
+    assert torch.equal(table[1:], direct[1:]) and torch.equal(torch.stack(list(table)), direct)
     again = MelStore(tmp_path / "mels")  # a rerun, or another rank
     assert torch.equal(again.table(paths, 80, 1500)[0][[0, 1]], direct) and again.computed == 0
     assert again.table(paths, 128, 1500)[0][0].shape == (128, 3000) and again.computed == 2  # n_mels is part of the key

@@ -27,7 +27,7 @@ def clip_digest(path: str | Path) -> str:
 class MelTable:
     """The log-mels of a run's clips, row i for clip i, read from their `.npy` files on each access.
 
-    Indexing (an int, a list or a 1-D tensor of clip rows) returns a tensor, in pinned memory when `pin`
+    Indexing (an int, a slice, a list or a 1-D tensor of clip rows) returns a tensor, in pinned memory when `pin`
     (fast, asynchronous copies to the GPU)."""
 
     def __init__(self, files: list[Path], n_mels: int, n_frames: int, pin: bool = False):
@@ -37,8 +37,11 @@ class MelTable:
     def __len__(self) -> int:
         return len(self.files)
 
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
     def __getitem__(self, index) -> torch.Tensor:
-        rows = torch.as_tensor(index).tolist()
+        rows = list(range(len(self)))[index] if isinstance(index, slice) else torch.as_tensor(index).tolist()
         single = isinstance(rows, int)
         rows = [rows] if single else rows
         out = torch.empty((len(rows), *self.shape[1:]), dtype=torch.float32, pin_memory=self.pin)

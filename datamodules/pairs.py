@@ -11,14 +11,16 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from wpatch.audio import load_audio, log_mel, speech_span
+from wpatch.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.errors import WpatchError
+from wpatch.melcache import MelStore
 from wpatch.models import cache_root, load_model, model_dims
 from wpatch.pairs import patch_items, read_pairs
 from wpatch.screening import SCREEN_COLUMNS, cached_screen
@@ -43,7 +45,9 @@ class PairDataModule(L.LightningDataModule):
         voices: language -> voice, e.g. {en: en-us+m3, es: es}, for every backend; `backend.lang` keys
             (e.g. {piper.en: en_US-joe-medium}) for one backend only. Unset languages use a backend's defaults.
         cache_dir: where clips are cached (default ~/.cache/wpatch/clips).
-        batch_size: source clips per batch when `group_by_source` (each with all its items), else items per batch.
+        batch_size: source clips per batch when `group_by_source` (each with all its items), else items per batch;
+            `auto`: the largest that fits the GPU's memory, and the module's decode chunk with it
+            (`wpatch.autobatch`; 16 on the CPU).
         group_by_source: serve every item that shares a source clip in the same batch, so work that depends
             only on the source (the whole-block patch) is done once per clip, on one process.
         require_heard: none (keep every item), source (keep items whose clean source clip the model hears) or
@@ -60,12 +64,14 @@ class PairDataModule(L.LightningDataModule):
         tts: str | list[str] = "hibari",
         voices: dict[str, str] | None = None,
         cache_dir: str | None = None,
-        batch_size: int = 16,
+        batch_size: int | Literal["auto"] = DEFAULT_BATCH,
         group_by_source: bool = True,
         num_workers: int = 0,
         require_heard: str = "none",
     ):
         super().__init__()
+        if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
+            raise WpatchError(f"batch_size {batch_size!r} is not a positive number of clips or auto")
         self.save_hyperparameters()
         if require_heard not in REQUIRE_HEARD:
             raise WpatchError(f"require_heard {require_heard!r} is not one of {', '.join(REQUIRE_HEARD)}; use none, source or both")
@@ -111,7 +117,7 @@ class PairDataModule(L.LightningDataModule):
         log.info("clips: %d synthesised, %d cached (%.1fs)", made, len(unique) - made, time.perf_counter() - start)
 
     def setup(self, stage: str | None = None):
-        """Read the pairs, load every unique clip once and compute its log-mel once."""
+        """Read the pairs and give every unique clip its log-mel, computed once and cached on disk (`wpatch.melcache`)."""
         if self.items is not None:
             return
         dims = model_dims(self.hparams.model)
@@ -121,9 +127,8 @@ class PairDataModule(L.LightningDataModule):
         index = {key: i for i, key in enumerate(unique)}
         self.clip_keys = unique  # (word, lang, recording, voice) of each row of self.mels
         self.clip_paths = [self._clip(*key) for key in unique]  # the audio behind each row of self.mels
-        audios = [load_audio(path) for path in self.clip_paths]
-        self.mels = torch.stack([log_mel(audio, dims.n_mels) for audio in audios])
-        self.spans = torch.tensor([speech_span(audio, n_ctx=dims.n_audio_ctx) for audio in audios])
+        self.mel_store = MelStore(cache_root() / "mels")
+        self.mels, self.spans = self.mel_store.table(self.clip_paths, dims.n_mels, dims.n_audio_ctx, pin=torch.cuda.is_available())
         items["source_clip"] = [index[k] for k in source_keys]
         items["target_clip"] = [index[k] for k in target_keys]
         if self.hparams.require_heard != "none":
@@ -184,9 +189,13 @@ class PairDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if self.items is None:
             raise WpatchError("PairDataModule.predict_dataloader() called before setup(); call setup('predict') first")
+        self.resolved_batch_size = self.hparams.batch_size
+        if self.resolved_batch_size == "auto":
+            trainer = self.trainer
+            self.resolved_batch_size = auto_batch(trainer.lightning_module, self, trainer.precision)[0] if trainer else DEFAULT_BATCH
         return DataLoader(
             [g for g, group in enumerate(self.groups) if not self.skipped.issuperset(group)],
-            batch_size=self.hparams.batch_size,
+            batch_size=self.resolved_batch_size,
             collate_fn=self.collate,
             num_workers=self.hparams.num_workers,
             pin_memory=torch.cuda.is_available(),

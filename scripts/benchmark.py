@@ -73,8 +73,8 @@ def baseline(mode: str, module: PatchingModule, dm: PairDataModule, rows: list[t
             if item not in recorded:  # word A's block outputs, recorded once per item as the original did
                 recorded[item] = block_outputs(model.encoder, dm.mels[items.source_clip[item]][None].to(device))[0]
             with output_patch(model.encoder.blocks[t], recorded[item][s]):
-                if mode == "original":
-                    text = model.transcribe(load_audio(dm.clip_paths[target_clip]), language=module.hparams.language, fp16=False, verbose=None)["text"]
+                if mode == "original":  # fp16 on a GPU, as openai-whisper's transcribe defaults to
+                    text = model.transcribe(load_audio(dm.clip_paths[target_clip]), language=module.hparams.language, fp16=device.type == "cuda", verbose=None)["text"]
                 else:
                     text = whisper.decode(model, dm.mels[target_clip][None].to(device), options)[0].text
         transcripts.append(text.strip())
@@ -83,7 +83,8 @@ def baseline(mode: str, module: PatchingModule, dm: PairDataModule, rows: list[t
 
 def run_wpatch(module: PatchingModule, dm: PairDataModule, accelerator: str, precision: str, device, profile: bool = False) -> tuple[float, float, dict]:
     """Seconds, peak MiB and {(item, s, t): (transcript, score)} of the harness's predict loop; with `profile`,
-    prints where the time went (the module's wpatch.* phases; the rest is data, Lightning and Python)."""
+    prints where the time went (the module's wpatch.* phases; the rest is data, Lightning and Python).
+    The batch size and decode chunk it ran with are left in `dm.resolved_batch_size`, `module.hparams.decode_chunk`."""
     trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False, enable_progress_bar=False, enable_model_summary=False)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with PeakMemory(device.type == "cuda") as memory, (profiler(activities=activities) if profile else nullcontext()) as prof:
@@ -108,16 +109,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pairs-file", default=None)
     parser.add_argument("--limit", type=int, default=16, help="pairs (x2 directions)")
     parser.add_argument("--tts", default="espeak")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=lambda v: v if v == "auto" else int(v), default=8, help="source clips per batch, or auto (the largest that fits the GPU)")
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--baseline-rows", type=int, default=48, help="rows timed for each baseline (extrapolated)")
     parser.add_argument("--modes", default="original,original-decode,wpatch")
-    parser.add_argument("--compare-precision", default=None, help="also run wpatch under this precision (e.g. bf16-mixed) and report its agreement with fp32")
+    parser.add_argument("--compare-precision", default=None, help="also run wpatch under these precisions (comma-separated, e.g. bf16-mixed,16-mixed) and report each one's agreement with fp32")
     parser.add_argument("--profile", action="store_true", help="print where wpatch's predict time goes")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args(argv)
-    for precision in filter(None, (args.precision, args.compare_precision)):
+    compared = args.compare_precision.split(",") if args.compare_precision else []
+    for precision in [args.precision, *compared]:
         check_precision(precision, args.accelerator in ("gpu", "cuda"))
     device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
     modes = args.modes.split(",")
@@ -132,16 +134,19 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     if "wpatch" in modes:
         seconds, peak, rows = run_wpatch(module, dm, args.accelerator, args.precision, device, args.profile)
-        results["wpatch"] = {"rows": n_rows, "seconds": seconds, "peak_mib": peak, "sampled": False, "transcripts": [rows[k][0] for k in sample]}
-    agreement = None
-    if args.compare_precision:
-        reference = rows if args.precision == "32-true" else run_wpatch(module, dm, args.accelerator, "32-true", device)[2]
-        seconds, peak, mixed = run_wpatch(module, dm, args.accelerator, args.compare_precision, device)
-        agreement = {
-            "precision": args.compare_precision, "rows_per_s": n_rows / seconds, "peak_mib": round(peak),
-            "identical_transcripts": sum(mixed[k][0] == reference[k][0] for k in reference) / n_rows,
-            "mean_abs_score_difference": sum(abs(mixed[k][1] - reference[k][1]) for k in reference) / n_rows,
-        }
+        results["wpatch"] = {"rows": n_rows, "seconds": seconds, "peak_mib": peak, "sampled": False, "transcripts": [rows[k][0] for k in sample],
+                             "rows_returned": len(rows), "batch_size": dm.resolved_batch_size, "decode_chunk": module.hparams.decode_chunk}
+    agreement = {}
+    if compared:
+        reference = rows if args.precision == "32-true" and "wpatch" in modes else run_wpatch(module, dm, args.accelerator, "32-true", device)[2]
+        for precision in compared:
+            seconds, peak, mixed = run_wpatch(module, dm, args.accelerator, precision, device)
+            agreement[precision] = {
+                "rows_per_s": n_rows / seconds, "seconds": round(seconds, 2), "peak_mib": round(peak), "rows_returned": len(mixed),
+                "batch_size": dm.resolved_batch_size, "decode_chunk": module.hparams.decode_chunk,
+                "identical_transcripts": sum(mixed[k][0] == reference[k][0] for k in reference) / n_rows,
+                "mean_abs_score_difference": sum(abs(mixed[k][1] - reference[k][1]) for k in reference) / n_rows,
+            }
     module.whisper.to(device)
     for mode in ("original", "original-decode"):
         if mode in modes:
@@ -153,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "model": args.model, "pairs_file": args.pairs_file or "starter", "precision": args.precision, "items": len(dm.items), "items_per_source_clip": round(len(dm.items) / len(dm.groups), 2), "layer_pairs": len(module.pairs), "rows": n_rows,
         "modes": {m: {"rows_per_s": r["rows"] / r["seconds"], "rows_timed": r["rows"], "seconds": round(r["seconds"], 2),
-                      "extrapolated": r["sampled"], "peak_mib": round(r["peak_mib"])} for m, r in results.items()},
+                      "extrapolated": r["sampled"], "peak_mib": round(r["peak_mib"])} | {k: r[k] for k in ("rows_returned", "batch_size", "decode_chunk") if k in r}
+                  for m, r in results.items()},
     }
     if "wpatch" in results:
         for mode in ("original", "original-decode"):
@@ -168,6 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
     for mode, r in report["modes"].items():
         note = " (sample, extrapolated per row)" if r["extrapolated"] else ""
         print(f"{mode:<16} {r['rows_per_s']:>9.2f} {r['rows_timed']:>11} {r['seconds']:>8} {r['peak_mib']:>9} {r.get('wpatch_speedup', ''):>9}{note}")
+    for precision, a in agreement.items():
+        print(f"{precision}: {a['rows_per_s']:.2f} rows/s, {a['seconds']} s, peak {a['peak_mib']} MiB; against fp32 {100 * a['identical_transcripts']:.1f}% "
+              f"identical transcripts, mean |score difference| {a['mean_abs_score_difference']:.4f}")
     print(json.dumps(report, indent=2))
     if args.json_out:
         with open(args.json_out, "w") as out:

@@ -1,0 +1,65 @@
+"""The device check's CPU dry run (what CI runs), and its refusal of damaged or missing weight parts."""
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts.device_check import LIMIT, restore, stage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dry_run_packs_a_bundle_that_fits_and_runs_the_check_on_the_cpu(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/device_check.py"), "dry-run", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    carried = {call: float(mib) for call, mib in re.findall(r"(call[12]) carries ([\d.]+) MiB", done.stdout)}
+    assert set(carried) == {"call1", "call2"} and max(carried.values()) * 2**20 <= LIMIT
+    report = json.loads((out / "report.json").read_text())
+    assert {c["check"] for c in report["checks"]} >= {"weights", "clips", "rows 32-true", "fp32 vs original-decode", "gpu tests"}
+    assert all(c["ok"] for c in report["checks"]) and report["benchmark"]["rows"] == 2 * 2 * 16
+    summary = (out / "summary.md").read_text()
+    assert "| weights | PASS |" in summary and "| wpatch 32-true |" in summary and summary in done.stdout
+
+
+def parts(tmp_path, data: bytes):
+    """A bundle whose model.bin is `data`, split in two, and a machine folder."""
+    half = len(data) // 2
+    manifest = {"model_bin_sha256": hashlib.sha256(data).hexdigest(), "model_bin_bytes": len(data),
+                "part1_sha256": hashlib.sha256(data[:half]).hexdigest(), "config": {"alignment_heads": [[1, 2]]}}
+    for part, chunk in (("part1", data[:half]), ("part2", data[half:])):
+        (tmp_path / "bundle" / part).mkdir(parents=True)
+        (tmp_path / "bundle" / part / f"model.bin.{part}").write_bytes(chunk)
+        (tmp_path / "bundle" / part / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path / "bundle", tmp_path / "machine"
+
+
+def test_parts_join_exactly(tmp_path):
+    data = bytes(range(256)) * 40 + b"x"
+    bundle, machine = parts(tmp_path, data)
+    stage(bundle, machine)
+    digest = restore(machine / "stage" / "model.bin.part1", bundle / "part2", tmp_path / "model")
+    assert (tmp_path / "model" / "model.bin").read_bytes() == data and digest == hashlib.sha256(data).hexdigest()
+    assert json.loads((tmp_path / "model" / "config.json").read_text()) == {"alignment_heads": [[1, 2]]}
+
+
+def test_damaged_or_missing_parts_are_refused_with_one_line(tmp_path, capsys):
+    bundle, machine = parts(tmp_path, b"0123456789" * 100)
+    (bundle / "part1" / "model.bin.part1").write_bytes(b"1" * 500)
+    with pytest.raises(SystemExit) as exit_info:
+        stage(bundle, machine)
+    assert exit_info.value.code == 2 and "part 1 of model.bin arrived damaged" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        restore(machine / "stage" / "model.bin.part1", bundle / "part2", tmp_path / "model")
+    assert "went back between the two calls" in capsys.readouterr().err
+    (machine / "stage").mkdir(parents=True)
+    (machine / "stage" / "model.bin.part1").write_bytes(b"1" * 500)
+    with pytest.raises(SystemExit):
+        restore(machine / "stage" / "model.bin.part1", bundle / "part2", tmp_path / "model")
+    err = capsys.readouterr().err.strip()
+    assert "the joined model.bin has sha256" in err and err.count("\n") == 0

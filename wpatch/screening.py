@@ -70,7 +70,8 @@ def cached_screen(load: Callable[[], Whisper], spec: str, mels: torch.Tensor, wo
     path = Path(cache_dir) / (re.sub(r"[^\w.-]+", "_", spec) + ".csv")
     keys = [clip_key(mel, lang) for mel, lang in zip(mels, langs)]
     known = pd.read_csv(path, keep_default_na=False, dtype={"transcript": str, "heard": bool}) if path.is_file() else pd.DataFrame(columns=["key"])
-    todo = [i for i, key in enumerate(keys) if key not in set(known["key"])]
+    screened = set(known["key"])
+    todo = [i for i, key in enumerate(keys) if key not in screened]
     if todo:
         fresh = screen_clips(load(), mels[todo], [words[i] for i in todo], [langs[i] for i in todo])
         fresh.insert(0, "key", [keys[i] for i in todo])

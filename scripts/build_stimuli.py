@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from wpatch.atomic import write_atomically
 from wpatch.stimuli import candidate_words, english_pairs, english_spanish_pairs, heard_shares, to_csv
 
 SETS = {"english_pairs.csv": english_pairs, "english_spanish_pairs.csv": english_spanish_pairs}
@@ -25,9 +26,7 @@ SETS = {"english_pairs.csv": english_pairs, "english_spanish_pairs.csv": english
 def write(table: pd.DataFrame, path: Path) -> Path:
     """`table` as the sets ship (see `to_csv`), under a temporary name, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(to_csv(table), encoding="utf-8")
-    partial.replace(path)
+    write_atomically(path, to_csv(table))
     return path
 
 

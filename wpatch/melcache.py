@@ -6,13 +6,13 @@ under a temporary name and renamed, so concurrent writers (several ranks) never 
 """
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import whisper
 
+from wpatch.atomic import atomic_path
 from wpatch.audio import load_audio, log_mel, speech_span
 
 # log-mels made with other STFT settings must not be read back: they are part of the key
@@ -65,10 +65,8 @@ class MelStore:
         target = self.file(clip_digest(path), n_mels)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-            with open(partial, "wb") as out:
+            with atomic_path(target) as partial, open(partial, "wb") as out:
                 np.save(out, log_mel(audio, n_mels).numpy())
-            os.replace(partial, target)
             self.computed += 1
         return target
 

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import whisper
 from whisper.model import ModelDimensions, Whisper
 
+from wpatch.atomic import atomic_path
 from wpatch.ctranslate2 import load_ctranslate2
 from wpatch.errors import WpatchError
 
@@ -49,17 +50,15 @@ def _join_parts(parts: list[Path], target: Path) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as out:
-        for part in parts:
-            with open(part, "rb") as src:
-                while chunk := src.read(1 << 22):
-                    digest.update(chunk)
-                    out.write(chunk)
-    if partial.stat().st_size != expected_size:
-        partial.unlink()
-        raise WpatchError(f"joining {parts[0].name}... gave the wrong size; free disk space under {target.parent} and retry")
-    os.replace(partial, target)
+    with atomic_path(target) as partial:
+        with open(partial, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while chunk := src.read(1 << 22):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if partial.stat().st_size != expected_size:
+            raise WpatchError(f"joining {parts[0].name}... gave the wrong size; free disk space under {target.parent} and retry")
     stamp.write_text(digest.hexdigest() + "\n")
     return target
 

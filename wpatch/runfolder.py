@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 
 LOCK = ".lock"
@@ -108,9 +109,7 @@ def record_run(folder: Path, settings: dict, session: dict, resume: bool) -> Non
         if run["sessions"] and run["sessions"][-1]["code_version"] != session["code_version"]:
             print(f"wpatch: note: resuming a run started by code version {run['sessions'][-1]['code_version']} with {session['code_version']} (recorded in run.json)", file=sys.stderr)
     run["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **session})
-    partial = folder / f".run.json.{os.getpid()}.partial"
-    partial.write_text(json.dumps(run, indent=2, default=str) + "\n")
-    os.replace(partial, path)
+    write_atomically(path, json.dumps(run, indent=2, default=str) + "\n")
 
 
 class StopOnSignal:

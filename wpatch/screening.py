@@ -7,7 +7,6 @@ one). `logp` is the teacher-forced log-probability that the transcript starts wi
 """
 
 import hashlib
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ import pandas as pd
 import torch
 from whisper.model import Whisper
 
+from wpatch.atomic import atomic_path
 from wpatch.decoding import cross_attention_cache, greedy_transcripts, scoring_prefix, word_logprobs
 from wpatch.text import is_word, tokenizer_for, word_tokens
 
@@ -77,9 +77,8 @@ def cached_screen(load: Callable[[], Whisper], spec: str, mels: torch.Tensor, wo
         fresh.insert(0, "key", [keys[i] for i in todo])
         known = pd.concat([known, fresh], ignore_index=True).drop_duplicates("key", keep="last")
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        known.to_csv(partial, index=False)
-        os.replace(partial, path)
+        with atomic_path(path) as partial:
+            known.to_csv(partial, index=False)
     found = known.drop_duplicates("key", keep="last").set_index("key").loc[keys]
     return pd.DataFrame({"word": words, "lang": langs, "transcript": found["transcript"].to_numpy(),
                          "heard": found["heard"].to_numpy(bool), "logp": found["logp"].astype(float).to_numpy()})

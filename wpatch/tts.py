@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import multiprocessing
-import os
 import re
 import socket
 import wave
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 
 
@@ -328,13 +328,6 @@ def parse_speaker(speaker: str) -> tuple[str, dict[str, str]]:
 
 
 log = logging.getLogger(__name__)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` under a temporary name, then rename it to `path` (readers never see part of it)."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 class ClipCache:

@@ -12,7 +12,6 @@ every condition gets an effect heatmap with 95% intervals, and sliding-window sw
 """
 
 import json
-import os
 import re
 import time
 import warnings
@@ -27,6 +26,7 @@ from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from wpatch.atomic import atomic_path, write_atomically
 from wpatch.errors import WpatchError
 from wpatch.module import ROW_COLUMNS
 from wpatch.pairs import pairs_path
@@ -246,9 +246,8 @@ class PatchingResultsWriter(BasePredictionWriter):
         self.parts.mkdir(parents=True, exist_ok=True)
         frame = pd.DataFrame(prediction, columns=ROW_COLUMNS)
         path = self.parts / f"items-{frame['item_id'].min():08d}.csv"
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        frame.to_csv(partial, index=False)
-        os.replace(partial, path)
+        with atomic_path(path) as partial:
+            frame.to_csv(partial, index=False)
         self.parts_written += 1
         if trainer.is_global_zero:
             fault_point(f"part{self.parts_written}")
@@ -266,9 +265,8 @@ class PatchingResultsWriter(BasePredictionWriter):
         n_items, per_item = len(trainer.datamodule.items), pl_module.rows_per_item
         if rows.duplicated(ROW_KEY).any() or len(rows) != n_items * per_item:
             raise WpatchError(f"{self.parts} holds {len(rows)} rows, expected {n_items} items x {per_item} patches once each; delete the directory and rerun")
-        partial = self.output_dir / ".predictions.csv.partial"
-        rows.to_csv(partial, index=False)
-        os.replace(partial, self.output_dir / "predictions.csv")
+        with atomic_path(self.output_dir / "predictions.csv") as partial:
+            rows.to_csv(partial, index=False)
         fault_point("merged")
 
         measures = [m for m in MEASURES if rows[m].notna().any()]
@@ -321,9 +319,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         for key, value in metrics.items():
             tensorboard.add_scalar(key, value)
         tensorboard.close()
-        partial = self.output_dir / ".summary.json.partial"
-        partial.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        os.replace(partial, self.output_dir / "summary.json")
+        write_atomically(self.output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
     def condition_figures(self, cells: pd.DataFrame, conditions: list[dict], tensorboard: SummaryWriter) -> dict:
         """For each condition: the effect heatmap with 95% intervals (or, for a sweep, the layer x time map),

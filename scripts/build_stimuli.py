@@ -10,6 +10,9 @@ Word choice by what a model hears (three steps; see README, Stimulus sets):
     python scripts/build_stimuli.py --candidates runs/candidates.csv          # every word the builder may choose
     python scripts/screen.py --pairs-file runs/candidates.csv --tts hibari --output-dir runs/screen_candidates
     python scripts/build_stimuli.py --heard runs/screen_candidates/screen.csv  # writes english_heard_pairs.csv
+
+The screening that english_heard_pairs.csv was chosen from ships as wpatch/data/curated/screen_tiny.en_hibari.csv
+(tiny.en, voice hibari, the 4,124 candidate words), so a plain rebuild reproduces that set too.
 """
 
 import argparse
@@ -18,9 +21,21 @@ from pathlib import Path
 import pandas as pd
 
 from wpatch.atomic import write_atomically
-from wpatch.stimuli import candidate_words, english_pairs, english_spanish_pairs, heard_shares, to_csv
+from wpatch.stimuli import CURATED, candidate_words, english_pairs, english_spanish_pairs, heard_shares, to_csv
 
-SETS = {"english_pairs.csv": english_pairs, "english_spanish_pairs.csv": english_spanish_pairs}
+SHIPPED_SCREEN = CURATED / "screen_tiny.en_hibari.csv"
+
+
+def english_heard_pairs(screen: Path = SHIPPED_SCREEN) -> pd.DataFrame:
+    """The English set chosen by what the screened voice is heard on (a `screen.csv`; default: the shipped one)."""
+    return english_pairs(heard_shares(pd.read_csv(screen, keep_default_na=False)))
+
+
+SETS = {
+    "english_pairs.csv": english_pairs,
+    "english_spanish_pairs.csv": english_spanish_pairs,
+    "english_heard_pairs.csv": english_heard_pairs,
+}
 
 
 def write(table: pd.DataFrame, path: Path) -> Path:
@@ -45,8 +60,7 @@ def main(args=None) -> None:
         words = candidate_words()
         paths = [write(pd.DataFrame({"word_a": words, "word_b": words, "category": "candidate"}), options.candidates)]
     elif options.heard:
-        screen = pd.read_csv(options.heard, keep_default_na=False)
-        paths = [write(english_pairs(heard_shares(screen)), options.out_dir / "english_heard_pairs.csv")]
+        paths = [write(english_heard_pairs(options.heard), options.out_dir / "english_heard_pairs.csv")]
     else:
         paths = build(options.out_dir)
     for path in paths:

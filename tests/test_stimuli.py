@@ -96,3 +96,16 @@ def test_word_choice_prefers_pairs_whose_words_are_heard():
     assert pair_heard(candidates, heard).tolist() == [0.0, 0.5, 1.0, 0.0]
     screen = pd.DataFrame({"word": ["bat", "bat", "pat"], "heard": [True, False, False]})
     assert heard_shares(screen) == {"bat": 0.5, "pat": 0.0}
+
+
+def test_heard_set_keeps_the_kinds_and_is_heard_on_the_shipped_screening():
+    from scripts.build_stimuli import SHIPPED_SCREEN
+
+    heard_set = pd.read_csv(PACKAGED["english_heard"], dtype=str, keep_default_na=False)
+    original = pd.read_csv(PACKAGED["english"], dtype=str, keep_default_na=False)
+    assert heard_set.category.value_counts().to_dict() == original.category.value_counts().to_dict()
+    assert not heard_set.duplicated(["word_a", "word_b"]).any()
+    shares = heard_shares(pd.read_csv(SHIPPED_SCREEN, keep_default_na=False))
+    slots = pd.concat([heard_set.word_a, heard_set.word_b]).map(shares)
+    assert slots.notna().all(), "every word of the heard set was screened"
+    assert slots.mean() >= 0.9 > pd.concat([original.word_a, original.word_b]).map(shares).mean()

@@ -17,6 +17,7 @@ DATA = Path(str(files("wpatch") / "data"))
 PACKAGED = {  # names that --data.pairs_file accepts besides paths
     "starter": DATA / "starter_pairs.csv",                   # 64 English pairs
     "english": DATA / "english_pairs.csv",                   # 869 English pairs (Experiment A)
+    "english_heard": DATA / "english_heard_pairs.csv",       # 869 English pairs chosen by what tiny.en hears (hibari)
     "english_spanish": DATA / "english_spanish_pairs.csv",   # 162 English-Spanish pairs (Experiment B)
 }
 REQUIRED = ("word_a", "word_b")

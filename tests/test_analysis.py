@@ -1,0 +1,54 @@
+"""The analysis apart from the run: one pair summarises cleanly, a computed but unsummarised run is finished
+by resume, and `load_run` reads a run back with empty transcripts kept as ""."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from scripts.predict import main
+from wpatch.analysis import analyse, load_run, read_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def args(tmp_path, model, out, *extra):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("word_a,word_b\nbat,pat\n")
+    return ["--config", str(ROOT / "configs/experiment_a.yaml"), "--model.model", model, "--data.pairs_file", str(csv),
+            "--data.cache_dir", str(tmp_path / "clips"), "--data.batch_size", "2", "--model.max_tokens", "3",
+            "--data.limit", "1", "--writer.output_dir", str(out), "--trainer.enable_progress_bar", "false", *extra]
+
+
+def test_one_pair_run_summarises_and_an_unsummarised_run_is_finished_by_resume(tmp_path, small_model_path):
+    out = tmp_path / "out"
+    main(args(tmp_path, small_model_path, out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["groups"]["all"]["items"] == 2
+    assert summary["min_separation"] is not None and summary["hparams"]["model"]["min_separation"] is not None
+    assert summary["batch_size"] == 2
+    rows, loaded = load_run(out)
+    assert loaded == summary and len(rows) == len(pd.read_csv(out / "predictions.csv"))
+
+    (out / "summary.json").unlink()  # as if the analysis had crashed after the merge
+    main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    assert json.loads((out / "summary.json").read_text())["groups"] == summary["groups"]
+
+
+def test_groups_of_one_item_and_all_nan_effects_summarise(tmp_path, small_model_path):
+    out = tmp_path / "out"
+    main(args(tmp_path, small_model_path, out))
+    rows = read_rows(out / "predictions.csv")
+    one = rows[rows["item_id"] == rows["item_id"].min()].assign(effect=float("nan"), effect_valid=False)
+    summary = analyse(one, tmp_path / "again", tensorboard=False)
+    assert summary["groups"]["all"]["items"] == 1 and (tmp_path / "again" / "summary.json").exists()
+    assert all(c.get("effect_pairs", 0) == 0 for c in summary["conditions"].values())
+
+
+def test_load_run_keeps_empty_transcripts(tmp_path):
+    frame = pd.DataFrame({"item_id": [0, 1], "transcript": ["", "NaN"], "source_word": ["null", "1"],
+                          "effect": [float("nan"), 0.5], "p_source_language": [float("nan"), float("nan")]})
+    frame.to_csv(tmp_path / "predictions.csv", index=False)
+    rows, summary = load_run(tmp_path)
+    assert rows["transcript"].tolist() == ["", "NaN"] and rows["source_word"].tolist() == ["null", "1"]
+    assert rows["effect"].isna().tolist() == [True, False] and summary == {}

@@ -52,3 +52,54 @@ def test_load_run_keeps_empty_transcripts(tmp_path):
     rows, summary = load_run(tmp_path)
     assert rows["transcript"].tolist() == ["", "NaN"] and rows["source_word"].tolist() == ["null", "1"]
     assert rows["effect"].isna().tolist() == [True, False] and summary == {}
+
+
+def test_wpatch_command_predict_report_compare_and_help(tmp_path, small_model_path, capsys):
+    import pytest
+
+    from wpatch.cli import main as wpatch
+
+    out = tmp_path / "out"
+    wpatch(["predict", *args(tmp_path, small_model_path, out)])
+    before = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").unlink()
+    (out / "cells.csv").unlink()
+    wpatch(["report", str(out)])
+    after = json.loads((out / "summary.json").read_text())
+    assert after["groups"] == before["groups"] and after["min_separation"] == before["min_separation"]
+    assert (out / "cells.csv").exists()
+    capsys.readouterr()
+    wpatch(["compare", str(out), str(out)])
+    table = capsys.readouterr().out
+    assert "effect_diff" in table and "score_diff" in table
+    with pytest.raises(SystemExit):
+        wpatch(["predict", "--help"])
+    help_text = capsys.readouterr().out
+    for training in ("max_epochs", "gradient_clip", "--optimizer", "--lr_scheduler", "accumulate_grad"):
+        assert training not in help_text
+    assert "--trainer.precision" in help_text and "--data.limit" in help_text
+
+
+def test_predict_without_config_defaults_to_fp32(capsys):
+    import pytest
+
+    from wpatch.cli import main as wpatch
+
+    with pytest.raises(SystemExit):
+        wpatch(["predict", "--print_config"])
+    config = capsys.readouterr().out
+    assert "precision: 32-true" in config and "max_epochs" not in config and "optimizer" not in config
+
+
+def test_python_m_wpatch_and_the_console_entry():
+    import subprocess
+    import sys
+    import tomllib
+
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["wpatch"]
+    module, function = entry.split(":")
+    import importlib
+
+    assert callable(getattr(importlib.import_module(module), function))
+    done = subprocess.run([sys.executable, "-m", "wpatch", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "predict" in done.stdout and "compare" in done.stdout

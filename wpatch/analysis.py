@@ -282,6 +282,35 @@ def analyse(rows: pd.DataFrame, output_dir, settings: dict | None = None, extra:
     return summary
 
 
+SUMMARY_PARTS = ("primary_condition", "wall_time_s", "clip_cache", "screening", "groups", "conditions",
+                 "voice_differences_mean_abs", "voice_spread")  # what `analyse` adds to the settings
+
+
+def compare_runs(run_a, run_b, group: str = "all") -> pd.DataFrame:
+    """Cell-by-cell differences of two runs (B - A) for one group: per condition and layer pair, each measure's
+    mean in both runs and their difference, and the effect's difference with a bootstrap 95% interval over the
+    pairs the two runs share (e.g. two voices, two models or two precisions on the same pairs)."""
+    rows_a, _ = load_run(run_a)
+    rows_b, _ = load_run(run_b)
+    rows_a, rows_b = (row_groups(r).get(group, r.iloc[:0]) for r in (rows_a, rows_b))
+    key = [*CONDITION, "source_layer", "target_layer", "window_start"]
+    measures = [m for m in MEASURES if rows_a[m].notna().any() or rows_b[m].notna().any()]
+    means_a = rows_a.groupby(key)[measures].mean()
+    means_b = rows_b.groupby(key)[measures].mean()
+    table = means_a.join(means_b, how="inner", lsuffix="_a", rsuffix="_b")
+    for measure in measures:
+        table[f"{measure}_diff"] = table[f"{measure}_b"] - table[f"{measure}_a"]
+    valid_a = rows_a[rows_a["effect_valid"]].groupby([*key, "pair_id"])["effect"].mean()
+    valid_b = rows_b[rows_b["effect_valid"]].groupby([*key, "pair_id"])["effect"].mean()
+    paired = (valid_b - valid_a).dropna()
+    stats = {cell: (*bootstrap_interval(diffs.to_numpy()), len(diffs)) for cell, diffs in paired.groupby(level=key)}
+    missing = (np.nan, np.nan, 0)
+    table["effect_diff_low"] = [stats.get(cell, missing)[0] for cell in table.index]
+    table["effect_diff_high"] = [stats.get(cell, missing)[1] for cell in table.index]
+    table["shared_pairs"] = [stats.get(cell, missing)[2] for cell in table.index]
+    return table.reset_index()
+
+
 def load_run(folder) -> tuple[pd.DataFrame, dict]:
     """A run read back: its predictions.csv as a DataFrame (transcripts and words stay strings, "" included)
     and its summary.json as a dict (empty when the run has not been summarised yet)."""

@@ -103,3 +103,24 @@ def test_python_m_wpatch_and_the_console_entry():
     assert callable(getattr(importlib.import_module(module), function))
     done = subprocess.run([sys.executable, "-m", "wpatch", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and "predict" in done.stdout and "compare" in done.stdout
+
+
+def test_run_says_what_it_found_and_where_and_saves_its_config(tmp_path, small_model_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "wpatch", "predict", *args(tmp_path, small_model_path, out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == str(out.resolve())
+    assert any(line.startswith("score by source layer") for line in lines)
+    assert any(line.startswith("score ") and len(line.split()) == 5 for line in lines)
+    noise = done.stdout + done.stderr
+    for line in ("Seed set", "GPU available", "TPU available", "Tip", "LeafSpec", "Total length of"):
+        assert line not in noise
+    config = (out / "config.yaml").read_text()
+    assert "min_separation" in config and "precision: 32-true" in config
+    environment = json.loads((out / "summary.json").read_text())["environment"]
+    assert environment["packages"]["torch"] and environment["batch_size"] == 2 and environment["device"]

@@ -283,7 +283,7 @@ def analyse(rows: pd.DataFrame, output_dir, settings: dict | None = None, extra:
 
 
 SUMMARY_PARTS = ("primary_condition", "wall_time_s", "clip_cache", "screening", "groups", "conditions",
-                 "voice_differences_mean_abs", "voice_spread")  # what `analyse` adds to the settings
+                 "voice_differences_mean_abs", "voice_spread", "environment")  # what `analyse` adds to the settings
 
 
 def compare_runs(run_a, run_b, group: str = "all") -> pd.DataFrame:
@@ -309,6 +309,32 @@ def compare_runs(run_a, run_b, group: str = "all") -> pd.DataFrame:
     table["effect_diff_high"] = [stats.get(cell, missing)[1] for cell in table.index]
     table["shared_pairs"] = [stats.get(cell, missing)[2] for cell in table.index]
     return table.reset_index()
+
+
+def console_table(rows: pd.DataFrame, summary: dict, measure: str = "score") -> str:
+    """What a run found, for the console: the primary condition's `measure` matrix (all items), then per
+    measure its diagonal and off-diagonal means over all items and over the recognised ones only."""
+    in_primary = (rows[CONDITION] == pd.Series(summary["primary_condition"])).all(axis=1)
+    matrix = layer_matrix(rows[in_primary], measure)
+    matrix.index.name, matrix.columns.name = "source \\ target", None
+    shown = matrix.map(lambda x: "" if pd.isna(x) else f"{x + 0.0:.2f}".replace("-0.00", "0.00"))
+    groups = summary["groups"]
+    lines = [f"{measure} by source layer (rows) and target layer (columns), {groups['all']['items']} items:",
+             shown.to_string(), "", f"{'measure':<18} {'diagonal':>9} {'off-diag':>9} {'recognised diag':>16} "
+             f"{'recognised off':>15}"]
+
+    def number(value) -> str:
+        return "n/a" if value is None else f"{value + 0.0:.3f}"
+
+    for name in MEASURES:
+        if name not in groups["all"]:
+            continue
+        everything, known = groups["all"][name], groups.get("recognised", {}).get(name, {})
+        lines.append(f"{name:<18} {number(everything['diagonal_mean']):>9} {number(everything['off_diagonal_mean']):>9} "
+                     f"{number(known.get('diagonal_mean')):>16} {number(known.get('off_diagonal_mean')):>15}")
+    share = groups.get("recognised", {}).get("items", 0) / max(groups["all"]["items"], 1)
+    lines.append(f"recognised share (clean source clip heard as its word): {share:.2f}")
+    return "\n".join(lines)
 
 
 def load_run(folder) -> tuple[pd.DataFrame, dict]:

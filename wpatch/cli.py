@@ -25,6 +25,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules import PairDataModule
+from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 from wpatch.module import PatchingModule, check_precision
 from wpatch.pairs import read_pairs
@@ -90,6 +91,7 @@ def predict(args=None, program: list[str] | None = None) -> None:
         writer.stop.resume_command = resume_command(sys.argv[1:] if args is None else args, program)
         if starts_the_run(cli.trainer):
             writer.claim(cli.trainer, cli.model, cli.datamodule)
+            write_atomically(writer.output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     except (WpatchError, MisconfigurationException, ValueError, ArgumentError) as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]

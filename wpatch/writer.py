@@ -14,7 +14,7 @@ import lightning as L
 import pandas as pd
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from wpatch.analysis import ROW_KEY, analyse, bootstrap_interval, read_rows  # noqa: F401 (bootstrap_interval)
+from wpatch.analysis import ROW_KEY, analyse, bootstrap_interval, console_table, read_rows  # noqa: F401 (bootstrap_interval)
 from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
 from wpatch.module import ROW_COLUMNS
@@ -27,6 +27,28 @@ def public(hparams) -> dict:
     return {key: value for key, value in dict(hparams).items() if not key.startswith("_")}
 
 
+def environment(trainer: L.Trainer, batch_size) -> dict:
+    """Where and with what the run ran: package versions, device, batch size, seeds, the code's git commit."""
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    device = (torch.cuda.get_device_name(trainer.strategy.root_device)
+              if trainer.strategy.root_device.type == "cuda" else platform.processor() or platform.machine())
+    packages = ("torch", "lightning", "openai-whisper", "numpy", "pandas", "ctranslate2", "hibari-tts", "wpatch")
+    return {"python": platform.python_version(), "packages": {p: version(p) for p in packages},
+            "device": f"{trainer.strategy.root_device.type}: {device}", "devices": trainer.world_size,
+            "batch_size": batch_size, "seeds": {"bootstrap": 0, "control_clips": "item id", "hibari": 0},
+            "code_version": code_version()}
+
+
 class PatchingResultsWriter(BasePredictionWriter):
     """Writes predictions.csv, layer matrices (overall and per category), heatmaps, summary.json and TensorBoard.
 
@@ -37,10 +59,12 @@ class PatchingResultsWriter(BasePredictionWriter):
         output_dir: the run's folder; one that holds a finished run (summary.json) is refused.
         resume: continue an unfinished run in `output_dir` (same settings), skipping items already written;
             a run whose items are all written is merged and finished.
+        verbose: print what the run found (the primary matrix, diagonal / off-diagonal means) and the folder.
     """
 
-    def __init__(self, output_dir: str = "runs/experiment_a", resume: bool = False):
+    def __init__(self, output_dir: str = "runs/experiment_a", resume: bool = False, verbose: bool = True):
         super().__init__(write_interval="batch")
+        self.verbose = verbose
         self.output_dir = Path(output_dir)
         self.resume = resume
         self.parts = self.output_dir / "parts"
@@ -142,7 +166,12 @@ class PatchingResultsWriter(BasePredictionWriter):
                                 "resynthesised_damaged": sum(c.repaired for c in clips)}}
         if trainer.datamodule.screening:
             extra["screening"] = trainer.datamodule.screening
-        analyse(rows, self.output_dir, self.settings(trainer, pl_module), extra)
+        extra["environment"] = environment(trainer, self.settings(trainer, pl_module)["batch_size"])
+        summary = analyse(rows, self.output_dir, self.settings(trainer, pl_module), extra)
+        if self.verbose:
+            print(console_table(rows, summary), flush=True)
+            print(f"wall time {extra['wall_time_s']:.1f} s; tables, figures and report in:", flush=True)
+            print(self.output_dir.resolve(), flush=True)
 
     @classmethod
     def settings(cls, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:

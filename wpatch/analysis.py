@@ -143,19 +143,37 @@ def matrix_summary(matrix: pd.DataFrame) -> dict:
     }
 
 
+RANGES = {"override": (0.0, 1.0), "transfer": (0.0, 1.0), "score": (0.0, 1.0), "p_source_language": (0.0, 1.0),
+          "retained": (0.0, 1.0), "effect": (-1.0, 1.0)}  # colour scales shared by every figure of a measure
+MEASURE_NAMES = {"override": "override rate", "transfer": "transfer rate", "score": "score (P source word)",
+                 "effect": "effect (share of the clean gap closed)", "p_source_language": "P(source language)"}
+
+
+def number(value: float, digits: int = 2) -> str:
+    """A number for a figure or the console: never -0.00."""
+    text = f"{value + 0.0:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def heatmap(matrix: pd.DataFrame, title: str, labels: pd.DataFrame | None = None,
-            axis_names=("target layer (recipient block)", "source layer (donor block)")) -> Figure:
-    """An annotated seaborn heatmap (a pyplot-free Figure: no GUI backend, no global state); `labels`
-    replaces the numbers written in the cells (e.g. with intervals)."""
+            axis_names=("target layer (recipient block)", "source layer (donor block)"), measure: str = "score",
+            colour_label: str | None = None) -> Figure:
+    """An annotated seaborn heatmap (a pyplot-free Figure: no GUI backend, no global state) on the measure's
+    fixed colour scale (`RANGES`: 0-1 for rates and score, symmetric for effect) with a labelled colour bar;
+    `labels` replaces the numbers written in the cells."""
     width, height = matrix.shape[1], matrix.shape[0]
-    scale = 1.0 if labels is None else 1.8
-    figure = Figure(figsize=(min(1.1 * scale * width + 2, 24), 0.9 * scale * height + 1.5))
+    figure = Figure(figsize=(min(1.1 * width + 2.5, 24), 0.9 * height + 1.8))
     axes = figure.subplots()
-    low = min(0.0, float(np.nanmin(matrix.to_numpy()))) if matrix.notna().any().any() else 0.0
-    high = max(1.0, float(np.nanmax(matrix.to_numpy()))) if matrix.notna().any().any() else 1.0
-    sns.heatmap(matrix, annot=labels if labels is not None else width <= 16, fmt="" if labels is not None else ".2f",
-                vmin=low, vmax=high, cmap="viridis", square=labels is None and width <= 16, ax=axes,
-                cbar_kws={"shrink": 0.8})
+    low, high = RANGES.get(measure, (0.0, 1.0))
+    values = matrix.to_numpy(dtype=float)
+    if measure == "effect" and np.isfinite(values).any():  # symmetric, wide enough for every value
+        high = max(high, float(np.nanmax(np.abs(values))))
+        low = -high
+    if labels is None and width <= 16:
+        labels = matrix.map(lambda x: "" if pd.isna(x) else number(x))
+    sns.heatmap(matrix, annot=labels if labels is not None else False, fmt="", vmin=low, vmax=high,
+                cmap="RdBu_r" if measure == "effect" else "viridis", square=width <= 16, ax=axes,
+                cbar_kws={"shrink": 0.8, "label": colour_label or MEASURE_NAMES.get(measure, measure)})
     axes.set_xlabel(axis_names[0])
     axes.set_ylabel(axis_names[1])
     axes.set_title(title)
@@ -163,6 +181,41 @@ def heatmap(matrix: pd.DataFrame, title: str, labels: pd.DataFrame | None = None
     return figure
 
 
+def interval_figure(cells: pd.DataFrame, title: str) -> Figure:
+    """The effect's mean and 95% interval per layer pair, one line each: legible at any size."""
+    cells = cells.sort_values(["source_layer", "target_layer"])
+    figure = Figure(figsize=(7, 0.28 * len(cells) + 1.6))
+    axes = figure.subplots()
+    y = np.arange(len(cells))
+    low = (cells["effect"] - cells["effect_low"]).clip(lower=0).fillna(0)
+    high = (cells["effect_high"] - cells["effect"]).clip(lower=0).fillna(0)
+    axes.errorbar(cells["effect"], y, xerr=[low, high], fmt="o", capsize=3)
+    axes.axvline(0, color="grey", linewidth=0.8)
+    axes.set_yticks(y, [f"{s} -> {t}" for s, t in zip(cells["source_layer"], cells["target_layer"])])
+    axes.invert_yaxis()
+    axes.set_xlabel("effect, mean over pairs with 95% bootstrap interval")
+    axes.set_ylabel("source layer -> target layer")
+    axes.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def condition_title(condition: dict) -> str:
+    """A condition in words: 'block_out, whole clip, alpha 1, denoising, donor: source word'."""
+    window = {"all": "whole clip", "word": "word frames", "sweep": "sliding windows"}.get(condition["window"],
+                                                                                         f"frames {condition['window']}")
+    return (f"{condition['site']}, {window}, alpha {condition['alpha']:g}, {condition['patch_direction']}, "
+            f"donor: {condition['donor']} word")
+
+
+def group_title(group: str, items: int) -> str:
+    """A group in words: 'vowel pairs, recognised only (12 items)'."""
+    name = {"all": "all items", "recognised": "recognised items"}.get(group)
+    if name is None:
+        parts = group.split("|")
+        name = parts[0].replace("category=", "").replace("voice=", "voice ") + (" pairs" if "category=" in group else "")
+        name += ", recognised only" if len(parts) > 1 else ""
+    return f"{name} ({items} item{'s' if items != 1 else ''})"
 
 
 def primary_condition(rows: pd.DataFrame) -> dict:
@@ -177,18 +230,18 @@ def cell_matrix(cells: pd.DataFrame, value: str, index="source_layer", columns="
     return matrix.astype(float)
 
 
-def condition_figures(cells: pd.DataFrame, conditions: list[dict], output_dir: Path, tensorboard=None) -> dict:
-    """For each condition: the effect heatmap with 95% intervals (or, for a sweep, the layer x time map),
-    saved as PNG (and to TensorBoard when given); returns the effect's diagonal / off-diagonal means per
-    condition. A cell with fewer than two pairs has no interval ("n/a")."""
+def condition_figures(cells: pd.DataFrame, conditions: list[dict], figures: Path, tensorboard=None) -> dict:
+    """For each condition: the effect heatmap and, separately, its 95% intervals (or, for a sweep, the layer x
+    time map), saved as PNG under `figures` (and to TensorBoard when given); returns the effect's diagonal /
+    off-diagonal means per condition. A cell with fewer than two pairs has no interval."""
     summary = {}
     for condition in conditions:
-        label = condition_label(condition)
+        label, title = condition_label(condition), condition_title(condition)
         mine = cells[(cells[CONDITION] == pd.Series(condition)).all(axis=1)]
         if condition["window"] == "sweep":
             matrix = cell_matrix(mine, "effect", "target_layer", "sweep_start")
-            figure = heatmap(matrix, f"effect by layer and window start\n{label}",
-                             axis_names=("window start (frame)", "layer (s = t)"))
+            figure = heatmap(matrix, f"effect by layer and window start\n{title}", measure="effect",
+                             axis_names=("window start (frame, 20 ms)", "layer (source = target)"))
             name, tag = f"sweep_map_{label}", f"sweep_map/{label}"
             effect = matrix.to_numpy()
             summary[label] = {"effect_mean": float(np.nanmean(effect)) if np.isfinite(effect).any() else None}
@@ -197,22 +250,44 @@ def condition_figures(cells: pd.DataFrame, conditions: list[dict], output_dir: P
             if matrix.empty or not matrix.notna().any().any():
                 summary[label] = {"effect_pairs": 0}
                 continue
-            low, high = cell_matrix(mine, "effect_low"), cell_matrix(mine, "effect_high")
-
-            def label_of(value, lo, hi):
-                interval = f"[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) and np.isfinite(hi) else "[n/a]"
-                return f"{value:.2f}\n{interval}" if np.isfinite(value) else ""
-
-            labels = pd.DataFrame([[label_of(matrix.iat[i, j], low.iat[i, j], high.iat[i, j])
-                                    for j in range(matrix.shape[1])] for i in range(matrix.shape[0])],
-                                  index=matrix.index, columns=matrix.columns)
-            figure = heatmap(matrix, f"effect, 95% CI over pairs\n{label}", labels=labels)
+            figure = heatmap(matrix, f"effect, mean over pairs\n{title}", measure="effect")
             name, tag = f"effect_matrix_{label}", f"effect_matrix/{label}"
             summary[label] = {**matrix_summary(matrix), "effect_pairs": int(mine["effect_pairs"].max())}
-        figure.savefig(output_dir / (re.sub(r"[^\w.-]", "_", name) + ".png"), dpi=110)
+            if mine["effect_low"].notna().any():
+                intervals = interval_figure(mine[mine["effect"].notna()], f"effect, 95% intervals\n{title}")
+                intervals.savefig(figures / (re.sub(r"[^\w.-]", "_", f"effect_intervals_{label}") + ".png"), dpi=110)
+        figure.savefig(figures / (re.sub(r"[^\w.-]", "_", name) + ".png"), dpi=110)
         if tensorboard is not None:
             tensorboard.add_figure(tag, figure)
     return summary
+
+
+def long_matrices(frame: pd.DataFrame, group: str, measures: list[str]) -> pd.DataFrame:
+    """A group's layer matrices in long form: one row per measure x (source, target) cell with the mean over
+    items, a bootstrap 95% interval over pairs (NaN with fewer than two) and the number of items with a value."""
+    out = []
+    for measure in measures:
+        values = frame[["source_layer", "target_layer", "pair_id", "item_id", measure]].dropna(subset=[measure])
+        for (s, t), cell in values.groupby(["source_layer", "target_layer"]):
+            low, high = bootstrap_interval(cell.groupby("pair_id")[measure].mean().to_numpy(dtype=float))
+            out.append({"group": group, "measure": measure, "s": int(s), "t": int(t),
+                        "mean": float(cell[measure].astype(float).mean()), "low": low, "high": high,
+                        "n": int(cell["item_id"].nunique())})
+    return pd.DataFrame(out, columns=["group", "measure", "s", "t", "mean", "low", "high", "n"])
+
+
+def read_matrix(matrices: pd.DataFrame, measure: str, group: str = "all", value: str = "mean") -> pd.DataFrame:
+    """One matrix out of a run's `matrices.csv`: rows = source layer, columns = target layer."""
+    mine = matrices[(matrices["group"] == group) & (matrices["measure"] == measure)]
+    return mine.pivot_table(index="s", columns="t", values=value, aggfunc="mean", dropna=False).astype(float)
+
+
+def plot_matrix(run, measure: str = "score", group: str = "all") -> Figure:
+    """The heatmap of one matrix of a saved run (its folder): e.g. `plot_matrix("runs/experiment_a", "effect")`."""
+    matrices = pd.read_csv(Path(run) / "matrices.csv", keep_default_na=False, na_values={"low": [""], "high": [""]})
+    matrix = read_matrix(matrices, measure, group)
+    items = int(matrices[(matrices["group"] == group) & (matrices["measure"] == measure)]["n"].max())
+    return heatmap(matrix, f"{MEASURE_NAMES.get(measure, measure)}\n{group_title(group, items)}", measure=measure)
 
 
 def analyse(rows: pd.DataFrame, output_dir, settings: dict | None = None, extra: dict | None = None,
@@ -235,26 +310,29 @@ def analyse(rows: pd.DataFrame, output_dir, settings: dict | None = None, extra:
         from torch.utils.tensorboard import SummaryWriter
 
         board = SummaryWriter(output_dir / "tensorboard")
-    groups, matrices = {}, {}
+    figures = output_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    groups, matrices, long = {}, {}, []
     for group, frame in row_groups(rows[in_primary]).items():
         groups[group] = {"items": int(frame["item_id"].nunique()), "rows": len(frame)}
         if frame.empty:
             continue
+        long.append(long_matrices(frame, group, measures))
         for measure in measures:
             matrix = matrices[group, measure] = layer_matrix(frame, measure)
             if matrix.empty or not matrix.notna().any().any():
                 continue
-            name = f"{measure}_matrix{file_suffix(group)}"
-            matrix.to_csv(output_dir / f"{name}.csv")
             groups[group][measure] = matrix_summary(matrix)
-            figure = heatmap(matrix, f"{measure} ({group}, {groups[group]['items']} items)")
-            figure.savefig(output_dir / f"{name}.png", dpi=110)
+            if group not in ("all", "recognised"):
+                continue  # figures for the two main groups; every group's numbers are in matrices.csv
+            figure = heatmap(matrix, f"{MEASURE_NAMES.get(measure, measure)}\n{group_title(group, groups[group]['items'])}",
+                             measure=measure)
+            figure.savefig(figures / f"{measure}_matrix{file_suffix(group)}.png", dpi=110)
             if board is not None:
                 board.add_figure(f"{measure}_matrix/{group}", figure)
-                for key in ("diagonal_mean", "off_diagonal_mean"):
-                    if groups[group][measure][key] is not None:
-                        board.add_scalar(f"{measure}/{key}/{group}", groups[group][measure][key])
-    conditions_summary = condition_figures(cells[cells["group"] == "all"], conditions, output_dir, board)
+    write_atomically(output_dir / "matrices.csv", pd.concat(long, ignore_index=True).to_csv(index=False)
+                     if long else "group,measure,s,t,mean,low,high,n\n")
+    conditions_summary = condition_figures(cells[cells["group"] == "all"], conditions, figures, board)
     voices = sorted(rows["voice"].unique())
     differences = {
         f"{a} vs {b}": {m: float((matrices[f"voice={a}", m] - matrices[f"voice={b}", m]).abs().to_numpy().mean())
@@ -272,14 +350,60 @@ def analyse(rows: pd.DataFrame, output_dir, settings: dict | None = None, extra:
         overall = groups.get("all", {})
         metrics = {f"hparam/{m}_{k}": overall[m][k] for m in measures if m in overall
                    for k in ("diagonal_mean", "off_diagonal_mean") if overall[m][k] is not None}
-        flat = {k: str(v) if isinstance(v, (list, dict, tuple)) or v is None else v for k, v in settings.items()}
+        flat = {k: str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (list, dict, tuple)) or v is None
+                else v for k, v in settings.items() if k != "hparams"}  # booleans as true/false, not 1.0000
         for event in hparams(flat, metrics):
             board.file_writer.add_summary(event)
         for key, value in metrics.items():
             board.add_scalar(key, value)
         board.close()
     write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_atomically(output_dir / "report.md", report_markdown(rows, summary))
     return summary
+
+
+def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
+    """A one-page report of a run (`report.md`, images from `figures/`): settings, data card, recognition, the
+    main matrices side by side on shared colour scales, sanity checks."""
+    groups = summary["groups"]
+    keys = ("model", "precision", "sites", "windows", "alphas", "directions", "min_separation", "max_tokens",
+            "tts", "pairs_file", "limit", "batch_size", "code_version")
+    lines = ["# wpatch run", "", "## Settings", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {summary[k]} |" for k in keys if k in summary]
+    categories = ", ".join(f"{c or '(none)'}: {n}" for c, n in rows.groupby("category")["pair_id"].nunique().items())
+    lines += ["", "## Data", "", f"- {rows['pair_id'].nunique()} pairs, {rows['item_id'].nunique()} items "
+              f"(pair x direction x voice), {len(rows)} rows", f"- voices: {', '.join(sorted(rows['voice'].unique()))}",
+              f"- categories (pairs): {categories}"]
+    share = groups.get("recognised", {}).get("items", 0) / max(groups["all"]["items"], 1)
+    lines += ["", "## Recognition", "", f"- clean source clip recognised as its word: "
+              f"{groups.get('recognised', {}).get('items', 0)} of {groups['all']['items']} items ({share:.0%})"]
+    lines += ["", "## Main matrices (" + condition_title(summary["primary_condition"]) + ")", "",
+              "All items (top) and recognised items only (bottom); colour scales fixed per measure.", ""]
+    for suffix in ("", "_recognised"):
+        group = groups.get("recognised" if suffix else "all", {})
+        images = [f"![{m}](figures/{m}_matrix{suffix}.png)" for m in MEASURES if m in group]
+        lines.append(" ".join(images))
+        lines.append("")
+    lines += ["| measure | diagonal | off-diagonal | recognised diagonal | recognised off-diagonal |", "|---|---|---|---|---|"]
+    for m in MEASURES:
+        if m in groups["all"]:
+            a, r = groups["all"][m], groups.get("recognised", {}).get(m, {})
+            cell = [number(v, 3) if v is not None else "n/a" for v in (a["diagonal_mean"], a["off_diagonal_mean"],
+                    r.get("diagonal_mean"), r.get("off_diagonal_mean"))]
+            lines.append(f"| {m} | " + " | ".join(cell) + " |")
+    lines += ["", "## Sanity checks", ""]
+    primary = summary["primary_condition"]
+    in_primary = (rows[CONDITION] == pd.Series(primary)).all(axis=1)
+    diagonal = rows[in_primary & (rows["source_layer"] == rows["target_layer"])]
+    if primary["site"] == "block_out" and primary["window"] == "all" and primary["alpha"] == 1 and len(diagonal):
+        gap = ((diagonal["logp_source"] - diagonal["logp_target"]) - diagonal["ld_source_clean"]).abs().max()
+        verdict = "ok" if gap < 1e-3 else "CHECK"
+        lines.append(f"- diagonal = clean run (whole-block patch at s = t): largest difference of the log-probability"
+                     f" gap from the clean source run {gap:.2g} nats ({verdict})")
+    lines.append(f"- recognised share: {share:.0%}")
+    lines.append(f"- effect defined (clean runs separate the words by min_separation) on "
+                 f"{rows['effect_valid'].mean():.0%} of rows")
+    return "\n".join(lines) + "\n"
 
 
 SUMMARY_PARTS = ("primary_condition", "wall_time_s", "clip_cache", "screening", "groups", "conditions",

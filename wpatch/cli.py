@@ -93,6 +93,8 @@ def predict(args=None, program: list[str] | None = None) -> None:
             writer.claim(cli.trainer, cli.model, cli.datamodule)
             write_atomically(writer.output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+        if writer.closing and writer.verbose and cli.trainer.is_global_zero:
+            print(writer.closing, flush=True)
     except (WpatchError, MisconfigurationException, ValueError, ArgumentError) as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         # jsonargparse splits "which option" and "why" over two lines
@@ -126,6 +128,7 @@ def quiet_lightning() -> None:
     """Silence what Lightning says that is not ours: seed lines, GPU/TPU lines, tips, its _pytree deprecation."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*(does not have many workers|Total length of .* is zero).*")
+    warnings.filterwarnings("ignore", message=r".*(No seed found|LightningCLI's args parameter).*")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
                  "lightning.fabric.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)

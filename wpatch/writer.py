@@ -65,6 +65,7 @@ class PatchingResultsWriter(BasePredictionWriter):
     def __init__(self, output_dir: str = "runs/experiment_a", resume: bool = False, verbose: bool = True):
         super().__init__(write_interval="batch")
         self.verbose = verbose
+        self.closing = None  # what the run found and where, once it is summarised
         self.output_dir = Path(output_dir)
         self.resume = resume
         self.parts = self.output_dir / "parts"
@@ -168,10 +169,9 @@ class PatchingResultsWriter(BasePredictionWriter):
             extra["screening"] = trainer.datamodule.screening
         extra["environment"] = environment(trainer, self.settings(trainer, pl_module)["batch_size"])
         summary = analyse(rows, self.output_dir, self.settings(trainer, pl_module), extra)
-        if self.verbose:
-            print(console_table(rows, summary), flush=True)
-            print(f"wall time {extra['wall_time_s']:.1f} s; tables, figures and report in:", flush=True)
-            print(self.output_dir.resolve(), flush=True)
+        # printed by the command once the progress bar has closed (`wpatch.cli.predict`)
+        self.closing = (f"{console_table(rows, summary)}\nwall time {extra['wall_time_s']:.1f} s; tables, figures and "
+                        f"report.md in:\n{self.output_dir.resolve()}")
 
     @classmethod
     def settings(cls, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
@@ -179,8 +179,8 @@ class PatchingResultsWriter(BasePredictionWriter):
         hyperparameter of the module and the DataModule as given (`hparams`)."""
         data = trainer.datamodule
         return {**cls.run_settings(trainer, pl_module, data),
-                "accelerator": type(trainer.accelerator).__name__, "devices": trainer.world_size,
-                "batch_size": getattr(data, "resolved_batch_size", None) or data.hparams.batch_size,
+                "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
+                "devices": trainer.world_size, "batch_size": getattr(data, "resolved_batch_size", None) or data.hparams.batch_size,
                 "hparams": {"model": public(pl_module.hparams), "data": public(data.hparams)}}
 
     @staticmethod

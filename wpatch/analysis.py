@@ -202,8 +202,8 @@ def interval_figure(cells: pd.DataFrame, title: str) -> Figure:
 
 def condition_title(condition: dict) -> str:
     """A condition in words: 'block_out, whole clip, alpha 1, denoising, donor: source word'."""
-    window = {"all": "whole clip", "word": "word frames", "sweep": "sliding windows"}.get(condition["window"],
-                                                                                         f"frames {condition['window']}")
+    windows = {"all": "whole clip", "word": "word frames", "sweep": "sliding windows"}
+    window = windows.get(condition["window"], f"frames {condition['window']}")
     return (f"{condition['site']}, {window}, alpha {condition['alpha']:g}, {condition['patch_direction']}, "
             f"donor: {condition['donor']} word")
 
@@ -213,7 +213,8 @@ def group_title(group: str, items: int) -> str:
     name = {"all": "all items", "recognised": "recognised items"}.get(group)
     if name is None:
         parts = group.split("|")
-        name = parts[0].replace("category=", "").replace("voice=", "voice ") + (" pairs" if "category=" in group else "")
+        name = parts[0].replace("category=", "").replace("voice=", "voice ")
+        name += " pairs" if "category=" in group else ""
         name += ", recognised only" if len(parts) > 1 else ""
     return f"{name} ({items} item{'s' if items != 1 else ''})"
 
@@ -325,8 +326,8 @@ def analyse(rows: pd.DataFrame, output_dir, settings: dict | None = None, extra:
             groups[group][measure] = matrix_summary(matrix)
             if group not in ("all", "recognised"):
                 continue  # figures for the two main groups; every group's numbers are in matrices.csv
-            figure = heatmap(matrix, f"{MEASURE_NAMES.get(measure, measure)}\n{group_title(group, groups[group]['items'])}",
-                             measure=measure)
+            title = f"{MEASURE_NAMES.get(measure, measure)}\n{group_title(group, groups[group]['items'])}"
+            figure = heatmap(matrix, title, measure=measure)
             figure.savefig(figures / f"{measure}_matrix{file_suffix(group)}.png", dpi=110)
             if board is not None:
                 board.add_figure(f"{measure}_matrix/{group}", figure)
@@ -384,7 +385,8 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
         images = [f"![{m}](figures/{m}_matrix{suffix}.png)" for m in MEASURES if m in group]
         lines.append(" ".join(images))
         lines.append("")
-    lines += ["| measure | diagonal | off-diagonal | recognised diagonal | recognised off-diagonal |", "|---|---|---|---|---|"]
+    lines += ["| measure | diagonal | off-diagonal | recognised diagonal | recognised off-diagonal |",
+              "|---|---|---|---|---|"]
     for m in MEASURES:
         if m in groups["all"]:
             a, r = groups["all"][m], groups.get("recognised", {}).get(m, {})
@@ -454,7 +456,8 @@ def console_table(rows: pd.DataFrame, summary: dict, measure: str = "score") -> 
         if name not in groups["all"]:
             continue
         everything, known = groups["all"][name], groups.get("recognised", {}).get(name, {})
-        lines.append(f"{name:<18} {number(everything['diagonal_mean']):>9} {number(everything['off_diagonal_mean']):>9} "
+        lines.append(f"{name:<18} {number(everything['diagonal_mean']):>9} "
+                     f"{number(everything['off_diagonal_mean']):>9} "
                      f"{number(known.get('diagonal_mean')):>16} {number(known.get('off_diagonal_mean')):>15}")
     share = groups.get("recognised", {}).get("items", 0) / max(groups["all"]["items"], 1)
     lines.append(f"recognised share (clean source clip heard as its word): {share:.2f}")

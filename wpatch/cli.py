@@ -48,7 +48,8 @@ class PatchingCLI(LightningCLI):
 
 
 def starts_the_run(trainer) -> bool:
-    """Whether this process starts the run: not one that a DDP launcher (Lightning's, torchrun, SLURM) made for rank > 0."""
+    """Whether this process starts the run: not one that a DDP launcher (Lightning's, torchrun, SLURM) made for
+    rank > 0."""
     environment = getattr(trainer.strategy, "cluster_environment", None)
     ranks = [os.environ.get(name, "0") for name in ("LOCAL_RANK", "NODE_RANK", "RANK")]
     return all(rank == "0" for rank in ranks) and (environment is None or environment.global_rank() == 0)
@@ -106,7 +107,8 @@ def predict(args=None, program: list[str] | None = None) -> None:
             sys.exit(0)  # a DDP rank > 0: a non-zero exit would make Lightning's process observer kill rank 0
         for child in writer.stop.children:
             child.kill()
-        print(f"wpatch: {stop}; every finished batch is kept; continue with: {writer.stop.resume_command}", file=sys.stderr)
+        print(f"wpatch: {stop}; every finished batch is kept; continue with: {writer.stop.resume_command}",
+              file=sys.stderr)
         sys.exit(128 + stop.signum)
     finally:
         if writer is not None:

@@ -14,7 +14,8 @@ import lightning as L
 import pandas as pd
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from wpatch.analysis import ROW_KEY, analyse, bootstrap_interval, console_table, read_rows  # noqa: F401 (bootstrap_interval)
+from wpatch.analysis import (  # noqa: F401 (bootstrap_interval: re-exported)
+    ROW_KEY, analyse, bootstrap_interval, console_table, read_rows)
 from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
 from wpatch.module import ROW_COLUMNS
@@ -180,7 +181,8 @@ class PatchingResultsWriter(BasePredictionWriter):
         data = trainer.datamodule
         return {**cls.run_settings(trainer, pl_module, data),
                 "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
-                "devices": trainer.world_size, "batch_size": getattr(data, "resolved_batch_size", None) or data.hparams.batch_size,
+                "devices": trainer.world_size,
+                "batch_size": getattr(data, "resolved_batch_size", None) or data.hparams.batch_size,
                 "hparams": {"model": public(pl_module.hparams), "data": public(data.hparams)}}
 
     @staticmethod

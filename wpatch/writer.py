@@ -14,8 +14,7 @@ import lightning as L
 import pandas as pd
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from wpatch.analysis import (  # noqa: F401 (bootstrap_interval: re-exported)
-    ROW_KEY, analyse, bootstrap_interval, console_table, read_rows)
+from wpatch.analysis import ROW_KEY, analyse, console_table, read_rows
 from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
 from wpatch.module import ROW_COLUMNS

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import random
+import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--baseline-rows", type=int, default=48, help="rows timed for each baseline (extrapolated)")
+    parser.add_argument("--original-rows", type=int, default=8,
+                        help="rows timed for `original` (model.transcribe per row: the slowest), from the same sample")
     parser.add_argument("--modes", default="original,original-decode,wpatch")
     parser.add_argument("--compare-precision", default=None, help="also run wpatch under these precisions (comma-separated, e.g. bf16-mixed,16-mixed) and report each one's agreement with fp32")
     parser.add_argument("--profile", action="store_true", help="print where wpatch's predict time goes")
@@ -132,10 +135,17 @@ def main(argv: list[str] | None = None) -> dict:
     sample = sorted(random.Random(0).sample([(i, s, t) for i in range(len(dm.items)) for s, t in module.pairs], min(args.baseline_rows, n_rows)))
 
     results = {}
+
+    def progress(message: str) -> None:
+        print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    progress(f"{len(dm.items)} items x {len(module.pairs)} layer pairs = {n_rows} rows; modes {', '.join(modes)}")
     if "wpatch" in modes:
+        progress(f"wpatch: {n_rows} rows ...")
         seconds, peak, rows = run_wpatch(module, dm, args.accelerator, args.precision, device, args.profile)
         results["wpatch"] = {"rows": n_rows, "seconds": seconds, "peak_mib": peak, "sampled": False, "transcripts": [rows[k][0] for k in sample],
                              "rows_returned": len(rows), "batch_size": dm.resolved_batch_size, "decode_chunk": module.hparams.decode_chunk}
+        progress(f"wpatch: {n_rows} rows in {seconds:.1f} s ({n_rows / seconds:.2f} rows/s)")
     agreement = {}
     if compared:
         reference = rows if args.precision == "32-true" and "wpatch" in modes else run_wpatch(module, dm, args.accelerator, "32-true", device)[2]
@@ -150,9 +160,12 @@ def main(argv: list[str] | None = None) -> dict:
     module.whisper.to(device)
     for mode in ("original", "original-decode"):
         if mode in modes:
+            timed = sample[: args.original_rows] if mode == "original" else sample
+            progress(f"{mode}: {len(timed)} sampled rows ...")
             with PeakMemory(device.type == "cuda") as memory:
-                seconds, transcripts = baseline(mode, module, dm, sample, device)
-            results[mode] = {"rows": len(sample), "seconds": seconds, "peak_mib": memory.mib, "sampled": True, "transcripts": transcripts}
+                seconds, transcripts = baseline(mode, module, dm, timed, device)
+            progress(f"{mode}: {len(timed)} rows in {seconds:.1f} s ({len(timed) / seconds:.2f} rows/s)")
+            results[mode] = {"rows": len(timed), "seconds": seconds, "peak_mib": memory.mib, "sampled": True, "transcripts": transcripts}
 
     report = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",

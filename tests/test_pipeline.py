@@ -15,10 +15,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from scripts.predict import main
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
+from wpatch.analysis import read_matrix
 from wpatch.module import ROW_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = "word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\nship,sheep,vowel\n"
+
+
+def matrix_of(out, measure, group="all"):
+    """A layer matrix out of the run's long-form matrices.csv."""
+    return read_matrix(pd.read_csv(out / "matrices.csv", keep_default_na=False), measure, group)
 
 
 def run(tmp_path, model, out, *extra, pairs=PAIRS, config="experiment_a"):
@@ -63,16 +69,16 @@ def test_matrices_are_the_means_of_the_table(finished_run):
     _, out = finished_run
     rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     for measure in ("override", "score"):
-        matrix = pd.read_csv(out / f"{measure}_matrix.csv", index_col=0)
+        matrix = matrix_of(out, measure)
         for s in range(3):
             for t in range(3):
                 cell = rows[(rows.source_layer == s) & (rows.target_layer == t)][measure].astype(float).mean()
                 assert matrix.iloc[s, t] == pytest.approx(cell)
-        vowel = pd.read_csv(out / f"{measure}_matrix_vowel.csv", index_col=0)
+        vowel = matrix_of(out, measure, "category=vowel")
         assert vowel.iloc[0, 1] == pytest.approx(rows[(rows.category == "vowel") & (rows.source_layer == 0) & (rows.target_layer == 1)][measure].astype(float).mean())
     summary = json.loads((out / "summary.json").read_text())
     assert summary["groups"]["all"]["rows"] == 54 and summary["groups"]["category=vowel"]["items"] == 2
-    score = pd.read_csv(out / "score_matrix.csv", index_col=0).to_numpy()
+    score = matrix_of(out, "score").to_numpy()
     assert summary["groups"]["all"]["score"]["diagonal_mean"] == pytest.approx(score.diagonal().mean())
 
 
@@ -80,11 +86,14 @@ def test_tensorboard_holds_the_heatmaps(finished_run):
     _, out = finished_run
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
     tags = events.Tags()
-    assert "override_matrix/all" in tags["images"] and "score_matrix/category=vowel" in tags["images"]
+    assert "override_matrix/all" in tags["images"] and "score_matrix/all" in tags["images"]
     image = events.Images("score_matrix/all")[0]
     assert image.width > 100 and image.encoded_image_string.startswith(b"\x89PNG")
-    assert "score/diagonal_mean/all" in tags["scalars"]
-    assert (out / "score_matrix.png").read_bytes().startswith(b"\x89PNG")
+    assert "hparam/score_diagonal_mean" in tags["scalars"] and len(tags["scalars"]) <= 10
+    assert (out / "figures/score_matrix.png").read_bytes().startswith(b"\x89PNG")
+    matrices = pd.read_csv(out / "matrices.csv")
+    assert list(matrices.columns) == ["group", "measure", "s", "t", "mean", "low", "high", "n"]
+    assert not list(out.glob("*_matrix*.csv")) and not list(out.glob("*.png")) and (out / "report.md").exists()
 
 
 def test_finished_run_is_refused_and_unfinished_run_resumes(finished_run, small_model_path, capsys):
@@ -146,7 +155,7 @@ def test_experiment_b_cross_lingual_measures(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["language"] is None and summary["model"] == multilingual
     assert {"all", "recognised", "category=cognate", "category=non-cognate|recognised"} <= set(summary["groups"])
-    language = pd.read_csv(out / "p_source_language_matrix.csv", index_col=0)
+    language = matrix_of(out, "p_source_language")
     assert language.iloc[1, 2] == pytest.approx(rows[(rows.source_layer == 1) & (rows.target_layer == 2)]["p_source_language"].astype(float).mean())
 
 
@@ -157,8 +166,8 @@ def test_several_voices_in_one_run(tmp_path, small_model_path):
     assert rows.groupby("voice")["item_id"].nunique().to_dict() == {"espeak": 2, "piper": 2}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["groups"]["voice=piper"]["items"] == 2
-    espeak = pd.read_csv(out / "score_matrix_voice-espeak.csv", index_col=0)
-    piper = pd.read_csv(out / "score_matrix_voice-piper.csv", index_col=0)
+    espeak = matrix_of(out, "score", "voice=espeak")
+    piper = matrix_of(out, "score", "voice=piper")
     assert summary["voice_differences_mean_abs"]["espeak vs piper"]["score"] == pytest.approx((espeak - piper).abs().to_numpy().mean())
     diagonals = {voice: summary["groups"][f"voice={voice}"]["score"]["diagonal_mean"] for voice in ("espeak", "piper")}
     spread = summary["voice_spread"]["score"]["diagonal_mean"]

@@ -73,7 +73,7 @@ def test_killed_or_stopped_at_several_points_then_resumed_gives_the_same_bytes(r
     main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
     assert (out / "predictions.csv").read_bytes() == expected
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["groups"]["all"]["items"] == 4 and (out / "score_matrix.csv").exists()
+    assert summary["groups"]["all"]["items"] == 4 and (out / "matrices.csv").exists()
     assert [s["items_done"] for s in json.loads((out / "run.json").read_text())["sessions"]] == [0, 2, 3, 4]
 
 

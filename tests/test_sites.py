@@ -108,7 +108,9 @@ def test_one_run_sweeps_sites_windows_alphas_directions_and_control(tmp_path, sm
     assert ((valid.effect_low <= valid.effect + 1e-9) & (valid.effect <= valid.effect_high + 1e-9)).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["primary_condition"] == {"site": "block_out", "window": "all", "alpha": 0.0, "patch_direction": "denoising", "donor": "source"}
-    assert any(name.startswith("sweep_map_") for name in (p.name for p in out.iterdir()))
+    assert any(name.startswith("sweep_map_") for name in (p.name for p in (out / "figures").iterdir()))
     assert {"block_out_all_a1_denoising_control", "mlp_out_word_a0.5_noising_target"} - set(summary["conditions"]) == {"mlp_out_word_a0.5_noising_target"}
     assert len(summary["conditions"]) == 2 * 4 * 2 * 2 * 2  # sites x windows (incl. sweep) x alphas x directions x donors
-    assert (out / "effect_matrix_mlp_out_word_a1_noising_target.png").exists() and (out / "sweep_map_block_out_sweep_a1_denoising_control.png").exists()
+    figures = out / "figures"
+    assert (figures / "effect_matrix_mlp_out_word_a1_noising_target.png").exists()
+    assert (figures / "sweep_map_block_out_sweep_a1_denoising_control.png").exists()

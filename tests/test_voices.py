@@ -9,13 +9,13 @@ import torch
 import whisper
 
 from datamodules import PairDataModule
+from wpatch.analysis import bootstrap_interval
 from wpatch.audio import SAMPLE_RATE, load_audio, log_mel
 from wpatch.errors import WpatchError
 from wpatch.models import load_model
 from wpatch.screening import cached_screen, screen_clips, screen_summary
 from wpatch.text import normalise
 from wpatch.tts import ClipCache, make_backend, parse_speaker
-from wpatch.writer import bootstrap_interval
 
 # The 40 words: the default voice must be heard on at least 30 of them by tiny.en.
 WORDS_40 = ("bat pat big pig cat hat ship sheep bit dog apple orange hot cold fan van thin sin cheap jeep pen pan "

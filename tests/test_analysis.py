@@ -1,0 +1,138 @@
+"""The analysis apart from the run: one pair summarises cleanly, a computed but unsummarised run is finished
+by resume, and `load_run` reads a run back with empty transcripts kept as ""."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from scripts.predict import main
+from wpatch.analysis import analyse, load_run, read_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def args(tmp_path, model, out, *extra):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("word_a,word_b\nbat,pat\n")
+    return ["--config", str(ROOT / "configs/experiment_a.yaml"), "--model.model", model, "--data.pairs_file", str(csv),
+            "--data.cache_dir", str(tmp_path / "clips"), "--data.batch_size", "2", "--model.max_tokens", "3",
+            "--data.limit", "1", "--writer.output_dir", str(out), "--trainer.enable_progress_bar", "false", *extra]
+
+
+def test_one_pair_run_summarises_and_an_unsummarised_run_is_finished_by_resume(tmp_path, small_model_path):
+    out = tmp_path / "out"
+    main(args(tmp_path, small_model_path, out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["groups"]["all"]["items"] == 2
+    assert summary["min_separation"] is not None and summary["hparams"]["model"]["min_separation"] is not None
+    assert summary["batch_size"] == 2
+    rows, loaded = load_run(out)
+    assert loaded == summary and len(rows) == len(pd.read_csv(out / "predictions.csv"))
+
+    (out / "summary.json").unlink()  # as if the analysis had crashed after the merge
+    main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    assert json.loads((out / "summary.json").read_text())["groups"] == summary["groups"]
+
+
+def test_groups_of_one_item_and_all_nan_effects_summarise(tmp_path, small_model_path):
+    out = tmp_path / "out"
+    main(args(tmp_path, small_model_path, out))
+    rows = read_rows(out / "predictions.csv")
+    one = rows[rows["item_id"] == rows["item_id"].min()].assign(effect=float("nan"), effect_valid=False)
+    summary = analyse(one, tmp_path / "again", tensorboard=False)
+    assert summary["groups"]["all"]["items"] == 1 and (tmp_path / "again" / "summary.json").exists()
+    assert all(c.get("effect_pairs", 0) == 0 for c in summary["conditions"].values())
+
+
+def test_load_run_keeps_empty_transcripts(tmp_path):
+    frame = pd.DataFrame({"item_id": [0, 1], "transcript": ["", "NaN"], "source_word": ["null", "1"],
+                          "effect": [float("nan"), 0.5], "p_source_language": [float("nan"), float("nan")]})
+    frame.to_csv(tmp_path / "predictions.csv", index=False)
+    rows, summary = load_run(tmp_path)
+    assert rows["transcript"].tolist() == ["", "NaN"] and rows["source_word"].tolist() == ["null", "1"]
+    assert rows["effect"].isna().tolist() == [True, False] and summary == {}
+
+
+def test_wpatch_command_predict_report_compare_and_help(tmp_path, small_model_path, capsys):
+    import pytest
+
+    from wpatch.cli import main as wpatch
+
+    out = tmp_path / "out"
+    wpatch(["predict", *args(tmp_path, small_model_path, out)])
+    before = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").unlink()
+    (out / "cells.csv").unlink()
+    wpatch(["report", str(out)])
+    after = json.loads((out / "summary.json").read_text())
+    assert after["groups"] == before["groups"] and after["min_separation"] == before["min_separation"]
+    assert (out / "cells.csv").exists()
+    capsys.readouterr()
+    wpatch(["compare", str(out), str(out)])
+    table = capsys.readouterr().out
+    assert "effect_diff" in table and "score_diff" in table
+    with pytest.raises(SystemExit):
+        wpatch(["predict", "--help"])
+    help_text = capsys.readouterr().out
+    for training in ("max_epochs", "gradient_clip", "--optimizer", "--lr_scheduler", "accumulate_grad"):
+        assert training not in help_text
+    assert "--trainer.precision" in help_text and "--data.limit" in help_text
+
+
+def test_predict_without_config_defaults_to_fp32(capsys):
+    import pytest
+
+    from wpatch.cli import main as wpatch
+
+    with pytest.raises(SystemExit):
+        wpatch(["predict", "--print_config"])
+    config = capsys.readouterr().out
+    assert "precision: 32-true" in config and "max_epochs" not in config and "optimizer" not in config
+
+
+def test_python_m_wpatch_and_the_console_entry():
+    import subprocess
+    import sys
+    import tomllib
+
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["wpatch"]
+    module, function = entry.split(":")
+    import importlib
+
+    assert callable(getattr(importlib.import_module(module), function))
+    done = subprocess.run([sys.executable, "-m", "wpatch", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "predict" in done.stdout and "compare" in done.stdout
+
+
+def test_run_says_what_it_found_and_where_and_saves_its_config(tmp_path, small_model_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "wpatch", "predict", *args(tmp_path, small_model_path, out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == str(out.resolve())
+    assert any(line.startswith("score by source layer") for line in lines)
+    assert any(line.startswith("score ") and len(line.split()) == 5 for line in lines)
+    noise = done.stdout + done.stderr
+    for line in ("Seed set", "GPU available", "TPU available", "Tip", "LeafSpec", "Total length of"):
+        assert line not in noise
+    config = (out / "config.yaml").read_text()
+    assert "min_separation" in config and "precision: 32-true" in config
+    environment = json.loads((out / "summary.json").read_text())["environment"]
+    assert environment["packages"]["torch"] and environment["batch_size"] == 2 and environment["device"]
+
+
+def test_the_python_api_example_runs(tmp_path, small_model_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "examples/notebook.py", small_model_path, str(tmp_path)], cwd=ROOT,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "score diagonal mean" in done.stdout and (tmp_path / "score.png").exists()
+    assert "score_diff" in done.stdout

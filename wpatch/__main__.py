@@ -1,0 +1,5 @@
+"""`python -m wpatch`: the `wpatch` command."""
+
+from wpatch.cli import main
+
+main()

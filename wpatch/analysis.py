@@ -1,0 +1,473 @@
+"""The analysis of a run, from its rows alone: groups, layer matrices, bootstrap intervals, summary and figures.
+
+Everything here works on a `predictions.csv` (or the DataFrame read from one), with no Trainer: the writer
+calls `write_report` when a run ends, and `wpatch report RUN_DIR` (or `write_report(read_rows(...), dir)`)
+re-runs it on a saved run. `load_run(dir)` reads a run back: its rows and its summary.
+
+A condition is one setting of (site, window, alpha, patch_direction, donor). The layer matrices and their
+heatmaps per group are for the primary condition (the first one that is not a sweep); every condition gets
+an effect heatmap with 95% intervals, and sliding-window sweeps a (layer x time) map.
+"""
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from wpatch.atomic import write_atomically
+
+MEASURES = ("override", "transfer", "score", "effect", "p_source_language")  # the last only where languages differ
+CONDITION = ["site", "window", "alpha", "patch_direction", "donor"]
+ROW_KEY = ["item_id", *CONDITION, "source_layer", "target_layer", "window_start"]
+BOOTSTRAP_SAMPLES = 1000
+
+
+def condition_label(condition: dict) -> str:
+    """A condition as a short name: block_out_all_a1_denoising_source."""
+    c = condition
+    return f"{c['site']}_{c['window']}_a{c['alpha']:g}_{c['patch_direction']}_{c['donor']}"
+
+
+def bootstrap_interval(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of `values`: one value per pair (resampling pairs), or a
+    (pairs x voices) table, NaN where a pair was not run with a voice (resampling pairs and voices, so the
+    interval covers both the words and the speakers)."""
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    if values.ndim == 1:
+        means = values[rng.integers(0, len(values), (BOOTSTRAP_SAMPLES, len(values)))].mean(axis=1)
+    else:
+        rows = rng.integers(0, values.shape[0], (BOOTSTRAP_SAMPLES, values.shape[0], 1))
+        columns = rng.integers(0, values.shape[1], (BOOTSTRAP_SAMPLES, 1, values.shape[1]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a draw of only missing cells has no mean
+            means = np.nanmean(values[rows, columns].reshape(BOOTSTRAP_SAMPLES, -1), axis=1)
+        means = means[~np.isnan(means)]
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def cell_table(groups: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per group x condition x layer pair (x sweep window): means of every measure, and the effect's
+    mean over pairs with a bootstrap 95% interval (over pairs, and over voices too when the group has several;
+    rows flagged effect_valid false left out)."""
+    cells = []
+    for group, rows in groups.items():
+        rows = rows.assign(sweep_start=np.where(rows["window"] == "sweep", rows["window_start"], -1))
+        for key, frame in rows.groupby([*CONDITION, "source_layer", "target_layer", "sweep_start"], sort=False):
+            valid = frame[frame["effect_valid"]]
+            per_pair = valid.groupby("pair_id")["effect"].mean().to_numpy()
+            by_voice = valid.pivot_table(index="pair_id", columns="voice", values="effect", aggfunc="mean")
+            low, high = bootstrap_interval(by_voice.to_numpy() if by_voice.shape[1] > 1 else per_pair)
+            cells.append({
+                "group": group, **dict(zip([*CONDITION, "source_layer", "target_layer", "sweep_start"], key)),
+                "items": frame["item_id"].nunique(), "pairs": frame["pair_id"].nunique(),
+                **{m: frame[m].astype(float).mean() for m in MEASURES if m != "effect"},
+                "effect": per_pair.mean() if len(per_pair) else float("nan"), "effect_low": low, "effect_high": high,
+                "effect_pairs": len(per_pair),
+            })
+    return pd.DataFrame(cells)
+
+
+TEXT_COLUMNS = ["pair_id", "direction", "category", "voice", "source_word", "target_word", "site", "window",
+                "patch_direction", "donor", "donor_word", "transcript"]
+
+
+def read_rows(path) -> pd.DataFrame:
+    """A rows CSV as written: text columns stay strings (even "", "NaN" or "1"), p_source_language and effect
+    may be empty (NaN)."""
+    return pd.read_csv(path, keep_default_na=False, na_values={"p_source_language": [""], "effect": [""]},
+                       dtype={column: str for column in TEXT_COLUMNS})
+
+
+def row_groups(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Named subsets of the rows: all; items whose clean source clip is recognised (the honest denominator);
+    each category and its recognised part; each voice when a run has several."""
+    groups = {"all": rows, "recognised": rows[rows["source_recognised"]]}
+    for category, frame in rows.groupby("category"):
+        if category:
+            groups[f"category={category}"] = frame
+            groups[f"category={category}|recognised"] = frame[frame["source_recognised"]]
+    if rows["voice"].nunique() > 1:
+        groups |= {f"voice={voice}": frame for voice, frame in rows.groupby("voice")}
+    return groups
+
+
+def voice_spread(groups: dict, voices: list[str], measures: list[str]) -> dict:
+    """Per measure, the lowest and highest diagonal and off-diagonal mean over the voices, and their range:
+    a finding that holds for one voice only shows up as a wide range."""
+    spread = {}
+    for measure in measures:
+        for key in ("diagonal_mean", "off_diagonal_mean"):
+            values = {v: groups[f"voice={v}"][measure][key] for v in voices if measure in groups.get(f"voice={v}", {})}
+            values = {v: x for v, x in values.items() if x is not None}
+            if values:
+                low, high = min(values, key=values.get), max(values, key=values.get)
+                spread.setdefault(measure, {})[key] = {"lowest": {low: values[low]}, "highest": {high: values[high]},
+                                                       "range": values[high] - values[low]}
+    return spread
+
+
+def file_suffix(group: str) -> str:
+    """File-name suffix of a group: '' for all, '_vowel_recognised' for 'category=vowel|recognised'."""
+    name = group.replace("category=", "").replace("|", "_").replace("=", "-")
+    return "" if group == "all" else "_" + re.sub(r"[^\w.-]", "_", name)
+
+
+def layer_matrix(rows: pd.DataFrame, measure: str) -> pd.DataFrame:
+    """Mean of `measure` per (source layer, target layer): rows = source layer, columns = target layer."""
+    return rows.pivot_table(index="source_layer", columns="target_layer", values=measure, aggfunc="mean").astype(float)
+
+
+def matrix_summary(matrix: pd.DataFrame) -> dict:
+    """Diagonal and off-diagonal means, best and worst cell of a layer matrix (None where it has no values)."""
+    cells = matrix.stack().dropna()
+    diagonal = cells[[s == t for s, t in cells.index]]
+    off = cells[[s != t for s, t in cells.index]]
+
+    def cell(index) -> dict | None:
+        return None if not len(cells) else {"source_layer": int(index[0]), "target_layer": int(index[1]),
+                                           "value": float(cells[index])}
+
+    return {
+        "diagonal_mean": float(diagonal.mean()) if len(diagonal) else None,
+        "off_diagonal_mean": float(off.mean()) if len(off) else None,
+        "best_cell": cell(cells.idxmax() if len(cells) else None),
+        "worst_cell": cell(cells.idxmin() if len(cells) else None),
+    }
+
+
+RANGES = {"override": (0.0, 1.0), "transfer": (0.0, 1.0), "score": (0.0, 1.0), "p_source_language": (0.0, 1.0),
+          "retained": (0.0, 1.0), "effect": (-1.0, 1.0)}  # colour scales shared by every figure of a measure
+MEASURE_NAMES = {"override": "override rate", "transfer": "transfer rate", "score": "score (P source word)",
+                 "effect": "effect (share of the clean gap closed)", "p_source_language": "P(source language)"}
+
+
+def number(value: float, digits: int = 2) -> str:
+    """A number for a figure or the console: never -0.00."""
+    text = f"{value + 0.0:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def heatmap(matrix: pd.DataFrame, title: str, labels: pd.DataFrame | None = None,
+            axis_names=("target layer (recipient block)", "source layer (donor block)"), measure: str = "score",
+            colour_label: str | None = None) -> Figure:
+    """An annotated seaborn heatmap (a pyplot-free Figure: no GUI backend, no global state) on the measure's
+    fixed colour scale (`RANGES`: 0-1 for rates and score, symmetric for effect) with a labelled colour bar;
+    `labels` replaces the numbers written in the cells."""
+    width, height = matrix.shape[1], matrix.shape[0]
+    figure = Figure(figsize=(min(1.1 * width + 2.5, 24), 0.9 * height + 1.8))
+    axes = figure.subplots()
+    low, high = RANGES.get(measure, (0.0, 1.0))
+    values = matrix.to_numpy(dtype=float)
+    if measure == "effect" and np.isfinite(values).any():  # symmetric, wide enough for every value
+        high = max(high, float(np.nanmax(np.abs(values))))
+        low = -high
+    if labels is None and width <= 16:
+        labels = matrix.map(lambda x: "" if pd.isna(x) else number(x))
+    sns.heatmap(matrix, annot=labels if labels is not None else False, fmt="", vmin=low, vmax=high,
+                cmap="RdBu_r" if measure == "effect" else "viridis", square=width <= 16, ax=axes,
+                cbar_kws={"shrink": 0.8, "label": colour_label or MEASURE_NAMES.get(measure, measure)})
+    axes.set_xlabel(axis_names[0])
+    axes.set_ylabel(axis_names[1])
+    axes.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def interval_figure(cells: pd.DataFrame, title: str) -> Figure:
+    """The effect's mean and 95% interval per layer pair, one line each: legible at any size."""
+    cells = cells.sort_values(["source_layer", "target_layer"])
+    figure = Figure(figsize=(7, 0.28 * len(cells) + 1.6))
+    axes = figure.subplots()
+    y = np.arange(len(cells))
+    low = (cells["effect"] - cells["effect_low"]).clip(lower=0).fillna(0)
+    high = (cells["effect_high"] - cells["effect"]).clip(lower=0).fillna(0)
+    axes.errorbar(cells["effect"], y, xerr=[low, high], fmt="o", capsize=3)
+    axes.axvline(0, color="grey", linewidth=0.8)
+    axes.set_yticks(y, [f"{s} -> {t}" for s, t in zip(cells["source_layer"], cells["target_layer"])])
+    axes.invert_yaxis()
+    axes.set_xlabel("effect, mean over pairs with 95% bootstrap interval")
+    axes.set_ylabel("source layer -> target layer")
+    axes.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def condition_title(condition: dict) -> str:
+    """A condition in words: 'block_out, whole clip, alpha 1, denoising, donor: source word'."""
+    windows = {"all": "whole clip", "word": "word frames", "sweep": "sliding windows"}
+    window = windows.get(condition["window"], f"frames {condition['window']}")
+    return (f"{condition['site']}, {window}, alpha {condition['alpha']:g}, {condition['patch_direction']}, "
+            f"donor: {condition['donor']} word")
+
+
+def group_title(group: str, items: int) -> str:
+    """A group in words: 'vowel pairs, recognised only (12 items)'."""
+    name = {"all": "all items", "recognised": "recognised items"}.get(group)
+    if name is None:
+        parts = group.split("|")
+        name = parts[0].replace("category=", "").replace("voice=", "voice ")
+        name += " pairs" if "category=" in group else ""
+        name += ", recognised only" if len(parts) > 1 else ""
+    return f"{name} ({items} item{'s' if items != 1 else ''})"
+
+
+def primary_condition(rows: pd.DataFrame) -> dict:
+    """The condition the layer matrices are for: the first one asked for that is not a sweep."""
+    conditions = rows[CONDITION].drop_duplicates().to_dict("records")
+    return next((c for c in conditions if c["window"] != "sweep"), conditions[0])
+
+
+def cell_matrix(cells: pd.DataFrame, value: str, index="source_layer", columns="target_layer") -> pd.DataFrame:
+    """One column of a cells table as a matrix, every cell kept (NaN where a value is missing)."""
+    matrix = cells.groupby([index, columns])[value].mean().unstack(columns)
+    return matrix.astype(float)
+
+
+def condition_figures(cells: pd.DataFrame, conditions: list[dict], figures: Path, tensorboard=None) -> dict:
+    """For each condition: the effect heatmap and, separately, its 95% intervals (or, for a sweep, the layer x
+    time map), saved as PNG under `figures` (and to TensorBoard when given); returns the effect's diagonal /
+    off-diagonal means per condition. A cell with fewer than two pairs has no interval."""
+    summary = {}
+    for condition in conditions:
+        label, title = condition_label(condition), condition_title(condition)
+        mine = cells[(cells[CONDITION] == pd.Series(condition)).all(axis=1)]
+        if condition["window"] == "sweep":
+            matrix = cell_matrix(mine, "effect", "target_layer", "sweep_start")
+            figure = heatmap(matrix, f"effect by layer and window start\n{title}", measure="effect",
+                             axis_names=("window start (frame, 20 ms)", "layer (source = target)"))
+            name, tag = f"sweep_map_{label}", f"sweep_map/{label}"
+            effect = matrix.to_numpy()
+            summary[label] = {"effect_mean": float(np.nanmean(effect)) if np.isfinite(effect).any() else None}
+        else:
+            matrix = cell_matrix(mine, "effect")
+            if matrix.empty or not matrix.notna().any().any():
+                summary[label] = {"effect_pairs": 0}
+                continue
+            figure = heatmap(matrix, f"effect, mean over pairs\n{title}", measure="effect")
+            name, tag = f"effect_matrix_{label}", f"effect_matrix/{label}"
+            summary[label] = {**matrix_summary(matrix), "effect_pairs": int(mine["effect_pairs"].max())}
+            if mine["effect_low"].notna().any():
+                intervals = interval_figure(mine[mine["effect"].notna()], f"effect, 95% intervals\n{title}")
+                intervals.savefig(figures / (re.sub(r"[^\w.-]", "_", f"effect_intervals_{label}") + ".png"), dpi=110)
+        figure.savefig(figures / (re.sub(r"[^\w.-]", "_", name) + ".png"), dpi=110)
+        if tensorboard is not None:
+            tensorboard.add_figure(tag, figure)
+    return summary
+
+
+def long_matrices(frame: pd.DataFrame, group: str, measures: list[str]) -> pd.DataFrame:
+    """A group's layer matrices in long form: one row per measure x (source, target) cell with the mean over
+    items, a bootstrap 95% interval over pairs (NaN with fewer than two) and the number of items with a value."""
+    out = []
+    for measure in measures:
+        values = frame[["source_layer", "target_layer", "pair_id", "item_id", measure]].dropna(subset=[measure])
+        for (s, t), cell in values.groupby(["source_layer", "target_layer"]):
+            low, high = bootstrap_interval(cell.groupby("pair_id")[measure].mean().to_numpy(dtype=float))
+            out.append({"group": group, "measure": measure, "s": int(s), "t": int(t),
+                        "mean": float(cell[measure].astype(float).mean()), "low": low, "high": high,
+                        "n": int(cell["item_id"].nunique())})
+    return pd.DataFrame(out, columns=["group", "measure", "s", "t", "mean", "low", "high", "n"])
+
+
+def read_matrix(matrices: pd.DataFrame, measure: str, group: str = "all", value: str = "mean") -> pd.DataFrame:
+    """One matrix out of a run's `matrices.csv`: rows = source layer, columns = target layer."""
+    mine = matrices[(matrices["group"] == group) & (matrices["measure"] == measure)]
+    return mine.pivot_table(index="s", columns="t", values=value, aggfunc="mean", dropna=False).astype(float)
+
+
+def plot_matrix(run, measure: str = "score", group: str = "all") -> Figure:
+    """The heatmap of one matrix of a saved run (its folder): e.g. `plot_matrix("runs/experiment_a", "effect")`."""
+    matrices = pd.read_csv(Path(run) / "matrices.csv", keep_default_na=False, na_values={"low": [""], "high": [""]})
+    matrix = read_matrix(matrices, measure, group)
+    items = int(matrices[(matrices["group"] == group) & (matrices["measure"] == measure)]["n"].max())
+    return heatmap(matrix, f"{MEASURE_NAMES.get(measure, measure)}\n{group_title(group, items)}", measure=measure)
+
+
+def analyse(rows: pd.DataFrame, output_dir, settings: dict | None = None, extra: dict | None = None,
+            tensorboard: bool = True) -> dict:
+    """Write cells.csv, the layer matrices (CSV and PNG) per group, the effect figures, the TensorBoard event
+    file (`tensorboard=True`) and summary.json for these rows into `output_dir`; returns the summary.
+
+    `settings` (the run's settings) lead the summary, `extra` (e.g. wall time, clip cache) follows them."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    settings = dict(settings or {})
+    measures = [m for m in MEASURES if rows[m].notna().any()]
+    cells = cell_table(row_groups(rows))
+    cells.to_csv(output_dir / "cells.csv", index=False)
+    conditions = rows[CONDITION].drop_duplicates().to_dict("records")
+    primary = primary_condition(rows)
+    in_primary = (rows[CONDITION] == pd.Series(primary)).all(axis=1)
+    board = None
+    if tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        board = SummaryWriter(output_dir / "tensorboard")
+    figures = output_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    groups, matrices, long = {}, {}, []
+    for group, frame in row_groups(rows[in_primary]).items():
+        groups[group] = {"items": int(frame["item_id"].nunique()), "rows": len(frame)}
+        if frame.empty:
+            continue
+        long.append(long_matrices(frame, group, measures))
+        for measure in measures:
+            matrix = matrices[group, measure] = layer_matrix(frame, measure)
+            if matrix.empty or not matrix.notna().any().any():
+                continue
+            groups[group][measure] = matrix_summary(matrix)
+            if group not in ("all", "recognised"):
+                continue  # figures for the two main groups; every group's numbers are in matrices.csv
+            title = f"{MEASURE_NAMES.get(measure, measure)}\n{group_title(group, groups[group]['items'])}"
+            figure = heatmap(matrix, title, measure=measure)
+            figure.savefig(figures / f"{measure}_matrix{file_suffix(group)}.png", dpi=110)
+            if board is not None:
+                board.add_figure(f"{measure}_matrix/{group}", figure)
+    write_atomically(output_dir / "matrices.csv", pd.concat(long, ignore_index=True).to_csv(index=False)
+                     if long else "group,measure,s,t,mean,low,high,n\n")
+    conditions_summary = condition_figures(cells[cells["group"] == "all"], conditions, figures, board)
+    voices = sorted(rows["voice"].unique())
+    differences = {
+        f"{a} vs {b}": {m: float((matrices[f"voice={a}", m] - matrices[f"voice={b}", m]).abs().to_numpy().mean())
+                        for m in measures if (f"voice={a}", m) in matrices and (f"voice={b}", m) in matrices}
+        for i, a in enumerate(voices) for b in voices[i + 1:]
+    }
+    summary = {**settings, "primary_condition": primary, **(extra or {}), "groups": groups,
+               "conditions": conditions_summary}
+    if differences:
+        summary["voice_differences_mean_abs"] = differences
+        summary["voice_spread"] = voice_spread(groups, voices, measures)
+    if board is not None:
+        from torch.utils.tensorboard.summary import hparams
+
+        overall = groups.get("all", {})
+        metrics = {f"hparam/{m}_{k}": overall[m][k] for m in measures if m in overall
+                   for k in ("diagonal_mean", "off_diagonal_mean") if overall[m][k] is not None}
+        flat = {k: str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (list, dict, tuple)) or v is None
+                else v for k, v in settings.items() if k != "hparams"}  # booleans as true/false, not 1.0000
+        for event in hparams(flat, metrics):
+            board.file_writer.add_summary(event)
+        for key, value in metrics.items():
+            board.add_scalar(key, value)
+        board.close()
+    write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_atomically(output_dir / "report.md", report_markdown(rows, summary))
+    return summary
+
+
+def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
+    """A one-page report of a run (`report.md`, images from `figures/`): settings, data card, recognition, the
+    main matrices side by side on shared colour scales, sanity checks."""
+    groups = summary["groups"]
+    keys = ("model", "precision", "sites", "windows", "alphas", "directions", "min_separation", "max_tokens",
+            "tts", "pairs_file", "limit", "batch_size", "code_version")
+    lines = ["# wpatch run", "", "## Settings", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {summary[k]} |" for k in keys if k in summary]
+    categories = ", ".join(f"{c or '(none)'}: {n}" for c, n in rows.groupby("category")["pair_id"].nunique().items())
+    lines += ["", "## Data", "", f"- {rows['pair_id'].nunique()} pairs, {rows['item_id'].nunique()} items "
+              f"(pair x direction x voice), {len(rows)} rows", f"- voices: {', '.join(sorted(rows['voice'].unique()))}",
+              f"- categories (pairs): {categories}"]
+    share = groups.get("recognised", {}).get("items", 0) / max(groups["all"]["items"], 1)
+    lines += ["", "## Recognition", "", f"- clean source clip recognised as its word: "
+              f"{groups.get('recognised', {}).get('items', 0)} of {groups['all']['items']} items ({share:.0%})"]
+    lines += ["", "## Main matrices (" + condition_title(summary["primary_condition"]) + ")", "",
+              "All items (top) and recognised items only (bottom); colour scales fixed per measure.", ""]
+    for suffix in ("", "_recognised"):
+        group = groups.get("recognised" if suffix else "all", {})
+        images = [f"![{m}](figures/{m}_matrix{suffix}.png)" for m in MEASURES if m in group]
+        lines.append(" ".join(images))
+        lines.append("")
+    lines += ["| measure | diagonal | off-diagonal | recognised diagonal | recognised off-diagonal |",
+              "|---|---|---|---|---|"]
+    for m in MEASURES:
+        if m in groups["all"]:
+            a, r = groups["all"][m], groups.get("recognised", {}).get(m, {})
+            cell = [number(v, 3) if v is not None else "n/a" for v in (a["diagonal_mean"], a["off_diagonal_mean"],
+                    r.get("diagonal_mean"), r.get("off_diagonal_mean"))]
+            lines.append(f"| {m} | " + " | ".join(cell) + " |")
+    lines += ["", "## Sanity checks", ""]
+    primary = summary["primary_condition"]
+    in_primary = (rows[CONDITION] == pd.Series(primary)).all(axis=1)
+    diagonal = rows[in_primary & (rows["source_layer"] == rows["target_layer"])]
+    if primary["site"] == "block_out" and primary["window"] == "all" and primary["alpha"] == 1 and len(diagonal):
+        gap = ((diagonal["logp_source"] - diagonal["logp_target"]) - diagonal["ld_source_clean"]).abs().max()
+        verdict = "ok" if gap < 1e-3 else "CHECK"
+        lines.append(f"- diagonal = clean run (whole-block patch at s = t): largest difference of the log-probability"
+                     f" gap from the clean source run {gap:.2g} nats ({verdict})")
+    lines.append(f"- recognised share: {share:.0%}")
+    lines.append(f"- effect defined (clean runs separate the words by min_separation) on "
+                 f"{rows['effect_valid'].mean():.0%} of rows")
+    return "\n".join(lines) + "\n"
+
+
+SUMMARY_PARTS = ("primary_condition", "wall_time_s", "clip_cache", "screening", "groups", "conditions",
+                 "voice_differences_mean_abs", "voice_spread", "environment")  # what `analyse` adds to the settings
+
+
+def compare_runs(run_a, run_b, group: str = "all") -> pd.DataFrame:
+    """Cell-by-cell differences of two runs (B - A) for one group: per condition and layer pair, each measure's
+    mean in both runs and their difference, and the effect's difference with a bootstrap 95% interval over the
+    pairs the two runs share (e.g. two voices, two models or two precisions on the same pairs)."""
+    rows_a, _ = load_run(run_a)
+    rows_b, _ = load_run(run_b)
+    rows_a, rows_b = (row_groups(r).get(group, r.iloc[:0]) for r in (rows_a, rows_b))
+    key = [*CONDITION, "source_layer", "target_layer", "window_start"]
+    measures = [m for m in MEASURES if rows_a[m].notna().any() or rows_b[m].notna().any()]
+    means_a = rows_a.groupby(key)[measures].mean()
+    means_b = rows_b.groupby(key)[measures].mean()
+    table = means_a.join(means_b, how="inner", lsuffix="_a", rsuffix="_b")
+    for measure in measures:
+        table[f"{measure}_diff"] = table[f"{measure}_b"] - table[f"{measure}_a"]
+    valid_a = rows_a[rows_a["effect_valid"]].groupby([*key, "pair_id"])["effect"].mean()
+    valid_b = rows_b[rows_b["effect_valid"]].groupby([*key, "pair_id"])["effect"].mean()
+    paired = (valid_b - valid_a).dropna()
+    stats = {cell: (*bootstrap_interval(diffs.to_numpy()), len(diffs)) for cell, diffs in paired.groupby(level=key)}
+    missing = (np.nan, np.nan, 0)
+    table["effect_diff_low"] = [stats.get(cell, missing)[0] for cell in table.index]
+    table["effect_diff_high"] = [stats.get(cell, missing)[1] for cell in table.index]
+    table["shared_pairs"] = [stats.get(cell, missing)[2] for cell in table.index]
+    return table.reset_index()
+
+
+def console_table(rows: pd.DataFrame, summary: dict, measure: str = "score") -> str:
+    """What a run found, for the console: the primary condition's `measure` matrix (all items), then per
+    measure its diagonal and off-diagonal means over all items and over the recognised ones only."""
+    in_primary = (rows[CONDITION] == pd.Series(summary["primary_condition"])).all(axis=1)
+    matrix = layer_matrix(rows[in_primary], measure)
+    matrix.index.name, matrix.columns.name = "source \\ target", None
+    shown = matrix.map(lambda x: "" if pd.isna(x) else f"{x + 0.0:.2f}".replace("-0.00", "0.00"))
+    groups = summary["groups"]
+    lines = [f"{measure} by source layer (rows) and target layer (columns), {groups['all']['items']} items:",
+             shown.to_string(), "", f"{'measure':<18} {'diagonal':>9} {'off-diag':>9} {'recognised diag':>16} "
+             f"{'recognised off':>15}"]
+
+    def number(value) -> str:
+        return "n/a" if value is None else f"{value + 0.0:.3f}"
+
+    for name in MEASURES:
+        if name not in groups["all"]:
+            continue
+        everything, known = groups["all"][name], groups.get("recognised", {}).get(name, {})
+        lines.append(f"{name:<18} {number(everything['diagonal_mean']):>9} "
+                     f"{number(everything['off_diagonal_mean']):>9} "
+                     f"{number(known.get('diagonal_mean')):>16} {number(known.get('off_diagonal_mean')):>15}")
+    share = groups.get("recognised", {}).get("items", 0) / max(groups["all"]["items"], 1)
+    lines.append(f"recognised share (clean source clip heard as its word): {share:.2f}")
+    return "\n".join(lines)
+
+
+def load_run(folder) -> tuple[pd.DataFrame, dict]:
+    """A run read back: its predictions.csv as a DataFrame (transcripts and words stay strings, "" included)
+    and its summary.json as a dict (empty when the run has not been summarised yet)."""
+    folder = Path(folder)
+    rows = read_rows(folder / "predictions.csv")
+    summary_path = folder / "summary.json"
+    return rows, json.loads(summary_path.read_text()) if summary_path.exists() else {}

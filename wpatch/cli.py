@@ -1,0 +1,186 @@
+"""The `wpatch` command: `wpatch predict` (run an experiment), `wpatch report RUN_DIR` (the analysis and figures
+again from a saved predictions.csv), `wpatch compare RUN_A RUN_B` (cell-by-cell differences with intervals),
+`wpatch screen` and `wpatch benchmark` (the checkout's scripts). `python -m wpatch` is the same command.
+
+`wpatch predict` takes every setting as a LightningCLI option (`wpatch predict --help` lists them): `--model.*`
+(PatchingModule), `--data.*` (PairDataModule), `--writer.*` (PatchingResultsWriter), `--trainer.*` (only the
+options that mean something for patching: accelerator, devices, strategy, precision, progress bar). Bad input
+ends with one line on stderr and exit status 2. SIGTERM / SIGINT stop the run before its next batch (exit 143 /
+130) with the command that continues it; a second signal stops it at once.
+"""
+
+import importlib
+import json
+import logging
+import os
+import shlex
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.cli import LightningCLI
+
+from datamodules import PairDataModule
+from wpatch.atomic import write_atomically
+from wpatch.errors import WpatchError
+from wpatch.module import PatchingModule, check_precision
+from wpatch.pairs import read_pairs
+from wpatch.runfolder import RunStopped, check_writable
+from wpatch.writer import PatchingResultsWriter
+
+
+class PatchingCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser):
+        parser.add_lightning_class_args(PatchingResultsWriter, "writer")
+        parser.link_arguments("model.model", "data.model")
+
+    def before_instantiate_classes(self) -> None:
+        """Cheap checks of the inputs, before the model loads: precision, pairs file, output folder."""
+        trainer = self.config.trainer
+        on_gpu = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
+        check_precision(trainer.precision, on_gpu)
+        read_pairs(self.config.data.pairs_file, self.config.data.limit)
+        check_writable(Path(self.config.writer.output_dir))
+
+
+def starts_the_run(trainer) -> bool:
+    """Whether this process starts the run: not one that a DDP launcher (Lightning's, torchrun, SLURM) made for
+    rank > 0."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    ranks = [os.environ.get(name, "0") for name in ("LOCAL_RANK", "NODE_RANK", "RANK")]
+    return all(rank == "0" for rank in ranks) and (environment is None or environment.global_rank() == 0)
+
+
+def resume_command(args: list[str], program: list[str] | None = None) -> str:
+    """The command line that continues this run: `program` (default: this Python and scripts/predict.py) with the
+    same arguments and --writer.resume true."""
+    kept, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("--writer.resume="):
+            skip = False
+            continue
+        skip = arg == "--writer.resume"
+        if not skip:
+            kept.append(arg)
+    program = program or [sys.executable, os.path.relpath(Path(__file__).resolve().parents[1] / "scripts/predict.py")]
+    return shlex.join([*program, *kept, "--writer.resume", "true"])
+
+
+def predict(args=None, program: list[str] | None = None) -> None:
+    """`wpatch predict`: run a patching experiment (see the module docstring)."""
+    quiet_lightning()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    writer = None
+    try:
+        cli = PatchingCLI(
+            PatchingModule,
+            PairDataModule,
+            run=False,
+            args=args,
+            trainer_class=patching_trainer,
+            auto_configure_optimizers=False,
+            save_config_callback=None,
+            trainer_defaults={"logger": False, "enable_model_summary": False},
+            parser_kwargs={"exit_on_error": False},
+        )
+        writer = next(c for c in cli.trainer.callbacks if isinstance(c, PatchingResultsWriter))
+        writer.stop.install()
+        writer.stop.resume_command = resume_command(sys.argv[1:] if args is None else args, program)
+        if starts_the_run(cli.trainer):
+            writer.claim(cli.trainer, cli.model, cli.datamodule)
+            write_atomically(writer.output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
+        cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+        if writer.closing and writer.verbose and cli.trainer.is_global_zero:
+            print(writer.closing, flush=True)
+    except (WpatchError, MisconfigurationException, ValueError, ArgumentError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # jsonargparse splits "which option" and "why" over two lines
+        message = " ".join(lines[:2]) + "; see --help" if isinstance(error, ArgumentError) else lines[0]
+        print(f"wpatch: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except RunStopped as stop:
+        if not cli.trainer.is_global_zero:
+            sys.exit(0)  # a DDP rank > 0: a non-zero exit would make Lightning's process observer kill rank 0
+        for child in writer.stop.children:
+            child.kill()
+        print(f"wpatch: {stop}; every finished batch is kept; continue with: {writer.stop.resume_command}",
+              file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    finally:
+        if writer is not None:
+            writer.stop.restore()
+
+
+def patching_trainer(accelerator: str = "auto", devices: list[int] | str | int = "auto", strategy: str = "auto",
+                     num_nodes: int = 1, precision: str = "32-true", enable_progress_bar: bool = True,
+                     callbacks: list[L.Callback] | None = None, logger: bool = False,
+                     enable_model_summary: bool = False) -> L.Trainer:
+    """The Trainer with only the options a patching run uses (no epochs, clipping or optimisers); fp32 unless
+    asked (`--trainer.precision`)."""
+    return L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
+                     precision=precision, enable_progress_bar=enable_progress_bar, callbacks=callbacks, logger=logger,
+                     enable_model_summary=enable_model_summary)
+
+
+def quiet_lightning() -> None:
+    """Silence what Lightning says that is not ours: seed lines, GPU/TPU lines, tips, its _pytree deprecation."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r".*(does not have many workers|Total length of .* is zero).*")
+    warnings.filterwarnings("ignore", message=r".*(No seed found|LightningCLI's args parameter).*")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
+                 "lightning.fabric.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def report(run_dir: str) -> dict:
+    """`wpatch report RUN_DIR`: the analysis and figures again from the run's predictions.csv (the settings kept
+    from its summary.json, or run.json when it has none); returns the summary."""
+    from wpatch.analysis import SUMMARY_PARTS, analyse, load_run
+
+    folder = Path(run_dir)
+    rows, old = load_run(folder)
+    if not old and (folder / "run.json").exists():
+        old = json.loads((folder / "run.json").read_text()).get("settings", {})
+    settings = {k: v for k, v in old.items() if k not in SUMMARY_PARTS}
+    extra = {k: old[k] for k in ("wall_time_s", "clip_cache", "screening") if k in old}
+    return analyse(rows, folder, settings, extra)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `wpatch` console command."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    usage = ("usage: wpatch {predict,report,compare,screen,benchmark} ...\n"
+             "  predict [--config FILE] [--model.* --data.* --writer.* --trainer.*]  run an experiment\n"
+             "  report RUN_DIR                 analysis, figures and summary again from RUN_DIR/predictions.csv\n"
+             "  compare RUN_A RUN_B [--out F]  cell-by-cell differences of two runs, with 95% intervals\n"
+             "  screen ...                     which clean clips the model recognises (scripts/screen.py)\n"
+             "  benchmark ...                  speed of the patching modes (scripts/benchmark.py)")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "predict":
+        predict(rest, ["wpatch", "predict"])
+    elif command == "report" and len(rest) == 1 and not rest[0].startswith("-"):
+        summary = report(rest[0])
+        print(f"{len(summary.get('groups', {}))} groups summarised; {Path(rest[0]).resolve()}")
+    elif command == "compare" and len(rest) in (2, 4):
+        from wpatch.analysis import compare_runs
+
+        table = compare_runs(rest[0], rest[1])
+        if len(rest) == 4 and rest[2] == "--out":
+            table.to_csv(rest[3], index=False)
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    elif command in ("screen", "benchmark"):
+        try:
+            module = importlib.import_module(f"scripts.{command}")
+        except ImportError:
+            sys.exit(f"wpatch: error: `wpatch {command}` runs scripts/{command}.py from a checkout of the repository")
+        module.main(rest)
+    else:
+        print(usage, file=sys.stderr)
+        sys.exit(2)

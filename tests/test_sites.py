@@ -101,9 +101,18 @@ def test_one_run_sweeps_sites_windows_alphas_directions_and_control(tmp_path, sm
                         & (rows.donor == "target") & (rows.source_layer == rows.target_layer)].groupby("item_id").transcript.first()
     assert (zero[denoising].groupby("item_id").transcript.agg(set).map(len) == 1).all()
     assert zero[denoising].groupby("item_id").transcript.first().equals(clean_target)
-    # the effect is the normalised logit difference, defined on every row here (min_separation -1e9)
-    expected = (rows.logp_source - rows.logp_target - rows.ld_target_clean) / (rows.ld_source_clean - rows.ld_target_clean)
-    assert rows.effect_valid.all() and ((rows.effect - expected).abs() <= 1e-6 * (1 + expected.abs())).all()
+    # the effect is defined on every row here (min_separation -1e9); it reads 0 where the patched run is the target
+    # clip's clean run and 1 where it is the source clip's: alpha 0 leaves the recipient's clean run (the target's
+    # when denoising, the source's when noising), and a whole-block diagonal patch from the source is its clean run
+    assert rows.effect_valid.all()
+    separated = (rows.ld_source_clean - rows.ld_target_clean).abs() > 1e-3  # else last-bit noise is amplified
+    source_diagonal = ((rows.window == "all") & (rows.site == "block_out") & (rows.alpha == 1) & (rows.donor == "source")
+                       & (rows.patch_direction == "denoising") & (rows.source_layer == rows.target_layer))
+    cases = [((rows.alpha == 0) & (rows.patch_direction == "denoising"), 0.0),
+             ((rows.alpha == 0) & (rows.patch_direction == "noising"), 1.0), (source_diagonal, 1.0)]
+    for chosen, expected in cases:
+        assert (chosen & separated).sum() >= 4
+        assert ((rows.effect[chosen & separated] - expected).abs() < 1e-2).all()
     cells = pd.read_csv(out / "cells.csv")
     valid = cells.dropna(subset=["effect_low"])
     assert ((valid.effect_low <= valid.effect + 1e-9) & (valid.effect <= valid.effect_high + 1e-9)).all()

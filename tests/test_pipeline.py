@@ -8,18 +8,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import pandas as pd
 import pytest
 import torch
+import whisper
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from datamodules import PairDataModule
 from scripts.predict import main
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from wpatch.analysis import read_matrix
-from wpatch.module import ROW_COLUMNS
+from wpatch.errors import WpatchError
+from wpatch.models import load_model
+from wpatch.text import scoring_prefix, tokenizer_for, word_tokens
+from wpatch.writer import PatchingResultsWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = "word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\nship,sheep,vowel\n"
+COLUMNS = [  # predictions.csv's columns as README documents them, written out independently of the code
+    "item_id", "pair_id", "direction", "category", "voice", "source_word", "target_word",
+    "site", "source_layer", "target_layer", "window", "window_start", "window_end", "alpha", "patch_direction",
+    "donor", "donor_word", "transcript", "override", "retained", "transfer", "logp_source", "logp_target", "score",
+    "p_source_language", "source_recognised", "ld_source_clean", "ld_target_clean", "effect", "effect_valid",
+]
 
 
 def matrix_of(out, measure, group="all"):
@@ -48,7 +61,7 @@ def finished_run(tmp_path_factory, small_model_path):
 def test_table_has_one_row_per_item_and_layer_pair(finished_run):
     _, out = finished_run
     rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
-    assert list(rows.columns) == ROW_COLUMNS
+    assert list(rows.columns) == COLUMNS
     assert len(rows) == 6 * 3 * 3  # 3 pairs x 2 directions, 3 encoder blocks
     assert not rows.duplicated(["item_id", "source_layer", "target_layer"]).any()
     assert rows["score"].between(0, 1).all()
@@ -56,13 +69,50 @@ def test_table_has_one_row_per_item_and_layer_pair(finished_run):
     assert (rows["score"] - expected).abs().max() < 1e-9
 
 
-def test_diagonal_rows_equal_the_clean_run(finished_run):
-    _, out = finished_run
+@torch.no_grad()
+def test_diagonal_rows_equal_an_unpatched_run_and_whisper_decode(finished_run, small_model_path):
+    """Under the whole-block patch every diagonal cell (s == t) is the clean source clip: compared here with the
+    source clip's unpatched encoder run, openai-whisper's own decode and teacher-forced logits."""
+    tmp_path, out = finished_run
     rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
-    diagonal = rows[rows.source_layer == rows.target_layer]
-    # under a whole-block patch every diagonal cell is the clean source run: identical across layers
-    for _, cells in diagonal.groupby("item_id"):
-        assert cells["transcript"].nunique() == 1 and cells["logp_source"].nunique() == 1
+    dm = PairDataModule(pairs_file=str(tmp_path / "pairs.csv"), model=small_model_path, cache_dir=str(tmp_path / "clips"))
+    dm.setup()
+    model = load_model(small_model_path)
+    tokenizer = tokenizer_for(model.dims)
+    prefix = list(scoring_prefix(tokenizer))
+    options = whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True, sample_len=8)
+
+    def logp(word: str, features: torch.Tensor) -> float:
+        forms = []
+        for form in word_tokens(tokenizer, word):
+            logits = model.logits(torch.tensor([prefix + form]), features).log_softmax(-1)[0]
+            forms.append(sum(logits[len(prefix) - 1 + i, token] for i, token in enumerate(form)))
+        return torch.stack(forms).logsumexp(0).item()
+
+    for item in dm.items.itertuples():
+        mel = dm.mels[item.source_clip][None]
+        text = whisper.decode(model, mel, options)[0].text.strip()
+        clean = model.embed_audio(mel)
+        cells = rows[(rows.item_id == item.item_id) & (rows.source_layer == rows.target_layer)]
+        assert len(cells) == 3 and (cells.transcript == text).all(), (item.source_word, text)
+        assert (cells.logp_source - logp(item.source_word, clean)).abs().max() < 1e-4
+        assert (cells.logp_target - logp(item.target_word, clean)).abs().max() < 1e-4
+
+
+def test_writer_refuses_a_table_with_missing_or_repeated_rows(tmp_path):
+    row = dict.fromkeys(COLUMNS, "") | {"item_id": 0, "site": "block_out", "window": "all", "alpha": 1.0,
+                                          "patch_direction": "denoising", "donor": "source", "source_layer": 0,
+                                          "target_layer": 0, "window_start": 0}
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(items=[0, 1]))
+    module = SimpleNamespace(rows_per_item=2)
+    for layers in ([(0, 0), (0, 1), (1, 0)], [(0, 0), (0, 1), (1, 0), (1, 0)]):  # 3 of 4 rows; 4 with one repeated
+        writer = PatchingResultsWriter(output_dir=str(tmp_path / str(len(layers))))
+        writer.parts.mkdir(parents=True)
+        table = pd.DataFrame([row | {"item_id": i // 2, "source_layer": s, "target_layer": t} for i, (s, t) in enumerate(layers)])
+        table.to_csv(writer.parts / "items-00000000.csv", index=False)
+        with pytest.raises(WpatchError, match=f"holds {len(layers)} rows, expected 2 items x 2 patches once each"):
+            writer.finish(trainer, module)
+        assert not (writer.output_dir / "predictions.csv").exists()
 
 
 def test_matrices_are_the_means_of_the_table(finished_run):

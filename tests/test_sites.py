@@ -8,10 +8,11 @@ import torch
 
 from scripts.predict import main
 from tests.conftest import random_whisper
+from tests.reference import reference_patched_run
 from tests.test_pipeline import run
 from wpatch.errors import WpatchError
 from wpatch.module import PatchingModule
-from wpatch.patching import SITES, Patch, hook_patched_run, patched_outputs, run_patched, site_patch, site_states, window_weights
+from wpatch.patching import SITES, Patch, fast_patched_run, fast_whole_block_outputs, site_patch, site_states, window_weights
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,8 @@ def test_every_site_and_window_agrees_with_a_plain_hook(model, runs, site):
         for t in range(3):
             patches = [Patch(site, s, t, 100, 140, 0.7), Patch(site, s, t, 0, 1500, 1.0)]
             weight = window_weights(patches, 1500)
-            fast = run_patched(model.encoder, rec["resid_pre"][t], t, site, don[site][s], weight)
-            reference = hook_patched_run(model.encoder, recipient_mel, t, site, don[site][s], weight)
+            fast = fast_patched_run(model.encoder, rec["resid_pre"][t], t, site, don[site][s], weight)
+            reference = reference_patched_run(model.encoder, recipient_mel, t, site, don[site][s], weight)
             assert (fast - reference).abs().max() < 1e-5, (site, s, t)
 
 
@@ -43,16 +44,16 @@ def test_alpha_zero_and_self_patching_change_nothing(model, runs, site):
     _, (rec, clean), _ = runs
     for t in range(3):
         nothing = window_weights([Patch(site, 1, t, 0, 1500, 0.0)] * 2, 1500)
-        assert torch.equal(run_patched(model.encoder, rec["resid_pre"][t], t, site, rec[site][1], nothing), clean)
+        assert torch.equal(fast_patched_run(model.encoder, rec["resid_pre"][t], t, site, rec[site][1], nothing), clean)
         itself = window_weights([Patch(site, t, t, 0, 1500, 1.0)] * 2, 1500)
-        assert (run_patched(model.encoder, rec["resid_pre"][t], t, site, rec[site][t], itself) - clean).abs().max() < 1e-5
+        assert (fast_patched_run(model.encoder, rec["resid_pre"][t], t, site, rec[site][t], itself) - clean).abs().max() < 1e-5
 
 
 def test_full_window_block_output_equals_the_original_whole_block_patch(model, runs):
     _, (rec, _), (don, don_clean) = runs
-    whole, slot = patched_outputs(model.encoder, don["block_out"], don_clean, [(2, 0)])
+    whole, slot = fast_whole_block_outputs(model.encoder, don["block_out"], don_clean, [(2, 0)])
     everything = window_weights([Patch("block_out", 2, 0, 0, 1500, 1.0)] * 2, 1500)
-    windowed = run_patched(model.encoder, rec["resid_pre"][0], 0, "block_out", don["block_out"][2], everything)
+    windowed = fast_patched_run(model.encoder, rec["resid_pre"][0], 0, "block_out", don["block_out"][2], everything)
     assert (windowed - whole[:, slot[(2, 0)]]).abs().max() < 1e-5
 
 
@@ -67,7 +68,7 @@ def test_attention_plus_mlp_plus_input_equals_the_block_output_patch(model, runs
         site_patch(block, "mlp_out", don["mlp_out"][t], ones),
     ):
         combined = model.encoder(recipient_mel)
-    block_out = hook_patched_run(model.encoder, recipient_mel, t, "block_out", don["block_out"][t], ones)
+    block_out = reference_patched_run(model.encoder, recipient_mel, t, "block_out", don["block_out"][t], ones)
     assert (combined - block_out).abs().max() < 1e-5
 
 
@@ -100,9 +101,18 @@ def test_one_run_sweeps_sites_windows_alphas_directions_and_control(tmp_path, sm
                         & (rows.donor == "target") & (rows.source_layer == rows.target_layer)].groupby("item_id").transcript.first()
     assert (zero[denoising].groupby("item_id").transcript.agg(set).map(len) == 1).all()
     assert zero[denoising].groupby("item_id").transcript.first().equals(clean_target)
-    # the effect is the normalised logit difference, defined on every row here (min_separation -1e9)
-    expected = (rows.logp_source - rows.logp_target - rows.ld_target_clean) / (rows.ld_source_clean - rows.ld_target_clean)
-    assert rows.effect_valid.all() and ((rows.effect - expected).abs() <= 1e-6 * (1 + expected.abs())).all()
+    # the effect is defined on every row here (min_separation -1e9); it reads 0 where the patched run is the target
+    # clip's clean run and 1 where it is the source clip's: alpha 0 leaves the recipient's clean run (the target's
+    # when denoising, the source's when noising), and a whole-block diagonal patch from the source is its clean run
+    assert rows.effect_valid.all()
+    separated = (rows.ld_source_clean - rows.ld_target_clean).abs() > 1e-3  # else last-bit noise is amplified
+    source_diagonal = ((rows.window == "all") & (rows.site == "block_out") & (rows.alpha == 1) & (rows.donor == "source")
+                       & (rows.patch_direction == "denoising") & (rows.source_layer == rows.target_layer))
+    cases = [((rows.alpha == 0) & (rows.patch_direction == "denoising"), 0.0),
+             ((rows.alpha == 0) & (rows.patch_direction == "noising"), 1.0), (source_diagonal, 1.0)]
+    for chosen, expected in cases:
+        assert (chosen & separated).sum() >= 4
+        assert ((rows.effect[chosen & separated] - expected).abs() < 1e-2).all()
     cells = pd.read_csv(out / "cells.csv")
     valid = cells.dropna(subset=["effect_low"])
     assert ((valid.effect_low <= valid.effect + 1e-9) & (valid.effect <= valid.effect_high + 1e-9)).all()

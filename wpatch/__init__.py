@@ -1,10 +1,32 @@
 """wpatch: batched activation patching on OpenAI Whisper's encoder, with PyTorch Lightning.
 
 Modules: `models` (model specs, offline weights), `tts` and `audio` (speech stimuli), `pairs` and
-`stimuli` (pairs tables, the packaged sets), `patching` (patch sites, fast paths, hook references),
-`decoding` (transcripts, word log-probabilities), `module` (the LightningModule), `writer` (the run's I/O:
-parts, resume, merge), `analysis` (groups, matrices, intervals, summary and figures from the rows alone).
-The DataModules live in the top-level `datamodules` package.
+`stimuli` (pairs tables, the packaged sets), `rows` (the batch and the result row, named), `plan` (patch
+settings, the rows of a batch), `patching` (the encoder engine: patch sites, fast paths), `decoding`
+(transcripts, word log-probabilities), `text` (normalisation, how a word is scored), `measures` (the
+columns of a row), `module` (the LightningModule), `writer` (the run's I/O:
+parts, resume, merge), `analysis` (groups, matrices, intervals, summary and figures from the rows alone),
+`cli` (the `wpatch` command). The DataModules
+live in the top-level `datamodules` package.
+
+Glossary (names in the code follow it):
+
+- word pair: two words A and B from a pairs file (`pair_id`); an item is one pair in one pair direction.
+- pair direction (column `direction`): `a->b` makes word A the source word and B the target word, `b->a` the
+  reverse.
+- source word / target word: the word whose states are patched in / the word whose run they are patched into
+  (under denoising); each is spoken by its own clip, the source clip and the target clip.
+- donor clip / recipient clip: the clip whose activation is taken / the clip whose encoder run receives it.
+- patch direction (column `patch_direction`): `denoising` (donor = source clip, recipient = target clip) or
+  `noising` (donor = target clip, recipient = source clip). `donor` says whose clip gave the activation:
+  source, target, or control (an unrelated word's clip, put in place of the real donor).
+- source layer / target layer: the encoder block the activation is read from (s) / written into (t); a layer
+  pair is (s, t). Not to be confused with word pairs.
+- site: where in a block: `resid_pre` (its input), `attn_out`, `mlp_out` (what attention and the MLP add),
+  `block_out` (its output).
+- window: the encoder frames patched (20 ms each): `all`, `word` (where either word is spoken), `a-b`, or
+  `sweep` (sliding windows); alpha mixes donor into recipient on them (1 = replace).
+- clean run: an unpatched encoder run of one clip.
 
 `wpatch.load_run(folder)` reads a finished run back: `(rows, summary)`.
 """

@@ -6,6 +6,7 @@ dtype code, byte count and raw data, then (alias, target) name pairs.
 """
 
 import json
+import mmap
 import re
 import struct
 from pathlib import Path
@@ -45,11 +46,24 @@ class _Reader:
         self.pos += size
         return chunk
 
+    def skip(self, size: int) -> None:
+        if self.pos + size > len(self.data):
+            raise WpatchError(f"{self.path}: truncated CTranslate2 file at byte {self.pos}; re-install or re-download the model")
+        self.pos += size
 
-def read_model_bin(path: str | Path) -> dict[str, torch.Tensor]:
-    """All variables of a CTranslate2 `model.bin`, by name, in their stored dtype (aliases resolved)."""
+
+def read_model_bin(path: str | Path, shapes_only: bool = False) -> dict[str, torch.Tensor]:
+    """All variables of a CTranslate2 `model.bin`, by name, in their stored dtype (aliases resolved).
+
+    `shapes_only`: only the header is read (the file is memory-mapped); variables of more than 64 bytes are
+    empty tensors on the meta device, with their shapes (enough for `dimensions`)."""
     path = Path(path)
-    reader = _Reader(path.read_bytes(), path)
+    if shapes_only:
+        with open(path, "rb") as file:
+            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    else:
+        data = path.read_bytes()
+    reader = _Reader(data, path)
     version = reader.take("<I")
     if version != 6:
         raise WpatchError(f"{path}: CTranslate2 format version {version}, only version 6 is supported; convert the model with a recent ct2-transformers-converter")
@@ -63,7 +77,12 @@ def read_model_bin(path: str | Path) -> dict[str, torch.Tensor]:
         rank = reader.take("<B")
         dims = [reader.take("<I") for _ in range(rank)]
         dtype = reader.take("<B")
-        raw = reader.raw(reader.take("<I"))
+        size = reader.take("<I")
+        if shapes_only and size > 64:
+            reader.skip(size)
+            variables[name] = torch.empty(dims, device="meta")
+            continue
+        raw = reader.raw(size)
         if dtype == _BF16:
             array = torch.frombuffer(bytearray(raw), dtype=torch.bfloat16)
         elif dtype in _DTYPES:

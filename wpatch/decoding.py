@@ -8,10 +8,13 @@ operations are openai-whisper's own (its attention, its logit filters, its kv-ca
 transcripts and language probabilities equal `whisper.decode` and `whisper.detect_language` in fp32.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 import whisper
 from torch import Tensor
+from torch.profiler import record_function
 from whisper.decoding import DecodingTask
 from whisper.model import Whisper
 from whisper.tokenizer import Tokenizer
@@ -154,6 +157,32 @@ def word_logprobs(model: Whisper, cross: CrossCache, words: list[list[tuple]]) -
     return result
 
 
-def scoring_prefix(tokenizer: Tokenizer) -> tuple[int, ...]:
-    """The forced start of a transcript: start-of-transcript, language, task, no-timestamps."""
-    return tuple(tokenizer.sot_sequence_including_notimestamps)
+
+@dataclass
+class Decoded:
+    """What the decoder read off each encoder output f: its greedy transcript, the log-probability of each word
+    asked of it ({word: logp}), and its language probabilities (an empty list when languages were not detected)."""
+
+    transcripts: list[str]
+    logps: list[dict]
+    language_probs: list[dict[str, float]]
+
+
+def decode_outputs(model: Whisper, features: Tensor, asked: list[list[tuple]], tokenizer: Tokenizer, language: str | None,
+                   task: str, max_tokens: int, chunk: int, detect: bool) -> Decoded:
+    """Decode every encoder output once, `chunk` at a time (one cross-attention cache per chunk): language
+    probabilities when `detect`, the greedy transcript (in `language`; None: the detected one on a multilingual
+    model), and the log-probability of each word in `asked[f]` (see `word_logprobs`)."""
+    transcripts, logps, probs_all = [], [], []
+    for part in (slice(i, i + chunk) for i in range(0, len(features), chunk)):
+        with record_function("wpatch.decoder.cross_attention"):
+            cross = cross_attention_cache(model, features[part])
+        with record_function("wpatch.decoder.language"):
+            probs = language_probs(model, cross, tokenizer) if detect else []
+            probs_all += probs
+        with record_function("wpatch.decoder.greedy"):
+            languages = language or ([max(p, key=p.get) for p in probs] if model.is_multilingual else "en")
+            transcripts += greedy_transcripts(model, cross, languages, task, max_tokens)
+        with record_function("wpatch.decoder.score"):
+            logps += word_logprobs(model, cross, [list(words) for words in asked[part]])
+    return Decoded(transcripts, logps, probs_all)

@@ -14,11 +14,12 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
+import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper
 
 from wpatch.atomic import atomic_path
-from wpatch.ctranslate2 import load_ctranslate2
+from wpatch.ctranslate2 import dimensions, load_ctranslate2, read_model_bin
 from wpatch.errors import WpatchError
 
 # name -> (package holding the model, or the parts of model.bin in order, and the folder inside each)
@@ -104,33 +105,50 @@ def available_specs() -> list[str]:
     return sorted(set(specs))
 
 
-def _load(spec: str) -> Whisper:
+def _locate(spec: str) -> tuple[str, Path | str]:
+    """Where the model behind `spec` is: ("checkpoint", .pt path), ("ctranslate2", directory) or ("download", name)."""
     path = Path(spec).expanduser()
     if spec in whisper.available_models():
         if _openai_cache_file(spec).exists():
-            return whisper.load_model(spec, device="cpu")
+            return "checkpoint", _openai_cache_file(spec)
         bundle = bundle_directory(spec)
         if bundle is not None:
-            return load_ctranslate2(bundle)
+            return "ctranslate2", bundle
         if not _reachable(whisper._MODELS[spec]):
             raise WpatchError(
                 f"model {spec!r}: not in openai-whisper's cache, no offline bundle installed, and the download server "
-                f"is unreachable; use one of {available_specs() or 'none'} (pip install 'wpatch[offline]'), a .pt file or a faster-whisper directory"
+                f"is unreachable; use one of {available_specs() or 'none'} (pip install 'wpatch[offline]'), "
+                "a .pt file or a faster-whisper directory"
             )
-        return whisper.load_model(spec, device="cpu")
+        return "download", spec
     if path.is_dir():
         if not (path / "model.bin").exists():
             raise WpatchError(f"model {spec!r}: directory has no model.bin; point at a faster-whisper (CTranslate2) model directory")
-        return load_ctranslate2(path)
+        return "ctranslate2", path
     if path.is_file():
-        try:
-            return whisper.load_model(str(path), device="cpu")
-        except Exception as error:
-            raise WpatchError(f"model {spec!r}: not a readable openai-whisper checkpoint ({type(error).__name__}); pass a .pt saved by openai-whisper") from None
+        return "checkpoint", path
     raise WpatchError(
         f"model {spec!r}: unknown name and no such file or directory; use an openai-whisper name "
-        f"({', '.join(whisper.available_models()[:6])}, ...), a .pt checkpoint or a faster-whisper directory; loadable here: {available_specs() or 'none'}"
+        f"({', '.join(whisper.available_models()[:6])}, ...), a .pt checkpoint or a faster-whisper directory; "
+        f"loadable here: {available_specs() or 'none'}"
     )
+
+
+def _unreadable(spec: str, error: Exception) -> WpatchError:
+    return WpatchError(f"model {spec!r}: not a readable openai-whisper checkpoint ({type(error).__name__}); "
+                       "pass a .pt saved by openai-whisper")
+
+
+def _load(spec: str) -> Whisper:
+    kind, where = _locate(spec)
+    if kind == "ctranslate2":
+        return load_ctranslate2(where)
+    if spec in whisper.available_models():  # by name: openai-whisper checks (or downloads) its cached file
+        return whisper.load_model(spec, device="cpu")
+    try:
+        return whisper.load_model(str(where), device="cpu")
+    except Exception as error:
+        raise _unreadable(spec, error) from None
 
 
 def load_model(spec: str) -> Whisper:
@@ -140,5 +158,19 @@ def load_model(spec: str) -> Whisper:
 
 @lru_cache(maxsize=8)
 def model_dims(spec: str) -> ModelDimensions:
-    """The dimensions of the model behind `spec` (loaded once per process)."""
-    return load_model(spec).dims
+    """The dimensions of the model behind `spec`, read from the file's header: a checkpoint's `dims` entry (its
+    tensors memory-mapped, never read) or a CTranslate2 file's variable shapes (its weights skipped). Only a
+    model that must be downloaded first is loaded whole."""
+    kind, where = _locate(spec)
+    if kind == "ctranslate2":
+        return dimensions(read_model_bin(Path(where) / "model.bin", shapes_only=True))
+    if kind == "download":
+        return load_model(spec).dims
+    try:
+        try:
+            checkpoint = torch.load(where, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # an old (non-zip) checkpoint cannot be memory-mapped: read it
+            checkpoint = torch.load(where, map_location="cpu", weights_only=True)
+        return ModelDimensions(**checkpoint["dims"])
+    except Exception as error:
+        raise _unreadable(spec, error) from None

@@ -1,4 +1,9 @@
-"""Activation patching of Whisper's encoder: batched fast paths and plain-hook references.
+"""Activation patching of Whisper's encoder: the engine that turns a batch's patched runs into encoder outputs.
+
+`encode_plan` is the one entry point: given the clips' log-mels and every `PatchedRun` a batch needs, it runs
+each clip's clean encoder once (capturing the activations the patches read) and returns every distinct encoder
+output, clean and patched, stacked, with the row of each. The plain-hook references that the fast paths are
+tested against live in tests/reference.py.
 
 A patch takes the donor clip's activation at `site` of block s and mixes it into the recipient's run at
 the same site of block t: `lerp(recipient, donor, alpha)` on the frames of a window, unchanged elsewhere.
@@ -7,9 +12,10 @@ residual stream), `block_out` (the block's output, what the original experiments
 
 The original patch (block_out, all 1500 frames, alpha 1) replaces block t's output outright, so the
 patched encoder output is `ln_post(blocks[t+1:](donor_state_s))`: it depends on the donor clip, s and t
-only; `patched_outputs` runs just the blocks after t, and every diagonal cell (s == t) is the clean run.
-Any other patch depends on the recipient too; `run_patched` starts from the recipient's cached input to
-block t and runs block t (with the site patched) and the blocks after it, never the blocks before.
+only; the fast path `fast_whole_block_outputs` runs just the blocks after t, and every diagonal cell (s == t)
+is the clean run. Any other patch depends on the recipient too; the fast path `fast_patched_run` starts from
+the recipient's cached input to block t and runs block t (with the site patched) and the blocks after it,
+never the blocks before.
 """
 
 from contextlib import ExitStack, contextmanager
@@ -17,9 +23,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 from whisper.model import AudioEncoder, ResidualAttentionBlock
 
 from wpatch.errors import WpatchError
+
+MAX_ROWS_PER_PASS = 64  # patched encoder runs batched together (bounds activation memory)
 
 
 def layer_pairs(n_layer: int, source_layers: list[int] | None = None, target_layers: list[int] | None = None) -> list[tuple[int, int]]:
@@ -50,23 +59,19 @@ def block_outputs(encoder: AudioEncoder, mel: Tensor) -> tuple[list[Tensor], Ten
 
 
 @torch.no_grad()
-def hook_patched_output(encoder: AudioEncoder, target_mel: Tensor, source_state: Tensor, target_layer: int) -> Tensor:
-    """Reference: the encoder run on `target_mel` with block `target_layer`'s output hooked to `source_state`."""
-    with output_patch(encoder.blocks[target_layer], source_state):
-        return encoder(target_mel)
-
-
-@torch.no_grad()
-def patched_outputs(encoder: AudioEncoder, states: list[Tensor], clean: Tensor, pairs: list[tuple[int, int]]) -> tuple[Tensor, dict]:
-    """Distinct patched encoder outputs for each source clip, batched over clips and layer pairs.
+def fast_whole_block_outputs(
+    encoder: AudioEncoder, states: list[Tensor], clean: Tensor, layer_pairs: list[tuple[int, int]]
+) -> tuple[Tensor, dict]:
+    """Fast path of the whole-block patch: distinct patched encoder outputs for each donor clip, batched over
+    clips and layer pairs (`states`: the donors' block outputs, `clean`: their clean encoder outputs).
 
     Returns `features` shaped (B, K, 1500, d) and `index` mapping each (s, t) to its slot k: slot 0 is the
     clean output, shared by every diagonal pair; each off-diagonal pair has its own slot.
     """
-    index = {pair: 0 for pair in pairs if pair[0] == pair[1]}
+    index = {pair: 0 for pair in layer_pairs if pair[0] == pair[1]}
     outputs = [clean]
-    for t in sorted({t for _, t in pairs}):
-        sources = [s for s, tt in pairs if tt == t and s != t]
+    for t in sorted({t for _, t in layer_pairs}):
+        sources = [s for s, tt in layer_pairs if tt == t and s != t]
         if not sources:
             continue
         x = torch.cat([states[s] for s in sources])  # (len(sources) * B, 1500, d)
@@ -152,9 +157,12 @@ def site_states(encoder: AudioEncoder, mel: Tensor, sites: set[str]) -> tuple[di
 
 
 @torch.no_grad()
-def run_patched(encoder: AudioEncoder, block_input: Tensor, target_layer: int, site: str, donor: Tensor, weight: Tensor) -> Tensor:
-    """Encoder output when `site` of block `target_layer` is mixed with `donor`, starting from the recipient's
-    cached input to that block (N, frames, d): only that block and the ones after it run."""
+def fast_patched_run(
+    encoder: AudioEncoder, block_input: Tensor, target_layer: int, site: str, donor: Tensor, weight: Tensor
+) -> Tensor:
+    """Fast path of any patch: the encoder output when `site` of block `target_layer` is mixed with `donor`,
+    starting from the recipient's cached input to that block (N, frames, d): only that block and the ones after
+    it run."""
     block = encoder.blocks[target_layer]
     with site_patch(block, site, donor, weight):
         x = block(block_input)
@@ -163,8 +171,77 @@ def run_patched(encoder: AudioEncoder, block_input: Tensor, target_layer: int, s
     return encoder.ln_post(x)
 
 
+@dataclass(frozen=True)
+class PatchedRun:
+    """One patched encoder run: `patch` applied to the recipient clip's run with the donor clip's activations."""
+
+    recipient_clip: int
+    donor_clip: int
+    patch: Patch
+
+
+@dataclass
+class EncoderOutputs:
+    """Every distinct encoder output a batch needs, stacked in `features` (N, n_ctx, d): each clip's clean output
+    at row `clean[clip]`, each patched run's at row `patched[run]` (whole-block runs that differ only in their
+    recipient share one row)."""
+
+    features: Tensor
+    clean: dict[int, int]
+    patched: dict[PatchedRun, int]
+
+
+def sites_to_capture(runs: list[PatchedRun], n_ctx: int) -> set[str]:
+    """The activations the clean runs must keep: block outputs (the whole-block fast path reads them), the sites
+    other patches read, and the blocks' inputs where those patches start."""
+    general = {run.patch.site for run in runs if not run.patch.replaces_whole_block(n_ctx)}
+    return {"block_out"} | general | ({"resid_pre"} if general else set())
+
+
 @torch.no_grad()
-def hook_patched_run(encoder: AudioEncoder, recipient_mel: Tensor, target_layer: int, site: str, donor: Tensor, weight: Tensor) -> Tensor:
-    """Reference: the whole encoder run on `recipient_mel` with the site hooked, as a plain hook would do it."""
-    with site_patch(encoder.blocks[target_layer], site, donor, weight):
-        return encoder(recipient_mel)
+def encode_plan(encoder: AudioEncoder, mels: dict[int, Tensor], runs: list[PatchedRun], clean_clips: set[int]) -> EncoderOutputs:
+    """The clean output of every clip in `clean_clips` and of every donor, and the output of every patched run.
+
+    Rows: the clean runs first (clips in increasing order), then the whole-block patches (by donor, then layer
+    pair; computed by `fast_whole_block_outputs`), then the other patches (grouped by site and target layer in
+    the order `runs` first asks for them, at most `MAX_ROWS_PER_PASS` per pass of `fast_patched_run`).
+    `mels`: clip -> its log-mel (n_mels, 3000).
+    """
+    n_ctx = encoder.positional_embedding.shape[0]
+    clips = sorted(set(clean_clips) | {run.donor_clip for run in runs} | {run.recipient_clip for run in runs})
+    position = {clip: i for i, clip in enumerate(clips)}
+    with record_function("wpatch.encoder.clean"):
+        states, clean = site_states(encoder, torch.stack([mels[clip] for clip in clips]), sites_to_capture(runs, n_ctx))
+    with record_function("wpatch.encoder.patched"):
+        features, whole_rows, general_rows = [clean], {}, {}
+        whole = [run for run in runs if run.patch.replaces_whole_block(n_ctx)]
+        if whole:
+            donors = sorted({run.donor_clip for run in whole})
+            layer_pairs = sorted({(run.patch.source_layer, run.patch.target_layer) for run in whole})
+            rows_of = torch.tensor([position[clip] for clip in donors], device=clean.device)
+            patched, slot = fast_whole_block_outputs(encoder, [state[rows_of] for state in states["block_out"]], clean[rows_of], layer_pairs)
+            offset = sum(len(f) for f in features)
+            features.append(patched.flatten(0, 1))
+            for i, donor in enumerate(donors):
+                for pair in layer_pairs:
+                    whole_rows[donor, pair] = offset + i * patched.shape[1] + slot[pair]
+        todo: dict[tuple[str, int], dict[PatchedRun, None]] = {}
+        for run in runs:
+            if not run.patch.replaces_whole_block(n_ctx):
+                todo.setdefault((run.patch.site, run.patch.target_layer), {})[run] = None
+        for (site, t), distinct in todo.items():
+            distinct = list(distinct)
+            for chunk in range(0, len(distinct), MAX_ROWS_PER_PASS):
+                part = distinct[chunk : chunk + MAX_ROWS_PER_PASS]
+                block_input = states["resid_pre"][t][[position[run.recipient_clip] for run in part]]
+                donor = torch.stack([states[site][run.patch.source_layer][position[run.donor_clip]] for run in part])
+                weight = window_weights([run.patch for run in part], n_ctx, clean.device)
+                offset = sum(len(f) for f in features)
+                features.append(fast_patched_run(encoder, block_input, t, site, donor, weight))
+                general_rows.update({run: offset + i for i, run in enumerate(part)})
+    patched_rows = {
+        run: whole_rows[run.donor_clip, (run.patch.source_layer, run.patch.target_layer)]
+        if run.patch.replaces_whole_block(n_ctx) else general_rows[run]
+        for run in runs
+    }
+    return EncoderOutputs(torch.cat([f.to(clean.dtype) for f in features]), position, patched_rows)

@@ -16,8 +16,8 @@ import torch
 from whisper.model import Whisper
 
 from wpatch.atomic import atomic_path
-from wpatch.decoding import cross_attention_cache, greedy_transcripts, scoring_prefix, word_logprobs
-from wpatch.text import is_word, tokenizer_for, word_tokens
+from wpatch.decoding import cross_attention_cache, greedy_transcripts, word_logprobs
+from wpatch.text import is_word, scored_word, tokenizer_for, word_tokens
 
 SCREEN_COLUMNS = ["word", "lang", "voice", "clip", "transcript", "heard", "logp"]
 
@@ -29,8 +29,7 @@ def screen_clips(model: Whisper, mels: torch.Tensor, words: list[str], langs: li
     device = next(model.parameters()).device
     languages = [lang if model.is_multilingual else "en" for lang in langs]
     tokenizers = {lang: tokenizer_for(model.dims, lang) for lang in set(languages)}
-    asked = [(tuple(scoring_prefix(tokenizers[lang])), tuple(map(tuple, word_tokens(tokenizers[lang], word))))
-             for word, lang in zip(words, languages)]
+    asked = [scored_word(tokenizers[lang], word_tokens(tokenizers[lang], word)) for word, lang in zip(words, languages)]
     transcripts, logps = [], []
     for start in range(0, len(words), batch_size):
         chunk = slice(start, start + batch_size)

@@ -1,4 +1,5 @@
-"""Transcript normalisation and the token sequences a word is scored by.
+"""Words: transcript normalisation, and everything about how a word is scored (its surface forms, their token ids,
+the forced transcript start they are scored after: `ScoredWord`).
 
 Normalisation (used for `override` and `retained`): Unicode NFKC, lower case, every punctuation or
 symbol character removed, runs of white space folded to one space, ends stripped. Accents are kept
@@ -6,6 +7,7 @@ symbol character removed, runs of white space folded to one space, ends stripped
 """
 
 import unicodedata
+from typing import NamedTuple
 
 from whisper.model import ModelDimensions
 from whisper.tokenizer import Tokenizer, get_tokenizer
@@ -46,3 +48,21 @@ def tokenizer_for(dims: ModelDimensions, language: str | None = "en", task: str 
 def word_tokens(tokenizer: Tokenizer, word: str) -> list[list[int]]:
     """Token ids of each surface form of `word`."""
     return [tokenizer.encode(form) for form in surface_forms(word)]
+
+
+def scoring_prefix(tokenizer: Tokenizer) -> tuple[int, ...]:
+    """The forced start of a transcript: start-of-transcript, language, task, no-timestamps."""
+    return tuple(tokenizer.sot_sequence_including_notimestamps)
+
+
+class ScoredWord(NamedTuple):
+    """A word as the decoder scores it (`wpatch.decoding.word_logprobs`): log P(transcript starts with one of
+    `forms` | `prefix`), summed over the forms."""
+
+    prefix: tuple[int, ...]  # the forced transcript start (`scoring_prefix`)
+    forms: tuple[tuple[int, ...], ...]  # token ids of each surface form (`word_tokens`)
+
+
+def scored_word(tokenizer: Tokenizer, forms: list[list[int]]) -> ScoredWord:
+    """The word whose surface forms have token ids `forms`, scored after `tokenizer`'s forced transcript start."""
+    return ScoredWord(scoring_prefix(tokenizer), tuple(map(tuple, forms)))

@@ -1,0 +1,98 @@
+"""The measures, as pure functions of a transcript and word log-probabilities, and `result_rows`, which applies
+them to every planned row of a batch (README: "Columns of predictions.csv").
+
+Transcript measures compare normalised text (`wpatch.text.normalise`); log-probability measures read
+log P(word | encoder output) of the source and target words (`wpatch.text.ScoredWord`, `wpatch.decoding`).
+"""
+
+import math
+
+from wpatch.decoding import Decoded
+from wpatch.patching import EncoderOutputs
+from wpatch.plan import PlannedRow
+from wpatch.rows import PairBatch, ResultRow
+from wpatch.text import ScoredWord, has_word, is_word
+
+
+def override(transcript: str, source_word: str) -> bool:
+    """The patched transcript is the source word."""
+    return is_word(transcript, source_word)
+
+
+def retained(transcript: str, target_word: str) -> bool:
+    """The patched transcript is still the target word."""
+    return is_word(transcript, target_word)
+
+
+def transfer(transcript: str, source_word: str) -> bool:
+    """The source word appears as a whole word in the transcript (Experiment B)."""
+    return has_word(transcript, source_word)
+
+
+def score(logp_source: float, logp_target: float) -> float:
+    """p_source / (p_source + p_target), computed stably from the two log-probabilities."""
+    gap = logp_target - logp_source
+    return 1.0 / (1.0 + math.exp(gap)) if gap <= 0 else math.exp(-gap) / (1.0 + math.exp(-gap))
+
+
+def effect(logp_source: float, logp_target: float, ld_source_clean: float, ld_target_clean: float,
+           min_separation: float) -> tuple[float, bool]:
+    """(effect, valid): the patched logit difference LD = logp_source - logp_target normalised between the clean
+    runs, (LD - ld_target_clean) / (ld_source_clean - ld_target_clean) (0: the target's clean run, 1: the
+    source's); NaN and not valid where the clean runs separate the words by less than `min_separation` nats."""
+    valid = ld_source_clean - ld_target_clean >= min_separation
+    value = (logp_source - logp_target - ld_target_clean) / (ld_source_clean - ld_target_clean) if valid else float("nan")
+    return value, valid
+
+
+def p_source_language(language_probs: dict[str, float] | None, source_lang: str, target_lang: str) -> float:
+    """P(source language) / (P(source) + P(target)) from language detection on the patched output; NaN where it
+    does not apply (no detection, one language) or neither language has any probability."""
+    if not language_probs or source_lang == target_lang:
+        return float("nan")
+    p_source, p_target = language_probs.get(source_lang, 0.0), language_probs.get(target_lang, 0.0)
+    return p_source / (p_source + p_target) if p_source + p_target > 0 else float("nan")
+
+
+def words_to_score(plan: list[PlannedRow], outputs: EncoderOutputs, batch: PairBatch, source_words: list[ScoredWord],
+                   target_words: list[ScoredWord]) -> list[dict[ScoredWord, None]]:
+    """For each encoder output, the words whose log-probability the rows need (ordered, without repeats): both
+    words of an item on its patched output and on the clean outputs of its source and target clips."""
+    asked = [{} for _ in range(len(outputs.features))]
+    for row in plan:
+        b = row.item
+        clean_source, clean_target = (outputs.clean[int(batch[f"{side}_clip"][b])] for side in ("source", "target"))
+        for f in (outputs.patched[row.run], clean_source, clean_target):
+            asked[f].update(dict.fromkeys((source_words[b], target_words[b])))
+    return asked
+
+
+def result_rows(batch: PairBatch, plan: list[PlannedRow], outputs: EncoderOutputs, decoded: Decoded,
+                source_words: list[ScoredWord], target_words: list[ScoredWord], min_separation: float) -> list[ResultRow]:
+    """Every planned row with its measures, read off the decoded outputs."""
+    rows = []
+    for row in plan:
+        b, patch, f = row.item, row.run.patch, outputs.patched[row.run]
+        source_word, target_word = source_words[b], target_words[b]
+        logp = decoded.logps[f]
+        clean_source, clean_target = (outputs.clean[int(batch[f"{side}_clip"][b])] for side in ("source", "target"))
+        ld_source = decoded.logps[clean_source][source_word] - decoded.logps[clean_source][target_word]
+        ld_target = decoded.logps[clean_target][source_word] - decoded.logps[clean_target][target_word]
+        value, valid = effect(logp[source_word], logp[target_word], ld_source, ld_target, min_separation)
+        text = decoded.transcripts[f]
+        languages = decoded.language_probs[f] if decoded.language_probs else None
+        rows.append(ResultRow(
+            item_id=int(batch["item_id"][b]), pair_id=batch["pair_id"][b], direction=batch["direction"][b],
+            category=batch["category"][b], voice=batch["voice"][b], source_word=batch["source_word"][b],
+            target_word=batch["target_word"][b], site=patch.site, source_layer=patch.source_layer,
+            target_layer=patch.target_layer, window=row.spec.window, window_start=patch.start, window_end=patch.end,
+            alpha=patch.alpha, patch_direction=row.patch_direction, donor=row.donor,
+            donor_word=batch[f"{row.donor}_word"][b], transcript=text,
+            override=override(text, batch["source_word"][b]), retained=retained(text, batch["target_word"][b]),
+            transfer=transfer(text, batch["source_word"][b]),
+            logp_source=logp[source_word], logp_target=logp[target_word], score=score(logp[source_word], logp[target_word]),
+            p_source_language=p_source_language(languages, batch["source_lang"][b], batch["target_lang"][b]),
+            source_recognised=is_word(decoded.transcripts[clean_source], batch["source_word"][b]),
+            ld_source_clean=ld_source, ld_target_clean=ld_target, effect=value, effect_valid=valid,
+        ))
+    return rows

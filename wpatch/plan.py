@@ -1,0 +1,94 @@
+"""The patch settings of a run (`PatchSpec`, checked once) and the plan of a batch: one `PlannedRow` per item x
+patch setting x patch direction x donor, each naming the patched encoder run it reads."""
+
+from dataclasses import dataclass
+
+from wpatch.errors import WpatchError
+from wpatch.patching import SITES, Patch, PatchedRun
+from wpatch.rows import PairBatch
+
+PATCH_DIRECTIONS = ("denoising", "noising")
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """One patch setting: donor block `source_layer` into recipient block `target_layer` at `site`, on the frames of
+    `window`, mixed with weight `alpha`. `window` is the label written to the rows (all, word, a-b, sweep); `frames`
+    is [start, end) where it is the same for every item, None where it depends on the item (all, word)."""
+
+    site: str
+    source_layer: int
+    target_layer: int
+    window: str
+    frames: tuple[int, int] | None
+    alpha: float
+
+    def patch(self, word_frames: tuple[int, int], n_ctx: int) -> Patch:
+        """The patch for an item whose source and target words are spoken on `word_frames`."""
+        start, end = self.frames or {"all": (0, n_ctx), "word": word_frames}[self.window]
+        return Patch(self.site, self.source_layer, self.target_layer, start, end, self.alpha)
+
+
+def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx) -> list[PatchSpec]:
+    """Every setting combination (sites x layer pairs x windows x alphas), checked; sweep windows (label "sweep")
+    are for same-layer pairs only. Repeats are dropped, the first kept."""
+    for site in sites:
+        if site not in SITES:
+            raise WpatchError(f"unknown patch site {site!r}; use one of {', '.join(SITES)}")
+    for window in windows:
+        span = isinstance(window, (list, tuple)) and len(window) == 2 and 0 <= window[0] < window[1] <= n_ctx
+        if window not in ("all", "word") and not span:
+            raise WpatchError(f"window {window!r} is not all, word or [start, end] with 0 <= start < end <= {n_ctx}")
+    for alpha in alphas:
+        if not 0.0 <= alpha <= 1.0:
+            raise WpatchError(f"alpha {alpha} is outside [0, 1]; 0 leaves the recipient unchanged, 1 replaces it")
+    resolved = [(w, None) if isinstance(w, str) else (f"{int(w[0])}-{int(w[1])}", (int(w[0]), int(w[1]))) for w in windows]
+    specs = [PatchSpec(site, s, t, label, frames, alpha)
+             for site in sites for s, t in layer_pairs for label, frames in resolved for alpha in alphas]
+    if sweep:
+        width, stride, end = sweep
+        if width < 1 or stride < 1 or not 0 < end <= n_ctx:
+            raise WpatchError(f"sweep {sweep} needs width >= 1, stride >= 1 and 0 < end <= {n_ctx}")
+        starts = range(0, max(1, end - width + 1), stride)
+        specs += [PatchSpec(site, s, t, "sweep", (a, min(a + width, n_ctx)), alpha)
+                  for site in sites for s, t in layer_pairs if s == t for a in starts for alpha in alphas]
+    return list(dict.fromkeys(specs))
+
+
+def check_patch_directions(patch_directions) -> None:
+    for patch_direction in patch_directions:
+        if patch_direction not in PATCH_DIRECTIONS:
+            raise WpatchError(f"unknown patch direction {patch_direction!r}; use denoising or noising")
+
+
+@dataclass(frozen=True)
+class PlannedRow:
+    """One row to compute: item `item` of the batch (its position), patch setting `spec`, `patch_direction`, and
+    `donor` (whose clip gives the activation: source, target or control); `run` is the patched encoder run."""
+
+    item: int
+    spec: PatchSpec
+    patch_direction: str
+    donor: str
+    run: PatchedRun
+
+
+def plan_rows(batch: PairBatch, specs: list[PatchSpec], patch_directions, control: bool, n_ctx: int) -> list[PlannedRow]:
+    """Every row of the batch, item by item, then setting, patch direction and donor. Denoising patches the
+    source clip's activation into the target clip's run, noising the target's into the source's; the control
+    donor (if asked) is an unrelated word's clip put in place of the real donor."""
+    donor_kinds = ("source", "control") if control else ("source",)
+    rows = []
+    for b in range(len(batch["item_id"])):
+        clip = {side: int(batch[f"{side}_clip"][b]) for side in ("source", "target", "control")}
+        source_span, target_span = batch["source_span"][b], batch["target_span"][b]
+        word_frames = (int(min(source_span[0], target_span[0])), int(max(source_span[1], target_span[1])))
+        for spec in specs:
+            patch = spec.patch(word_frames, n_ctx)
+            for patch_direction in patch_directions:
+                recipient, real_donor = ("target", "source") if patch_direction == "denoising" else ("source", "target")
+                for kind in donor_kinds:
+                    donor = real_donor if kind == "source" else "control"
+                    run = PatchedRun(clip[recipient], clip[donor], patch)
+                    rows.append(PlannedRow(b, spec, patch_direction, donor, run))
+    return rows

@@ -75,7 +75,9 @@ class PairDataModule(L.LightningDataModule):
             raise WpatchError(f"batch_size {batch_size!r} is not a positive number of clips or auto")
         self.save_hyperparameters()
         if require_heard not in REQUIRE_HEARD:
-            raise WpatchError(f"require_heard {require_heard!r} is not one of {', '.join(REQUIRE_HEARD)}; use none, source or both")
+            raise WpatchError(
+                f"require_heard {require_heard!r} is not one of {', '.join(REQUIRE_HEARD)}; use none, source or both"
+            )
         root = Path(cache_dir) if cache_dir else cache_root() / "clips"
         self.screening_cache = root / "screening"  # screening results per model, beside the clips they are of
         voices = voices or {}
@@ -83,7 +85,9 @@ class PairDataModule(L.LightningDataModule):
         for speaker in [tts] if isinstance(tts, str) else tts:
             name, own = parse_speaker(speaker)
             backend = make_backend(name)
-            mine = {k: v for k, v in voices.items() if "." not in k} | {k.split(".", 1)[1]: v for k, v in voices.items() if k.startswith(name + ".")}
+            mine = {k: v for k, v in voices.items() if "." not in k} | {
+                k.split(".", 1)[1]: v for k, v in voices.items() if k.startswith(name + ".")
+            }
             self.clips[speaker] = ClipCache(root, backend, mine | own)
         self.items = None
         self.mels = None
@@ -93,7 +97,10 @@ class PairDataModule(L.LightningDataModule):
     def _clip_keys(self, items):
         """(word, lang, recording path, voice) of every source and target clip, in item order."""
         voice = lambda side: items["voice"].where(items[f"{side}_audio"] == "", "")  # noqa: E731 (a recording has no voice)
-        return [list(zip(items[f"{side}_word"], items[f"{side}_lang"], items[f"{side}_audio"], voice(side))) for side in ("source", "target")]
+        return [
+            list(zip(items[f"{side}_word"], items[f"{side}_lang"], items[f"{side}_audio"], voice(side)))
+            for side in ("source", "target")
+        ]
 
     def _read_items(self):
         """The patching items, repeated once per voice, numbered 0..n-1."""
@@ -118,7 +125,7 @@ class PairDataModule(L.LightningDataModule):
         log.info("clips: %d synthesised, %d cached (%.1fs)", made, len(unique) - made, time.perf_counter() - start)
 
     def setup(self, stage: str | None = None):
-        """Read the pairs and give every unique clip its log-mel, computed once and cached on disk (`wpatch.melcache`)."""
+        """Read the pairs and give every unique clip its log-mel, computed once, cached on disk (`wpatch.melcache`)."""
         if self.items is not None:
             return
         dims = model_dims(self.hparams.model)
@@ -129,7 +136,9 @@ class PairDataModule(L.LightningDataModule):
         self.clip_keys = unique  # (word, lang, recording, voice) of each row of self.mels
         self.clip_paths = [self._clip(*key) for key in unique]  # the audio behind each row of self.mels
         self.mel_store = MelStore(cache_root() / "mels")
-        self.mels, self.spans = self.mel_store.table(self.clip_paths, dims.n_mels, dims.n_audio_ctx, pin=torch.cuda.is_available())
+        self.mels, self.spans = self.mel_store.table(
+            self.clip_paths, dims.n_mels, dims.n_audio_ctx, pin=torch.cuda.is_available()
+        )
         items["source_clip"] = [index[k] for k in source_keys]
         items["target_clip"] = [index[k] for k in target_keys]
         if self.hparams.require_heard != "none":
@@ -137,13 +146,25 @@ class PairDataModule(L.LightningDataModule):
         items["control_clip"], items["control_word"] = control_clips(items)
         fallbacks = int((items["control_clip"] == items["source_clip"]).sum())
         if fallbacks:
-            log.warning("control donor: %d of %d items have no unrelated word in their language and voice; "
-                        "their control is the source clip itself (donor_word = source_word)", fallbacks, len(items))
+            log.warning(
+                "control donor: %d of %d items have no unrelated word in their language and voice; "
+                "their control is the source clip itself (donor_word = source_word)",
+                fallbacks,
+                len(items),
+            )
         tokenizers = {lang: tokenizer_for(dims, lang) for lang in set(items["source_lang"]) | set(items["target_lang"])}
-        groups = items.groupby("source_clip", sort=False).indices if self.hparams.group_by_source else {i: [i] for i in range(len(items))}
+        groups = (
+            items.groupby("source_clip", sort=False).indices
+            if self.hparams.group_by_source
+            else {i: [i] for i in range(len(items))}
+        )
         self.groups = [[int(i) for i in group] for group in groups.values()]
-        self.source_tokens = [word_tokens(tokenizers[lang], w) for w, lang in zip(items["source_word"], items["source_lang"])]
-        self.target_tokens = [word_tokens(tokenizers[lang], w) for w, lang in zip(items["target_word"], items["target_lang"])]
+        self.source_tokens = [
+            word_tokens(tokenizers[lang], w) for w, lang in zip(items["source_word"], items["source_lang"])
+        ]
+        self.target_tokens = [
+            word_tokens(tokenizers[lang], w) for w, lang in zip(items["target_word"], items["target_lang"])
+        ]
         self.items = items
 
     def screen(self) -> pd.DataFrame:
@@ -162,14 +183,26 @@ class PairDataModule(L.LightningDataModule):
         if self.hparams.require_heard == "both":
             keep &= heard[items["target_clip"].to_numpy()]
         self.screening = {
-            "require_heard": self.hparams.require_heard, "clips": len(heard), "clips_heard": int(heard.sum()),
-            "items": len(items), "items_kept": int(keep.sum()), "items_dropped": int((~keep).sum()),
+            "require_heard": self.hparams.require_heard,
+            "clips": len(heard),
+            "clips_heard": int(heard.sum()),
+            "items": len(items),
+            "items_kept": int(keep.sum()),
+            "items_dropped": int((~keep).sum()),
         }
-        log.info("require_heard=%s: %d of %d clips heard; %d of %d items kept", self.hparams.require_heard,
-                 heard.sum(), len(heard), keep.sum(), len(items))
+        log.info(
+            "require_heard=%s: %d of %d clips heard; %d of %d items kept",
+            self.hparams.require_heard,
+            heard.sum(),
+            len(heard),
+            keep.sum(),
+            len(items),
+        )
         if not keep.any():
-            raise WpatchError(f"require_heard={self.hparams.require_heard}: the model hears none of the items' clips; "
-                              "use --data.require_heard none, another voice (--data.tts) or another model")
+            raise WpatchError(
+                f"require_heard={self.hparams.require_heard}: the model hears none of the items' clips; "
+                "use --data.require_heard none, another voice (--data.tts) or another model"
+            )
         return items[keep].reset_index(drop=True)
 
     def collate(self, groups: list[int]) -> PairBatch:
@@ -178,8 +211,17 @@ class PairDataModule(L.LightningDataModule):
         indices = [i for g in groups for i in self.groups[g] if i not in self.skipped]
         rows = self.items.iloc[indices]
         clips = {side: torch.tensor(rows[f"{side}_clip"].to_numpy()) for side in ("source", "target", "control")}
-        metadata = ("pair_id", "direction", "category", "voice", "source_word", "target_word", "control_word",
-                    "source_lang", "target_lang")
+        metadata = (
+            "pair_id",
+            "direction",
+            "category",
+            "voice",
+            "source_word",
+            "target_word",
+            "control_word",
+            "source_lang",
+            "target_lang",
+        )
         return PairBatch(
             item_id=torch.tensor(rows["item_id"].to_numpy()),
             **{f"{side}_mel": self.mels[clip] for side, clip in clips.items()},
@@ -200,7 +242,9 @@ class PairDataModule(L.LightningDataModule):
         self.resolved_batch_size = self.hparams.batch_size
         if self.resolved_batch_size == "auto":
             trainer = self.trainer
-            self.resolved_batch_size = auto_batch(trainer.lightning_module, self, trainer.precision)[0] if trainer else DEFAULT_BATCH
+            self.resolved_batch_size = (
+                auto_batch(trainer.lightning_module, self, trainer.precision)[0] if trainer else DEFAULT_BATCH
+            )
         return DataLoader(
             [g for g, group in enumerate(self.groups) if not self.skipped.issuperset(group)],
             batch_size=self.resolved_batch_size,
@@ -218,8 +262,11 @@ def control_clips(items: pd.DataFrame) -> tuple[list[int], list[str]]:
     rows then read donor_word = source_word, and `setup` logs how many items this happened to."""
     clips, words = [], []
     for item in items.itertuples():
-        pool = items[(items.source_lang == item.source_lang) & (items.voice == item.voice)
-                     & ~items.source_word.isin([item.source_word, item.target_word])]
+        pool = items[
+            (items.source_lang == item.source_lang)
+            & (items.voice == item.voice)
+            & ~items.source_word.isin([item.source_word, item.target_word])
+        ]
         if pool.empty:
             clips.append(item.source_clip)  # nothing unrelated to draw from: the control is the source itself
             words.append(item.source_word)

@@ -13,8 +13,18 @@ from wpatch.cli import predict
 
 
 def main(model: str, out: str, limit: str = "1") -> None:
-    common = ["--config", "configs/experiment_a.yaml", "--model.model", model, "--data.limit", limit,
-              "--model.max_tokens", "3", "--trainer.enable_progress_bar", "false"]
+    common = [
+        "--config",
+        "configs/experiment_a.yaml",
+        "--model.model",
+        model,
+        "--data.limit",
+        limit,
+        "--model.max_tokens",
+        "3",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     # 1. run: the same options as `wpatch predict` (any --model.* / --data.* / --trainer.* setting)
     predict([*common, "--writer.output_dir", f"{out}/espeak", "--data.tts", "espeak"])
     predict([*common, "--writer.output_dir", f"{out}/espeak-again", "--data.tts", "espeak"])

@@ -62,10 +62,14 @@ class PeakMemory:
         self.mib = (torch.cuda.max_memory_allocated() if self.cuda else self.peak) / 2**20
 
 
-def baseline(mode: str, module: PatchingModule, dm: PairDataModule, rows: list[tuple[int, int, int]], device) -> tuple[float, list[str]]:
+def baseline(
+    mode: str, module: PatchingModule, dm: PairDataModule, rows: list[tuple[int, int, int]], device
+) -> tuple[float, list[str]]:
     """Seconds and transcripts for `rows` (item index, s, t), one hooked pass per row as the original did."""
     model, items = module.whisper, dm.items
-    options = whisper.DecodingOptions(language=module.hparams.language, fp16=False, without_timestamps=True, sample_len=module.hparams.max_tokens)
+    options = whisper.DecodingOptions(
+        language=module.hparams.language, fp16=False, without_timestamps=True, sample_len=module.hparams.max_tokens
+    )
     transcripts, recorded = [], {}
     start = time.perf_counter()
     for item, s, t in rows:
@@ -75,20 +79,37 @@ def baseline(mode: str, module: PatchingModule, dm: PairDataModule, rows: list[t
                 recorded[item] = block_outputs(model.encoder, dm.mels[items.source_clip[item]][None].to(device))[0]
             with output_patch(model.encoder.blocks[t], recorded[item][s]):
                 if mode == "original":  # fp16 on a GPU, as openai-whisper's transcribe defaults to
-                    text = model.transcribe(load_audio(dm.clip_paths[target_clip]), language=module.hparams.language, fp16=device.type == "cuda", verbose=None)["text"]
+                    text = model.transcribe(
+                        load_audio(dm.clip_paths[target_clip]),
+                        language=module.hparams.language,
+                        fp16=device.type == "cuda",
+                        verbose=None,
+                    )["text"]
                 else:
                     text = whisper.decode(model, dm.mels[target_clip][None].to(device), options)[0].text
         transcripts.append(text.strip())
     return time.perf_counter() - start, transcripts
 
 
-def run_wpatch(module: PatchingModule, dm: PairDataModule, accelerator: str, precision: str, device, profile: bool = False) -> tuple[float, float, dict]:
+def run_wpatch(
+    module: PatchingModule, dm: PairDataModule, accelerator: str, precision: str, device, profile: bool = False
+) -> tuple[float, float, dict]:
     """Seconds, peak MiB and {(item, s, t): (transcript, score)} of the harness's predict loop; with `profile`,
     prints where the time went (the module's wpatch.* phases; the rest is data, Lightning and Python).
     The batch size and decode chunk it ran with are left in `dm.resolved_batch_size`, `module.hparams.decode_chunk`."""
-    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with PeakMemory(device.type == "cuda") as memory, (profiler(activities=activities) if profile else nullcontext()) as prof:
+    with (
+        PeakMemory(device.type == "cuda") as memory,
+        profiler(activities=activities) if profile else nullcontext() as prof,
+    ):
         start = time.perf_counter()
         batches = trainer.predict(module, datamodule=dm)
         seconds = time.perf_counter() - start
@@ -99,7 +120,11 @@ def run_wpatch(module: PatchingModule, dm: PairDataModule, accelerator: str, pre
             print(f"  {key:<26} {value:8.1f} s  {100 * value / seconds:5.1f}%")
         rest = seconds - sum(phases.values())
         print(f"  {'data, Lightning, Python':<26} {rest:8.1f} s  {100 * rest / seconds:5.1f}%")
-    rows = {(r["item_id"], r["source_layer"], r["target_layer"]): (r["transcript"], r["score"]) for batch in batches for r in batch}
+    rows = {
+        (r["item_id"], r["source_layer"], r["target_layer"]): (r["transcript"], r["score"])
+        for batch in batches
+        for r in batch
+    }
     return seconds, memory.mib, rows
 
 
@@ -110,14 +135,30 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pairs-file", default=None)
     parser.add_argument("--limit", type=int, default=16, help="pairs (x2 directions)")
     parser.add_argument("--tts", default="espeak")
-    parser.add_argument("--batch-size", type=lambda v: v if v == "auto" else int(v), default=8, help="source clips per batch, or auto (the largest that fits the GPU)")
+    parser.add_argument(
+        "--batch-size",
+        type=lambda v: v if v == "auto" else int(v),
+        default=8,
+        help="source clips per batch, or auto (the largest that fits the GPU)",
+    )
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--baseline-rows", type=int, default=48, help="rows timed for each baseline (extrapolated)")
-    parser.add_argument("--original-rows", type=int, default=8,
-                        help="rows timed for `original` (model.transcribe per row: the slowest), from the same sample")
+    parser.add_argument(
+        "--original-rows",
+        type=int,
+        default=8,
+        help="rows timed for `original` (model.transcribe per row: the slowest), from the same sample",
+    )
     parser.add_argument("--modes", default="original,original-decode,wpatch")
-    parser.add_argument("--compare-precision", default=None, help="also run wpatch under these precisions (comma-separated, e.g. bf16-mixed,16-mixed) and report each one's agreement with fp32")
+    parser.add_argument(
+        "--compare-precision",
+        default=None,
+        help=(
+            "also run wpatch under these precisions (comma-separated, e.g. bf16-mixed,16-mixed) and report each "
+            "one's agreement with fp32"
+        ),
+    )
     parser.add_argument("--profile", action="store_true", help="print where wpatch's predict time goes")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args(argv)
@@ -127,12 +168,18 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
     modes = args.modes.split(",")
 
-    dm = PairDataModule(pairs_file=args.pairs_file, limit=args.limit, model=args.model, tts=args.tts, batch_size=args.batch_size)
+    dm = PairDataModule(
+        pairs_file=args.pairs_file, limit=args.limit, model=args.model, tts=args.tts, batch_size=args.batch_size
+    )
     dm.prepare_data()
     dm.setup("predict")
     module = PatchingModule(model=args.model)
     n_rows = len(dm.items) * len(module.pairs)
-    sample = sorted(random.Random(0).sample([(i, s, t) for i in range(len(dm.items)) for s, t in module.pairs], min(args.baseline_rows, n_rows)))
+    sample = sorted(
+        random.Random(0).sample(
+            [(i, s, t) for i in range(len(dm.items)) for s, t in module.pairs], min(args.baseline_rows, n_rows)
+        )
+    )
 
     results = {}
 
@@ -143,17 +190,33 @@ def main(argv: list[str] | None = None) -> dict:
     if "wpatch" in modes:
         progress(f"wpatch: {n_rows} rows ...")
         seconds, peak, rows = run_wpatch(module, dm, args.accelerator, args.precision, device, args.profile)
-        results["wpatch"] = {"rows": n_rows, "seconds": seconds, "peak_mib": peak, "sampled": False, "transcripts": [rows[k][0] for k in sample],
-                             "rows_returned": len(rows), "batch_size": dm.resolved_batch_size, "decode_chunk": module.hparams.decode_chunk}
+        results["wpatch"] = {
+            "rows": n_rows,
+            "seconds": seconds,
+            "peak_mib": peak,
+            "sampled": False,
+            "transcripts": [rows[k][0] for k in sample],
+            "rows_returned": len(rows),
+            "batch_size": dm.resolved_batch_size,
+            "decode_chunk": module.hparams.decode_chunk,
+        }
         progress(f"wpatch: {n_rows} rows in {seconds:.1f} s ({n_rows / seconds:.2f} rows/s)")
     agreement = {}
     if compared:
-        reference = rows if args.precision == "32-true" and "wpatch" in modes else run_wpatch(module, dm, args.accelerator, "32-true", device)[2]
+        reference = (
+            rows
+            if args.precision == "32-true" and "wpatch" in modes
+            else run_wpatch(module, dm, args.accelerator, "32-true", device)[2]
+        )
         for precision in compared:
             seconds, peak, mixed = run_wpatch(module, dm, args.accelerator, precision, device)
             agreement[precision] = {
-                "rows_per_s": n_rows / seconds, "seconds": round(seconds, 2), "peak_mib": round(peak), "rows_returned": len(mixed),
-                "batch_size": dm.resolved_batch_size, "decode_chunk": module.hparams.decode_chunk,
+                "rows_per_s": n_rows / seconds,
+                "seconds": round(seconds, 2),
+                "peak_mib": round(peak),
+                "rows_returned": len(mixed),
+                "batch_size": dm.resolved_batch_size,
+                "decode_chunk": module.hparams.decode_chunk,
                 "identical_transcripts": sum(mixed[k][0] == reference[k][0] for k in reference) / n_rows,
                 "mean_abs_score_difference": sum(abs(mixed[k][1] - reference[k][1]) for k in reference) / n_rows,
             }
@@ -165,31 +228,63 @@ def main(argv: list[str] | None = None) -> dict:
             with PeakMemory(device.type == "cuda") as memory:
                 seconds, transcripts = baseline(mode, module, dm, timed, device)
             progress(f"{mode}: {len(timed)} rows in {seconds:.1f} s ({len(timed) / seconds:.2f} rows/s)")
-            results[mode] = {"rows": len(timed), "seconds": seconds, "peak_mib": memory.mib, "sampled": True, "transcripts": transcripts}
+            results[mode] = {
+                "rows": len(timed),
+                "seconds": seconds,
+                "peak_mib": memory.mib,
+                "sampled": True,
+                "transcripts": transcripts,
+            }
 
     report = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
-        "model": args.model, "pairs_file": args.pairs_file or "starter", "precision": args.precision, "items": len(dm.items), "items_per_source_clip": round(len(dm.items) / len(dm.groups), 2), "layer_pairs": len(module.pairs), "rows": n_rows,
-        "modes": {m: {"rows_per_s": r["rows"] / r["seconds"], "rows_timed": r["rows"], "seconds": round(r["seconds"], 2),
-                      "extrapolated": r["sampled"], "peak_mib": round(r["peak_mib"])} | {k: r[k] for k in ("rows_returned", "batch_size", "decode_chunk") if k in r}
-                  for m, r in results.items()},
+        "device": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+        "model": args.model,
+        "pairs_file": args.pairs_file or "starter",
+        "precision": args.precision,
+        "items": len(dm.items),
+        "items_per_source_clip": round(len(dm.items) / len(dm.groups), 2),
+        "layer_pairs": len(module.pairs),
+        "rows": n_rows,
+        "modes": {
+            m: {
+                "rows_per_s": r["rows"] / r["seconds"],
+                "rows_timed": r["rows"],
+                "seconds": round(r["seconds"], 2),
+                "extrapolated": r["sampled"],
+                "peak_mib": round(r["peak_mib"]),
+            }
+            | {k: r[k] for k in ("rows_returned", "batch_size", "decode_chunk") if k in r}
+            for m, r in results.items()
+        },
     }
     if "wpatch" in results:
         for mode in ("original", "original-decode"):
             if mode in results:
-                report["modes"][mode]["wpatch_speedup"] = round(report["modes"]["wpatch"]["rows_per_s"] / report["modes"][mode]["rows_per_s"], 2)
+                report["modes"][mode]["wpatch_speedup"] = round(
+                    report["modes"]["wpatch"]["rows_per_s"] / report["modes"][mode]["rows_per_s"], 2
+                )
         if "original-decode" in results:
-            same = sum(a == b for a, b in zip(results["wpatch"]["transcripts"], results["original-decode"]["transcripts"]))
+            same = sum(
+                a == b for a, b in zip(results["wpatch"]["transcripts"], results["original-decode"]["transcripts"])
+            )
             report["identical_transcripts_vs_original_decode"] = f"{same}/{len(sample)}"
     if agreement:
         report["precision_agreement"] = agreement
     print(f"{'mode':<16} {'rows/s':>9} {'timed rows':>11} {'seconds':>8} {'peak MiB':>9} {'wpatch x':>9}")
     for mode, r in report["modes"].items():
         note = " (sample, extrapolated per row)" if r["extrapolated"] else ""
-        print(f"{mode:<16} {r['rows_per_s']:>9.2f} {r['rows_timed']:>11} {r['seconds']:>8} {r['peak_mib']:>9} {r.get('wpatch_speedup', ''):>9}{note}")
+        print(
+            f"{mode:<16} {r['rows_per_s']:>9.2f} {r['rows_timed']:>11} {r['seconds']:>8} {r['peak_mib']:>9} "
+            f"{r.get('wpatch_speedup', ''):>9}{note}"
+        )
     for precision, a in agreement.items():
-        print(f"{precision}: {a['rows_per_s']:.2f} rows/s, {a['seconds']} s, peak {a['peak_mib']} MiB; against fp32 {100 * a['identical_transcripts']:.1f}% "
-              f"identical transcripts, mean |score difference| {a['mean_abs_score_difference']:.4f}")
+        print(
+            f"{precision}: {a['rows_per_s']:.2f} rows/s, {a['seconds']} s, peak {a['peak_mib']} MiB; against fp32 "
+            f"{100 * a['identical_transcripts']:.1f}% "
+            f"identical transcripts, mean |score difference| {a['mean_abs_score_difference']:.4f}"
+        )
     print(json.dumps(report, indent=2))
     if args.json_out:
         with open(args.json_out, "w") as out:

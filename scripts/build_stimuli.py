@@ -53,8 +53,12 @@ def build(out_dir: Path) -> list[Path]:
 def main(args=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parents[1] / "wpatch" / "data")
-    parser.add_argument("--candidates", type=Path, help="write every candidate word (as a pair with itself) for screen.py")
-    parser.add_argument("--heard", type=Path, help="a screen.csv: build english_heard_pairs.csv from the words heard most")
+    parser.add_argument(
+        "--candidates", type=Path, help="write every candidate word (as a pair with itself) for screen.py"
+    )
+    parser.add_argument(
+        "--heard", type=Path, help="a screen.csv: build english_heard_pairs.csv from the words heard most"
+    )
     options = parser.parse_args(args)
     if options.candidates:
         words = candidate_words()

@@ -7,8 +7,8 @@
 
 A call carries at most 64 MiB with the repo; tiny.en's model.bin is 75.5 MB of fp16 values that no lossless
 coder brings under about 62 MB, leaving too little room for the wheels (openai-whisper, more-itertools,
-espeakng-loader, soundfile, cffi, pycparser: 12.6 MB). So model.bin travels as two plain halves: call 1 leaves the first on
-the machine's disk (a machine stays warm 30 s after a call, with its files), call 2 brings the second and the
+espeakng-loader, soundfile, cffi, pycparser: 12.6 MB). So model.bin travels as two plain halves: call 1 leaves the
+first on the machine's disk (a machine stays warm 30 s after a call, with its files), call 2 brings the second and the
 wheels, joins and verifies the sha256, and runs: the benchmark on all of Experiment A in fp32, bf16-mixed and
 16-mixed (with each one's agreement with fp32 and the original's way on a sample of rows), the automatic
 batch size, the peak memory of the fixed default batch, and the GPU-marked tests. It writes report.json,
@@ -36,8 +36,28 @@ MACHINE_DIR = Path("/tmp/wpatch-device")  # on the device: outside $OUT, kept wh
 LIMIT = 64 * 2**20  # what one device call may carry, the repo included
 WHEELS = ("openai-whisper", "more-itertools", "espeakng-loader", "soundfile", "cffi", "pycparser")
 DEVICE_PYTHON = "3.12"
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
-NEEDED_THERE = ("torch", "torchaudio", "lightning", "numba", "tiktoken", "regex", "tqdm", "numpy", "pandas", "seaborn", "matplotlib", "tensorboard", "pytest")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
+NEEDED_THERE = (
+    "torch",
+    "torchaudio",
+    "lightning",
+    "numba",
+    "tiktoken",
+    "regex",
+    "tqdm",
+    "numpy",
+    "pandas",
+    "seaborn",
+    "matplotlib",
+    "tensorboard",
+    "pytest",
+)
 DEFAULT_BATCH_LIMIT = 15 * 2**30  # the fixed default batch's peak must leave a 16 GB GPU room for its context
 TARGETS = {"bf16_predict_s": 10.0, "speedup_vs_original": 300.0, "fp16_identical": 0.99}
 
@@ -58,7 +78,12 @@ def sha256(path: Path) -> str:
 def tree_bytes(root: Path) -> int:
     """Bytes of what a device call sends besides the carried paths: tracked and untracked-not-ignored files."""
     try:
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root, capture_output=True, check=True).stdout
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         fail(f"{root} is not a git checkout; the travelling size is counted from git's file lists")
     return sum((root / name).stat().st_size for name in listed.decode().split("\0") if name and (root / name).is_file())
@@ -80,10 +105,16 @@ def download_wheels(target: Path, python: str | None) -> None:
 
     target.mkdir(parents=True, exist_ok=True)
     pins = {name: version(name) for name in WHEELS}
-    where = ["--python-version", python, "--implementation", "cp", *[f"--platform={p}" for p in PLATFORMS]] if python else []
+    where = (
+        ["--python-version", python, "--implementation", "cp", *[f"--platform={p}" for p in PLATFORMS]]
+        if python
+        else []
+    )
     binary = [f"{n}=={v}" for n, v in pins.items() if n != "openai-whisper"]
     pip("download", "-q", "--no-deps", "--only-binary=:all:", *where, "-d", str(target), *binary)
-    pip("wheel", "-q", "--no-deps", "-w", str(target), f"openai-whisper=={pins['openai-whisper']}")  # PyPI has only its sdist; pure Python
+    pip(
+        "wheel", "-q", "--no-deps", "-w", str(target), f"openai-whisper=={pins['openai-whisper']}"
+    )  # PyPI has only its sdist; pure Python
 
 
 def pack(bundle: Path, python: str | None = DEVICE_PYTHON) -> dict:
@@ -97,21 +128,33 @@ def pack(bundle: Path, python: str | None = DEVICE_PYTHON) -> dict:
     shutil.rmtree(bundle, ignore_errors=True)
     data = (source / "model.bin").read_bytes()
     half = len(data) // 2
-    manifest = {"model_bin_sha256": hashlib.sha256(data).hexdigest(), "model_bin_bytes": len(data),
-                "part1_sha256": hashlib.sha256(data[:half]).hexdigest(), "config": json.loads((source / "config.json").read_text())}
+    manifest = {
+        "model_bin_sha256": hashlib.sha256(data).hexdigest(),
+        "model_bin_bytes": len(data),
+        "part1_sha256": hashlib.sha256(data[:half]).hexdigest(),
+        "config": json.loads((source / "config.json").read_text()),
+    }
     for part, chunk in (("part1", data[:half]), ("part2", data[half:])):
         (bundle / part).mkdir(parents=True)
         (bundle / part / f"model.bin.{part}").write_bytes(chunk)
         (bundle / part / "manifest.json").write_text(json.dumps(manifest, indent=1))
     download_wheels(bundle / "wheels", python)
     tree = tree_bytes(ROOT)
-    sizes = {"repo": tree, "part1": folder_bytes(bundle / "part1"), "part2": folder_bytes(bundle / "part2"), "wheels": folder_bytes(bundle / "wheels")}
+    sizes = {
+        "repo": tree,
+        "part1": folder_bytes(bundle / "part1"),
+        "part2": folder_bytes(bundle / "part2"),
+        "wheels": folder_bytes(bundle / "wheels"),
+    }
     sizes["call1"] = tree + sizes["part1"]
     sizes["call2"] = tree + sizes["part2"] + sizes["wheels"]
     for call in ("call1", "call2"):
         print(f"{call} carries {sizes[call] / 2**20:.1f} MiB of the {LIMIT / 2**20:.0f} MiB a call may carry")
         if sizes[call] > LIMIT:
-            fail(f"{call} would carry {sizes[call] / 2**20:.1f} MiB, over the device tool's 64 MiB; shrink the repo or the bundle")
+            fail(
+                f"{call} would carry {sizes[call] / 2**20:.1f} MiB, over the device tool's 64 MiB; shrink the repo or "
+                "the bundle"
+            )
     print(json.dumps({k: f"{v / 2**20:.2f} MiB" for k, v in sizes.items()}))
     return sizes
 
@@ -131,15 +174,20 @@ def restore(stage_file: Path, part2: Path, target: Path) -> str:
     """Join the two halves into `target`/model.bin (+ config.json) and verify the whole file's sha256."""
     manifest = json.loads((part2 / "manifest.json").read_text())
     if not stage_file.is_file():
-        fail(f"part 1 of the weights is not on this machine ({stage_file}): it went back between the two calls; "
-             "make both calls again, the second at once after the first")
+        fail(
+            f"part 1 of the weights is not on this machine ({stage_file}): it went back between the two calls; "
+            "make both calls again, the second at once after the first"
+        )
     target.mkdir(parents=True, exist_ok=True)
     with open(target / "model.bin", "wb") as out:
         for piece in (stage_file, part2 / "model.bin.part2"):
             out.write(piece.read_bytes())
     digest = sha256(target / "model.bin")
     if digest != manifest["model_bin_sha256"]:
-        fail(f"the joined model.bin has sha256 {digest[:12]}..., not {manifest['model_bin_sha256'][:12]}...; pack again and make both calls again")
+        fail(
+            f"the joined model.bin has sha256 {digest[:12]}..., not {manifest['model_bin_sha256'][:12]}...; pack "
+            "again and make both calls again"
+        )
     (target / "config.json").write_text(json.dumps(manifest["config"]))
     return digest
 
@@ -158,7 +206,9 @@ def synthesise(pairs_file: str, limit: int, root: Path) -> tuple[int, int]:
     from wpatch.tts import ClipCache, Espeak
 
     items = patch_items(read_pairs(pairs_file, limit), True)
-    words = sorted({(w, lang) for side in ("source", "target") for w, lang in zip(items[f"{side}_word"], items[f"{side}_lang"])})
+    words = sorted(
+        {(w, lang) for side in ("source", "target") for w, lang in zip(items[f"{side}_word"], items[f"{side}_lang"])}
+    )
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(_synthesise, [(str(root), w, lang) for w, lang in words]))
     cache = ClipCache(root, Espeak())
@@ -177,21 +227,43 @@ def default_batch_peaks(model: str, pairs_file: str, limit: int, precisions: lis
     dm = PairDataModule(pairs_file=pairs_file, limit=limit, model=model, tts="espeak")
     dm.setup("predict")
     module = PatchingModule(model=model).to("cuda")
-    return {p: peak_memory(module, dm, largest_groups(dm, DEFAULT_BATCH), p) for p in precisions}, torch.cuda.get_device_properties(0).total_memory
+    return {
+        p: peak_memory(module, dm, largest_groups(dm, DEFAULT_BATCH), p) for p in precisions
+    }, torch.cuda.get_device_properties(0).total_memory
 
 
 def gpu_tests(out: Path, env: dict) -> dict:
     """The GPU-marked tests, counted from their JUnit report."""
     xml = out / "gpu_tests.xml"
-    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py", f"--junitxml={xml}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "gpu",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_gpu.py",
+            f"--junitxml={xml}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     print(done.stdout[-3000:], done.stderr[-2000:])
     if not xml.is_file():
         return {"tests": 0, "failures": 0, "errors": 1, "skipped": 0, "passed": 0, "returncode": done.returncode}
     suite = ET.parse(xml).getroot()
     suite = suite if suite.tag == "testsuite" else suite[0]
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    return counts | {"passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"], "returncode": done.returncode}
+    return counts | {
+        "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
+        "returncode": done.returncode,
+    }
 
 
 def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
@@ -199,11 +271,25 @@ def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
     started = time.perf_counter()
     missing = [name for name in NEEDED_THERE if importlib.util.find_spec(name) is None]
     if missing:
-        fail(f"this machine lacks {', '.join(missing)}; add their wheels to .device/wheels (see the device tool's README)")
+        fail(
+            f"this machine lacks {', '.join(missing)}; add their wheels to .device/wheels (see the device tool's "
+            "README)"
+        )
     site, work = machine / "site", machine / "work"
     model = work / "tiny.en"
     digest = restore(machine / "stage" / "model.bin.part1", bundle / "part2", model)
-    pip("install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, sorted((bundle / "wheels").glob("*.whl"))))
+    pip(
+        "install",
+        "-q",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        "--no-cache-dir",
+        "--upgrade",
+        "--target",
+        str(site),
+        *map(str, sorted((bundle / "wheels").glob("*.whl"))),
+    )
     sys.path[:0] = [str(site), str(ROOT)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "WPATCH_CACHE": str(work / "cache")}
     os.environ["WPATCH_CACHE"] = env["WPATCH_CACHE"]
@@ -221,6 +307,7 @@ def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
     if not cpu and not torch.cuda.is_available():
         fail("no CUDA device is visible; run the dry run (`dry-run`) on a machine without a GPU")
     report["device"] = report["device"] or torch.cuda.get_device_name()
+
     def save() -> None:  # after each step, so a run stopped at its time limit still returns what it did
         report["checks"], report["seconds"] = checks, round(time.perf_counter() - started, 1)
         (out / "report.json").write_text(json.dumps(report, indent=1))
@@ -234,10 +321,25 @@ def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
 
     # the CPU dry run keeps to fp32 and the batch-1 decode baseline: the CPU's bfloat16 and `transcribe`'s
     # temperature fallback take minutes there, and their GPU paths (autocast on CUDA, fp16) cannot run on it
-    args = ["--model", str(model), "--pairs-file", "english", "--limit", str(limit), "--precision", "32-true", "--batch-size", "auto",
-            "--json-out", str(out / "benchmark.json")]
-    args += ["--accelerator", "cpu", "--modes", "wpatch,original-decode", "--baseline-rows", "2"] if cpu else \
-        ["--accelerator", "gpu", "--compare-precision", "bf16-mixed,16-mixed", "--baseline-rows", "32"]
+    args = [
+        "--model",
+        str(model),
+        "--pairs-file",
+        "english",
+        "--limit",
+        str(limit),
+        "--precision",
+        "32-true",
+        "--batch-size",
+        "auto",
+        "--json-out",
+        str(out / "benchmark.json"),
+    ]
+    args += (
+        ["--accelerator", "cpu", "--modes", "wpatch,original-decode", "--baseline-rows", "2"]
+        if cpu
+        else ["--accelerator", "gpu", "--compare-precision", "bf16-mixed,16-mixed", "--baseline-rows", "32"]
+    )
     print("benchmark", " ".join(args), flush=True)
     bench, runs = None, {}
     try:
@@ -248,9 +350,18 @@ def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
         expected = bench["items"] * bench["layer_pairs"]
         runs = {"32-true": bench["modes"]["wpatch"]} | bench.get("precision_agreement", {})
         for precision, r in runs.items():
-            check(f"rows {precision}", r["rows_returned"] == expected, f"{r['rows_returned']} of {expected} rows, batch {r['batch_size']} clips, decode chunk {r['decode_chunk']}")
+            check(
+                f"rows {precision}",
+                r["rows_returned"] == expected,
+                f"{r['rows_returned']} of {expected} rows, batch {r['batch_size']} clips, decode chunk "
+                f"{r['decode_chunk']}",
+            )
         same, sampled = map(int, bench["identical_transcripts_vs_original_decode"].split("/"))
-        check("fp32 vs original-decode", same >= 0.95 * sampled, f"{same}/{sampled} sampled rows transcribed identically (the hook reference)")
+        check(
+            "fp32 vs original-decode",
+            same >= 0.95 * sampled,
+            f"{same}/{sampled} sampled rows transcribed identically (the hook reference)",
+        )
     save()
 
     if not cpu:
@@ -258,7 +369,12 @@ def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
             peaks, total = default_batch_peaks(str(model), "english", limit, ["32-true", "bf16-mixed", "16-mixed"])
             report["default_batch_peak_mib"] = {p: v >> 20 for p, v in peaks.items()}
             worst = max(peaks.values())
-            check("default batch on 16 GB", worst < DEFAULT_BATCH_LIMIT, f"peak {worst / 2**30:.2f} GiB at 16 clips, chunk 64 (worst precision; limit 15 GiB; this GPU {total / 2**30:.0f} GiB)")
+            check(
+                "default batch on 16 GB",
+                worst < DEFAULT_BATCH_LIMIT,
+                f"peak {worst / 2**30:.2f} GiB at 16 clips, chunk 64 (worst precision; limit 15 GiB; this GPU "
+                f"{total / 2**30:.0f} GiB)",
+            )
         except Exception as error:
             check("default batch on 16 GB", False, f"{type(error).__name__}: {error}"[:300])
         save()
@@ -266,9 +382,17 @@ def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
     tests = gpu_tests(out, env)
     report["gpu_tests"] = tests
     if cpu:
-        check("gpu tests", tests["returncode"] in (0, 5) and tests["skipped"] == tests["tests"] > 0, f"{tests['tests']} collected, all skipped without CUDA")
+        check(
+            "gpu tests",
+            tests["returncode"] in (0, 5) and tests["skipped"] == tests["tests"] > 0,
+            f"{tests['tests']} collected, all skipped without CUDA",
+        )
     else:
-        check("gpu tests", tests["returncode"] == 0 and tests["passed"] == tests["tests"] > 0, f"{tests['passed']} of {tests['tests']} passed")
+        check(
+            "gpu tests",
+            tests["returncode"] == 0 and tests["passed"] == tests["tests"] > 0,
+            f"{tests['passed']} of {tests['tests']} passed",
+        )
 
     save()
     summary = summarise(report, runs, bench)
@@ -279,29 +403,61 @@ def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
 
 def summarise(report: dict, runs: dict, bench: dict | None) -> str:
     """The summary table (markdown): checks, the three precisions, the baselines, the targets."""
-    lines = [f"device check on {report['device']}: tiny.en, english pairs (limit {report['limit_pairs']}), {report['seconds']} s", "",
-             "| check | result | detail |", "|---|---|---|"]
+    lines = [
+        f"device check on {report['device']}: tiny.en, english pairs (limit {report['limit_pairs']}), "
+        f"{report['seconds']} s",
+        "",
+        "| check | result | detail |",
+        "|---|---|---|",
+    ]
     lines += [f"| {c['check']} | {'PASS' if c['ok'] else 'FAIL'} | {c['detail']} |" for c in report["checks"]]
     if bench is None:
         return "\n".join(lines) + "\n"
     lines[0] += f", {bench['rows']} rows"
-    lines += ["", "| mode | predict s | rows/s | peak MiB | batch | chunk | identical to fp32 | mean abs score diff |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| mode | predict s | rows/s | peak MiB | batch | chunk | identical to fp32 | mean abs score diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for precision, r in runs.items():
-        agree = (f"{100 * r['identical_transcripts']:.1f}%", f"{r['mean_abs_score_difference']:.4f}") if "identical_transcripts" in r else ("(reference)", "")
-        lines.append(f"| wpatch {precision} | {r['seconds']} | {r['rows_per_s']:.1f} | {r['peak_mib']} | {r['batch_size']} | {r['decode_chunk']} | {agree[0]} | {agree[1]} |")
+        agree = (
+            (f"{100 * r['identical_transcripts']:.1f}%", f"{r['mean_abs_score_difference']:.4f}")
+            if "identical_transcripts" in r
+            else ("(reference)", "")
+        )
+        lines.append(
+            f"| wpatch {precision} | {r['seconds']} | {r['rows_per_s']:.1f} | {r['peak_mib']} | {r['batch_size']} | "
+            f"{r['decode_chunk']} | {agree[0]} | {agree[1]} |"
+        )
     for mode in [m for m in ("original", "original-decode") if m in bench["modes"]]:
         r = bench["modes"][mode]
-        lines.append(f"| {mode} ({r['rows_timed']} rows, extrapolated) | {r['seconds']} | {r['rows_per_s']:.2f} | {r['peak_mib']} | 1 | | fp32 wpatch is {r['wpatch_speedup']}x | |")
+        lines.append(
+            f"| {mode} ({r['rows_timed']} rows, extrapolated) | {r['seconds']} | {r['rows_per_s']:.2f} | "
+            f"{r['peak_mib']} | 1 | | fp32 wpatch is {r['wpatch_speedup']}x | |"
+        )
     if "16-mixed" in runs:
         bf16, fp16, original = runs["bf16-mixed"], runs["16-mixed"], bench["modes"]["original"]["rows_per_s"]
         best = max(("bf16-mixed", "16-mixed"), key=lambda p: runs[p]["identical_transcripts"])
-        lines += ["", "| target | wanted | measured | met |", "|---|---|---|---|",
-                  f"| bf16-mixed predict time | <= {TARGETS['bf16_predict_s']} s | {bf16['seconds']} s | {bf16['seconds'] <= TARGETS['bf16_predict_s']} |",
-                  f"| bf16-mixed vs original | >= {TARGETS['speedup_vs_original']:.0f}x | {bf16['rows_per_s'] / original:.0f}x | {bf16['rows_per_s'] / original >= TARGETS['speedup_vs_original']} |",
-                  f"| 16-mixed identical to fp32 | >= {100 * TARGETS['fp16_identical']:.0f}% | {100 * fp16['identical_transcripts']:.1f}% | {fp16['identical_transcripts'] >= TARGETS['fp16_identical']} |",
-                  f"| better mixed precision (the GPU default to choose) | | {best} | |"]
+        lines += [
+            "",
+            "| target | wanted | measured | met |",
+            "|---|---|---|---|",
+            f"| bf16-mixed predict time | <= {TARGETS['bf16_predict_s']} s | {bf16['seconds']} s | "
+            f"{bf16['seconds'] <= TARGETS['bf16_predict_s']} |",
+            f"| bf16-mixed vs original | >= {TARGETS['speedup_vs_original']:.0f}x | "
+            f"{bf16['rows_per_s'] / original:.0f}x | "
+            f"{bf16['rows_per_s'] / original >= TARGETS['speedup_vs_original']} |",
+            f"| 16-mixed identical to fp32 | >= {100 * TARGETS['fp16_identical']:.0f}% | "
+            f"{100 * fp16['identical_transcripts']:.1f}% | "
+            f"{fp16['identical_transcripts'] >= TARGETS['fp16_identical']} |",
+            f"| better mixed precision (the GPU default to choose) | | {best} | |",
+        ]
     if "default_batch_peak_mib" in report:
-        lines += ["", "fixed default batch (16 clips, chunk 64), peak MiB: " + ", ".join(f"{p} {v}" for p, v in report["default_batch_peak_mib"].items())]
+        lines += [
+            "",
+            "fixed default batch (16 clips, chunk 64), peak MiB: "
+            + ", ".join(f"{p} {v}" for p, v in report["default_batch_peak_mib"].items()),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -314,17 +470,28 @@ def dry_run(out: Path, limit: int) -> int:
         common = ["--bundle", str(bundle), "--machine", str(machine)]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         subprocess.run([*script, "stage", *common], check=True, env=env)
-        return subprocess.run([*script, "run", *common, "--cpu", "--limit", str(limit), "--out", str(out)], env=env, check=False).returncode
+        return subprocess.run(
+            [*script, "run", *common, "--cpu", "--limit", str(limit), "--out", str(out)], env=env, check=False
+        ).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=("pack", "stage", "run", "dry-run"))
     parser.add_argument("--bundle", type=Path, default=BUNDLE, help="the travelling bundle (default .device/)")
-    parser.add_argument("--machine", type=Path, default=MACHINE_DIR, help="where the device keeps part 1, the wheels' site and the work")
-    parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None, help="results (default $OUT)")
+    parser.add_argument(
+        "--machine", type=Path, default=MACHINE_DIR, help="where the device keeps part 1, the wheels' site and the work"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None,
+        help="results (default $OUT)",
+    )
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (the dry run)")
-    parser.add_argument("--limit", type=int, default=None, help="pairs of Experiment A (default all 869; the dry run 2)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="pairs of Experiment A (default all 869; the dry run 2)"
+    )
     args = parser.parse_args(argv)
     if args.step == "pack":
         sys.path.insert(0, str(ROOT))

@@ -30,8 +30,14 @@ def main(args=None) -> None:
     options = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        data = PairDataModule(pairs_file=options.pairs_file, limit=options.limit, model=options.model, tts=options.tts,
-                              voices=options.voices, cache_dir=options.cache_dir)
+        data = PairDataModule(
+            pairs_file=options.pairs_file,
+            limit=options.limit,
+            model=options.model,
+            tts=options.tts,
+            voices=options.voices,
+            cache_dir=options.cache_dir,
+        )
         start = time.perf_counter()
         data.prepare_data()
         synthesis_s = time.perf_counter() - start
@@ -46,8 +52,10 @@ def main(args=None) -> None:
     screen.to_csv(output / "screen.csv", index=False)
     summary.to_csv(output / "screen_summary.csv", index=False)
     print(summary.to_string(index=False))
-    print(f"{len(screen)} clips screened with {options.model} in {time.perf_counter() - start:.0f} s "
-          f"(synthesis {synthesis_s:.0f} s); tables in {output}")
+    print(
+        f"{len(screen)} clips screened with {options.model} in {time.perf_counter() - start:.0f} s "
+        f"(synthesis {synthesis_s:.0f} s); tables in {output}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ from wpatch.patching import output_patch, site_patch
 
 
 @torch.no_grad()
-def reference_whole_block_output(encoder: AudioEncoder, target_mel: Tensor, source_state: Tensor, target_layer: int) -> Tensor:
+def reference_whole_block_output(
+    encoder: AudioEncoder, target_mel: Tensor, source_state: Tensor, target_layer: int
+) -> Tensor:
     """The encoder run on `target_mel` with block `target_layer`'s output hooked to `source_state`."""
     with output_patch(encoder.blocks[target_layer], source_state):
         return encoder(target_mel)

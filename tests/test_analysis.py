@@ -15,9 +15,27 @@ ROOT = Path(__file__).resolve().parents[1]
 def args(tmp_path, model, out, *extra):
     csv = tmp_path / "pairs.csv"
     csv.write_text("word_a,word_b\nbat,pat\n")
-    return ["--config", str(ROOT / "configs/experiment_a.yaml"), "--model.model", model, "--data.pairs_file", str(csv),
-            "--data.cache_dir", str(tmp_path / "clips"), "--data.batch_size", "2", "--model.max_tokens", "3",
-            "--data.limit", "1", "--writer.output_dir", str(out), "--trainer.enable_progress_bar", "false", *extra]
+    return [
+        "--config",
+        str(ROOT / "configs/experiment_a.yaml"),
+        "--model.model",
+        model,
+        "--data.pairs_file",
+        str(csv),
+        "--data.cache_dir",
+        str(tmp_path / "clips"),
+        "--data.batch_size",
+        "2",
+        "--model.max_tokens",
+        "3",
+        "--data.limit",
+        "1",
+        "--writer.output_dir",
+        str(out),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
 
 
 def test_one_pair_run_summarises_and_an_unsummarised_run_is_finished_by_resume(tmp_path, small_model_path):
@@ -46,8 +64,15 @@ def test_groups_of_one_item_and_all_nan_effects_summarise(tmp_path, small_model_
 
 
 def test_load_run_keeps_empty_transcripts(tmp_path):
-    frame = pd.DataFrame({"item_id": [0, 1], "transcript": ["", "NaN"], "source_word": ["null", "1"],
-                          "effect": [float("nan"), 0.5], "p_source_language": [float("nan"), float("nan")]})
+    frame = pd.DataFrame(
+        {
+            "item_id": [0, 1],
+            "transcript": ["", "NaN"],
+            "source_word": ["null", "1"],
+            "effect": [float("nan"), 0.5],
+            "p_source_language": [float("nan"), float("nan")],
+        }
+    )
     frame.to_csv(tmp_path / "predictions.csv", index=False)
     rows, summary = load_run(tmp_path)
     assert rows["transcript"].tolist() == ["", "NaN"] and rows["source_word"].tolist() == ["null", "1"]
@@ -94,6 +119,7 @@ def test_predict_without_config_defaults_to_fp32(capsys):
 def test_python_m_wpatch_and_the_console_entry():
     import subprocess
     import sys
+
     import tomllib
 
     entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["wpatch"]
@@ -110,8 +136,13 @@ def test_run_says_what_it_found_and_where_and_saves_its_config(tmp_path, small_m
     import sys
 
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "wpatch", "predict", *args(tmp_path, small_model_path, out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "wpatch", "predict", *args(tmp_path, small_model_path, out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[-1] == str(out.resolve())
@@ -130,9 +161,14 @@ def test_the_python_api_example_runs(tmp_path, small_model_path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "examples/notebook.py", small_model_path, str(tmp_path)], cwd=ROOT,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        [sys.executable, "examples/notebook.py", small_model_path, str(tmp_path)],
+        cwd=ROOT,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "score diagonal mean" in done.stdout and (tmp_path / "score.png").exists()
     assert "score_diff" in done.stdout

@@ -12,8 +12,18 @@ from wpatch.autobatch import DEFAULT_BATCH, decode_chunk_for, fit_batch
 from wpatch.errors import WpatchError
 from wpatch.module import PatchingModule
 
-TINY = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
-                       n_vocab=51864, n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4)
+TINY = ModelDimensions(
+    n_mels=80,
+    n_audio_ctx=1500,
+    n_audio_state=384,
+    n_audio_head=6,
+    n_audio_layer=4,
+    n_vocab=51864,
+    n_text_ctx=448,
+    n_text_state=384,
+    n_text_head=6,
+    n_text_layer=4,
+)
 GIB = 2**30
 
 
@@ -29,7 +39,9 @@ def test_batch_is_the_largest_whose_extrapolated_peak_fits():
 def test_decode_chunk_from_model_dimensions():
     per_output = 4 * 4 * 1500 * 384 * 4  # cross-attention keys and values of tiny's 4 decoder layers, fp32, x2
     assert decode_chunk_for(TINY, 100 * per_output, share=0.5) == 50
-    assert decode_chunk_for(TINY, 16 * GIB) == int(0.15 * 16 * GIB // per_output) >= 64  # a 16 GB GPU keeps the default chunk
+    assert (
+        decode_chunk_for(TINY, 16 * GIB) == int(0.15 * 16 * GIB // per_output) >= 64
+    )  # a 16 GB GPU keeps the default chunk
     assert decode_chunk_for(TINY, 10**15) == 1024 and decode_chunk_for(TINY, 0) == 1
 
 
@@ -41,7 +53,9 @@ def test_bad_batch_size_is_refused():
 def test_auto_on_the_cpu_is_the_default(tmp_path, small_model_path):
     csv = tmp_path / "pairs.csv"
     csv.write_text("word_a,word_b\nbat,pat\nhot,cold\n")
-    dm = PairDataModule(pairs_file=str(csv), model=small_model_path, tts="espeak", cache_dir=str(tmp_path / "clips"), batch_size="auto")
+    dm = PairDataModule(
+        pairs_file=str(csv), model=small_model_path, tts="espeak", cache_dir=str(tmp_path / "clips"), batch_size="auto"
+    )
     module = PatchingModule(model=small_model_path, decode_chunk=5)
     rows = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).predict(module, datamodule=dm)
     assert dm.resolved_batch_size == DEFAULT_BATCH and module.hparams.decode_chunk == 5

@@ -25,16 +25,41 @@ PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"
 
 def args(d: Path, model: str, *extra, pairs=PAIRS, out=None):
     (d / "pairs.csv").write_text(pairs)
-    return ["--config", str(ROOT / "configs/experiment_a.yaml"), "--model.model", model, "--data.pairs_file", str(d / "pairs.csv"),
-            "--data.cache_dir", str(d / "clips"), "--data.batch_size", "1", "--model.max_tokens", "3",
-            "--writer.output_dir", str(out or d / "out"), "--trainer.enable_progress_bar", "false", *extra]
+    return [
+        "--config",
+        str(ROOT / "configs/experiment_a.yaml"),
+        "--model.model",
+        model,
+        "--data.pairs_file",
+        str(d / "pairs.csv"),
+        "--data.cache_dir",
+        str(d / "clips"),
+        "--data.batch_size",
+        "1",
+        "--model.max_tokens",
+        "3",
+        "--writer.output_dir",
+        str(out or d / "out"),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
 
 
 def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process holding the folder's lock, as a running run does."""
-    holder = subprocess.Popen([sys.executable, "-c", f"from pathlib import Path; from wpatch.runfolder import claim_folder; "
-                               f"lock = claim_folder(Path({str(folder)!r})); print(flush=True); input()"],
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from pathlib import Path; from wpatch.runfolder import claim_folder; "
+            f"lock = claim_folder(Path({str(folder)!r})); print(flush=True); input()",
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     holder.stdout.readline()
     return holder
 
@@ -67,44 +92,60 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         return d
 
     refused("`--model.alphas '[nan]'`", lambda d: args(d, small_model_path, "--model.alphas", "[nan]"))
+
     def with_file(name, text="", **kwargs):
         def make(d):
             (d / name).parent.mkdir(exist_ok=True)
             (d / name).write_text(text)
             return args(d, small_model_path, **kwargs)
+
         return make
 
     refused("`--writer.output_dir` is an existing file", with_file("out"))
-    refused("`--writer.output_dir` below a file (cannot be created)", lambda d: with_file("file", out=d / "file" / "out")(d))
+    refused(
+        "`--writer.output_dir` below a file (cannot be created)", lambda d: with_file("file", out=d / "file" / "out")(d)
+    )
     holder = None
 
     def in_use(d):
         nonlocal holder
         holder = hold_lock(d / "out")
         return args(d, small_model_path)
+
     try:
         refused("`--writer.output_dir` used by a run that is still going", in_use)
     finally:
         holder.kill()
         holder.wait()
     refused("`--writer.output_dir` holds a finished run", with_file("out/summary.json", "{}"))
-    stopped = refused("SIGTERM (or SIGINT: exit 130) during a run", lambda d: args(d, small_model_path), code=143, env="part1:SIGTERM")
+    stopped = refused(
+        "SIGTERM (or SIGINT: exit 130) during a run", lambda d: args(d, small_model_path), code=143, env="part1:SIGTERM"
+    )
     assert len(list(stopped.glob("out/parts/items-*.csv"))) == 1
     refused("the stopped run again, without `--writer.resume true`", lambda d: args(d, small_model_path), at=stopped)
-    refused("the stopped run resumed with other settings (`--data.limit 1`)",
-            lambda d: args(d, small_model_path, "--writer.resume", "true", "--data.limit", "1"), at=stopped)
+    refused(
+        "the stopped run resumed with other settings (`--data.limit 1`)",
+        lambda d: args(d, small_model_path, "--writer.resume", "true", "--data.limit", "1"),
+        at=stopped,
+    )
     refused("a word that is only punctuation (`!!!`)", lambda d: args(d, small_model_path, pairs=PAIRS + "!!!,cat\n"))
     refused("the same pair twice", lambda d: args(d, small_model_path, pairs=PAIRS + "bat,pat\n"))
 
     def long_recording(d):
         soundfile.write(d / "long.wav", np.zeros(16000 * 31, np.float32), 16000)
         return args(d, small_model_path, pairs="word_a,word_b,audio_a\nbat,pat,\nhello,yellow,long.wav\n")
+
     refused("a recording longer than 30 s", long_recording)
 
     cache = ClipCache(tmp_path / "cache", make_backend("espeak"))
     clip = cache.get("bat", "en")
-    for label, damage in (("a cached clip emptied to 0 bytes", lambda: clip.write_bytes(b"")),
-                          ("a cached clip cut to half its bytes", lambda: clip.write_bytes(clip.read_bytes()[: len(clip.read_bytes()) // 2]))):
+    for label, damage in (
+        ("a cached clip emptied to 0 bytes", lambda: clip.write_bytes(b"")),
+        (
+            "a cached clip cut to half its bytes",
+            lambda: clip.write_bytes(clip.read_bytes()[: len(clip.read_bytes()) // 2]),
+        ),
+    ):
         good = clip.read_bytes()
         damage()
         caplog.clear()

@@ -5,7 +5,19 @@ from scripts.benchmark import main
 
 def test_benchmark_modes_agree_on_transcripts(tmp_path, small_model_path, monkeypatch, capsys):
     monkeypatch.setenv("WPATCH_CACHE", str(tmp_path))
-    report = main(["--model", small_model_path, "--limit", "2", "--baseline-rows", "4", "--profile", "--json-out", str(tmp_path / "b.json")])
+    report = main(
+        [
+            "--model",
+            small_model_path,
+            "--limit",
+            "2",
+            "--baseline-rows",
+            "4",
+            "--profile",
+            "--json-out",
+            str(tmp_path / "b.json"),
+        ]
+    )
     assert set(report["modes"]) == {"wpatch", "original", "original-decode"}
     assert report["rows"] == 4 * 9 and report["modes"]["original"]["rows_timed"] == 4
     assert report["identical_transcripts_vs_original_decode"] == "4/4"

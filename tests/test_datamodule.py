@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import soundfile
@@ -7,8 +9,6 @@ from datamodules import PairDataModule
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from wpatch.errors import WpatchError
 from wpatch.pairs import read_pairs
-
-import dataclasses
 
 
 def write_csv(path, text):
@@ -23,22 +23,27 @@ def test_starter_set_covers_the_three_kinds():
     assert not pairs[["word_a", "word_b"]].duplicated().any() and (pairs["word_a"] != pairs["word_b"]).all()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("word_a,category\nbat,x\n", "lacks column 'word_b'"),
-    ("word_a,word_b\nbat,pat\ncat,\n", "line 3: empty word_b"),
-    ("word_a,word_b,audio_a\nbat,pat,missing.wav\n", "line 2: audio_a .*missing.wav does not exist"),
-    ("word_a,word_b\n", "has no rows"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("word_a,category\nbat,x\n", "lacks column 'word_b'"),
+        ("word_a,word_b\nbat,pat\ncat,\n", "line 3: empty word_b"),
+        ("word_a,word_b,audio_a\nbat,pat,missing.wav\n", "line 2: audio_a .*missing.wav does not exist"),
+        ("word_a,word_b\n", "has no rows"),
+    ],
+)
 def test_bad_pairs_files_name_the_problem(tmp_path, text, message):
     with pytest.raises(WpatchError, match=message):
         read_pairs(write_csv(tmp_path / "pairs.csv", text))
 
 
 def test_serves_log_mel_pairs_both_ways_and_caches_clips(tmp_path, small_model_path):
-    csv = write_csv(tmp_path / "pairs.csv", "word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\nbig,pig,consonant\n")
+    csv = write_csv(
+        tmp_path / "pairs.csv", "word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\nbig,pig,consonant\n"
+    )
     dm = PairDataModule(pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"), batch_size=4)
     dm.prepare_data()
-    assert dm.clips['hibari'].synthesized == 6
+    assert dm.clips["hibari"].synthesized == 6
     dm.setup("predict")
     batches = list(dm.predict_dataloader())
     assert [len(b["item_id"]) for b in batches] == [4, 2]
@@ -47,12 +52,18 @@ def test_serves_log_mel_pairs_both_ways_and_caches_clips(tmp_path, small_model_p
     assert batch["direction"] == ["a->b", "b->a", "a->b", "b->a"]
     assert batch["source_word"][:2] == ["bat", "pat"] and batch["target_word"][:2] == ["pat", "bat"]
     # the two directions swap the same two clips
-    assert torch.equal(batch["source_mel"][0], batch["target_mel"][1]) and torch.equal(batch["target_mel"][0], batch["source_mel"][1])
-    assert batch["source_tokens"][0] == batch["target_tokens"][1] and len(batch["source_tokens"][0]) == 2  # " bat", " Bat"
-    one_way = PairDataModule(pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"), bidirectional=False)
+    assert torch.equal(batch["source_mel"][0], batch["target_mel"][1]) and torch.equal(
+        batch["target_mel"][0], batch["source_mel"][1]
+    )
+    assert (
+        batch["source_tokens"][0] == batch["target_tokens"][1] and len(batch["source_tokens"][0]) == 2
+    )  # " bat", " Bat"
+    one_way = PairDataModule(
+        pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"), bidirectional=False
+    )
     one_way.prepare_data()
     one_way.setup()
-    assert one_way.clips['hibari'].synthesized == 0  # every clip came from the cache
+    assert one_way.clips["hibari"].synthesized == 0  # every clip came from the cache
     assert len(one_way.items) == 3 and set(one_way.items["direction"]) == {"a->b"}
 
 
@@ -72,7 +83,7 @@ def test_recordings_are_used_instead_of_synthesis(tmp_path, small_model_path):
     dm = PairDataModule(pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"))
     dm.prepare_data()
     dm.setup()
-    assert dm.clips['hibari'].synthesized == 0 and not (tmp_path / "clips").exists()
+    assert dm.clips["hibari"].synthesized == 0 and not (tmp_path / "clips").exists()
     assert dm.mels.shape == (2, 80, 3000) and not torch.equal(dm.mels[0], dm.mels[1])
 
 

@@ -16,12 +16,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_dry_run_packs_a_bundle_that_fits_and_runs_the_check_on_the_cpu(tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts/device_check.py"), "dry-run", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/device_check.py"), "dry-run", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     carried = {call: float(mib) for call, mib in re.findall(r"(call[12]) carries ([\d.]+) MiB", done.stdout)}
     assert set(carried) == {"call1", "call2"} and max(carried.values()) * 2**20 <= LIMIT
     report = json.loads((out / "report.json").read_text())
-    assert {c["check"] for c in report["checks"]} >= {"weights", "clips", "rows 32-true", "fp32 vs original-decode", "gpu tests"}
+    assert {c["check"] for c in report["checks"]} >= {
+        "weights",
+        "clips",
+        "rows 32-true",
+        "fp32 vs original-decode",
+        "gpu tests",
+    }
     assert all(c["ok"] for c in report["checks"]) and report["benchmark"]["rows"] == 2 * 2 * 16
     summary = (out / "summary.md").read_text()
     assert "| weights | PASS |" in summary and "| wpatch 32-true |" in summary and summary in done.stdout
@@ -30,8 +43,12 @@ def test_dry_run_packs_a_bundle_that_fits_and_runs_the_check_on_the_cpu(tmp_path
 def parts(tmp_path, data: bytes):
     """A bundle whose model.bin is `data`, split in two, and a machine folder."""
     half = len(data) // 2
-    manifest = {"model_bin_sha256": hashlib.sha256(data).hexdigest(), "model_bin_bytes": len(data),
-                "part1_sha256": hashlib.sha256(data[:half]).hexdigest(), "config": {"alignment_heads": [[1, 2]]}}
+    manifest = {
+        "model_bin_sha256": hashlib.sha256(data).hexdigest(),
+        "model_bin_bytes": len(data),
+        "part1_sha256": hashlib.sha256(data[:half]).hexdigest(),
+        "config": {"alignment_heads": [[1, 2]]},
+    }
     for part, chunk in (("part1", data[:half]), ("part2", data[half:])):
         (tmp_path / "bundle" / part).mkdir(parents=True)
         (tmp_path / "bundle" / part / f"model.bin.{part}").write_bytes(chunk)

@@ -1,5 +1,6 @@
 """On a CUDA GPU: the fast path equals the hook path in fp32, mixed precision runs, the writer's rows are complete,
-and the automatic batch fits, log-mels load into pinned memory. Skipped without CUDA (run by scripts/device_check.py on a lent GPU)."""
+and the automatic batch fits, log-mels load into pinned memory. Skipped without CUDA (run by
+scripts/device_check.py on a lent GPU)."""
 
 import lightning as L
 import pandas as pd
@@ -24,12 +25,21 @@ def pairs(tmp_path, clip_dir, small_model_path, monkeypatch):
     monkeypatch.setenv("WPATCH_CACHE", str(tmp_path / "cache"))
     csv = tmp_path / "pairs.csv"
     csv.write_text(PAIRS)
-    return lambda batch_size=4: PairDataModule(pairs_file=str(csv), model=small_model_path, tts="espeak", cache_dir=clip_dir, batch_size=batch_size)
+    return lambda batch_size=4: PairDataModule(
+        pairs_file=str(csv), model=small_model_path, tts="espeak", cache_dir=clip_dir, batch_size=batch_size
+    )
 
 
 def predict(dm, precision: str, accelerator: str = "gpu", callbacks=()):
     """Every row of a predict run on `dm`'s model, and the module."""
-    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False, enable_progress_bar=False, callbacks=list(callbacks))
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=list(callbacks),
+    )
     module = PatchingModule(model=dm.hparams.model)
     rows = [row for batch in trainer.predict(module, datamodule=dm) for row in batch]
     return sorted(rows, key=lambda r: (r["item_id"], r["source_layer"], r["target_layer"])), module
@@ -38,7 +48,9 @@ def predict(dm, precision: str, accelerator: str = "gpu", callbacks=()):
 def assert_rows_agree(a: list[dict], b: list[dict]) -> None:
     """Same rows; word log-probabilities within 1e-3; greedy transcripts identical on at least 95% of rows
     (a random model's near-tied logits can flip under the last-bit differences of another device or batch shape)."""
-    assert [(r["item_id"], r["source_layer"], r["target_layer"]) for r in a] == [(r["item_id"], r["source_layer"], r["target_layer"]) for r in b]
+    assert [(r["item_id"], r["source_layer"], r["target_layer"]) for r in a] == [
+        (r["item_id"], r["source_layer"], r["target_layer"]) for r in b
+    ]
     assert max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in ("logp_source", "logp_target")) < 1e-3
     assert sum(x["transcript"] == y["transcript"] for x, y in zip(a, b)) >= 0.95 * len(a)
 
@@ -46,7 +58,9 @@ def assert_rows_agree(a: list[dict], b: list[dict]) -> None:
 def test_fast_path_equals_hook_path_on_cuda_fp32(clip_dir):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     model = random_whisper().cuda()
-    assert_fast_path_equals_hooks(model, mels_of(["bat", "hot"], clip_dir).cuda(), mels_of(["pat", "cold"], clip_dir).cuda())
+    assert_fast_path_equals_hooks(
+        model, mels_of(["bat", "hot"], clip_dir).cuda(), mels_of(["pat", "cold"], clip_dir).cuda()
+    )
 
 
 def test_gpu_rows_agree_with_cpu_rows_in_fp32(pairs):
@@ -76,10 +90,14 @@ def test_auto_batch_fits_and_gives_the_same_rows(pairs):
     fixed, _ = predict(pairs(), "32-true")
     dm = pairs(batch_size="auto")
     auto, module = predict(dm, "32-true")
-    assert dm.resolved_batch_size == len(dm.groups) and module.hparams.decode_chunk >= 64  # a few clips: all in one batch
+    assert (
+        dm.resolved_batch_size == len(dm.groups) and module.hparams.decode_chunk >= 64
+    )  # a few clips: all in one batch
     assert_rows_agree(auto, fixed)
     free, _ = torch.cuda.mem_get_info()
-    assert peak_memory(module.cuda(), dm, largest_groups(dm, dm.resolved_batch_size), "32-true") <= SHARE * (free + torch.cuda.memory_reserved())
+    assert peak_memory(module.cuda(), dm, largest_groups(dm, dm.resolved_batch_size), "32-true") <= SHARE * (
+        free + torch.cuda.memory_reserved()
+    )
 
 
 def test_log_mels_load_into_pinned_memory(pairs):

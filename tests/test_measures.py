@@ -17,10 +17,19 @@ from wpatch.rows import ResultRow
 from wpatch.text import has_word, is_word, normalise
 
 
-@pytest.mark.parametrize("text, expected", [
-    (" Bat.", "bat"), ("Hot-dog!", "hotdog"), ("teléfono", "teléfono"), ("ＢＡＴ", "bat"),  # NFKC folds full width
-    ("  big \n  pig ", "big pig"), ("...", ""), ("$5 + 3", "5 3"), ("¿Qué?", "qué"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (" Bat.", "bat"),
+        ("Hot-dog!", "hotdog"),
+        ("teléfono", "teléfono"),
+        ("ＢＡＴ", "bat"),  # NFKC folds full width
+        ("  big \n  pig ", "big pig"),
+        ("...", ""),
+        ("$5 + 3", "5 3"),
+        ("¿Qué?", "qué"),
+    ],
+)
 def test_normalise(text, expected):
     assert normalise(text) == expected
 
@@ -58,27 +67,64 @@ def test_p_source_language():
 
 def test_a_row_without_every_measure_is_an_error():
     with pytest.raises(TypeError, match="score"):
-        ResultRow(item_id=0, pair_id="p", direction="a->b", category="", voice="v", source_word="a", target_word="b",
-                  site="block_out", source_layer=0, target_layer=0, window="all", window_start=0, window_end=1500,
-                  alpha=1.0, patch_direction="denoising", donor="source", donor_word="a", transcript="a",
-                  override=True, retained=False, transfer=True, logp_source=-1.0, logp_target=-2.0,
-                  p_source_language=float("nan"), source_recognised=True, ld_source_clean=1.0, ld_target_clean=-1.0,
-                  effect=1.0, effect_valid=True)
+        ResultRow(
+            item_id=0,
+            pair_id="p",
+            direction="a->b",
+            category="",
+            voice="v",
+            source_word="a",
+            target_word="b",
+            site="block_out",
+            source_layer=0,
+            target_layer=0,
+            window="all",
+            window_start=0,
+            window_end=1500,
+            alpha=1.0,
+            patch_direction="denoising",
+            donor="source",
+            donor_word="a",
+            transcript="a",
+            override=True,
+            retained=False,
+            transfer=True,
+            logp_source=-1.0,
+            logp_target=-2.0,
+            p_source_language=float("nan"),
+            source_recognised=True,
+            ld_source_clean=1.0,
+            ld_target_clean=-1.0,
+            effect=1.0,
+            effect_valid=True,
+        )
 
 
 def items_of(pairs: list[tuple[str, str]], voice="v", lang="en", first_clip=0) -> pd.DataFrame:
     """Items of these pairs, both directions; each (word, language, voice) has its own clip."""
     rows = [(a, b) for a, b in pairs] + [(b, a) for a, b in pairs]
     clip = {word: first_clip + i for i, word in enumerate(dict.fromkeys(w for pair in pairs for w in pair))}
-    return pd.DataFrame({"item_id": range(len(rows)), "source_word": [a for a, _ in rows],
-                         "target_word": [b for _, b in rows], "source_lang": lang, "voice": voice,
-                         "source_clip": [clip[a] for a, _ in rows]})
+    return pd.DataFrame(
+        {
+            "item_id": range(len(rows)),
+            "source_word": [a for a, _ in rows],
+            "target_word": [b for _, b in rows],
+            "source_lang": lang,
+            "voice": voice,
+            "source_clip": [clip[a] for a, _ in rows],
+        }
+    )
 
 
 def test_control_clips_are_unrelated_words_of_the_same_language_and_voice():
-    items = pd.concat([items_of([("bat", "pat"), ("hot", "cold"), ("ship", "sheep")]),
-                       items_of([("perro", "gato"), ("casa", "cosa")], lang="es", first_clip=10),
-                       items_of([("bat", "pat"), ("hot", "cold")], voice="w", first_clip=20)], ignore_index=True)
+    items = pd.concat(
+        [
+            items_of([("bat", "pat"), ("hot", "cold"), ("ship", "sheep")]),
+            items_of([("perro", "gato"), ("casa", "cosa")], lang="es", first_clip=10),
+            items_of([("bat", "pat"), ("hot", "cold")], voice="w", first_clip=20),
+        ],
+        ignore_index=True,
+    )
     items["item_id"] = range(len(items))
     clips, words = control_clips(items)
     for item, clip, word in zip(items.itertuples(), clips, words):

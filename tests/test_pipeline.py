@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-
 from types import SimpleNamespace
 
 import pandas as pd
@@ -28,10 +27,36 @@ from wpatch.writer import PatchingResultsWriter
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = "word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\nship,sheep,vowel\n"
 COLUMNS = [  # predictions.csv's columns as README documents them, written out independently of the code
-    "item_id", "pair_id", "direction", "category", "voice", "source_word", "target_word",
-    "site", "source_layer", "target_layer", "window", "window_start", "window_end", "alpha", "patch_direction",
-    "donor", "donor_word", "transcript", "override", "retained", "transfer", "logp_source", "logp_target", "score",
-    "p_source_language", "source_recognised", "ld_source_clean", "ld_target_clean", "effect", "effect_valid",
+    "item_id",
+    "pair_id",
+    "direction",
+    "category",
+    "voice",
+    "source_word",
+    "target_word",
+    "site",
+    "source_layer",
+    "target_layer",
+    "window",
+    "window_start",
+    "window_end",
+    "alpha",
+    "patch_direction",
+    "donor",
+    "donor_word",
+    "transcript",
+    "override",
+    "retained",
+    "transfer",
+    "logp_source",
+    "logp_target",
+    "score",
+    "p_source_language",
+    "source_recognised",
+    "ld_source_clean",
+    "ld_target_clean",
+    "effect",
+    "effect_valid",
 ]
 
 
@@ -44,9 +69,21 @@ def run(tmp_path, model, out, *extra, pairs=PAIRS, config="experiment_a"):
     csv = tmp_path / "pairs.csv"
     csv.write_text(pairs)
     return [
-        "--config", str(ROOT / f"configs/{config}.yaml"), "--model.model", model, "--data.pairs_file", str(csv),
-        "--data.cache_dir", str(tmp_path / "clips"), "--data.batch_size", "4", "--writer.output_dir", str(out),
-        "--trainer.enable_progress_bar", "false", *extra,
+        "--config",
+        str(ROOT / f"configs/{config}.yaml"),
+        "--model.model",
+        model,
+        "--data.pairs_file",
+        str(csv),
+        "--data.cache_dir",
+        str(tmp_path / "clips"),
+        "--data.batch_size",
+        "4",
+        "--writer.output_dir",
+        str(out),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
     ]
 
 
@@ -75,7 +112,9 @@ def test_diagonal_rows_equal_an_unpatched_run_and_whisper_decode(finished_run, s
     source clip's unpatched encoder run, openai-whisper's own decode and teacher-forced logits."""
     tmp_path, out = finished_run
     rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
-    dm = PairDataModule(pairs_file=str(tmp_path / "pairs.csv"), model=small_model_path, cache_dir=str(tmp_path / "clips"))
+    dm = PairDataModule(
+        pairs_file=str(tmp_path / "pairs.csv"), model=small_model_path, cache_dir=str(tmp_path / "clips")
+    )
     dm.setup()
     model = load_model(small_model_path)
     tokenizer = tokenizer_for(model.dims)
@@ -100,15 +139,25 @@ def test_diagonal_rows_equal_an_unpatched_run_and_whisper_decode(finished_run, s
 
 
 def test_writer_refuses_a_table_with_missing_or_repeated_rows(tmp_path):
-    row = dict.fromkeys(COLUMNS, "") | {"item_id": 0, "site": "block_out", "window": "all", "alpha": 1.0,
-                                          "patch_direction": "denoising", "donor": "source", "source_layer": 0,
-                                          "target_layer": 0, "window_start": 0}
+    row = dict.fromkeys(COLUMNS, "") | {
+        "item_id": 0,
+        "site": "block_out",
+        "window": "all",
+        "alpha": 1.0,
+        "patch_direction": "denoising",
+        "donor": "source",
+        "source_layer": 0,
+        "target_layer": 0,
+        "window_start": 0,
+    }
     trainer = SimpleNamespace(datamodule=SimpleNamespace(items=[0, 1]))
     module = SimpleNamespace(rows_per_item=2)
     for layers in ([(0, 0), (0, 1), (1, 0)], [(0, 0), (0, 1), (1, 0), (1, 0)]):  # 3 of 4 rows; 4 with one repeated
         writer = PatchingResultsWriter(output_dir=str(tmp_path / str(len(layers))))
         writer.parts.mkdir(parents=True)
-        table = pd.DataFrame([row | {"item_id": i // 2, "source_layer": s, "target_layer": t} for i, (s, t) in enumerate(layers)])
+        table = pd.DataFrame(
+            [row | {"item_id": i // 2, "source_layer": s, "target_layer": t} for i, (s, t) in enumerate(layers)]
+        )
         table.to_csv(writer.parts / "items-00000000.csv", index=False)
         with pytest.raises(WpatchError, match=f"holds {len(layers)} rows, expected 2 items x 2 patches once each"):
             writer.finish(trainer, module)
@@ -125,7 +174,11 @@ def test_matrices_are_the_means_of_the_table(finished_run):
                 cell = rows[(rows.source_layer == s) & (rows.target_layer == t)][measure].astype(float).mean()
                 assert matrix.iloc[s, t] == pytest.approx(cell)
         vowel = matrix_of(out, measure, "category=vowel")
-        assert vowel.iloc[0, 1] == pytest.approx(rows[(rows.category == "vowel") & (rows.source_layer == 0) & (rows.target_layer == 1)][measure].astype(float).mean())
+        assert vowel.iloc[0, 1] == pytest.approx(
+            rows[(rows.category == "vowel") & (rows.source_layer == 0) & (rows.target_layer == 1)][measure]
+            .astype(float)
+            .mean()
+        )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["groups"]["all"]["rows"] == 54 and summary["groups"]["category=vowel"]["items"] == 2
     score = matrix_of(out, "score").to_numpy()
@@ -169,7 +222,9 @@ def test_two_process_ddp_run_gives_the_same_rows(finished_run, small_model_path)
     ddp_out = tmp_path / "ddp"
     args = run(tmp_path, small_model_path, ddp_out, "--trainer.devices", "2", "--trainer.strategy", "ddp")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, str(ROOT / "scripts/predict.py"), *args], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/predict.py"), *args], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list((ddp_out / "parts").glob("items-*.csv"))) == 2  # one batch per rank
     assert pd.read_csv(ddp_out / "predictions.csv").equals(pd.read_csv(out / "predictions.csv"))
@@ -179,7 +234,10 @@ def test_decoding_in_small_chunks_gives_the_same_rows(finished_run, small_model_
     tmp_path, out = finished_run
     chunked = tmp_path / "chunked"
     main(run(tmp_path, small_model_path, chunked, "--model.decode_chunk", "5"))
-    a, b = pd.read_csv(chunked / "predictions.csv", keep_default_na=False), pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    a, b = (
+        pd.read_csv(chunked / "predictions.csv", keep_default_na=False),
+        pd.read_csv(out / "predictions.csv", keep_default_na=False),
+    )
     floats = ["logp_source", "logp_target", "score", "ld_source_clean", "ld_target_clean", "effect"]
     assert a.drop(columns=floats).equals(b.drop(columns=floats))
     assert ((a[floats].apply(pd.to_numeric) - b[floats].apply(pd.to_numeric)).abs().fillna(0) < 1e-4).all().all()
@@ -194,7 +252,9 @@ def test_bad_precision_fails_with_one_line(tmp_path, small_model_path, capsys):
 
 
 def test_experiment_b_cross_lingual_measures(tmp_path):
-    multilingual = save_checkpoint(random_whisper(dataclasses.replace(SMALL_DIMS, n_vocab=51865), seed=3), tmp_path / "ml.pt")
+    multilingual = save_checkpoint(
+        random_whisper(dataclasses.replace(SMALL_DIMS, n_vocab=51865), seed=3), tmp_path / "ml.pt"
+    )
     pairs = "word_a,word_b,lang_a,lang_b,category\ntelephone,teléfono,en,es,cognate\ncat,gato,en,es,non-cognate\n"
     out = tmp_path / "b"
     main(run(tmp_path, multilingual, out, pairs=pairs, config="experiment_b"))
@@ -206,19 +266,32 @@ def test_experiment_b_cross_lingual_measures(tmp_path):
     assert summary["language"] is None and summary["model"] == multilingual
     assert {"all", "recognised", "category=cognate", "category=non-cognate|recognised"} <= set(summary["groups"])
     language = matrix_of(out, "p_source_language")
-    assert language.iloc[1, 2] == pytest.approx(rows[(rows.source_layer == 1) & (rows.target_layer == 2)]["p_source_language"].astype(float).mean())
+    assert language.iloc[1, 2] == pytest.approx(
+        rows[(rows.source_layer == 1) & (rows.target_layer == 2)]["p_source_language"].astype(float).mean()
+    )
 
 
 def test_several_voices_in_one_run(tmp_path, small_model_path):
     out = tmp_path / "voices"
-    main(run(tmp_path, small_model_path, out, "--data.tts", "[espeak, piper]", pairs="word_a,word_b,category\nbat,pat,consonant\n"))
+    main(
+        run(
+            tmp_path,
+            small_model_path,
+            out,
+            "--data.tts",
+            "[espeak, piper]",
+            pairs="word_a,word_b,category\nbat,pat,consonant\n",
+        )
+    )
     rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert rows.groupby("voice")["item_id"].nunique().to_dict() == {"espeak": 2, "piper": 2}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["groups"]["voice=piper"]["items"] == 2
     espeak = matrix_of(out, "score", "voice=espeak")
     piper = matrix_of(out, "score", "voice=piper")
-    assert summary["voice_differences_mean_abs"]["espeak vs piper"]["score"] == pytest.approx((espeak - piper).abs().to_numpy().mean())
+    assert summary["voice_differences_mean_abs"]["espeak vs piper"]["score"] == pytest.approx(
+        (espeak - piper).abs().to_numpy().mean()
+    )
     diagonals = {voice: summary["groups"][f"voice={voice}"]["score"]["diagonal_mean"] for voice in ("espeak", "piper")}
     spread = summary["voice_spread"]["score"]["diagonal_mean"]
     assert spread["range"] == pytest.approx(abs(diagonals["espeak"] - diagonals["piper"]))

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import soundfile
 
 from scripts.predict import main
@@ -54,9 +53,27 @@ def pairs_csv(folder: Path, rows: list[tuple]) -> str:
 
 def predict(tmp_path: Path, model: str, config: str, pairs: str, *extra) -> pd.DataFrame:
     out = tmp_path / "out"
-    main(["--config", str(ROOT / f"configs/{config}.yaml"), "--model.model", model, "--data.pairs_file", pairs,
-          "--data.tts", "espeak", "--data.cache_dir", str(tmp_path / "clips"), "--data.batch_size", "2",
-          "--writer.output_dir", str(out), "--trainer.enable_progress_bar", "false", *extra])
+    main(
+        [
+            "--config",
+            str(ROOT / f"configs/{config}.yaml"),
+            "--model.model",
+            model,
+            "--data.pairs_file",
+            pairs,
+            "--data.tts",
+            "espeak",
+            "--data.cache_dir",
+            str(tmp_path / "clips"),
+            "--data.batch_size",
+            "2",
+            "--writer.output_dir",
+            str(out),
+            "--trainer.enable_progress_bar",
+            "false",
+            *extra,
+        ]
+    )
     return out / "predictions.csv"
 
 
@@ -79,18 +96,40 @@ def compare(made: Path, name: str) -> None:
 
 
 def test_experiment_a_predictions_equal_the_reference(tmp_path, small_model_path):
-    pairs = pairs_csv(tmp_path / "stimuli", [("bat", "pat", "en", "en", "consonant"), ("hot", "cold", "en", "en", "semantic")])
-    made = predict(tmp_path, small_model_path, "experiment_a", pairs,
-                   "--model.source_layers", "[0, 2]", "--model.target_layers", "[0, 1]",
-                   "--model.sites", "[block_out, mlp_out]", "--model.windows", "[all, word]",
-                   "--model.sweep", "[10, 10, 30]", "--model.directions", "[denoising, noising]",
-                   "--model.control", "true", "--model.min_separation=-1e9")
+    pairs = pairs_csv(
+        tmp_path / "stimuli", [("bat", "pat", "en", "en", "consonant"), ("hot", "cold", "en", "en", "semantic")]
+    )
+    made = predict(
+        tmp_path,
+        small_model_path,
+        "experiment_a",
+        pairs,
+        "--model.source_layers",
+        "[0, 2]",
+        "--model.target_layers",
+        "[0, 1]",
+        "--model.sites",
+        "[block_out, mlp_out]",
+        "--model.windows",
+        "[all, word]",
+        "--model.sweep",
+        "[10, 10, 30]",
+        "--model.directions",
+        "[denoising, noising]",
+        "--model.control",
+        "true",
+        "--model.min_separation=-1e9",
+    )
     compare(made, "reference_a.csv")
 
 
 def test_experiment_b_predictions_equal_the_reference(tmp_path):
-    multilingual = save_checkpoint(random_whisper(dataclasses.replace(SMALL_DIMS, n_vocab=51865), seed=3), tmp_path / "ml.pt")
-    pairs = pairs_csv(tmp_path / "stimuli", [("telephone", "teléfono", "en", "es", "cognate"),
-                                             ("cat", "gato", "en", "es", "non-cognate")])
+    multilingual = save_checkpoint(
+        random_whisper(dataclasses.replace(SMALL_DIMS, n_vocab=51865), seed=3), tmp_path / "ml.pt"
+    )
+    pairs = pairs_csv(
+        tmp_path / "stimuli",
+        [("telephone", "teléfono", "en", "es", "cognate"), ("cat", "gato", "en", "es", "non-cognate")],
+    )
     made = predict(tmp_path, multilingual, "experiment_b", pairs, "--model.windows", "[all, word]")
     compare(made, "reference_b.csv")

@@ -24,17 +24,42 @@ PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"  # 4 items, each its own source cli
 def args(tmp_path, model, out, *extra, pairs=PAIRS):
     csv = tmp_path / "pairs.csv"
     csv.write_text(pairs)
-    return ["--config", str(ROOT / "configs/experiment_a.yaml"), "--model.model", model, "--data.pairs_file", str(csv),
-            "--data.cache_dir", str(tmp_path / "clips"), "--data.batch_size", "1", "--model.max_tokens", "3",
-            "--model.source_layers", "[0, 2]", "--model.target_layers", "[0, 2]",
-            "--writer.output_dir", str(out), "--trainer.enable_progress_bar", "false", *extra]
+    return [
+        "--config",
+        str(ROOT / "configs/experiment_a.yaml"),
+        "--model.model",
+        model,
+        "--data.pairs_file",
+        str(csv),
+        "--data.cache_dir",
+        str(tmp_path / "clips"),
+        "--data.batch_size",
+        "1",
+        "--model.max_tokens",
+        "3",
+        "--model.source_layers",
+        "[0, 2]",
+        "--model.target_layers",
+        "[0, 2]",
+        "--writer.output_dir",
+        str(out),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
 
 
 def script(arguments, fault=None, **popen):
     """scripts/predict.py in a new process (WPATCH_FAULT=fault makes it signal itself at that point)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)} | ({"WPATCH_FAULT": fault} if fault else {})
-    return subprocess.Popen([sys.executable, str(ROOT / "scripts/predict.py"), *arguments], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts/predict.py"), *arguments],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def parts(out):
@@ -49,7 +74,9 @@ def reference(tmp_path_factory, small_model_path):
     return tmp_path, (tmp_path / "reference" / "predictions.csv").read_bytes()
 
 
-def test_killed_or_stopped_at_several_points_then_resumed_gives_the_same_bytes(reference, small_model_path, monkeypatch, capsys):
+def test_killed_or_stopped_at_several_points_then_resumed_gives_the_same_bytes(
+    reference, small_model_path, monkeypatch, capsys
+):
     tmp_path, expected = reference
     out = tmp_path / "killed"
     run = script(args(tmp_path, small_model_path, out), fault="part2:SIGKILL")
@@ -80,8 +107,11 @@ def test_killed_or_stopped_at_several_points_then_resumed_gives_the_same_bytes(r
 def test_ddp_sigterm_stops_every_rank_then_resume(reference, small_model_path):
     tmp_path, expected = reference
     out = tmp_path / "ddp"
-    run = script(args(tmp_path, small_model_path, out, "--trainer.devices", "2", "--trainer.strategy", "ddp"),
-                 fault="part1:SIGTERM", start_new_session=True)  # rank 0 (the process a scheduler signals) is signalled
+    run = script(
+        args(tmp_path, small_model_path, out, "--trainer.devices", "2", "--trainer.strategy", "ddp"),
+        fault="part1:SIGTERM",
+        start_new_session=True,
+    )  # rank 0 (the process a scheduler signals) is signalled
     try:
         _, err = run.communicate(timeout=300)
         for _ in range(100):
@@ -101,11 +131,19 @@ def test_ddp_sigterm_stops_every_rank_then_resume(reference, small_model_path):
 
 
 def test_second_signal_stops_at_once():
-    code = ("import os, signal, time\nfrom wpatch.runfolder import StopOnSignal\nstop = StopOnSignal(); stop.install()\n"
-            "os.kill(os.getpid(), signal.SIGINT)\nassert stop.signum == signal.SIGINT\n"
-            "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(60)\n")
+    code = (
+        "import os, signal, time\nfrom wpatch.runfolder import StopOnSignal\nstop = StopOnSignal(); stop.install()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\nassert stop.signum == signal.SIGINT\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(60)\n"
+    )
     started = time.time()
-    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 128 + signal.SIGTERM and time.time() - started < 30
     assert "SIGINT received: stopping before the next batch" in done.stderr and "stopped at once" in done.stderr
 
@@ -113,9 +151,18 @@ def test_second_signal_stops_at_once():
 def test_folder_in_use_is_refused_and_a_killed_holder_leaves_it_free(reference, small_model_path, capsys):
     tmp_path, _ = reference
     out = tmp_path / "locked"
-    holder = subprocess.Popen([sys.executable, "-c", f"from pathlib import Path; from wpatch.runfolder import claim_folder; "
-                               f"lock = claim_folder(Path({str(out)!r})); print('locked', flush=True); input()"],
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from pathlib import Path; from wpatch.runfolder import claim_folder; "
+            f"lock = claim_folder(Path({str(out)!r})); print('locked', flush=True); input()",
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(SystemExit) as refused:
@@ -133,8 +180,10 @@ def test_resume_with_other_settings_is_refused_and_code_version_recorded(referen
     out = tmp_path / "settings"
     shutil.copytree(tmp_path / "reference", out)
     (out / "summary.json").unlink()  # as if killed during the final merge
-    for other, message in ((["--data.limit", "1"], "holds a run with limit=None, not 1;"),
-                           (["--model.min_separation", "2"], "holds a run with min_separation=1.0, not 2.0;")):
+    for other, message in (
+        (["--data.limit", "1"], "holds a run with limit=None, not 1;"),
+        (["--model.min_separation", "2"], "holds a run with min_separation=1.0, not 2.0;"),
+    ):
         with pytest.raises(SystemExit) as refused:
             main(args(tmp_path, small_model_path, out, "--writer.resume", "true", *other))
         assert refused.value.code == 2 and message in capsys.readouterr().err

@@ -12,7 +12,15 @@ from tests.reference import reference_patched_run
 from tests.test_pipeline import run
 from wpatch.errors import WpatchError
 from wpatch.module import PatchingModule
-from wpatch.patching import SITES, Patch, fast_patched_run, fast_whole_block_outputs, site_patch, site_states, window_weights
+from wpatch.patching import (
+    SITES,
+    Patch,
+    fast_patched_run,
+    fast_whole_block_outputs,
+    site_patch,
+    site_states,
+    window_weights,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +54,9 @@ def test_alpha_zero_and_self_patching_change_nothing(model, runs, site):
         nothing = window_weights([Patch(site, 1, t, 0, 1500, 0.0)] * 2, 1500)
         assert torch.equal(fast_patched_run(model.encoder, rec["resid_pre"][t], t, site, rec[site][1], nothing), clean)
         itself = window_weights([Patch(site, t, t, 0, 1500, 1.0)] * 2, 1500)
-        assert (fast_patched_run(model.encoder, rec["resid_pre"][t], t, site, rec[site][t], itself) - clean).abs().max() < 1e-5
+        assert (
+            fast_patched_run(model.encoder, rec["resid_pre"][t], t, site, rec[site][t], itself) - clean
+        ).abs().max() < 1e-5
 
 
 def test_full_window_block_output_equals_the_original_whole_block_patch(model, runs):
@@ -73,20 +83,47 @@ def test_attention_plus_mlp_plus_input_equals_the_block_output_patch(model, runs
 
 
 def test_bad_patch_settings_are_refused(small_model_path):
-    for kwargs, message in [({"sites": ["mlp"]}, "unknown patch site 'mlp'"), ({"windows": [[10, 5]]}, "window \\[10, 5\\]"),
-                            ({"alphas": [1.5]}, "alpha 1.5 is outside"), ({"directions": ["sideways"]}, "unknown patch direction"),
-                            ({"max_tokens": 0}, "max_tokens 0 is outside 1..224"), ({"decode_chunk": 0}, "decode_chunk 0 decodes nothing")]:
+    for kwargs, message in [
+        ({"sites": ["mlp"]}, "unknown patch site 'mlp'"),
+        ({"windows": [[10, 5]]}, "window \\[10, 5\\]"),
+        ({"alphas": [1.5]}, "alpha 1.5 is outside"),
+        ({"directions": ["sideways"]}, "unknown patch direction"),
+        ({"max_tokens": 0}, "max_tokens 0 is outside 1..224"),
+        ({"decode_chunk": 0}, "decode_chunk 0 decodes nothing"),
+    ]:
         with pytest.raises(WpatchError, match=message):
             PatchingModule(model=small_model_path, **kwargs)
 
 
 def test_one_run_sweeps_sites_windows_alphas_directions_and_control(tmp_path, small_model_path):
     out = tmp_path / "sweep"
-    main(run(tmp_path, small_model_path, out, "--model.sites", "[block_out, mlp_out]", "--model.windows", "[all, word, [0, 10]]",
-             "--model.alphas", "[0.0, 1.0]", "--model.directions", "[denoising, noising]", "--model.control", "true",
-             "--model.sweep", "[10, 10, 30]", "--model.min_separation=-1e9", pairs="word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\n"))
-    rows = pd.read_csv(out / "predictions.csv", keep_default_na=False, na_values={"effect": [""], "p_source_language": [""]})
-    per_item = 2 * (9 * 3 * 2 + 3 * 3 * 2) * 2 * 2  # sites x (pairs x windows x alphas + same-layer pairs x 3 sweep starts x alphas) x directions x donors
+    main(
+        run(
+            tmp_path,
+            small_model_path,
+            out,
+            "--model.sites",
+            "[block_out, mlp_out]",
+            "--model.windows",
+            "[all, word, [0, 10]]",
+            "--model.alphas",
+            "[0.0, 1.0]",
+            "--model.directions",
+            "[denoising, noising]",
+            "--model.control",
+            "true",
+            "--model.sweep",
+            "[10, 10, 30]",
+            "--model.min_separation=-1e9",
+            pairs="word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\n",
+        )
+    )
+    rows = pd.read_csv(
+        out / "predictions.csv", keep_default_na=False, na_values={"effect": [""], "p_source_language": [""]}
+    )
+    per_item = (
+        2 * (9 * 3 * 2 + 3 * 3 * 2) * 2 * 2
+    )  # sites x (pairs x windows x alphas + same-layer pairs x 3 sweep starts x alphas) x directions x donors
     assert len(rows) == 4 * per_item
     assert set(rows.site) == {"block_out", "mlp_out"} and set(rows.patch_direction) == {"denoising", "noising"}
     assert set(rows.donor) == {"source", "target", "control"} and set(rows.window) == {"all", "word", "0-10", "sweep"}
@@ -96,9 +133,21 @@ def test_one_run_sweeps_sites_windows_alphas_directions_and_control(tmp_path, sm
     zero = rows[rows.alpha == 0.0]
     ld = zero.logp_source - zero.logp_target
     denoising = zero.patch_direction == "denoising"
-    assert ((ld - zero.ld_target_clean)[denoising].abs() < 1e-4).all() and ((ld - zero.ld_source_clean)[~denoising].abs() < 1e-4).all()
-    clean_target = rows[(rows.window == "all") & (rows.site == "block_out") & (rows.alpha == 1) & (rows.patch_direction == "noising")
-                        & (rows.donor == "target") & (rows.source_layer == rows.target_layer)].groupby("item_id").transcript.first()
+    assert ((ld - zero.ld_target_clean)[denoising].abs() < 1e-4).all() and (
+        (ld - zero.ld_source_clean)[~denoising].abs() < 1e-4
+    ).all()
+    clean_target = (
+        rows[
+            (rows.window == "all")
+            & (rows.site == "block_out")
+            & (rows.alpha == 1)
+            & (rows.patch_direction == "noising")
+            & (rows.donor == "target")
+            & (rows.source_layer == rows.target_layer)
+        ]
+        .groupby("item_id")
+        .transcript.first()
+    )
     assert (zero[denoising].groupby("item_id").transcript.agg(set).map(len) == 1).all()
     assert zero[denoising].groupby("item_id").transcript.first().equals(clean_target)
     # the effect is defined on every row here (min_separation -1e9); it reads 0 where the patched run is the target
@@ -106,10 +155,19 @@ def test_one_run_sweeps_sites_windows_alphas_directions_and_control(tmp_path, sm
     # when denoising, the source's when noising), and a whole-block diagonal patch from the source is its clean run
     assert rows.effect_valid.all()
     separated = (rows.ld_source_clean - rows.ld_target_clean).abs() > 1e-3  # else last-bit noise is amplified
-    source_diagonal = ((rows.window == "all") & (rows.site == "block_out") & (rows.alpha == 1) & (rows.donor == "source")
-                       & (rows.patch_direction == "denoising") & (rows.source_layer == rows.target_layer))
-    cases = [((rows.alpha == 0) & (rows.patch_direction == "denoising"), 0.0),
-             ((rows.alpha == 0) & (rows.patch_direction == "noising"), 1.0), (source_diagonal, 1.0)]
+    source_diagonal = (
+        (rows.window == "all")
+        & (rows.site == "block_out")
+        & (rows.alpha == 1)
+        & (rows.donor == "source")
+        & (rows.patch_direction == "denoising")
+        & (rows.source_layer == rows.target_layer)
+    )
+    cases = [
+        ((rows.alpha == 0) & (rows.patch_direction == "denoising"), 0.0),
+        ((rows.alpha == 0) & (rows.patch_direction == "noising"), 1.0),
+        (source_diagonal, 1.0),
+    ]
     for chosen, expected in cases:
         assert (chosen & separated).sum() >= 4
         assert ((rows.effect[chosen & separated] - expected).abs() < 1e-2).all()
@@ -117,10 +175,20 @@ def test_one_run_sweeps_sites_windows_alphas_directions_and_control(tmp_path, sm
     valid = cells.dropna(subset=["effect_low"])
     assert ((valid.effect_low <= valid.effect + 1e-9) & (valid.effect <= valid.effect_high + 1e-9)).all()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["primary_condition"] == {"site": "block_out", "window": "all", "alpha": 0.0, "patch_direction": "denoising", "donor": "source"}
+    assert summary["primary_condition"] == {
+        "site": "block_out",
+        "window": "all",
+        "alpha": 0.0,
+        "patch_direction": "denoising",
+        "donor": "source",
+    }
     assert any(name.startswith("sweep_map_") for name in (p.name for p in (out / "figures").iterdir()))
-    assert {"block_out_all_a1_denoising_control", "mlp_out_word_a0.5_noising_target"} - set(summary["conditions"]) == {"mlp_out_word_a0.5_noising_target"}
-    assert len(summary["conditions"]) == 2 * 4 * 2 * 2 * 2  # sites x windows (incl. sweep) x alphas x directions x donors
+    assert {"block_out_all_a1_denoising_control", "mlp_out_word_a0.5_noising_target"} - set(summary["conditions"]) == {
+        "mlp_out_word_a0.5_noising_target"
+    }
+    assert (
+        len(summary["conditions"]) == 2 * 4 * 2 * 2 * 2
+    )  # sites x windows (incl. sweep) x alphas x directions x donors
     figures = out / "figures"
     assert (figures / "effect_matrix_mlp_out_word_a1_noising_target.png").exists()
     assert (figures / "sweep_map_block_out_sweep_a1_denoising_control.png").exists()

@@ -1,4 +1,3 @@
-import os
 import re
 import time
 
@@ -15,7 +14,9 @@ from wpatch.text import normalise
 from wpatch.tts import ClipCache, Gtts, make_backend
 
 # The 20 words of the notes; espeak-ng en-us+m3 at 150 wpm was measured at 9/20 with tiny.en, greedy.
-WORDS = "bat pat cat big pig ship sheep apple orange hot cold telephone hospital chocolate water house bit dog sun moon".split()
+WORDS = (
+    "bat pat cat big pig ship sheep apple orange hot cold telephone hospital chocolate water house bit dog sun moon"
+).split()
 
 
 def test_espeak_clips_are_cached_and_reused(tmp_path):

@@ -39,7 +39,10 @@ def test_minimal_pairs_differ_in_exactly_the_stated_phoneme(english):
     minimal = english[english.category != "semantic"]
     for row in minimal.itertuples():
         a, b = row.pron_a.split(), row.pron_b.split()
-        assert len(a) == len(b) and [pronunciations()[row.word_a][0], pronunciations()[row.word_b][0]] == [tuple(a), tuple(b)]
+        assert len(a) == len(b) and [pronunciations()[row.word_a][0], pronunciations()[row.word_b][0]] == [
+            tuple(a),
+            tuple(b),
+        ]
         differ = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
         assert len(differ) == 1 and (a[differ[0]], b[differ[0]]) == (row.phoneme_a, row.phoneme_b)
         nucleus = next(i for i, p in enumerate(a) if is_vowel(p))
@@ -76,7 +79,10 @@ def test_every_word_is_synthesisable_offline(english, english_spanish, clip_dir)
     from the same eSpeak NG)."""
     english_words = sorted(set(english.word_a) | set(english.word_b) | set(english_spanish.word_a))
     short = []
-    for backend, lang, words in (("hibari", "en", english_words), ("espeak", "es", sorted(set(english_spanish.word_b)))):
+    for backend, lang, words in (
+        ("hibari", "en", english_words),
+        ("espeak", "es", sorted(set(english_spanish.word_b))),
+    ):
         cache = ClipCache(clip_dir, make_backend(backend))
         for word in words:
             samples, rate = cache.backend.synthesize(word, cache.voice(lang))
@@ -86,10 +92,16 @@ def test_every_word_is_synthesisable_offline(english, english_spanish, clip_dir)
 
 
 def test_word_choice_prefers_pairs_whose_words_are_heard():
-    candidates = pd.DataFrame({
-        "word_a": ["bat", "cap", "dig", "fan"], "word_b": ["pat", "gap", "big", "van"], "category": "consonant",
-        "feature": ["voicing", "voicing", "voicing", "voicing"], "zipf_a": [5.0, 4.0, 3.5, 3.0], "zipf_b": [5.0, 4.0, 3.5, 3.0],
-    })
+    candidates = pd.DataFrame(
+        {
+            "word_a": ["bat", "cap", "dig", "fan"],
+            "word_b": ["pat", "gap", "big", "van"],
+            "category": "consonant",
+            "feature": ["voicing", "voicing", "voicing", "voicing"],
+            "zipf_a": [5.0, 4.0, 3.5, 3.0],
+            "zipf_b": [5.0, 4.0, 3.5, 3.0],
+        }
+    )
     assert pick(candidates, 2)[["word_a"]].squeeze().tolist() == ["bat", "cap"]  # by frequency, as before
     heard = {"bat": 1.0, "pat": 0.0, "cap": 1.0, "gap": 0.5, "dig": 1.0, "big": 1.0, "fan": 1.0}  # van never screened
     assert pick(candidates, 2, heard)[["word_a"]].squeeze().tolist() == ["dig", "cap"]

@@ -18,12 +18,16 @@ from wpatch.text import normalise
 from wpatch.tts import ClipCache, make_backend, parse_speaker
 
 # The 40 words: the default voice must be heard on at least 30 of them by tiny.en.
-WORDS_40 = ("bat pat big pig cat hat ship sheep bit dog apple orange hot cold fan van thin sin cheap jeep pen pan "
-            "full fool cot coat sit set bed bad king queen river mountain happy sad winter summer bread butter").split()
+WORDS_40 = (
+    "bat pat big pig cat hat ship sheep bit dog apple orange hot cold fan van thin sin cheap jeep pen pan "
+    "full fool cot coat sit set bed bad king queen river mountain happy sad winter summer bread butter"
+).split()
 
 
-@pytest.mark.parametrize("backend, voice, word", [("hibari", "heart", "telephone"), ("kokoro", "am_adam", "hospital"),
-                                                  ("kokoro", "ef_dora", "teléfono")])
+@pytest.mark.parametrize(
+    "backend, voice, word",
+    [("hibari", "heart", "telephone"), ("kokoro", "am_adam", "hospital"), ("kokoro", "ef_dora", "teléfono")],
+)
 def test_neural_voices_speak_the_same_bytes_every_time(tmp_path, backend, voice, word):
     lang = "es" if voice.startswith("e") else "en"
     first = ClipCache(tmp_path / "one", make_backend(backend), {lang: voice}).get(word, lang)
@@ -33,11 +37,14 @@ def test_neural_voices_speak_the_same_bytes_every_time(tmp_path, backend, voice,
     assert 0.3 * SAMPLE_RATE < len(audio) < 3 * SAMPLE_RATE and np.abs(audio).max() > 0.05
 
 
-@pytest.mark.parametrize("backend, voice, message", [
-    ("hibari", "emma", "downloads from the internet on first use; use heart"),
-    ("hibari", "nobody", "hibari has no voice 'nobody'"),
-    ("kokoro", "jf_alpha", "kokoro has no voice 'jf_alpha' offline; use one of af_bella"),
-])
+@pytest.mark.parametrize(
+    "backend, voice, message",
+    [
+        ("hibari", "emma", "downloads from the internet on first use; use heart"),
+        ("hibari", "nobody", "hibari has no voice 'nobody'"),
+        ("kokoro", "jf_alpha", "kokoro has no voice 'jf_alpha' offline; use one of af_bella"),
+    ],
+)
 def test_voices_that_are_not_offline_are_refused_with_one_line(backend, voice, message):
     with pytest.raises(WpatchError, match=re.escape(message)) as error:
         make_backend(backend).check_voice(voice)
@@ -49,7 +56,9 @@ def test_a_speaker_entry_sets_the_voice_of_the_language_it_speaks(tmp_path):
     assert parse_speaker("kokoro:bm_lewis") == ("kokoro", {"en": "bm_lewis"})
     assert parse_speaker("kokoro:em_santa") == ("kokoro", {"es": "em_santa"})
     assert parse_speaker("espeak:en-us") == ("espeak", {"en": "en-us"})
-    data = PairDataModule(pairs_file="english_spanish", tts=["kokoro", "kokoro:af_heart", "espeak"], cache_dir=str(tmp_path))
+    data = PairDataModule(
+        pairs_file="english_spanish", tts=["kokoro", "kokoro:af_heart", "espeak"], cache_dir=str(tmp_path)
+    )
     assert data.clips["kokoro"].voices == {"en": "am_adam", "es": "em_alex"}
     assert data.clips["kokoro:af_heart"].voices == {"en": "af_heart", "es": "em_alex"}
     assert data.clips["espeak"].voices == {"en": "en-us+m3", "es": "es"}
@@ -79,10 +88,24 @@ def test_screening_equals_whisper_decode_and_its_cache_is_reused(small_model_pat
 
 
 def test_screen_summary_counts_clips_per_voice_and_category():
-    screen = pd.DataFrame({"word": ["a", "b", "c", "a"], "lang": "en", "voice": ["v1", "v1", "v1", "v2"],
-                           "heard": [True, False, True, False]})
-    items = pd.DataFrame({"category": ["x", "y"], "source_word": ["a", "c"], "target_word": ["b", "a"],
-                          "source_lang": "en", "target_lang": "en", "voice": ["v1", "v1"]})
+    screen = pd.DataFrame(
+        {
+            "word": ["a", "b", "c", "a"],
+            "lang": "en",
+            "voice": ["v1", "v1", "v1", "v2"],
+            "heard": [True, False, True, False],
+        }
+    )
+    items = pd.DataFrame(
+        {
+            "category": ["x", "y"],
+            "source_word": ["a", "c"],
+            "target_word": ["b", "a"],
+            "source_lang": "en",
+            "target_lang": "en",
+            "voice": ["v1", "v1"],
+        }
+    )
     summary = screen_summary(screen, items).set_index(["voice", "category"])
     assert summary.loc[("v1", "all"), ["clips", "heard"]].tolist() == [3, 2]
     assert summary.loc[("v2", "all"), ["clips", "heard"]].tolist() == [1, 0]
@@ -124,7 +147,9 @@ def test_require_heard_keeps_only_items_whose_clips_the_model_hears(tmp_path):
     pairs.write_text("word_a,word_b\nbat,pat\nbig,pig\nking,queen\n")
     kept = {}
     for mode in ("none", "source", "both"):
-        data = PairDataModule(pairs_file=str(pairs), model="tiny.en", require_heard=mode, cache_dir=str(tmp_path / "clips"))
+        data = PairDataModule(
+            pairs_file=str(pairs), model="tiny.en", require_heard=mode, cache_dir=str(tmp_path / "clips")
+        )
         data.prepare_data()
         data.setup("predict")
         kept[mode] = data
@@ -136,6 +161,8 @@ def test_require_heard_keeps_only_items_whose_clips_the_model_hears(tmp_path):
     assert kept["source"].items["item_id"].tolist() == source_ok["item_id"].tolist()
     assert kept["both"].items["item_id"].tolist() == both_ok["item_id"].tolist()
     counts = kept["source"].screening
-    assert counts["items"] == 6 and counts["items_kept"] == len(source_ok) and counts["clips_heard"] == int(screen.sum())
+    assert (
+        counts["items"] == 6 and counts["items_kept"] == len(source_ok) and counts["clips_heard"] == int(screen.sum())
+    )
     with pytest.raises(WpatchError, match="require_heard 'all' is not one of none, source, both"):
         PairDataModule(pairs_file=str(pairs), require_heard="all")

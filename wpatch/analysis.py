@@ -65,25 +65,47 @@ def cell_table(groups: dict[str, pd.DataFrame]) -> pd.DataFrame:
             per_pair = valid.groupby("pair_id")["effect"].mean().to_numpy()
             by_voice = valid.pivot_table(index="pair_id", columns="voice", values="effect", aggfunc="mean")
             low, high = bootstrap_interval(by_voice.to_numpy() if by_voice.shape[1] > 1 else per_pair)
-            cells.append({
-                "group": group, **dict(zip([*CONDITION, "source_layer", "target_layer", "sweep_start"], key)),
-                "items": frame["item_id"].nunique(), "pairs": frame["pair_id"].nunique(),
-                **{m: frame[m].astype(float).mean() for m in MEASURES if m != "effect"},
-                "effect": per_pair.mean() if len(per_pair) else float("nan"), "effect_low": low, "effect_high": high,
-                "effect_pairs": len(per_pair),
-            })
+            cells.append(
+                {
+                    "group": group,
+                    **dict(zip([*CONDITION, "source_layer", "target_layer", "sweep_start"], key)),
+                    "items": frame["item_id"].nunique(),
+                    "pairs": frame["pair_id"].nunique(),
+                    **{m: frame[m].astype(float).mean() for m in MEASURES if m != "effect"},
+                    "effect": per_pair.mean() if len(per_pair) else float("nan"),
+                    "effect_low": low,
+                    "effect_high": high,
+                    "effect_pairs": len(per_pair),
+                }
+            )
     return pd.DataFrame(cells)
 
 
-TEXT_COLUMNS = ["pair_id", "direction", "category", "voice", "source_word", "target_word", "site", "window",
-                "patch_direction", "donor", "donor_word", "transcript"]
+TEXT_COLUMNS = [
+    "pair_id",
+    "direction",
+    "category",
+    "voice",
+    "source_word",
+    "target_word",
+    "site",
+    "window",
+    "patch_direction",
+    "donor",
+    "donor_word",
+    "transcript",
+]
 
 
 def read_rows(path) -> pd.DataFrame:
     """A rows CSV as written: text columns stay strings (even "", "NaN" or "1"), p_source_language and effect
     may be empty (NaN)."""
-    return pd.read_csv(path, keep_default_na=False, na_values={"p_source_language": [""], "effect": [""]},
-                       dtype={column: str for column in TEXT_COLUMNS})
+    return pd.read_csv(
+        path,
+        keep_default_na=False,
+        na_values={"p_source_language": [""], "effect": [""]},
+        dtype={column: str for column in TEXT_COLUMNS},
+    )
 
 
 def row_groups(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -109,8 +131,11 @@ def voice_spread(groups: dict, voices: list[str], measures: list[str]) -> dict:
             values = {v: x for v, x in values.items() if x is not None}
             if values:
                 low, high = min(values, key=values.get), max(values, key=values.get)
-                spread.setdefault(measure, {})[key] = {"lowest": {low: values[low]}, "highest": {high: values[high]},
-                                                       "range": values[high] - values[low]}
+                spread.setdefault(measure, {})[key] = {
+                    "lowest": {low: values[low]},
+                    "highest": {high: values[high]},
+                    "range": values[high] - values[low],
+                }
     return spread
 
 
@@ -132,8 +157,11 @@ def matrix_summary(matrix: pd.DataFrame) -> dict:
     off = cells[[s != t for s, t in cells.index]]
 
     def cell(index) -> dict | None:
-        return None if not len(cells) else {"source_layer": int(index[0]), "target_layer": int(index[1]),
-                                           "value": float(cells[index])}
+        return (
+            None
+            if not len(cells)
+            else {"source_layer": int(index[0]), "target_layer": int(index[1]), "value": float(cells[index])}
+        )
 
     return {
         "diagonal_mean": float(diagonal.mean()) if len(diagonal) else None,
@@ -143,10 +171,21 @@ def matrix_summary(matrix: pd.DataFrame) -> dict:
     }
 
 
-RANGES = {"override": (0.0, 1.0), "transfer": (0.0, 1.0), "score": (0.0, 1.0), "p_source_language": (0.0, 1.0),
-          "retained": (0.0, 1.0), "effect": (-1.0, 1.0)}  # colour scales shared by every figure of a measure
-MEASURE_NAMES = {"override": "override rate", "transfer": "transfer rate", "score": "score (P source word)",
-                 "effect": "effect (share of the clean gap closed)", "p_source_language": "P(source language)"}
+RANGES = {
+    "override": (0.0, 1.0),
+    "transfer": (0.0, 1.0),
+    "score": (0.0, 1.0),
+    "p_source_language": (0.0, 1.0),
+    "retained": (0.0, 1.0),
+    "effect": (-1.0, 1.0),
+}  # colour scales shared by every figure of a measure
+MEASURE_NAMES = {
+    "override": "override rate",
+    "transfer": "transfer rate",
+    "score": "score (P source word)",
+    "effect": "effect (share of the clean gap closed)",
+    "p_source_language": "P(source language)",
+}
 
 
 def number(value: float, digits: int = 2) -> str:
@@ -155,9 +194,14 @@ def number(value: float, digits: int = 2) -> str:
     return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
-def heatmap(matrix: pd.DataFrame, title: str, labels: pd.DataFrame | None = None,
-            axis_names=("target layer (recipient block)", "source layer (donor block)"), measure: str = "score",
-            colour_label: str | None = None) -> Figure:
+def heatmap(
+    matrix: pd.DataFrame,
+    title: str,
+    labels: pd.DataFrame | None = None,
+    axis_names=("target layer (recipient block)", "source layer (donor block)"),
+    measure: str = "score",
+    colour_label: str | None = None,
+) -> Figure:
     """An annotated seaborn heatmap (a pyplot-free Figure: no GUI backend, no global state) on the measure's
     fixed colour scale (`RANGES`: 0-1 for rates and score, symmetric for effect) with a labelled colour bar;
     `labels` replaces the numbers written in the cells."""
@@ -171,9 +215,17 @@ def heatmap(matrix: pd.DataFrame, title: str, labels: pd.DataFrame | None = None
         low = -high
     if labels is None and width <= 16:
         labels = matrix.map(lambda x: "" if pd.isna(x) else number(x))
-    sns.heatmap(matrix, annot=labels if labels is not None else False, fmt="", vmin=low, vmax=high,
-                cmap="RdBu_r" if measure == "effect" else "viridis", square=width <= 16, ax=axes,
-                cbar_kws={"shrink": 0.8, "label": colour_label or MEASURE_NAMES.get(measure, measure)})
+    sns.heatmap(
+        matrix,
+        annot=labels if labels is not None else False,
+        fmt="",
+        vmin=low,
+        vmax=high,
+        cmap="RdBu_r" if measure == "effect" else "viridis",
+        square=width <= 16,
+        ax=axes,
+        cbar_kws={"shrink": 0.8, "label": colour_label or MEASURE_NAMES.get(measure, measure)},
+    )
     axes.set_xlabel(axis_names[0])
     axes.set_ylabel(axis_names[1])
     axes.set_title(title)
@@ -204,8 +256,10 @@ def condition_title(condition: dict) -> str:
     """A condition in words: 'block_out, whole clip, alpha 1, denoising, donor: source word'."""
     windows = {"all": "whole clip", "word": "word frames", "sweep": "sliding windows"}
     window = windows.get(condition["window"], f"frames {condition['window']}")
-    return (f"{condition['site']}, {window}, alpha {condition['alpha']:g}, {condition['patch_direction']}, "
-            f"donor: {condition['donor']} word")
+    return (
+        f"{condition['site']}, {window}, alpha {condition['alpha']:g}, {condition['patch_direction']}, "
+        f"donor: {condition['donor']} word"
+    )
 
 
 def group_title(group: str, items: int) -> str:
@@ -241,8 +295,12 @@ def condition_figures(cells: pd.DataFrame, conditions: list[dict], figures: Path
         mine = cells[(cells[CONDITION] == pd.Series(condition)).all(axis=1)]
         if condition["window"] == "sweep":
             matrix = cell_matrix(mine, "effect", "target_layer", "sweep_start")
-            figure = heatmap(matrix, f"effect by layer and window start\n{title}", measure="effect",
-                             axis_names=("window start (frame, 20 ms)", "layer (source = target)"))
+            figure = heatmap(
+                matrix,
+                f"effect by layer and window start\n{title}",
+                measure="effect",
+                axis_names=("window start (frame, 20 ms)", "layer (source = target)"),
+            )
             name, tag = f"sweep_map_{label}", f"sweep_map/{label}"
             effect = matrix.to_numpy()
             summary[label] = {"effect_mean": float(np.nanmean(effect)) if np.isfinite(effect).any() else None}
@@ -271,9 +329,18 @@ def long_matrices(frame: pd.DataFrame, group: str, measures: list[str]) -> pd.Da
         values = frame[["source_layer", "target_layer", "pair_id", "item_id", measure]].dropna(subset=[measure])
         for (s, t), cell in values.groupby(["source_layer", "target_layer"]):
             low, high = bootstrap_interval(cell.groupby("pair_id")[measure].mean().to_numpy(dtype=float))
-            out.append({"group": group, "measure": measure, "s": int(s), "t": int(t),
-                        "mean": float(cell[measure].astype(float).mean()), "low": low, "high": high,
-                        "n": int(cell["item_id"].nunique())})
+            out.append(
+                {
+                    "group": group,
+                    "measure": measure,
+                    "s": int(s),
+                    "t": int(t),
+                    "mean": float(cell[measure].astype(float).mean()),
+                    "low": low,
+                    "high": high,
+                    "n": int(cell["item_id"].nunique()),
+                }
+            )
     return pd.DataFrame(out, columns=["group", "measure", "s", "t", "mean", "low", "high", "n"])
 
 
@@ -291,8 +358,9 @@ def plot_matrix(run, measure: str = "score", group: str = "all") -> Figure:
     return heatmap(matrix, f"{MEASURE_NAMES.get(measure, measure)}\n{group_title(group, items)}", measure=measure)
 
 
-def analyse(rows: pd.DataFrame, output_dir, settings: dict | None = None, extra: dict | None = None,
-            tensorboard: bool = True) -> dict:
+def analyse(
+    rows: pd.DataFrame, output_dir, settings: dict | None = None, extra: dict | None = None, tensorboard: bool = True
+) -> dict:
     """Write cells.csv, the layer matrices (CSV and PNG) per group, the effect figures, the TensorBoard event
     file (`tensorboard=True`) and summary.json for these rows into `output_dir`; returns the summary.
 
@@ -331,17 +399,28 @@ def analyse(rows: pd.DataFrame, output_dir, settings: dict | None = None, extra:
             figure.savefig(figures / f"{measure}_matrix{file_suffix(group)}.png", dpi=110)
             if board is not None:
                 board.add_figure(f"{measure}_matrix/{group}", figure)
-    write_atomically(output_dir / "matrices.csv", pd.concat(long, ignore_index=True).to_csv(index=False)
-                     if long else "group,measure,s,t,mean,low,high,n\n")
+    write_atomically(
+        output_dir / "matrices.csv",
+        pd.concat(long, ignore_index=True).to_csv(index=False) if long else "group,measure,s,t,mean,low,high,n\n",
+    )
     conditions_summary = condition_figures(cells[cells["group"] == "all"], conditions, figures, board)
     voices = sorted(rows["voice"].unique())
     differences = {
-        f"{a} vs {b}": {m: float((matrices[f"voice={a}", m] - matrices[f"voice={b}", m]).abs().to_numpy().mean())
-                        for m in measures if (f"voice={a}", m) in matrices and (f"voice={b}", m) in matrices}
-        for i, a in enumerate(voices) for b in voices[i + 1:]
+        f"{a} vs {b}": {
+            m: float((matrices[f"voice={a}", m] - matrices[f"voice={b}", m]).abs().to_numpy().mean())
+            for m in measures
+            if (f"voice={a}", m) in matrices and (f"voice={b}", m) in matrices
+        }
+        for i, a in enumerate(voices)
+        for b in voices[i + 1 :]
     }
-    summary = {**settings, "primary_condition": primary, **(extra or {}), "groups": groups,
-               "conditions": conditions_summary}
+    summary = {
+        **settings,
+        "primary_condition": primary,
+        **(extra or {}),
+        "groups": groups,
+        "conditions": conditions_summary,
+    }
     if differences:
         summary["voice_differences_mean_abs"] = differences
         summary["voice_spread"] = voice_spread(groups, voices, measures)
@@ -349,10 +428,22 @@ def analyse(rows: pd.DataFrame, output_dir, settings: dict | None = None, extra:
         from torch.utils.tensorboard.summary import hparams
 
         overall = groups.get("all", {})
-        metrics = {f"hparam/{m}_{k}": overall[m][k] for m in measures if m in overall
-                   for k in ("diagonal_mean", "off_diagonal_mean") if overall[m][k] is not None}
-        flat = {k: str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (list, dict, tuple)) or v is None
-                else v for k, v in settings.items() if k != "hparams"}  # booleans as true/false, not 1.0000
+        metrics = {
+            f"hparam/{m}_{k}": overall[m][k]
+            for m in measures
+            if m in overall
+            for k in ("diagonal_mean", "off_diagonal_mean")
+            if overall[m][k] is not None
+        }
+        flat = {
+            k: str(v).lower()
+            if isinstance(v, bool)
+            else str(v)
+            if isinstance(v, (list, dict, tuple)) or v is None
+            else v
+            for k, v in settings.items()
+            if k != "hparams"
+        }  # booleans as true/false, not 1.0000
         for event in hparams(flat, metrics):
             board.file_writer.add_summary(event)
         for key, value in metrics.items():
@@ -367,31 +458,69 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
     """A one-page report of a run (`report.md`, images from `figures/`): settings, data card, recognition, the
     main matrices side by side on shared colour scales, sanity checks."""
     groups = summary["groups"]
-    keys = ("model", "precision", "sites", "windows", "alphas", "directions", "min_separation", "max_tokens",
-            "tts", "pairs_file", "limit", "batch_size", "code_version")
+    keys = (
+        "model",
+        "precision",
+        "sites",
+        "windows",
+        "alphas",
+        "directions",
+        "min_separation",
+        "max_tokens",
+        "tts",
+        "pairs_file",
+        "limit",
+        "batch_size",
+        "code_version",
+    )
     lines = ["# wpatch run", "", "## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {summary[k]} |" for k in keys if k in summary]
     categories = ", ".join(f"{c or '(none)'}: {n}" for c, n in rows.groupby("category")["pair_id"].nunique().items())
-    lines += ["", "## Data", "", f"- {rows['pair_id'].nunique()} pairs, {rows['item_id'].nunique()} items "
-              f"(pair x direction x voice), {len(rows)} rows", f"- voices: {', '.join(sorted(rows['voice'].unique()))}",
-              f"- categories (pairs): {categories}"]
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"- {rows['pair_id'].nunique()} pairs, {rows['item_id'].nunique()} items "
+        f"(pair x direction x voice), {len(rows)} rows",
+        f"- voices: {', '.join(sorted(rows['voice'].unique()))}",
+        f"- categories (pairs): {categories}",
+    ]
     share = groups.get("recognised", {}).get("items", 0) / max(groups["all"]["items"], 1)
-    lines += ["", "## Recognition", "", f"- clean source clip recognised as its word: "
-              f"{groups.get('recognised', {}).get('items', 0)} of {groups['all']['items']} items ({share:.0%})"]
-    lines += ["", "## Main matrices (" + condition_title(summary["primary_condition"]) + ")", "",
-              "All items (top) and recognised items only (bottom); colour scales fixed per measure.", ""]
+    lines += [
+        "",
+        "## Recognition",
+        "",
+        f"- clean source clip recognised as its word: "
+        f"{groups.get('recognised', {}).get('items', 0)} of {groups['all']['items']} items ({share:.0%})",
+    ]
+    lines += [
+        "",
+        "## Main matrices (" + condition_title(summary["primary_condition"]) + ")",
+        "",
+        "All items (top) and recognised items only (bottom); colour scales fixed per measure.",
+        "",
+    ]
     for suffix in ("", "_recognised"):
         group = groups.get("recognised" if suffix else "all", {})
         images = [f"![{m}](figures/{m}_matrix{suffix}.png)" for m in MEASURES if m in group]
         lines.append(" ".join(images))
         lines.append("")
-    lines += ["| measure | diagonal | off-diagonal | recognised diagonal | recognised off-diagonal |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "| measure | diagonal | off-diagonal | recognised diagonal | recognised off-diagonal |",
+        "|---|---|---|---|---|",
+    ]
     for m in MEASURES:
         if m in groups["all"]:
             a, r = groups["all"][m], groups.get("recognised", {}).get(m, {})
-            cell = [number(v, 3) if v is not None else "n/a" for v in (a["diagonal_mean"], a["off_diagonal_mean"],
-                    r.get("diagonal_mean"), r.get("off_diagonal_mean"))]
+            cell = [
+                number(v, 3) if v is not None else "n/a"
+                for v in (
+                    a["diagonal_mean"],
+                    a["off_diagonal_mean"],
+                    r.get("diagonal_mean"),
+                    r.get("off_diagonal_mean"),
+                )
+            ]
             lines.append(f"| {m} | " + " | ".join(cell) + " |")
     lines += ["", "## Sanity checks", ""]
     primary = summary["primary_condition"]
@@ -400,16 +529,29 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
     if primary["site"] == "block_out" and primary["window"] == "all" and primary["alpha"] == 1 and len(diagonal):
         gap = ((diagonal["logp_source"] - diagonal["logp_target"]) - diagonal["ld_source_clean"]).abs().max()
         verdict = "ok" if gap < 1e-3 else "CHECK"
-        lines.append(f"- diagonal = clean run (whole-block patch at s = t): largest difference of the log-probability"
-                     f" gap from the clean source run {gap:.2g} nats ({verdict})")
+        lines.append(
+            f"- diagonal = clean run (whole-block patch at s = t): largest difference of the log-probability"
+            f" gap from the clean source run {gap:.2g} nats ({verdict})"
+        )
     lines.append(f"- recognised share: {share:.0%}")
-    lines.append(f"- effect defined (clean runs separate the words by min_separation) on "
-                 f"{rows['effect_valid'].mean():.0%} of rows")
+    lines.append(
+        f"- effect defined (clean runs separate the words by min_separation) on "
+        f"{rows['effect_valid'].mean():.0%} of rows"
+    )
     return "\n".join(lines) + "\n"
 
 
-SUMMARY_PARTS = ("primary_condition", "wall_time_s", "clip_cache", "screening", "groups", "conditions",
-                 "voice_differences_mean_abs", "voice_spread", "environment")  # what `analyse` adds to the settings
+SUMMARY_PARTS = (
+    "primary_condition",
+    "wall_time_s",
+    "clip_cache",
+    "screening",
+    "groups",
+    "conditions",
+    "voice_differences_mean_abs",
+    "voice_spread",
+    "environment",
+)  # what `analyse` adds to the settings
 
 
 def compare_runs(run_a, run_b, group: str = "all") -> pd.DataFrame:
@@ -445,9 +587,12 @@ def console_table(rows: pd.DataFrame, summary: dict, measure: str = "score") -> 
     matrix.index.name, matrix.columns.name = "source \\ target", None
     shown = matrix.map(lambda x: "" if pd.isna(x) else f"{x + 0.0:.2f}".replace("-0.00", "0.00"))
     groups = summary["groups"]
-    lines = [f"{measure} by source layer (rows) and target layer (columns), {groups['all']['items']} items:",
-             shown.to_string(), "", f"{'measure':<18} {'diagonal':>9} {'off-diag':>9} {'recognised diag':>16} "
-             f"{'recognised off':>15}"]
+    lines = [
+        f"{measure} by source layer (rows) and target layer (columns), {groups['all']['items']} items:",
+        shown.to_string(),
+        "",
+        f"{'measure':<18} {'diagonal':>9} {'off-diag':>9} {'recognised diag':>16} {'recognised off':>15}",
+    ]
 
     def number(value) -> str:
         return "n/a" if value is None else f"{value + 0.0:.3f}"
@@ -456,9 +601,11 @@ def console_table(rows: pd.DataFrame, summary: dict, measure: str = "score") -> 
         if name not in groups["all"]:
             continue
         everything, known = groups["all"][name], groups.get("recognised", {}).get(name, {})
-        lines.append(f"{name:<18} {number(everything['diagonal_mean']):>9} "
-                     f"{number(everything['off_diagonal_mean']):>9} "
-                     f"{number(known.get('diagonal_mean')):>16} {number(known.get('off_diagonal_mean')):>15}")
+        lines.append(
+            f"{name:<18} {number(everything['diagonal_mean']):>9} "
+            f"{number(everything['off_diagonal_mean']):>9} "
+            f"{number(known.get('diagonal_mean')):>16} {number(known.get('off_diagonal_mean')):>15}"
+        )
     share = groups.get("recognised", {}).get("items", 0) / max(groups["all"]["items"], 1)
     lines.append(f"recognised share (clean source clip heard as its word): {share:.2f}")
     return "\n".join(lines)

@@ -75,6 +75,11 @@ def auto_batch(module, dm, precision: str) -> tuple[int, int]:
     module.hparams.decode_chunk = decode_chunk_for(module.whisper.dims, budget)
     peaks = {n: peak_memory(module, dm, largest_groups(dm, n), precision) for n in PROBE_SIZES if n <= len(dm.groups)}
     batch = fit_batch(peaks, budget, len(dm.groups)) if len(peaks) == 2 else len(dm.groups)
-    log.info("auto batch: %d source clips, decode chunk %d (probe peaks %s MiB, budget %d MiB)", batch,
-             module.hparams.decode_chunk, {n: p >> 20 for n, p in peaks.items()}, budget >> 20)
+    log.info(
+        "auto batch: %d source clips, decode chunk %d (probe peaks %s MiB, budget %d MiB)",
+        batch,
+        module.hparams.decode_chunk,
+        {n: p >> 20 for n, p in peaks.items()},
+        budget >> 20,
+    )
     return batch, module.hparams.decode_chunk

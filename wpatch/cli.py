@@ -107,23 +107,40 @@ def predict(args=None, program: list[str] | None = None) -> None:
             sys.exit(0)  # a DDP rank > 0: a non-zero exit would make Lightning's process observer kill rank 0
         for child in writer.stop.children:
             child.kill()
-        print(f"wpatch: {stop}; every finished batch is kept; continue with: {writer.stop.resume_command}",
-              file=sys.stderr)
+        print(
+            f"wpatch: {stop}; every finished batch is kept; continue with: {writer.stop.resume_command}",
+            file=sys.stderr,
+        )
         sys.exit(128 + stop.signum)
     finally:
         if writer is not None:
             writer.stop.restore()
 
 
-def patching_trainer(accelerator: str = "auto", devices: list[int] | str | int = "auto", strategy: str = "auto",
-                     num_nodes: int = 1, precision: str = "32-true", enable_progress_bar: bool = True,
-                     callbacks: list[L.Callback] | None = None, logger: bool = False,
-                     enable_model_summary: bool = False) -> L.Trainer:
+def patching_trainer(
+    accelerator: str = "auto",
+    devices: list[int] | str | int = "auto",
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    precision: str = "32-true",
+    enable_progress_bar: bool = True,
+    callbacks: list[L.Callback] | None = None,
+    logger: bool = False,
+    enable_model_summary: bool = False,
+) -> L.Trainer:
     """The Trainer with only the options a patching run uses (no epochs, clipping or optimisers); fp32 unless
     asked (`--trainer.precision`)."""
-    return L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
-                     precision=precision, enable_progress_bar=enable_progress_bar, callbacks=callbacks, logger=logger,
-                     enable_model_summary=enable_model_summary)
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        precision=precision,
+        enable_progress_bar=enable_progress_bar,
+        callbacks=callbacks,
+        logger=logger,
+        enable_model_summary=enable_model_summary,
+    )
 
 
 def quiet_lightning() -> None:
@@ -131,8 +148,12 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*(does not have many workers|Total length of .* is zero).*")
     warnings.filterwarnings("ignore", message=r".*(No seed found|LightningCLI's args parameter).*")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
-                 "lightning.fabric.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.seed",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -153,12 +174,14 @@ def report(run_dir: str) -> dict:
 def main(argv: list[str] | None = None) -> None:
     """The `wpatch` console command."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    usage = ("usage: wpatch {predict,report,compare,screen,benchmark} ...\n"
-             "  predict [--config FILE] [--model.* --data.* --writer.* --trainer.*]  run an experiment\n"
-             "  report RUN_DIR                 analysis, figures and summary again from RUN_DIR/predictions.csv\n"
-             "  compare RUN_A RUN_B [--out F]  cell-by-cell differences of two runs, with 95% intervals\n"
-             "  screen ...                     which clean clips the model recognises (scripts/screen.py)\n"
-             "  benchmark ...                  speed of the patching modes (scripts/benchmark.py)")
+    usage = (
+        "usage: wpatch {predict,report,compare,screen,benchmark} ...\n"
+        "  predict [--config FILE] [--model.* --data.* --writer.* --trainer.*]  run an experiment\n"
+        "  report RUN_DIR                 analysis, figures and summary again from RUN_DIR/predictions.csv\n"
+        "  compare RUN_A RUN_B [--out F]  cell-by-cell differences of two runs, with 95% intervals\n"
+        "  screen ...                     which clean clips the model recognises (scripts/screen.py)\n"
+        "  benchmark ...                  speed of the patching modes (scripts/benchmark.py)"
+    )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return

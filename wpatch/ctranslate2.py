@@ -28,7 +28,9 @@ class _Reader:
     def take(self, fmt: str):
         size = struct.calcsize(fmt)
         if self.pos + size > len(self.data):
-            raise WpatchError(f"{self.path}: truncated CTranslate2 file at byte {self.pos}; re-install or re-download the model")
+            raise WpatchError(
+                f"{self.path}: truncated CTranslate2 file at byte {self.pos}; re-install or re-download the model"
+            )
         values = struct.unpack_from(fmt, self.data, self.pos)
         self.pos += size
         return values if len(values) > 1 else values[0]
@@ -41,14 +43,18 @@ class _Reader:
 
     def raw(self, size: int) -> bytes:
         if self.pos + size > len(self.data):
-            raise WpatchError(f"{self.path}: truncated CTranslate2 file at byte {self.pos}; re-install or re-download the model")
+            raise WpatchError(
+                f"{self.path}: truncated CTranslate2 file at byte {self.pos}; re-install or re-download the model"
+            )
         chunk = self.data[self.pos : self.pos + size]
         self.pos += size
         return chunk
 
     def skip(self, size: int) -> None:
         if self.pos + size > len(self.data):
-            raise WpatchError(f"{self.path}: truncated CTranslate2 file at byte {self.pos}; re-install or re-download the model")
+            raise WpatchError(
+                f"{self.path}: truncated CTranslate2 file at byte {self.pos}; re-install or re-download the model"
+            )
         self.pos += size
 
 
@@ -66,10 +72,15 @@ def read_model_bin(path: str | Path, shapes_only: bool = False) -> dict[str, tor
     reader = _Reader(data, path)
     version = reader.take("<I")
     if version != 6:
-        raise WpatchError(f"{path}: CTranslate2 format version {version}, only version 6 is supported; convert the model with a recent ct2-transformers-converter")
+        raise WpatchError(
+            f"{path}: CTranslate2 format version {version}, only version 6 is supported; convert the model with a "
+            "recent ct2-transformers-converter"
+        )
     spec = reader.string()
     if spec != "WhisperSpec":
-        raise WpatchError(f"{path}: holds a {spec!r}, not a Whisper model; point the model spec at a faster-whisper model directory")
+        raise WpatchError(
+            f"{path}: holds a {spec!r}, not a Whisper model; point the model spec at a faster-whisper model directory"
+        )
     reader.take("<I")  # spec revision
     variables = {}
     for _ in range(reader.take("<I")):
@@ -88,13 +99,18 @@ def read_model_bin(path: str | Path, shapes_only: bool = False) -> dict[str, tor
         elif dtype in _DTYPES:
             array = torch.from_numpy(np.frombuffer(raw, dtype=_DTYPES[dtype]).copy())
         else:
-            raise WpatchError(f"{path}: variable {name} has unknown dtype code {dtype}; the file is not a CTranslate2 model")
+            raise WpatchError(
+                f"{path}: variable {name} has unknown dtype code {dtype}; the file is not a CTranslate2 model"
+            )
         variables[name] = array.reshape(dims)
     for _ in range(reader.take("<I")):
         alias, target = reader.string(), reader.string()
         variables[alias] = variables[target]
     if reader.pos != len(reader.data):
-        raise WpatchError(f"{path}: {len(reader.data) - reader.pos} bytes left after the last entry; the file is damaged, re-install it")
+        raise WpatchError(
+            f"{path}: {len(reader.data) - reader.pos} bytes left after the last entry; the file is damaged, "
+            "re-install it"
+        )
     return variables
 
 
@@ -156,6 +172,7 @@ def name_map(n_audio_layer: int, n_text_layer: int) -> dict[str, str | tuple[str
 
 def dimensions(variables: dict[str, torch.Tensor]) -> ModelDimensions:
     """Model dimensions read off the tensor shapes and the stored head counts."""
+
     def count(side):
         return len({m.group(1) for k in variables if (m := re.match(rf"{side}/layer_(\d+)/", k))})
 
@@ -207,7 +224,10 @@ def load_ctranslate2(directory: str | Path) -> Whisper:
     dims, state, used = convert(variables)
     unused = {k for k, v in variables.items() if v.dim() > 0 and k not in used and k != "decoder/projection/weight"}
     if unused:
-        raise WpatchError(f"{directory}: variables with no openai-whisper counterpart: {sorted(unused)[:3]}; this converter does not support that model")
+        raise WpatchError(
+            f"{directory}: variables with no openai-whisper counterpart: {sorted(unused)[:3]}; this converter does "
+            "not support that model"
+        )
     model = Whisper(dims)
     model.load_state_dict(state, strict=True)
     config_file = directory / "config.json"

@@ -19,12 +19,14 @@ from whisper.decoding import DecodingTask
 from whisper.model import Whisper
 from whisper.tokenizer import Tokenizer
 
-CrossCache = list[tuple[Tensor, Tensor]]  # per decoder block: cross-attention keys and values (N, heads, 1500, d / heads)
-SelfCache = list[tuple[Tensor, Tensor]]   # per decoder block: self-attention keys and values of the tokens so far
+CrossCache = list[
+    tuple[Tensor, Tensor]
+]  # per decoder block: cross-attention keys and values (N, heads, 1500, d / heads)
+SelfCache = list[tuple[Tensor, Tensor]]  # per decoder block: self-attention keys and values of the tokens so far
 
 
 def split_heads(x: Tensor, n_head: int) -> Tensor:
-    """(N, T, d) -> (N, heads, T, d / heads), the layout attention reads, as openai-whisper's `qkv_attention` makes it."""
+    """(N, T, d) -> (N, heads, T, d / heads), the layout of openai-whisper's `qkv_attention`."""
     return x.view(*x.shape[:2], n_head, -1).transpose(1, 2)
 
 
@@ -34,13 +36,18 @@ def cross_attention_cache(model: Whisper, features: Tensor) -> CrossCache:
     stored split into heads, contiguous (every decoding step reads them; a strided read costs a third more)."""
     heads = model.dims.n_text_head
     return [
-        (split_heads(block.cross_attn.key(features), heads).contiguous(), split_heads(block.cross_attn.value(features), heads).contiguous())
+        (
+            split_heads(block.cross_attn.key(features), heads).contiguous(),
+            split_heads(block.cross_attn.value(features), heads).contiguous(),
+        )
         for block in model.decoder.blocks
     ]
 
 
 @torch.no_grad()
-def decoder_states(model: Whisper, tokens: Tensor, cross: CrossCache, past: SelfCache | None = None) -> tuple[Tensor, SelfCache]:
+def decoder_states(
+    model: Whisper, tokens: Tensor, cross: CrossCache, past: SelfCache | None = None
+) -> tuple[Tensor, SelfCache]:
     """Final decoder states (N, S, T, d) of S token sequences (N, S, T) per encoder output, continuing `past`;
     returns them and the self-attention cache extended by these tokens.
 
@@ -61,7 +68,9 @@ def decoder_states(model: Whisper, tokens: Tensor, cross: CrossCache, past: Self
             keys, values = torch.cat([past[i][0], keys], dim=1), torch.cat([past[i][1], values], dim=1)
         present.append((keys, values))
         x = x + attn.out(attn.qkv_attention(attn.query(h), keys, values, decoder.mask)[0])
-        queries = split_heads(block.cross_attn.query(block.cross_attn_ln(x)).reshape(n, s * t, -1), block.cross_attn.n_head)
+        queries = split_heads(
+            block.cross_attn.query(block.cross_attn_ln(x)).reshape(n, s * t, -1), block.cross_attn.n_head
+        )
         attended = F.scaled_dot_product_attention(queries, cross_keys, cross_values).transpose(1, 2).reshape(x.shape)
         x = x + block.cross_attn.out(attended)
         x = x + block.mlp(block.mlp_ln(x))
@@ -84,7 +93,9 @@ def language_probs(model: Whisper, cross: CrossCache, tokenizer: Tokenizer) -> l
 
 
 @torch.no_grad()
-def greedy_transcripts(model: Whisper, cross: CrossCache, language: str | list[str], task: str = "transcribe", max_tokens: int = 8) -> list[str]:
+def greedy_transcripts(
+    model: Whisper, cross: CrossCache, language: str | list[str], task: str = "transcribe", max_tokens: int = 8
+) -> list[str]:
     """Greedy transcripts of encoder outputs, with openai-whisper's `DecodingOptions` semantics (temperature 0,
     no timestamps, blank and non-speech tokens suppressed); `language` is one code or one per encoder output
     (e.g. the detected ones).
@@ -94,11 +105,18 @@ def greedy_transcripts(model: Whisper, cross: CrossCache, language: str | list[s
     and are left out.
     """
     languages = [language] * cross[0][0].shape[0] if isinstance(language, str) else language
-    task_of = DecodingTask(model, whisper.DecodingOptions(task=task, language=languages[0], sample_len=max_tokens, without_timestamps=True, fp16=False))
+    task_of = DecodingTask(
+        model,
+        whisper.DecodingOptions(
+            task=task, language=languages[0], sample_len=max_tokens, without_timestamps=True, fp16=False
+        ),
+    )
     tokenizer = task_of.tokenizer
     tokens = torch.tensor([task_of.initial_tokens], device=cross[0][0].device).repeat(len(languages), 1)
     if model.is_multilingual:
-        tokens[:, task_of.sot_index + 1] = torch.tensor([tokenizer.to_language_token(code) for code in languages], device=tokens.device)
+        tokens[:, task_of.sot_index + 1] = torch.tensor(
+            [tokenizer.to_language_token(code) for code in languages], device=tokens.device
+        )
     past = None
     for _ in range(max_tokens):
         states, past = decoder_states(model, (tokens if past is None else tokens[:, -1:])[:, None], cross, past)
@@ -118,7 +136,9 @@ def greedy_transcripts(model: Whisper, cross: CrossCache, language: str | list[s
 
 
 @torch.no_grad()
-def sequence_logprobs(model: Whisper, cross: CrossCache, sequences: list[list[tuple[list[int], list[int]]]]) -> list[list[float]]:
+def sequence_logprobs(
+    model: Whisper, cross: CrossCache, sequences: list[list[tuple[list[int], list[int]]]]
+) -> list[list[float]]:
     """Teacher-forced log P(continuation | prefix, encoder output f) for each (prefix, continuation) asked of
     each encoder output f, all in one decoder pass."""
     device = cross[0][0].device
@@ -147,7 +167,9 @@ def word_logprobs(model: Whisper, cross: CrossCache, words: list[list[tuple]]) -
     A word is (prefix, forms): the forced transcript start and its surface forms' token sequences; its
     probability sums over the forms (the transcript begins with " bat" or " Bat").
     """
-    logps = sequence_logprobs(model, cross, [[(prefix, form) for prefix, forms in ws for form in forms] for ws in words])
+    logps = sequence_logprobs(
+        model, cross, [[(prefix, form) for prefix, forms in ws for form in forms] for ws in words]
+    )
     result = []
     for ws, lp in zip(words, logps):
         offsets = [0]
@@ -155,7 +177,6 @@ def word_logprobs(model: Whisper, cross: CrossCache, words: list[list[tuple]]) -
             offsets.append(offsets[-1] + len(forms))
         result.append({word: torch.tensor(lp[a:b]).logsumexp(0).item() for word, a, b in zip(ws, offsets, offsets[1:])})
     return result
-
 
 
 @dataclass
@@ -168,8 +189,17 @@ class Decoded:
     language_probs: list[dict[str, float]]
 
 
-def decode_outputs(model: Whisper, features: Tensor, asked: list[list[tuple]], tokenizer: Tokenizer, language: str | None,
-                   task: str, max_tokens: int, chunk: int, detect: bool) -> Decoded:
+def decode_outputs(
+    model: Whisper,
+    features: Tensor,
+    asked: list[list[tuple]],
+    tokenizer: Tokenizer,
+    language: str | None,
+    task: str,
+    max_tokens: int,
+    chunk: int,
+    detect: bool,
+) -> Decoded:
     """Decode every encoder output once, `chunk` at a time (one cross-attention cache per chunk): language
     probabilities when `detect`, the greedy transcript (in `language`; None: the detected one on a multilingual
     model), and the log-probability of each word in `asked[f]` (see `word_logprobs`)."""

@@ -35,13 +35,16 @@ def score(logp_source: float, logp_target: float) -> float:
     return 1.0 / (1.0 + math.exp(gap)) if gap <= 0 else math.exp(-gap) / (1.0 + math.exp(-gap))
 
 
-def effect(logp_source: float, logp_target: float, ld_source_clean: float, ld_target_clean: float,
-           min_separation: float) -> tuple[float, bool]:
+def effect(
+    logp_source: float, logp_target: float, ld_source_clean: float, ld_target_clean: float, min_separation: float
+) -> tuple[float, bool]:
     """(effect, valid): the patched logit difference LD = logp_source - logp_target normalised between the clean
     runs, (LD - ld_target_clean) / (ld_source_clean - ld_target_clean) (0: the target's clean run, 1: the
     source's); NaN and not valid where the clean runs separate the words by less than `min_separation` nats."""
     valid = ld_source_clean - ld_target_clean >= min_separation
-    value = (logp_source - logp_target - ld_target_clean) / (ld_source_clean - ld_target_clean) if valid else float("nan")
+    value = (
+        (logp_source - logp_target - ld_target_clean) / (ld_source_clean - ld_target_clean) if valid else float("nan")
+    )
     return value, valid
 
 
@@ -54,8 +57,13 @@ def p_source_language(language_probs: dict[str, float] | None, source_lang: str,
     return p_source / (p_source + p_target) if p_source + p_target > 0 else float("nan")
 
 
-def words_to_score(plan: list[PlannedRow], outputs: EncoderOutputs, batch: PairBatch, source_words: list[ScoredWord],
-                   target_words: list[ScoredWord]) -> list[dict[ScoredWord, None]]:
+def words_to_score(
+    plan: list[PlannedRow],
+    outputs: EncoderOutputs,
+    batch: PairBatch,
+    source_words: list[ScoredWord],
+    target_words: list[ScoredWord],
+) -> list[dict[ScoredWord, None]]:
     """For each encoder output, the words whose log-probability the rows need (ordered, without repeats): both
     words of an item on its patched output and on the clean outputs of its source and target clips."""
     asked = [{} for _ in range(len(outputs.features))]
@@ -67,8 +75,15 @@ def words_to_score(plan: list[PlannedRow], outputs: EncoderOutputs, batch: PairB
     return asked
 
 
-def result_rows(batch: PairBatch, plan: list[PlannedRow], outputs: EncoderOutputs, decoded: Decoded,
-                source_words: list[ScoredWord], target_words: list[ScoredWord], min_separation: float) -> list[ResultRow]:
+def result_rows(
+    batch: PairBatch,
+    plan: list[PlannedRow],
+    outputs: EncoderOutputs,
+    decoded: Decoded,
+    source_words: list[ScoredWord],
+    target_words: list[ScoredWord],
+    min_separation: float,
+) -> list[ResultRow]:
     """Every planned row with its measures, read off the decoded outputs."""
     rows = []
     for row in plan:
@@ -81,18 +96,38 @@ def result_rows(batch: PairBatch, plan: list[PlannedRow], outputs: EncoderOutput
         value, valid = effect(logp[source_word], logp[target_word], ld_source, ld_target, min_separation)
         text = decoded.transcripts[f]
         languages = decoded.language_probs[f] if decoded.language_probs else None
-        rows.append(ResultRow(
-            item_id=int(batch["item_id"][b]), pair_id=batch["pair_id"][b], direction=batch["direction"][b],
-            category=batch["category"][b], voice=batch["voice"][b], source_word=batch["source_word"][b],
-            target_word=batch["target_word"][b], site=patch.site, source_layer=patch.source_layer,
-            target_layer=patch.target_layer, window=row.spec.window, window_start=patch.start, window_end=patch.end,
-            alpha=patch.alpha, patch_direction=row.patch_direction, donor=row.donor,
-            donor_word=batch[f"{row.donor}_word"][b], transcript=text,
-            override=override(text, batch["source_word"][b]), retained=retained(text, batch["target_word"][b]),
-            transfer=transfer(text, batch["source_word"][b]),
-            logp_source=logp[source_word], logp_target=logp[target_word], score=score(logp[source_word], logp[target_word]),
-            p_source_language=p_source_language(languages, batch["source_lang"][b], batch["target_lang"][b]),
-            source_recognised=is_word(decoded.transcripts[clean_source], batch["source_word"][b]),
-            ld_source_clean=ld_source, ld_target_clean=ld_target, effect=value, effect_valid=valid,
-        ))
+        rows.append(
+            ResultRow(
+                item_id=int(batch["item_id"][b]),
+                pair_id=batch["pair_id"][b],
+                direction=batch["direction"][b],
+                category=batch["category"][b],
+                voice=batch["voice"][b],
+                source_word=batch["source_word"][b],
+                target_word=batch["target_word"][b],
+                site=patch.site,
+                source_layer=patch.source_layer,
+                target_layer=patch.target_layer,
+                window=row.spec.window,
+                window_start=patch.start,
+                window_end=patch.end,
+                alpha=patch.alpha,
+                patch_direction=row.patch_direction,
+                donor=row.donor,
+                donor_word=batch[f"{row.donor}_word"][b],
+                transcript=text,
+                override=override(text, batch["source_word"][b]),
+                retained=retained(text, batch["target_word"][b]),
+                transfer=transfer(text, batch["source_word"][b]),
+                logp_source=logp[source_word],
+                logp_target=logp[target_word],
+                score=score(logp[source_word], logp[target_word]),
+                p_source_language=p_source_language(languages, batch["source_lang"][b], batch["target_lang"][b]),
+                source_recognised=is_word(decoded.transcripts[clean_source], batch["source_word"][b]),
+                ld_source_clean=ld_source,
+                ld_target_clean=ld_target,
+                effect=value,
+                effect_valid=valid,
+            )
+        )
     return rows

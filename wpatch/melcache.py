@@ -16,7 +16,9 @@ from wpatch.atomic import atomic_path
 from wpatch.audio import load_audio, log_mel, speech_span
 
 # log-mels made with other STFT settings must not be read back: they are part of the key
-_SETTINGS = f"sr{whisper.audio.SAMPLE_RATE}-fft{whisper.audio.N_FFT}-hop{whisper.audio.HOP_LENGTH}-n{whisper.audio.N_SAMPLES}"
+_SETTINGS = (
+    f"sr{whisper.audio.SAMPLE_RATE}-fft{whisper.audio.N_FFT}-hop{whisper.audio.HOP_LENGTH}-n{whisper.audio.N_SAMPLES}"
+)
 
 
 def clip_digest(path: str | Path) -> str:
@@ -78,4 +80,6 @@ class MelStore:
             audio = load_audio(path)
             spans.append(speech_span(audio, n_ctx=n_ctx))
             files.append(self.put(path, audio, n_mels))
-        return MelTable(files, n_mels, whisper.audio.N_FRAMES, pin), torch.tensor(spans, dtype=torch.long).reshape(-1, 2)
+        return MelTable(files, n_mels, whisper.audio.N_FRAMES, pin), torch.tensor(spans, dtype=torch.long).reshape(
+            -1, 2
+        )

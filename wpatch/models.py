@@ -59,7 +59,9 @@ def _join_parts(parts: list[Path], target: Path) -> Path:
                         digest.update(chunk)
                         out.write(chunk)
         if partial.stat().st_size != expected_size:
-            raise WpatchError(f"joining {parts[0].name}... gave the wrong size; free disk space under {target.parent} and retry")
+            raise WpatchError(
+                f"joining {parts[0].name}... gave the wrong size; free disk space under {target.parent} and retry"
+            )
     stamp.write_text(digest.hexdigest() + "\n")
     return target
 
@@ -101,7 +103,11 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 def available_specs() -> list[str]:
     """Specs that load on this machine without a download."""
     specs = [n for n in whisper.available_models() if _openai_cache_file(n).exists()]
-    specs += [n for n, (pkgs, _) in OFFLINE_BUNDLES.items() if all(_package_dir(p) for p in ([pkgs] if isinstance(pkgs, str) else pkgs))]
+    specs += [
+        n
+        for n, (pkgs, _) in OFFLINE_BUNDLES.items()
+        if all(_package_dir(p) for p in ([pkgs] if isinstance(pkgs, str) else pkgs))
+    ]
     return sorted(set(specs))
 
 
@@ -123,7 +129,9 @@ def _locate(spec: str) -> tuple[str, Path | str]:
         return "download", spec
     if path.is_dir():
         if not (path / "model.bin").exists():
-            raise WpatchError(f"model {spec!r}: directory has no model.bin; point at a faster-whisper (CTranslate2) model directory")
+            raise WpatchError(
+                f"model {spec!r}: directory has no model.bin; point at a faster-whisper (CTranslate2) model directory"
+            )
         return "ctranslate2", path
     if path.is_file():
         return "checkpoint", path
@@ -135,8 +143,10 @@ def _locate(spec: str) -> tuple[str, Path | str]:
 
 
 def _unreadable(spec: str, error: Exception) -> WpatchError:
-    return WpatchError(f"model {spec!r}: not a readable openai-whisper checkpoint ({type(error).__name__}); "
-                       "pass a .pt saved by openai-whisper")
+    return WpatchError(
+        f"model {spec!r}: not a readable openai-whisper checkpoint ({type(error).__name__}); "
+        "pass a .pt saved by openai-whisper"
+    )
 
 
 def _load(spec: str) -> Whisper:

@@ -25,7 +25,9 @@ def check_precision(precision: str, on_gpu: bool) -> None:
     """Refuse a precision the chosen accelerator cannot run Whisper under (Lightning would swap it silently)."""
     precision = str(precision)
     if not on_gpu and precision not in ("32-true", "32", "bf16-mixed"):
-        raise WpatchError(f"precision {precision} is not supported on the CPU; use --trainer.precision 32-true (or bf16-mixed)")
+        raise WpatchError(
+            f"precision {precision} is not supported on the CPU; use --trainer.precision 32-true (or bf16-mixed)"
+        )
     if on_gpu and precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
         raise WpatchError(f"precision {precision} needs a GPU with bfloat16 support; use --trainer.precision 16-mixed")
 
@@ -84,9 +86,13 @@ class PatchingModule(L.LightningModule):
         self.specs = patch_specs(self.layer_pairs, list(sites), list(windows), sweep, list(alphas), dims.n_audio_ctx)
         check_patch_directions(directions)
         if not 1 <= max_tokens <= dims.n_text_ctx // 2:
-            raise WpatchError(f"max_tokens {max_tokens} is outside 1..{dims.n_text_ctx // 2}; single words need about 8")
+            raise WpatchError(
+                f"max_tokens {max_tokens} is outside 1..{dims.n_text_ctx // 2}; single words need about 8"
+            )
         if decode_chunk < 1:
-            raise WpatchError(f"decode_chunk {decode_chunk} decodes nothing; give 1 or more encoder outputs per decoder pass")
+            raise WpatchError(
+                f"decode_chunk {decode_chunk} decodes nothing; give 1 or more encoder outputs per decoder pass"
+            )
         self.rows_per_item = len(self.specs) * len(directions) * (2 if control else 1)
         # a sparse, non-persistent buffer (used only for word timestamps) that DDP cannot broadcast
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["whisper.alignment_heads"])
@@ -114,13 +120,18 @@ class PatchingModule(L.LightningModule):
         clean_clips = {clip for side in ("source", "target") for clip in batch[f"{side}_clip"].tolist()}
         outputs = encode_plan(model.encoder, mels, [row.run for row in plan], clean_clips)
 
-        source_words = [self.scored_word(lang, forms) for lang, forms in zip(batch["source_lang"], batch["source_tokens"])]
-        target_words = [self.scored_word(lang, forms) for lang, forms in zip(batch["target_lang"], batch["target_tokens"])]
+        source_words = [
+            self.scored_word(lang, forms) for lang, forms in zip(batch["source_lang"], batch["source_tokens"])
+        ]
+        target_words = [
+            self.scored_word(lang, forms) for lang, forms in zip(batch["target_lang"], batch["target_tokens"])
+        ]
         asked = words_to_score(plan, outputs, batch, source_words, target_words)
         crosses_languages = any(a != b for a, b in zip(batch["source_lang"], batch["target_lang"]))
         detect = model.is_multilingual and (hp.language is None or crosses_languages)
-        decoded = decode_outputs(model, outputs.features, asked, self.tokenizer, hp.language, hp.task, hp.max_tokens,
-                                 hp.decode_chunk, detect)
+        decoded = decode_outputs(
+            model, outputs.features, asked, self.tokenizer, hp.language, hp.task, hp.max_tokens, hp.decode_chunk, detect
+        )
 
         rows = result_rows(batch, plan, outputs, decoded, source_words, target_words, hp.min_separation)
         return [row.to_dict() for row in rows]

@@ -15,15 +15,23 @@ from wpatch.text import normalise
 
 DATA = Path(str(files("wpatch") / "data"))
 PACKAGED = {  # names that --data.pairs_file accepts besides paths
-    "starter": DATA / "starter_pairs.csv",                   # 64 English pairs
-    "english": DATA / "english_pairs.csv",                   # 869 English pairs (Experiment A)
-    "english_heard": DATA / "english_heard_pairs.csv",       # 869 English pairs chosen by what tiny.en hears (hibari)
-    "english_spanish": DATA / "english_spanish_pairs.csv",   # 162 English-Spanish pairs (Experiment B)
+    "starter": DATA / "starter_pairs.csv",  # 64 English pairs
+    "english": DATA / "english_pairs.csv",  # 869 English pairs (Experiment A)
+    "english_heard": DATA / "english_heard_pairs.csv",  # 869 English pairs chosen by what tiny.en hears (hibari)
+    "english_spanish": DATA / "english_spanish_pairs.csv",  # 162 English-Spanish pairs (Experiment B)
 }
 REQUIRED = ("word_a", "word_b")
 ITEM_COLUMNS = [
-    "item_id", "pair_id", "direction", "category",
-    "source_word", "target_word", "source_lang", "target_lang", "source_audio", "target_audio",
+    "item_id",
+    "pair_id",
+    "direction",
+    "category",
+    "source_word",
+    "target_word",
+    "source_lang",
+    "target_lang",
+    "source_audio",
+    "target_audio",
 ]
 
 
@@ -47,11 +55,15 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
     """The checked pairs table, first `limit` rows; `path` is a CSV or a packaged set's name (None: starter)."""
     path = pairs_path(path)
     if not path.is_file():
-        raise WpatchError(f"pairs file {path} does not exist; pass a CSV with columns word_a,word_b or one of {', '.join(PACKAGED)}")
+        raise WpatchError(
+            f"pairs file {path} does not exist; pass a CSV with columns word_a,word_b or one of {', '.join(PACKAGED)}"
+        )
     try:
         pairs = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except Exception as error:
-        raise WpatchError(f"pairs file {path} is not a readable CSV ({error}); save it as comma-separated UTF-8") from None
+        raise WpatchError(
+            f"pairs file {path} is not a readable CSV ({error}); save it as comma-separated UTF-8"
+        ) from None
     missing = [c for c in REQUIRED if c not in pairs.columns]
     if missing:
         raise WpatchError(f"pairs file {path} lacks column {missing[0]!r}; its header must name word_a and word_b")
@@ -62,7 +74,15 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
     if pairs.empty:
         raise WpatchError(f"pairs file {path} has no rows; add at least one word_a,word_b row")
     pairs = pairs.copy()
-    for column, default in (("word_a", ""), ("word_b", ""), ("category", ""), ("audio_a", ""), ("audio_b", ""), ("lang_a", "en"), ("lang_b", "en")):
+    for column, default in (
+        ("word_a", ""),
+        ("word_b", ""),
+        ("category", ""),
+        ("audio_a", ""),
+        ("audio_b", ""),
+        ("lang_a", "en"),
+        ("lang_b", "en"),
+    ):
         values = pairs[column].str.strip() if column in pairs.columns else pd.Series("", index=pairs.index)
         pairs[column] = values.replace("", default)
     if "pair_id" not in pairs.columns:
@@ -73,22 +93,34 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
             if not row[f"word_{side}"]:
                 raise WpatchError(f"pairs file {path} line {line}: empty word_{side}; fill it in or drop the row")
             if not normalise(row[f"word_{side}"]):
-                raise WpatchError(f"pairs file {path} line {line}: word_{side} {row[f'word_{side}']!r} has no letters or digits, so no transcript can match it; give a word")
+                raise WpatchError(
+                    f"pairs file {path} line {line}: word_{side} {row[f'word_{side}']!r} has no letters or digits, so "
+                    "no transcript can match it; give a word"
+                )
             if row[f"audio_{side}"]:
                 audio = Path(row[f"audio_{side}"])
                 audio = audio if audio.is_absolute() else path.parent / audio
                 if not audio.is_file():
-                    raise WpatchError(f"pairs file {path} line {line}: audio_{side} {audio} does not exist; fix the path or leave it empty to synthesise")
+                    raise WpatchError(
+                        f"pairs file {path} line {line}: audio_{side} {audio} does not exist; fix the path or leave "
+                        "it empty to synthesise"
+                    )
                 seconds = recording_seconds(audio)
                 if seconds > MAX_SECONDS:
-                    raise WpatchError(f"pairs file {path} line {line}: audio_{side} {audio} is {seconds:.1f} s long and Whisper hears only the first {MAX_SECONDS:.0f} s; trim it to the word")
+                    raise WpatchError(
+                        f"pairs file {path} line {line}: audio_{side} {audio} is {seconds:.1f} s long and Whisper "
+                        f"hears only the first {MAX_SECONDS:.0f} s; trim it to the word"
+                    )
                 pairs.at[index, f"audio_{side}"] = str(audio.resolve())
     stimulus = ["word_a", "word_b", "lang_a", "lang_b", "audio_a", "audio_b"]
     repeats = pairs.duplicated(stimulus)
     if repeats.any():
         index = repeats.idxmax()
         first = pairs.index[(pairs[stimulus] == pairs.loc[index, stimulus]).all(axis=1)][0]
-        raise WpatchError(f"pairs file {path} line {index + 2} repeats line {first + 2} ({pairs.at[index, 'word_a']},{pairs.at[index, 'word_b']}); drop the duplicate row")
+        raise WpatchError(
+            f"pairs file {path} line {index + 2} repeats line {first + 2} "
+            f"({pairs.at[index, 'word_a']},{pairs.at[index, 'word_b']}); drop the duplicate row"
+        )
     if pairs["pair_id"].duplicated().any():
         dup = pairs["pair_id"][pairs["pair_id"].duplicated()].iloc[0]
         raise WpatchError(f"pairs file {path}: pair_id {dup!r} appears twice; make pair ids unique")
@@ -101,12 +133,19 @@ def patch_items(pairs: pd.DataFrame, bidirectional: bool = True) -> pd.DataFrame
     rows = []
     for _, pair in pairs.iterrows():
         for src, tgt in directions:
-            rows.append({
-                "pair_id": pair["pair_id"], "direction": f"{src}->{tgt}", "category": pair["category"],
-                "source_word": pair[f"word_{src}"], "target_word": pair[f"word_{tgt}"],
-                "source_lang": pair[f"lang_{src}"], "target_lang": pair[f"lang_{tgt}"],
-                "source_audio": pair[f"audio_{src}"], "target_audio": pair[f"audio_{tgt}"],
-            })
+            rows.append(
+                {
+                    "pair_id": pair["pair_id"],
+                    "direction": f"{src}->{tgt}",
+                    "category": pair["category"],
+                    "source_word": pair[f"word_{src}"],
+                    "target_word": pair[f"word_{tgt}"],
+                    "source_lang": pair[f"lang_{src}"],
+                    "target_lang": pair[f"lang_{tgt}"],
+                    "source_audio": pair[f"audio_{src}"],
+                    "target_audio": pair[f"audio_{tgt}"],
+                }
+            )
     items = pd.DataFrame(rows)
     items.insert(0, "item_id", range(len(items)))
     return items[ITEM_COLUMNS]

@@ -31,14 +31,19 @@ from wpatch.errors import WpatchError
 MAX_ROWS_PER_PASS = 64  # patched encoder runs batched together (bounds activation memory)
 
 
-def layer_pairs(n_layer: int, source_layers: list[int] | None = None, target_layers: list[int] | None = None) -> list[tuple[int, int]]:
+def layer_pairs(
+    n_layer: int, source_layers: list[int] | None = None, target_layers: list[int] | None = None
+) -> list[tuple[int, int]]:
     """All (source layer, target layer) pairs to patch, checked against the model's depth."""
     sources = list(range(n_layer)) if source_layers is None else list(source_layers)
     targets = list(range(n_layer)) if target_layers is None else list(target_layers)
     for name, layers in (("source", sources), ("target", targets)):
         bad = [layer for layer in layers if not 0 <= layer < n_layer]
         if bad or not layers:
-            raise WpatchError(f"{name} layer {bad[0] if bad else '(none)'} is outside the encoder's {n_layer} blocks; use layers 0..{n_layer - 1}")
+            raise WpatchError(
+                f"{name} layer {bad[0] if bad else '(none)'} is outside the encoder's {n_layer} blocks; use layers "
+                f"0..{n_layer - 1}"
+            )
     return [(s, t) for s in sources for t in targets]
 
 
@@ -150,7 +155,8 @@ def site_states(encoder: AudioEncoder, mel: Tensor, sites: set[str]) -> tuple[di
             for site in sites - {"resid_pre"}:
                 store = states[site]
                 handle = _site_module(block, site).register_forward_hook(
-                    lambda _m, _i, output, store=store: store.append(output[0] if isinstance(output, tuple) else output))
+                    lambda _m, _i, output, store=store: store.append(output[0] if isinstance(output, tuple) else output)
+                )
                 stack.callback(handle.remove)
         final = encoder(mel)
     return states, final
@@ -199,7 +205,9 @@ def sites_to_capture(runs: list[PatchedRun], n_ctx: int) -> set[str]:
 
 
 @torch.no_grad()
-def encode_plan(encoder: AudioEncoder, mels: dict[int, Tensor], runs: list[PatchedRun], clean_clips: set[int]) -> EncoderOutputs:
+def encode_plan(
+    encoder: AudioEncoder, mels: dict[int, Tensor], runs: list[PatchedRun], clean_clips: set[int]
+) -> EncoderOutputs:
     """The clean output of every clip in `clean_clips` and of every donor, and the output of every patched run.
 
     Rows: the clean runs first (clips in increasing order), then the whole-block patches (by donor, then layer
@@ -219,7 +227,9 @@ def encode_plan(encoder: AudioEncoder, mels: dict[int, Tensor], runs: list[Patch
             donors = sorted({run.donor_clip for run in whole})
             layer_pairs = sorted({(run.patch.source_layer, run.patch.target_layer) for run in whole})
             rows_of = torch.tensor([position[clip] for clip in donors], device=clean.device)
-            patched, slot = fast_whole_block_outputs(encoder, [state[rows_of] for state in states["block_out"]], clean[rows_of], layer_pairs)
+            patched, slot = fast_whole_block_outputs(
+                encoder, [state[rows_of] for state in states["block_out"]], clean[rows_of], layer_pairs
+            )
             offset = sum(len(f) for f in features)
             features.append(patched.flatten(0, 1))
             for i, donor in enumerate(donors):
@@ -241,7 +251,8 @@ def encode_plan(encoder: AudioEncoder, mels: dict[int, Tensor], runs: list[Patch
                 general_rows.update({run: offset + i for i, run in enumerate(part)})
     patched_rows = {
         run: whole_rows[run.donor_clip, (run.patch.source_layer, run.patch.target_layer)]
-        if run.patch.replaces_whole_block(n_ctx) else general_rows[run]
+        if run.patch.replaces_whole_block(n_ctx)
+        else general_rows[run]
         for run in runs
     }
     return EncoderOutputs(torch.cat([f.to(clean.dtype) for f in features]), position, patched_rows)

@@ -42,16 +42,29 @@ def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx) -> list[Patch
     for alpha in alphas:
         if not 0.0 <= alpha <= 1.0:
             raise WpatchError(f"alpha {alpha} is outside [0, 1]; 0 leaves the recipient unchanged, 1 replaces it")
-    resolved = [(w, None) if isinstance(w, str) else (f"{int(w[0])}-{int(w[1])}", (int(w[0]), int(w[1]))) for w in windows]
-    specs = [PatchSpec(site, s, t, label, frames, alpha)
-             for site in sites for s, t in layer_pairs for label, frames in resolved for alpha in alphas]
+    resolved = [
+        (w, None) if isinstance(w, str) else (f"{int(w[0])}-{int(w[1])}", (int(w[0]), int(w[1]))) for w in windows
+    ]
+    specs = [
+        PatchSpec(site, s, t, label, frames, alpha)
+        for site in sites
+        for s, t in layer_pairs
+        for label, frames in resolved
+        for alpha in alphas
+    ]
     if sweep:
         width, stride, end = sweep
         if width < 1 or stride < 1 or not 0 < end <= n_ctx:
             raise WpatchError(f"sweep {sweep} needs width >= 1, stride >= 1 and 0 < end <= {n_ctx}")
         starts = range(0, max(1, end - width + 1), stride)
-        specs += [PatchSpec(site, s, t, "sweep", (a, min(a + width, n_ctx)), alpha)
-                  for site in sites for s, t in layer_pairs if s == t for a in starts for alpha in alphas]
+        specs += [
+            PatchSpec(site, s, t, "sweep", (a, min(a + width, n_ctx)), alpha)
+            for site in sites
+            for s, t in layer_pairs
+            if s == t
+            for a in starts
+            for alpha in alphas
+        ]
     return list(dict.fromkeys(specs))
 
 
@@ -73,7 +86,9 @@ class PlannedRow:
     run: PatchedRun
 
 
-def plan_rows(batch: PairBatch, specs: list[PatchSpec], patch_directions, control: bool, n_ctx: int) -> list[PlannedRow]:
+def plan_rows(
+    batch: PairBatch, specs: list[PatchSpec], patch_directions, control: bool, n_ctx: int
+) -> list[PlannedRow]:
     """Every row of the batch, item by item, then setting, patch direction and donor. Denoising patches the
     source clip's activation into the target clip's run, noising the target's into the source's; the control
     donor (if asked) is an unrelated word's clip put in place of the real donor."""

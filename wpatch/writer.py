@@ -40,13 +40,21 @@ def environment(trainer: L.Trainer, batch_size) -> dict:
         except importlib.metadata.PackageNotFoundError:
             return None
 
-    device = (torch.cuda.get_device_name(trainer.strategy.root_device)
-              if trainer.strategy.root_device.type == "cuda" else platform.processor() or platform.machine())
+    device = (
+        torch.cuda.get_device_name(trainer.strategy.root_device)
+        if trainer.strategy.root_device.type == "cuda"
+        else platform.processor() or platform.machine()
+    )
     packages = ("torch", "lightning", "openai-whisper", "numpy", "pandas", "ctranslate2", "hibari-tts", "wpatch")
-    return {"python": platform.python_version(), "packages": {p: version(p) for p in packages},
-            "device": f"{trainer.strategy.root_device.type}: {device}", "devices": trainer.world_size,
-            "batch_size": batch_size, "seeds": {"bootstrap": 0, "control_clips": "item id", "hibari": 0},
-            "code_version": code_version()}
+    return {
+        "python": platform.python_version(),
+        "packages": {p: version(p) for p in packages},
+        "device": f"{trainer.strategy.root_device.type}: {device}",
+        "devices": trainer.world_size,
+        "batch_size": batch_size,
+        "seeds": {"bootstrap": 0, "control_clips": "item id", "hibari": 0},
+        "code_version": code_version(),
+    }
 
 
 class PatchingResultsWriter(BasePredictionWriter):
@@ -81,15 +89,27 @@ class PatchingResultsWriter(BasePredictionWriter):
         self.lock = claim_folder(self.output_dir)
         try:
             if (self.output_dir / "summary.json").exists():
-                raise WpatchError(f"output directory {self.output_dir} already holds a finished run; choose another --writer.output_dir")
+                raise WpatchError(
+                    f"output directory {self.output_dir} already holds a finished run; choose another "
+                    "--writer.output_dir"
+                )
             done = self.finished_items()
             if done and not self.resume:
-                raise WpatchError(f"output directory {self.output_dir} holds an unfinished run ({len(done)} items); add --writer.resume true to continue it, or choose another directory")
+                raise WpatchError(
+                    f"output directory {self.output_dir} holds an unfinished run ({len(done)} items); add "
+                    "--writer.resume true to continue it, or choose another directory"
+                )
             for stale in [*self.output_dir.glob(".*.partial"), *self.parts.glob(".*.partial")]:
                 stale.unlink()  # left by a killed process; the lock says none is writing
             data = datamodule.hparams
-            session = {"code_version": code_version(), "accelerator": type(trainer.accelerator).__name__, "devices": trainer.world_size,
-                       "batch_size": data.batch_size, "decode_chunk": pl_module.hparams.decode_chunk, "items_done": len(done)}
+            session = {
+                "code_version": code_version(),
+                "accelerator": type(trainer.accelerator).__name__,
+                "devices": trainer.world_size,
+                "batch_size": data.batch_size,
+                "decode_chunk": pl_module.hparams.decode_chunk,
+                "items_done": len(done),
+            }
             record_run(self.output_dir, self.run_settings(trainer, pl_module, datamodule), session, self.resume)
         except BaseException:
             self.release()
@@ -115,7 +135,9 @@ class PatchingResultsWriter(BasePredictionWriter):
             trainer.datamodule.skip(done)
         self.started = time.time()
         self.stop.children = getattr(trainer.strategy.launcher, "procs", [])  # DDP processes this one launched
-        if len(done) == len(trainer.datamodule.items):  # nothing left to predict (Lightning skips the loop): finish here
+        if len(done) == len(
+            trainer.datamodule.items
+        ):  # nothing left to predict (Lightning skips the loop): finish here
             self.on_predict_end(trainer, pl_module)
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -130,7 +152,9 @@ class PatchingResultsWriter(BasePredictionWriter):
         """Item ids already written by earlier or current processes."""
         if not self.parts.is_dir():
             return set()
-        return {int(i) for part in self.parts.glob("items-*.csv") for i in pd.read_csv(part, usecols=["item_id"])["item_id"]}
+        return {
+            int(i) for part in self.parts.glob("items-*.csv") for i in pd.read_csv(part, usecols=["item_id"])["item_id"]
+        }
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if not prediction:
@@ -156,33 +180,44 @@ class PatchingResultsWriter(BasePredictionWriter):
         rows = rows.sort_values(["item_id"], kind="stable").reset_index(drop=True)
         n_items, per_item = len(trainer.datamodule.items), pl_module.rows_per_item
         if rows.duplicated(ROW_KEY).any() or len(rows) != n_items * per_item:
-            raise WpatchError(f"{self.parts} holds {len(rows)} rows, expected {n_items} items x {per_item} patches once each; delete the directory and rerun")
+            raise WpatchError(
+                f"{self.parts} holds {len(rows)} rows, expected {n_items} items x {per_item} patches once each; "
+                "delete the directory and rerun"
+            )
         with atomic_path(self.output_dir / "predictions.csv") as partial:
             rows.to_csv(partial, index=False)
         fault_point("merged")
 
         clips = trainer.datamodule.clips.values()
-        extra = {"wall_time_s": round(time.time() - self.started, 2),
-                 "clip_cache": {"synthesised": sum(c.synthesized for c in clips),
-                                "resynthesised_damaged": sum(c.repaired for c in clips)}}
+        extra = {
+            "wall_time_s": round(time.time() - self.started, 2),
+            "clip_cache": {
+                "synthesised": sum(c.synthesized for c in clips),
+                "resynthesised_damaged": sum(c.repaired for c in clips),
+            },
+        }
         if trainer.datamodule.screening:
             extra["screening"] = trainer.datamodule.screening
         extra["environment"] = environment(trainer, self.settings(trainer, pl_module)["batch_size"])
         summary = analyse(rows, self.output_dir, self.settings(trainer, pl_module), extra)
         # printed by the command once the progress bar has closed (`wpatch.cli.predict`)
-        self.closing = (f"{console_table(rows, summary)}\nwall time {extra['wall_time_s']:.1f} s; tables, figures and "
-                        f"report.md in:\n{self.output_dir.resolve()}")
+        self.closing = (
+            f"{console_table(rows, summary)}\nwall time {extra['wall_time_s']:.1f} s; tables, figures and "
+            f"report.md in:\n{self.output_dir.resolve()}"
+        )
 
     @classmethod
     def settings(cls, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         """The run's settings: those its rows depend on (`run_settings`), the trainer's choices, and every
         hyperparameter of the module and the DataModule as given (`hparams`)."""
         data = trainer.datamodule
-        return {**cls.run_settings(trainer, pl_module, data),
-                "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
-                "devices": trainer.world_size,
-                "batch_size": getattr(data, "resolved_batch_size", None) or data.hparams.batch_size,
-                "hparams": {"model": public(pl_module.hparams), "data": public(data.hparams)}}
+        return {
+            **cls.run_settings(trainer, pl_module, data),
+            "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
+            "devices": trainer.world_size,
+            "batch_size": getattr(data, "resolved_batch_size", None) or data.hparams.batch_size,
+            "hparams": {"model": public(pl_module.hparams), "data": public(data.hparams)},
+        }
 
     @staticmethod
     def run_settings(trainer: L.Trainer, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> dict:

@@ -8,7 +8,9 @@ Modes:
                    original notebooks did);
   original-decode  the same hook, then a batch-1 `whisper.decode` with the harness's token cap;
   wpatch           the harness's predict loop (Lightning Trainer.predict) on cached clips and log-mels.
-The baselines run on a sample of rows (`--baseline-rows`) and are extrapolated per row; the output says so.
+The baselines run on a sample of rows (`--baseline-rows`, `--original-rows`) and are extrapolated per row; the
+output says so. The modes are interleaved: `--rounds` rounds, each timing every mode (in a rotating order) on its
+own share of the items and of the sampled rows, so that a change in machine load hits every mode alike.
 Prints a table and JSON (rows/s, ratios, peak memory, transcript agreement with original-decode).
 """
 
@@ -29,6 +31,7 @@ from torch.profiler import profile as profiler
 
 from datamodules import PairDataModule
 from wpatch.audio import load_audio
+from wpatch.cli import quiet_lightning
 from wpatch.module import PatchingModule, check_precision
 from wpatch.patching import block_outputs, output_patch
 
@@ -128,8 +131,54 @@ def run_wpatch(
     return seconds, memory.mib, rows
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark; prints the table and JSON and returns the report."""
+def interleaved(modes: list[str], sample, module, dm, args, device, progress) -> tuple[dict, dict]:
+    """Time the modes in `args.rounds` rounds, each on its own share of the items (whole source-clip groups) and of
+    the sampled rows, the modes in a rotating order, so that a change in machine load hits every mode alike.
+
+    Returns per mode its rows timed, seconds, peak MiB, whether it is a sample and the transcripts of its sampled
+    rows (in `sample` order; wpatch's of every sampled row), and wpatch's rows ({(item, s, t): (transcript, score)})."""
+    rounds = max(1, min(args.rounds, len(dm.groups)))
+    timed = {
+        "original": sorted(random.Random(1).sample(sample, min(args.original_rows, len(sample)))),
+        "original-decode": sample,
+    }
+    totals = {mode: {"rows": 0, "seconds": 0.0, "peak_mib": 0.0, "sampled": mode != "wpatch"} for mode in modes}
+    wpatch_rows, transcripts = {}, {mode: {} for mode in timed}
+    everything = set(range(len(dm.items)))
+    for r in range(rounds):
+        items = {i for group in dm.groups[r::rounds] for i in group}
+        for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
+            if mode == "wpatch":
+                dm.skip(everything - items)
+                rows = len(items) * len(module.pairs)
+                profile = args.profile and r == 0
+                seconds, peak, done = run_wpatch(module, dm, args.accelerator, args.precision, device, profile)
+                wpatch_rows.update(done)
+                totals[mode].update(batch_size=dm.resolved_batch_size, decode_chunk=module.hparams.decode_chunk)
+            else:
+                mine = [row for row in timed[mode] if row[0] in items]
+                if not mine:
+                    continue
+                module.whisper.to(device)
+                with PeakMemory(device.type == "cuda") as memory:
+                    seconds, texts = baseline(mode, module, dm, mine, device)
+                rows, peak = len(mine), memory.mib
+                transcripts[mode].update(zip(mine, texts))
+            total = totals[mode]
+            total.update(rows=total["rows"] + rows, seconds=total["seconds"] + seconds)
+            total["peak_mib"] = max(total["peak_mib"], peak)
+            progress(f"round {r + 1}/{rounds}, {mode}: {rows} rows in {seconds:.1f} s ({rows / seconds:.2f} rows/s)")
+    dm.skip(set())
+    for mode, total in totals.items():
+        if mode == "wpatch":
+            total.update(transcripts=[wpatch_rows[k][0] for k in sample], rows_returned=len(wpatch_rows))
+        else:
+            total["transcripts"] = [transcripts[mode][k] for k in timed[mode]]
+    return totals, wpatch_rows
+
+
+def arguments() -> argparse.ArgumentParser:
+    """The benchmark's options (`--help`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--pairs-file", default=None)
@@ -152,6 +201,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--modes", default="original,original-decode,wpatch")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds, each timing every mode on its own share of the items, so load changes hit all modes alike",
+    )
+    parser.add_argument(
         "--compare-precision",
         default=None,
         help=(
@@ -161,7 +216,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--profile", action="store_true", help="print where wpatch's predict time goes")
     parser.add_argument("--json-out", default=None)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; prints the table and JSON and returns the report."""
+    quiet_lightning()
+    args = arguments().parse_args(argv)
     compared = args.compare_precision.split(",") if args.compare_precision else []
     for precision in [args.precision, *compared]:
         check_precision(precision, args.accelerator in ("gpu", "cuda"))
@@ -181,26 +242,14 @@ def main(argv: list[str] | None = None) -> dict:
         )
     )
 
-    results = {}
-
     def progress(message: str) -> None:
         print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    progress(f"{len(dm.items)} items x {len(module.pairs)} layer pairs = {n_rows} rows; modes {', '.join(modes)}")
-    if "wpatch" in modes:
-        progress(f"wpatch: {n_rows} rows ...")
-        seconds, peak, rows = run_wpatch(module, dm, args.accelerator, args.precision, device, args.profile)
-        results["wpatch"] = {
-            "rows": n_rows,
-            "seconds": seconds,
-            "peak_mib": peak,
-            "sampled": False,
-            "transcripts": [rows[k][0] for k in sample],
-            "rows_returned": len(rows),
-            "batch_size": dm.resolved_batch_size,
-            "decode_chunk": module.hparams.decode_chunk,
-        }
-        progress(f"wpatch: {n_rows} rows in {seconds:.1f} s ({n_rows / seconds:.2f} rows/s)")
+    progress(
+        f"{len(dm.items)} items x {len(module.pairs)} layer pairs = {n_rows} rows; modes {', '.join(modes)}; "
+        f"{args.rounds} rounds"
+    )
+    results, rows = interleaved(modes, sample, module, dm, args, device, progress)
     agreement = {}
     if compared:
         reference = (
@@ -219,21 +268,6 @@ def main(argv: list[str] | None = None) -> dict:
                 "decode_chunk": module.hparams.decode_chunk,
                 "identical_transcripts": sum(mixed[k][0] == reference[k][0] for k in reference) / n_rows,
                 "mean_abs_score_difference": sum(abs(mixed[k][1] - reference[k][1]) for k in reference) / n_rows,
-            }
-    module.whisper.to(device)
-    for mode in ("original", "original-decode"):
-        if mode in modes:
-            timed = sample[: args.original_rows] if mode == "original" else sample
-            progress(f"{mode}: {len(timed)} sampled rows ...")
-            with PeakMemory(device.type == "cuda") as memory:
-                seconds, transcripts = baseline(mode, module, dm, timed, device)
-            progress(f"{mode}: {len(timed)} rows in {seconds:.1f} s ({len(timed) / seconds:.2f} rows/s)")
-            results[mode] = {
-                "rows": len(timed),
-                "seconds": seconds,
-                "peak_mib": memory.mib,
-                "sampled": True,
-                "transcripts": transcripts,
             }
 
     report = {

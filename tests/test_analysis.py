@@ -137,7 +137,13 @@ def test_run_says_what_it_found_and_where_and_saves_its_config(tmp_path, small_m
 
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "wpatch", "predict", *args(tmp_path, small_model_path, out)],
+        [
+            sys.executable,
+            "-m",
+            "wpatch",
+            "predict",
+            *args(tmp_path, small_model_path, out, "--trainer.enable_progress_bar", "true"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -151,6 +157,10 @@ def test_run_says_what_it_found_and_where_and_saves_its_config(tmp_path, small_m
     noise = done.stdout + done.stderr
     for line in ("Seed set", "GPU available", "TPU available", "Tip", "LeafSpec", "Total length of"):
         assert line not in noise
+    # progress counts items and rows with the rate (Lightning's bar counted batches: 0/1 for the whole run)
+    rows = len(read_rows(out / "predictions.csv"))
+    assert "2/2 items" in done.stderr and f"{rows} rows, " in done.stderr and " rows/s" in done.stderr
+    assert "Predicting DataLoader" not in done.stderr + done.stdout
     config = (out / "config.yaml").read_text()
     assert "min_separation" in config and "precision: 32-true" in config
     environment = json.loads((out / "summary.json").read_text())["environment"]
@@ -172,3 +182,28 @@ def test_the_python_api_example_runs(tmp_path, small_model_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "score diagonal mean" in done.stdout and (tmp_path / "score.png").exists()
     assert "score_diff" in done.stdout
+
+
+def test_figures_share_a_fixed_labelled_scale_per_measure_and_readable_titles():
+    from wpatch.analysis import RANGES, condition_title, group_title, heatmap
+
+    small = pd.DataFrame([[0.2, 0.3], [0.25, -0.0001]], index=[0, 1], columns=[0, 1])
+    large = pd.DataFrame([[2.5, -3.0], [0.5, 0.9]], index=[0, 1], columns=[0, 1])
+    for measure in ("score", "override", "effect"):
+        limits = set()
+        for matrix in (small, large):
+            figure = heatmap(matrix, "t", measure=measure)
+            cells, bar = figure.axes[0].collections[0], figure.axes[1]
+            limits.add(cells.get_clim())
+            assert bar.get_ylabel()  # a labelled colour bar
+            texts = [t.get_text() for t in figure.axes[0].texts]
+            assert "-0.00" not in texts and "-.00" not in texts and ".00" in " ".join(texts)
+        assert limits == {RANGES[measure]}  # the data do not move the scale, so figures compare by colour
+    assert RANGES["effect"] == (-1.0, 1.0) and RANGES["score"] == (0.0, 1.0)
+    assert heatmap(large, "t", measure="effect").axes[0].collections[0].colorbar.extend == "both"
+    assert group_title("all", 1) == "all items (1 item)"
+    assert group_title("category=vowel|recognised", 12) == "vowel pairs, recognised only (12 items)"
+    title = condition_title(
+        {"site": "block_out", "window": "all", "alpha": 1.0, "patch_direction": "denoising"} | {"donor": "source"}
+    )
+    assert title == "block_out, whole clip, alpha 1, denoising, donor: source word" and "_a1_" not in title

@@ -9,11 +9,11 @@ import torch
 import whisper
 
 from datamodules import PairDataModule
-from wpatch.analysis import bootstrap_interval
 from wpatch.audio import SAMPLE_RATE, load_audio, log_mel
 from wpatch.errors import WpatchError
 from wpatch.models import load_model
 from wpatch.screening import cached_screen, screen_clips, screen_summary
+from wpatch.stats import bootstrap_interval
 from wpatch.text import normalise
 from wpatch.tts import ClipCache, make_backend, parse_speaker
 

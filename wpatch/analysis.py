@@ -11,7 +11,6 @@ an effect heatmap with 95% intervals, and sliding-window sweeps a (layer x time)
 
 import json
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,37 +19,18 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from wpatch.atomic import write_atomically
+from wpatch.features import feature_cells, feature_map, run_features
+from wpatch.rows import CONDITION
+from wpatch.stats import bootstrap_interval, pooled_interval
 
 MEASURES = ("override", "transfer", "score", "effect", "p_source_language")  # the last only where languages differ
-CONDITION = ["site", "window", "alpha", "patch_direction", "donor"]
 ROW_KEY = ["item_id", *CONDITION, "source_layer", "target_layer", "window_start"]
-BOOTSTRAP_SAMPLES = 1000
 
 
 def condition_label(condition: dict) -> str:
     """A condition as a short name: block_out_all_a1_denoising_source."""
     c = condition
     return f"{c['site']}_{c['window']}_a{c['alpha']:g}_{c['patch_direction']}_{c['donor']}"
-
-
-def bootstrap_interval(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of `values`: one value per pair (resampling pairs), or a
-    (pairs x voices) table, NaN where a pair was not run with a voice (resampling pairs and voices, so the
-    interval covers both the words and the speakers)."""
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    if values.ndim == 1:
-        means = values[rng.integers(0, len(values), (BOOTSTRAP_SAMPLES, len(values)))].mean(axis=1)
-    else:
-        rows = rng.integers(0, values.shape[0], (BOOTSTRAP_SAMPLES, values.shape[0], 1))
-        columns = rng.integers(0, values.shape[1], (BOOTSTRAP_SAMPLES, 1, values.shape[1]))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a draw of only missing cells has no mean
-            means = np.nanmean(values[rows, columns].reshape(BOOTSTRAP_SAMPLES, -1), axis=1)
-        means = means[~np.isnan(means)]
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def cell_table(groups: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -61,10 +41,7 @@ def cell_table(groups: dict[str, pd.DataFrame]) -> pd.DataFrame:
     for group, rows in groups.items():
         rows = rows.assign(sweep_start=np.where(rows["window"] == "sweep", rows["window_start"], -1))
         for key, frame in rows.groupby([*CONDITION, "source_layer", "target_layer", "sweep_start"], sort=False):
-            valid = frame[frame["effect_valid"]]
-            per_pair = valid.groupby("pair_id")["effect"].mean().to_numpy()
-            by_voice = valid.pivot_table(index="pair_id", columns="voice", values="effect", aggfunc="mean")
-            low, high = bootstrap_interval(by_voice.to_numpy() if by_voice.shape[1] > 1 else per_pair)
+            effect, low, high, pairs = pooled_interval(frame[frame["effect_valid"]], "effect")
             cells.append(
                 {
                     "group": group,
@@ -72,10 +49,10 @@ def cell_table(groups: dict[str, pd.DataFrame]) -> pd.DataFrame:
                     "items": frame["item_id"].nunique(),
                     "pairs": frame["pair_id"].nunique(),
                     **{m: frame[m].astype(float).mean() for m in MEASURES if m != "effect"},
-                    "effect": per_pair.mean() if len(per_pair) else float("nan"),
+                    "effect": effect,
                     "effect_low": low,
                     "effect_high": high,
-                    "effect_pairs": len(per_pair),
+                    "effect_pairs": pairs,
                 }
             )
     return pd.DataFrame(cells)
@@ -137,6 +114,11 @@ def voice_spread(groups: dict, voices: list[str], measures: list[str]) -> dict:
                     "range": values[high] - values[low],
                 }
     return spread
+
+
+def figure_file(name: str) -> str:
+    """A figure's file name: `name` with every character unsafe in a path made `_`, and .png."""
+    return re.sub(r"[^\w.-]", "_", name) + ".png"
 
 
 def file_suffix(group: str) -> str:
@@ -203,16 +185,19 @@ def heatmap(
     colour_label: str | None = None,
 ) -> Figure:
     """An annotated seaborn heatmap (a pyplot-free Figure: no GUI backend, no global state) on the measure's
-    fixed colour scale (`RANGES`: 0-1 for rates and score, symmetric for effect) with a labelled colour bar;
+    fixed colour scale (`RANGES`: 0-1 for rates and score, -1..1 for effect; beyond it the end colour and an
+    arrow on the colour bar) with a labelled colour bar;
     `labels` replaces the numbers written in the cells."""
     width, height = matrix.shape[1], matrix.shape[0]
     figure = Figure(figsize=(min(1.1 * width + 2.5, 24), 0.9 * height + 1.8))
     axes = figure.subplots()
     low, high = RANGES.get(measure, (0.0, 1.0))
     values = matrix.to_numpy(dtype=float)
-    if measure == "effect" and np.isfinite(values).any():  # symmetric, wide enough for every value
-        high = max(high, float(np.nanmax(np.abs(values))))
-        low = -high
+    finite = values[np.isfinite(values)]
+    # the same scale in every figure of a measure; values beyond it keep the end colour, and the bar says so
+    extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
+        bool((finite < low).any()), bool((finite > high).any())
+    ]
     if labels is None and width <= 16:
         labels = matrix.map(lambda x: "" if pd.isna(x) else number(x))
     sns.heatmap(
@@ -224,7 +209,7 @@ def heatmap(
         cmap="RdBu_r" if measure == "effect" else "viridis",
         square=width <= 16,
         ax=axes,
-        cbar_kws={"shrink": 0.8, "label": colour_label or MEASURE_NAMES.get(measure, measure)},
+        cbar_kws={"shrink": 0.8, "label": colour_label or MEASURE_NAMES.get(measure, measure), "extend": extend},
     )
     axes.set_xlabel(axis_names[0])
     axes.set_ylabel(axis_names[1])
@@ -285,6 +270,9 @@ def cell_matrix(cells: pd.DataFrame, value: str, index="source_layer", columns="
     return matrix.astype(float)
 
 
+SWEEP_AXES = ("window start (frame, 20 ms)", "layer (source = target)")
+
+
 def condition_figures(cells: pd.DataFrame, conditions: list[dict], figures: Path, tensorboard=None) -> dict:
     """For each condition: the effect heatmap and, separately, its 95% intervals (or, for a sweep, the layer x
     time map), saved as PNG under `figures` (and to TensorBoard when given); returns the effect's diagonal /
@@ -299,7 +287,7 @@ def condition_figures(cells: pd.DataFrame, conditions: list[dict], figures: Path
                 matrix,
                 f"effect by layer and window start\n{title}",
                 measure="effect",
-                axis_names=("window start (frame, 20 ms)", "layer (source = target)"),
+                axis_names=SWEEP_AXES,
             )
             name, tag = f"sweep_map_{label}", f"sweep_map/{label}"
             effect = matrix.to_numpy()
@@ -314,10 +302,42 @@ def condition_figures(cells: pd.DataFrame, conditions: list[dict], figures: Path
             summary[label] = {**matrix_summary(matrix), "effect_pairs": int(mine["effect_pairs"].max())}
             if mine["effect_low"].notna().any():
                 intervals = interval_figure(mine[mine["effect"].notna()], f"effect, 95% intervals\n{title}")
-                intervals.savefig(figures / (re.sub(r"[^\w.-]", "_", f"effect_intervals_{label}") + ".png"), dpi=110)
-        figure.savefig(figures / (re.sub(r"[^\w.-]", "_", name) + ".png"), dpi=110)
+                intervals.savefig(figures / figure_file(f"effect_intervals_{label}"), dpi=110)
+        figure.savefig(figures / figure_file(name), dpi=110)
         if tensorboard is not None:
             tensorboard.add_figure(tag, figure)
+    return summary
+
+
+def feature_figures(features: pd.DataFrame, conditions: list[dict], figures: Path, tensorboard=None) -> dict:
+    """Per condition and phonetic feature (positions pooled): the effect map (source x target layer, or layer x
+    window start for a sweep) as figures/feature_<feature>_<condition>.png; returns per feature its pairs and,
+    per condition, the effect's diagonal / off-diagonal means or, for a sweep, where the effect peaks."""
+    summary = {}
+    for feature in sorted(features["feature"].unique()):
+        mine = features[(features["feature"] == feature) & (features["position"] == "all")]
+        summary[feature] = {
+            "pairs": int(mine["pairs"].max()),
+            "positions": sorted(features[features["feature"] == feature]["position"].unique().tolist()),
+        }
+        for condition in conditions:
+            matrix = feature_map(features, feature, condition)
+            if matrix.empty or not matrix.notna().any().any():
+                continue
+            label, sweep = condition_label(condition), condition["window"] == "sweep"
+            title = f"effect when the pair changes {feature} ({summary[feature]['pairs']} pairs)\n"
+            title += condition_title(condition)
+            if sweep:
+                figure = heatmap(matrix, title, measure="effect", axis_names=SWEEP_AXES)
+                layer, start = matrix.stack().idxmax()
+                found = {"peak_layer": int(layer), "peak_window_start": int(start), "peak_effect": matrix.max().max()}
+            else:
+                figure = heatmap(matrix, title, measure="effect")
+                found = matrix_summary(matrix)
+            summary[feature][label] = found
+            figure.savefig(figures / figure_file(f"feature_{feature}_{label}"), dpi=110)
+            if tensorboard is not None:
+                tensorboard.add_figure(f"feature/{feature}/{label}", figure)
     return summary
 
 
@@ -404,6 +424,9 @@ def analyse(
         pd.concat(long, ignore_index=True).to_csv(index=False) if long else "group,measure,s,t,mean,low,high,n\n",
     )
     conditions_summary = condition_figures(cells[cells["group"] == "all"], conditions, figures, board)
+    features = feature_cells(rows, run_features(settings), measures)
+    if not features.empty:
+        write_atomically(output_dir / "features.csv", features.to_csv(index=False))
     voices = sorted(rows["voice"].unique())
     differences = {
         f"{a} vs {b}": {
@@ -421,6 +444,8 @@ def analyse(
         "groups": groups,
         "conditions": conditions_summary,
     }
+    if not features.empty:
+        summary["features"] = feature_figures(features, conditions, figures, board)
     if differences:
         summary["voice_differences_mean_abs"] = differences
         summary["voice_spread"] = voice_spread(groups, voices, measures)
@@ -522,6 +547,7 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
                 )
             ]
             lines.append(f"| {m} | " + " | ".join(cell) + " |")
+    lines += feature_section(summary)
     lines += ["", "## Sanity checks", ""]
     primary = summary["primary_condition"]
     in_primary = (rows[CONDITION] == pd.Series(primary)).all(axis=1)
@@ -541,6 +567,39 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def feature_section(summary: dict) -> list[str]:
+    """report.md's phonetic-feature part: per feature changed by the minimal pairs, its pairs and, for the primary
+    condition, the effect's diagonal / off-diagonal means, with the effect maps (features.csv has every measure)."""
+    if not summary.get("features"):
+        return []
+    label = condition_label(summary["primary_condition"])
+    lines = [
+        "",
+        "## Phonetic features",
+        "",
+        "Effect by the phonetic feature a minimal pair changes (features.csv: every measure, per position, with "
+        "95% intervals over pairs).",
+        "",
+        "| feature | pairs | positions | effect diagonal | effect off-diagonal |",
+        "|---|---|---|---|---|",
+    ]
+    for feature, found in summary["features"].items():
+        main = found.get(label, {})
+        cells = [
+            number(main[k], 3) if main.get(k) is not None else "n/a" for k in ("diagonal_mean", "off_diagonal_mean")
+        ]
+        lines.append(f"| {feature} | {found['pairs']} | {', '.join(found['positions'])} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        " ".join(
+            f"![{feature}](figures/{figure_file(f'feature_{feature}_{label}')})"
+            for feature, found in summary["features"].items()
+            if label in found
+        )
+    )
+    return lines
+
+
 SUMMARY_PARTS = (
     "primary_condition",
     "wall_time_s",
@@ -548,6 +607,7 @@ SUMMARY_PARTS = (
     "screening",
     "groups",
     "conditions",
+    "features",
     "voice_differences_mean_abs",
     "voice_spread",
     "environment",

@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules import PairDataModule
@@ -29,6 +30,7 @@ from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 from wpatch.module import PatchingModule, check_precision
 from wpatch.pairs import read_pairs
+from wpatch.progress import ItemProgressBar
 from wpatch.runfolder import RunStopped, check_writable
 from wpatch.writer import PatchingResultsWriter
 
@@ -129,7 +131,10 @@ def patching_trainer(
     enable_model_summary: bool = False,
 ) -> L.Trainer:
     """The Trainer with only the options a patching run uses (no epochs, clipping or optimisers); fp32 unless
-    asked (`--trainer.precision`)."""
+    asked (`--trainer.precision`); progress in items and rows (`wpatch.progress.ItemProgressBar`)."""
+    callbacks = list(callbacks or [])
+    if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(ItemProgressBar())
     return L.Trainer(
         accelerator=accelerator,
         devices=devices,

@@ -81,3 +81,4 @@ class ResultRow:
 
 
 ROW_COLUMNS = [field.name for field in fields(ResultRow)]
+CONDITION = ["site", "window", "alpha", "patch_direction", "donor"]  # the columns that name one patch condition

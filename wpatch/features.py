@@ -1,0 +1,108 @@
+"""Phonetic-feature maps: every measure grouped by the phonetic feature a minimal pair changes and by where in the
+word it changes (onset, nucleus, coda), with bootstrap intervals over pairs (and voices, when a run has several).
+
+The pairs CSV carries each minimal pair's changed phonemes (ARPAbet), their position and, for consonants, the
+feature (voicing, place or manner). A vowel pair is counted under every vowel feature on which its two vowels
+differ (`VOWELS`: height, backness, rounding, length), so `bit`/`bat` counts for height, and `beet`/`boot` for
+backness and rounding. Semantic pairs change no phonetic feature and are left out.
+"""
+
+import numpy as np
+import pandas as pd
+
+from wpatch.errors import WpatchError
+from wpatch.pairs import read_pairs
+from wpatch.rows import CONDITION
+from wpatch.stats import pooled_interval
+
+# General American vowels: (height, backness, rounding, length); a diphthong by its first part, as tense
+VOWELS = {
+    "IY": ("high", "front", "unrounded", "tense"),
+    "IH": ("high", "front", "unrounded", "lax"),
+    "EY": ("mid", "front", "unrounded", "tense"),
+    "EH": ("mid", "front", "unrounded", "lax"),
+    "AE": ("low", "front", "unrounded", "lax"),
+    "AA": ("low", "back", "unrounded", "tense"),
+    "AO": ("mid", "back", "rounded", "tense"),
+    "OW": ("mid", "back", "rounded", "tense"),
+    "OY": ("mid", "back", "rounded", "tense"),
+    "UH": ("high", "back", "rounded", "lax"),
+    "UW": ("high", "back", "rounded", "tense"),
+    "AH": ("mid", "central", "unrounded", "lax"),
+    "ER": ("mid", "central", "unrounded", "tense"),
+    "AY": ("low", "central", "unrounded", "tense"),
+    "AW": ("low", "central", "unrounded", "tense"),
+}
+VOWEL_FEATURES = ("height", "backness", "rounding", "length")
+FEATURE_COLUMNS = ["feature", "position", *CONDITION, "source_layer", "target_layer", "sweep_start", "measure"]
+
+
+def vowel_features(a: str, b: str) -> list[str]:
+    """The vowel features on which ARPAbet vowels `a` and `b` differ (stress digits ignored); ['vowel quality']
+    when the table tells them apart on none, or does not know one."""
+    a, b = a.rstrip("012"), b.rstrip("012")
+    if a not in VOWELS or b not in VOWELS:
+        return ["vowel quality"]
+    changed = [name for name, x, y in zip(VOWEL_FEATURES, VOWELS[a], VOWELS[b]) if x != y]
+    return changed or ["vowel quality"]
+
+
+def changed_features(pairs: pd.DataFrame) -> pd.DataFrame:
+    """(pair_id, feature, position): one row per phonetic feature a minimal pair changes. Consonant pairs keep their
+    labelled feature; vowel pairs get each vowel feature their vowels differ on; other pairs (semantic, or a file
+    without the phonetic columns) none."""
+    out = []
+    columns = {"category", "feature", "position", "phoneme_a", "phoneme_b"}
+    if not columns <= set(pairs.columns):
+        return pd.DataFrame(columns=["pair_id", "feature", "position"])
+    for pair in pairs.itertuples():
+        if pair.category == "consonant" and isinstance(pair.feature, str) and pair.feature:
+            out.append((pair.pair_id, pair.feature, pair.position))
+        elif pair.category == "vowel":
+            out += [(pair.pair_id, f, pair.position) for f in vowel_features(pair.phoneme_a, pair.phoneme_b)]
+    return pd.DataFrame(out, columns=["pair_id", "feature", "position"])
+
+
+def run_features(settings: dict) -> pd.DataFrame:
+    """`changed_features` of a run's pairs file (from its settings: pairs_file, limit); empty when the file has no
+    phonetic columns or cannot be read any more (a saved run moved to another machine)."""
+    try:
+        pairs = read_pairs(settings.get("pairs_file"), settings.get("limit"))
+    except (WpatchError, OSError):
+        pairs = pd.DataFrame()
+    return changed_features(pairs)
+
+
+def feature_cells(rows: pd.DataFrame, features: pd.DataFrame, measures: list[str]) -> pd.DataFrame:
+    """features.csv: one row per feature x position (each position, and `all`) x condition x layer pair x sweep
+    window start (-1 outside sweeps) x measure, with the mean over pairs, its 95% bootstrap interval over pairs (and
+    voices) and the number of pairs. The effect counts only rows whose effect is valid."""
+    if features.empty:
+        return pd.DataFrame(columns=[*FEATURE_COLUMNS, "mean", "low", "high", "pairs"])
+    rows = rows.assign(sweep_start=np.where(rows["window"] == "sweep", rows["window_start"], -1))
+    both = rows.merge(features, on="pair_id")
+    both = pd.concat([both, both.assign(position="all")], ignore_index=True)
+    out = []
+    keys = [k for k in FEATURE_COLUMNS if k != "measure"]
+    for key, frame in both.groupby(keys, sort=True):
+        for measure in measures:
+            values = frame[frame["effect_valid"]] if measure == "effect" else frame
+            mean, low, high, pairs = pooled_interval(values, measure)
+            if pairs:
+                out.append((*key, measure, mean, low, high, pairs))
+    return pd.DataFrame(out, columns=[*FEATURE_COLUMNS, "mean", "low", "high", "pairs"])
+
+
+def feature_map(cells: pd.DataFrame, feature: str, condition: dict, position: str = "all") -> pd.DataFrame:
+    """One feature's effect map out of `feature_cells`: layer x window start for a sweep condition, else source x
+    target layer."""
+    mine = cells[
+        (cells["feature"] == feature)
+        & (cells["position"] == position)
+        & (cells["measure"] == "effect")
+        & (cells[CONDITION] == pd.Series(condition)).all(axis=1)
+    ]
+    index, columns = (
+        ("target_layer", "sweep_start") if condition["window"] == "sweep" else ("source_layer", "target_layer")
+    )
+    return mine.pivot_table(index=index, columns=columns, values="mean", aggfunc="mean", dropna=False).astype(float)

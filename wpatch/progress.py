@@ -49,6 +49,8 @@ class ItemProgressBar(ProgressBar):
         rate = self.rows / max(time.perf_counter() - self.started, 1e-9)
         self.bar.set_postfix_str(f"{self.rows} rows, {rate:.1f} rows/s", refresh=False)
         self.bar.update(len(batch["item_id"]))
+        if self.bar.total is not None and self.bar.n >= self.bar.total:
+            self.bar.close()  # done: the time spent writing the tables is not the patching's
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.bar.close()

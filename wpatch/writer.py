@@ -7,6 +7,7 @@ name and renamed, by whichever process made them. When prediction ends, rank 0 m
 to `wpatch.analysis.analyse` (matrices, heatmaps, `cells.csv`, `summary.json`, TensorBoard).
 """
 
+import sys
 import time
 from pathlib import Path
 
@@ -176,6 +177,8 @@ class PatchingResultsWriter(BasePredictionWriter):
 
     def finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Merge the parts and write every table, figure and the summary (rank 0 only)."""
+        if self.verbose:
+            print("writing predictions.csv, tables, figures and report.md ...", file=sys.stderr, flush=True)
         rows = pd.concat([read_rows(p) for p in sorted(self.parts.glob("items-*.csv"))], ignore_index=True)
         rows = rows.sort_values(["item_id"], kind="stable").reset_index(drop=True)
         n_items, per_item = len(trainer.datamodule.items), pl_module.rows_per_item

@@ -84,13 +84,14 @@ def test_killed_or_stopped_at_several_points_then_resumed_gives_the_same_bytes(
     assert len(parts(out)) == 2 and not (out / "summary.json").exists()
     # resumed, then Ctrl-C (SIGINT) after its first batch: stops with the command that continues the run
     monkeypatch.setenv("WPATCH_FAULT", "part1:SIGINT")
+    handler = signal.getsignal(signal.SIGINT)  # SIG_IGN, not Python's, under a shell's background job
     with pytest.raises(SystemExit) as stopped:
         main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
     err = capsys.readouterr().err.strip().splitlines()
     assert stopped.value.code == 130 and len(parts(out)) == 3
     assert "stopped by SIGINT; every finished batch is kept; continue with: " in err[-1]
     assert err[-1].endswith(f"--writer.output_dir {out} --trainer.enable_progress_bar false --writer.resume true")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run's handlers are gone
+    assert signal.getsignal(signal.SIGINT) is handler  # the run's handlers are gone, the caller's are back
     # killed again after every part is written and predictions.csv is merged, before the tables and summary
     resumed = script(args(tmp_path, small_model_path, out, "--writer.resume", "true"), fault="merged:SIGKILL")
     assert resumed.wait(timeout=300) == -signal.SIGKILL

@@ -208,7 +208,7 @@ class PairDataModule(L.LightningDataModule):
     def collate(self, groups: list[int]) -> PairBatch:
         """A batch of the items in these groups (`wpatch.rows.PairBatch`): per side log-mels, clip indices and word
         frames; token ids; metadata."""
-        indices = [i for g in groups for i in self.groups[g] if i not in self.skipped]
+        indices = [i for g in groups for i in self.pending(g)]
         rows = self.items.iloc[indices]
         clips = {side: torch.tensor(rows[f"{side}_clip"].to_numpy()) for side in ("source", "target", "control")}
         metadata = (
@@ -236,6 +236,14 @@ class PairDataModule(L.LightningDataModule):
         """Leave these items out of the dataloader (already done, e.g. when resuming a run)."""
         self.skipped = set(item_ids)
 
+    def pending(self, group: int) -> list[int]:
+        """The items of source-clip group `group` still to compute (not skipped)."""
+        return [i for i in self.groups[group] if i not in self.skipped]
+
+    def pending_items(self) -> int:
+        """How many items the dataloader serves."""
+        return sum(len(self.pending(g)) for g in range(len(self.groups)))
+
     def predict_dataloader(self) -> DataLoader:
         if self.items is None:
             raise WpatchError("PairDataModule.predict_dataloader() called before setup(); call setup('predict') first")
@@ -246,7 +254,7 @@ class PairDataModule(L.LightningDataModule):
                 auto_batch(trainer.lightning_module, self, trainer.precision)[0] if trainer else DEFAULT_BATCH
             )
         return DataLoader(
-            [g for g, group in enumerate(self.groups) if not self.skipped.issuperset(group)],
+            [g for g in range(len(self.groups)) if self.pending(g)],
             batch_size=self.resolved_batch_size,
             collate_fn=self.collate,
             num_workers=self.hparams.num_workers,

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from wpatch.atomic import write_atomically
 from wpatch.features import feature_cells, feature_map, run_features
-from wpatch.rows import CONDITION
+from wpatch.rows import CONDITION, with_sweep_start
 from wpatch.stats import bootstrap_interval, pooled_interval
 
 MEASURES = ("override", "transfer", "score", "effect", "p_source_language")  # the last only where languages differ
@@ -39,7 +39,7 @@ def cell_table(groups: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows flagged effect_valid false left out)."""
     cells = []
     for group, rows in groups.items():
-        rows = rows.assign(sweep_start=np.where(rows["window"] == "sweep", rows["window_start"], -1))
+        rows = with_sweep_start(rows)
         for key, frame in rows.groupby([*CONDITION, "source_layer", "target_layer", "sweep_start"], sort=False):
             effect, low, high, pairs = pooled_interval(frame[frame["effect_valid"]], "effect")
             cells.append(
@@ -239,7 +239,7 @@ def interval_figure(cells: pd.DataFrame, title: str) -> Figure:
 
 def condition_title(condition: dict) -> str:
     """A condition in words: 'block_out, whole clip, alpha 1, denoising, donor: source word'."""
-    windows = {"all": "whole clip", "word": "word frames", "sweep": "sliding windows"}
+    windows = {"all": "whole clip", "word": "word frames", "sweep": "sliding windows", "tokens": "word tokens"}
     window = windows.get(condition["window"], f"frames {condition['window']}")
     return (
         f"{condition['site']}, {window}, alpha {condition['alpha']:g}, {condition['patch_direction']}, "
@@ -547,6 +547,7 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
                 )
             ]
             lines.append(f"| {m} | " + " | ".join(cell) + " |")
+    lines += condition_section(rows, summary)
     lines += feature_section(summary)
     lines += ["", "## Sanity checks", ""]
     primary = summary["primary_condition"]
@@ -565,6 +566,37 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
         f"{rows['effect_valid'].mean():.0%} of rows"
     )
     return "\n".join(lines) + "\n"
+
+
+def condition_section(rows: pd.DataFrame, summary: dict) -> list[str]:
+    """report.md's table of every condition's effect, with its figures, when a run has more than one condition
+    (e.g. several sites: encoder and decoder side by side)."""
+    conditions = rows[CONDITION].drop_duplicates().to_dict("records")
+    if len(conditions) < 2:
+        return []
+    lines = [
+        "",
+        "## Every condition",
+        "",
+        "The normalised effect, mean over pairs (cells.csv has every measure with 95% intervals). A sweep's row "
+        "gives its (layer x window start) map's mean.",
+        "",
+        "| condition | effect diagonal (sweep: map mean) | effect off-diagonal | pairs |",
+        "|---|---|---|---|",
+    ]
+    images = []
+    for condition in conditions:
+        label = condition_label(condition)
+        found = summary.get("conditions", {}).get(label, {})
+        sweep = condition["window"] == "sweep"
+        values = [found.get("effect_mean")] if sweep else [found.get("diagonal_mean"), found.get("off_diagonal_mean")]
+        cells = [number(v, 3) if v is not None else "n/a" for v in values] + (["n/a"] if sweep else [])
+        lines.append(
+            f"| {condition_title(condition)} | " + " | ".join(cells) + f" | {found.get('effect_pairs', 'n/a')} |"
+        )
+        if sweep or found.get("effect_pairs"):
+            images.append(f"![{label}](figures/{figure_file(('sweep_map_' if sweep else 'effect_matrix_') + label)})")
+    return [*lines, "", " ".join(images)]
 
 
 def feature_section(summary: dict) -> list[str]:

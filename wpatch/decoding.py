@@ -8,13 +8,13 @@ operations are openai-whisper's own (its attention, its logit filters, its kv-ca
 transcripts and language probabilities equal `whisper.decode` and `whisper.detect_language` in fp32.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 import whisper
 from torch import Tensor
-from torch.profiler import record_function
 from whisper.decoding import DecodingTask
 from whisper.model import Whisper
 from whisper.tokenizer import Tokenizer
@@ -23,6 +23,10 @@ CrossCache = list[
     tuple[Tensor, Tensor]
 ]  # per decoder block: cross-attention keys and values (N, heads, 1500, d / heads)
 SelfCache = list[tuple[Tensor, Tensor]]  # per decoder block: self-attention keys and values of the tokens so far
+# An edit inside the decoder (`wpatch.decoder_patching`): (block, site, activation (N, S, T, d), position of its
+# first token) -> the activation to use. Sites: dec_attn_out, dec_cross_out, dec_mlp_out (what self-attention,
+# cross-attention and the MLP add to the residual stream) and dec_resid (the block's output).
+Edit = Callable[[int, str, Tensor, int], Tensor]
 
 
 def split_heads(x: Tensor, n_head: int) -> Tensor:
@@ -31,25 +35,28 @@ def split_heads(x: Tensor, n_head: int) -> Tensor:
 
 
 @torch.no_grad()
+def cross_keys_values(block, features: Tensor) -> tuple[Tensor, Tensor]:
+    """One decoder block's cross-attention keys and values of encoder outputs (N, 1500, d), split into heads and
+    contiguous (every decoding step reads them; a strided read costs a third more)."""
+    attention = block.cross_attn
+    return (
+        split_heads(attention.key(features), attention.n_head).contiguous(),
+        split_heads(attention.value(features), attention.n_head).contiguous(),
+    )
+
+
 def cross_attention_cache(model: Whisper, features: Tensor) -> CrossCache:
-    """Each decoder block's cross-attention keys and values of encoder outputs (N, 1500, d), computed once and
-    stored split into heads, contiguous (every decoding step reads them; a strided read costs a third more)."""
-    heads = model.dims.n_text_head
-    return [
-        (
-            split_heads(block.cross_attn.key(features), heads).contiguous(),
-            split_heads(block.cross_attn.value(features), heads).contiguous(),
-        )
-        for block in model.decoder.blocks
-    ]
+    """Each decoder block's cross-attention keys and values of encoder outputs (N, 1500, d), computed once."""
+    return [cross_keys_values(block, features) for block in model.decoder.blocks]
 
 
 @torch.no_grad()
 def decoder_states(
-    model: Whisper, tokens: Tensor, cross: CrossCache, past: SelfCache | None = None
+    model: Whisper, tokens: Tensor, cross: CrossCache, past: SelfCache | None = None, edit: Edit | None = None
 ) -> tuple[Tensor, SelfCache]:
     """Final decoder states (N, S, T, d) of S token sequences (N, S, T) per encoder output, continuing `past`;
-    returns them and the self-attention cache extended by these tokens.
+    returns them and the self-attention cache extended by these tokens. `edit` (if given) sees, and may replace,
+    every block's sites (see `Edit`).
 
     openai-whisper's `TextDecoder.forward` with its kv cache (and its scaled-dot-product attention), except that
     cross-attention reads `cross`: it treats every query position on its own, so the S sequences of one encoder
@@ -58,6 +65,10 @@ def decoder_states(
     decoder = model.decoder
     n, s, t = tokens.shape
     offset = past[0][0].shape[1] if past else 0
+
+    def site(block: int, name: str, value: Tensor) -> Tensor:
+        return value if edit is None else edit(block, name, value.view(n, s, t, -1), offset).reshape(value.shape)
+
     x = decoder.token_embedding(tokens.reshape(n * s, t)) + decoder.positional_embedding[offset : offset + t]
     x = x.to(cross[0][0].dtype)
     present = []
@@ -67,13 +78,14 @@ def decoder_states(
         if past:
             keys, values = torch.cat([past[i][0], keys], dim=1), torch.cat([past[i][1], values], dim=1)
         present.append((keys, values))
-        x = x + attn.out(attn.qkv_attention(attn.query(h), keys, values, decoder.mask)[0])
+        x = x + site(i, "dec_attn_out", attn.out(attn.qkv_attention(attn.query(h), keys, values, decoder.mask)[0]))
         queries = split_heads(
             block.cross_attn.query(block.cross_attn_ln(x)).reshape(n, s * t, -1), block.cross_attn.n_head
         )
         attended = F.scaled_dot_product_attention(queries, cross_keys, cross_values).transpose(1, 2).reshape(x.shape)
-        x = x + block.cross_attn.out(attended)
-        x = x + block.mlp(block.mlp_ln(x))
+        x = x + site(i, "dec_cross_out", block.cross_attn.out(attended))
+        x = x + site(i, "dec_mlp_out", block.mlp(block.mlp_ln(x)))
+        x = site(i, "dec_resid", x)
     return decoder.ln(x).reshape(n, s, t, -1), present
 
 
@@ -83,10 +95,12 @@ def vocabulary_logits(model: Whisper, states: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def language_probs(model: Whisper, cross: CrossCache, tokenizer: Tokenizer) -> list[dict[str, float]]:
+def language_probs(
+    model: Whisper, cross: CrossCache, tokenizer: Tokenizer, edit: Edit | None = None
+) -> list[dict[str, float]]:
     """openai-whisper's language-detection probabilities of each encoder output (multilingual models)."""
     tokens = torch.full((cross[0][0].shape[0], 1, 1), tokenizer.sot, device=cross[0][0].device)
-    logits = vocabulary_logits(model, decoder_states(model, tokens, cross)[0][:, 0, 0])
+    logits = vocabulary_logits(model, decoder_states(model, tokens, cross, edit=edit)[0][:, 0, 0])
     languages = torch.tensor(tokenizer.all_language_tokens, device=logits.device)
     probs = logits[:, languages].softmax(-1).tolist()
     return [dict(zip(tokenizer.all_language_codes, p)) for p in probs]
@@ -94,7 +108,12 @@ def language_probs(model: Whisper, cross: CrossCache, tokenizer: Tokenizer) -> l
 
 @torch.no_grad()
 def greedy_transcripts(
-    model: Whisper, cross: CrossCache, language: str | list[str], task: str = "transcribe", max_tokens: int = 8
+    model: Whisper,
+    cross: CrossCache,
+    language: str | list[str],
+    task: str = "transcribe",
+    max_tokens: int = 8,
+    edit: Edit | None = None,
 ) -> list[str]:
     """Greedy transcripts of encoder outputs, with openai-whisper's `DecodingOptions` semantics (temperature 0,
     no timestamps, blank and non-speech tokens suppressed); `language` is one code or one per encoder output
@@ -119,7 +138,7 @@ def greedy_transcripts(
         )
     past = None
     for _ in range(max_tokens):
-        states, past = decoder_states(model, (tokens if past is None else tokens[:, -1:])[:, None], cross, past)
+        states, past = decoder_states(model, (tokens if past is None else tokens[:, -1:])[:, None], cross, past, edit)
         logits = vocabulary_logits(model, states[:, 0, -1])
         for logit_filter in task_of.logit_filters:
             logit_filter.apply(logits, tokens)
@@ -137,7 +156,7 @@ def greedy_transcripts(
 
 @torch.no_grad()
 def sequence_logprobs(
-    model: Whisper, cross: CrossCache, sequences: list[list[tuple[list[int], list[int]]]]
+    model: Whisper, cross: CrossCache, sequences: list[list[tuple[list[int], list[int]]]], edit: Edit | None = None
 ) -> list[list[float]]:
     """Teacher-forced log P(continuation | prefix, encoder output f) for each (prefix, continuation) asked of
     each encoder output f, all in one decoder pass."""
@@ -152,7 +171,7 @@ def sequence_logprobs(
             tokens[f, j, : len(full)] = torch.tensor(full)
             wanted[f, j, len(prefix) - 1 : len(full) - 1] = True
     tokens, wanted = tokens.to(device), wanted.to(device)
-    states = decoder_states(model, tokens, cross)[0][wanted]
+    states = decoder_states(model, tokens, cross, edit=edit)[0][wanted]
     next_tokens = torch.roll(tokens, -1, dims=-1)[wanted]
     token_logp = vocabulary_logits(model, states).log_softmax(-1).gather(-1, next_tokens[:, None])[:, 0]
     per_sequence = torch.zeros(n_features, n_seq, device=device).index_put_(
@@ -161,14 +180,14 @@ def sequence_logprobs(
     return [per_sequence[f, : len(seqs)].tolist() for f, seqs in enumerate(sequences)]
 
 
-def word_logprobs(model: Whisper, cross: CrossCache, words: list[list[tuple]]) -> list[dict]:
+def word_logprobs(model: Whisper, cross: CrossCache, words: list[list[tuple]], edit: Edit | None = None) -> list[dict]:
     """log P(word | encoder output f) for each word asked of each encoder output f, as {word: logp} per output.
 
     A word is (prefix, forms): the forced transcript start and its surface forms' token sequences; its
     probability sums over the forms (the transcript begins with " bat" or " Bat").
     """
     logps = sequence_logprobs(
-        model, cross, [[(prefix, form) for prefix, forms in ws for form in forms] for ws in words]
+        model, cross, [[(prefix, form) for prefix, forms in ws for form in forms] for ws in words], edit
     )
     result = []
     for ws, lp in zip(words, logps):
@@ -187,32 +206,3 @@ class Decoded:
     transcripts: list[str]
     logps: list[dict]
     language_probs: list[dict[str, float]]
-
-
-def decode_outputs(
-    model: Whisper,
-    features: Tensor,
-    asked: list[list[tuple]],
-    tokenizer: Tokenizer,
-    language: str | None,
-    task: str,
-    max_tokens: int,
-    chunk: int,
-    detect: bool,
-) -> Decoded:
-    """Decode every encoder output once, `chunk` at a time (one cross-attention cache per chunk): language
-    probabilities when `detect`, the greedy transcript (in `language`; None: the detected one on a multilingual
-    model), and the log-probability of each word in `asked[f]` (see `word_logprobs`)."""
-    transcripts, logps, probs_all = [], [], []
-    for part in (slice(i, i + chunk) for i in range(0, len(features), chunk)):
-        with record_function("wpatch.decoder.cross_attention"):
-            cross = cross_attention_cache(model, features[part])
-        with record_function("wpatch.decoder.language"):
-            probs = language_probs(model, cross, tokenizer) if detect else []
-            probs_all += probs
-        with record_function("wpatch.decoder.greedy"):
-            languages = language or ([max(p, key=p.get) for p in probs] if model.is_multilingual else "en")
-            transcripts += greedy_transcripts(model, cross, languages, task, max_tokens)
-        with record_function("wpatch.decoder.score"):
-            logps += word_logprobs(model, cross, [list(words) for words in asked[part]])
-    return Decoded(transcripts, logps, probs_all)

@@ -7,12 +7,11 @@ differ (`VOWELS`: height, backness, rounding, length), so `bit`/`bat` counts for
 backness and rounding. Semantic pairs change no phonetic feature and are left out.
 """
 
-import numpy as np
 import pandas as pd
 
 from wpatch.errors import WpatchError
 from wpatch.pairs import read_pairs
-from wpatch.rows import CONDITION
+from wpatch.rows import CONDITION, with_sweep_start
 from wpatch.stats import pooled_interval
 
 # General American vowels: (height, backness, rounding, length); a diphthong by its first part, as tense
@@ -79,7 +78,7 @@ def feature_cells(rows: pd.DataFrame, features: pd.DataFrame, measures: list[str
     voices) and the number of pairs. The effect counts only rows whose effect is valid."""
     if features.empty:
         return pd.DataFrame(columns=[*FEATURE_COLUMNS, "mean", "low", "high", "pairs"])
-    rows = rows.assign(sweep_start=np.where(rows["window"] == "sweep", rows["window_start"], -1))
+    rows = with_sweep_start(rows)
     both = rows.merge(features, on="pair_id")
     both = pd.concat([both, both.assign(position="all")], ignore_index=True)
     out = []

@@ -7,8 +7,8 @@ log P(word | encoder output) of the source and target words (`wpatch.text.Scored
 
 import math
 
+from wpatch.decoder_patching import DecodingPlan
 from wpatch.decoding import Decoded
-from wpatch.patching import EncoderOutputs
 from wpatch.plan import PlannedRow
 from wpatch.rows import PairBatch, ResultRow
 from wpatch.text import ScoredWord, has_word, is_word
@@ -59,18 +59,18 @@ def p_source_language(language_probs: dict[str, float] | None, source_lang: str,
 
 def words_to_score(
     plan: list[PlannedRow],
-    outputs: EncoderOutputs,
+    decodings: DecodingPlan,
     batch: PairBatch,
     source_words: list[ScoredWord],
     target_words: list[ScoredWord],
 ) -> list[dict[ScoredWord, None]]:
-    """For each encoder output, the words whose log-probability the rows need (ordered, without repeats): both
-    words of an item on its patched output and on the clean outputs of its source and target clips."""
-    asked = [{} for _ in range(len(outputs.features))]
+    """For each decoding, the words whose log-probability the rows need (ordered, without repeats): both words of
+    an item on its patched decoding and on the clean decodings of its source and target clips."""
+    asked = [{} for _ in range(len(decodings.decodings))]
     for row in plan:
         b = row.item
-        clean_source, clean_target = (outputs.clean[int(batch[f"{side}_clip"][b])] for side in ("source", "target"))
-        for f in (outputs.patched[row.run], clean_source, clean_target):
+        clean_source, clean_target = (decodings.clean[int(batch[f"{side}_clip"][b])] for side in ("source", "target"))
+        for f in (decodings.row[row.run], clean_source, clean_target):
             asked[f].update(dict.fromkeys((source_words[b], target_words[b])))
     return asked
 
@@ -78,7 +78,7 @@ def words_to_score(
 def result_rows(
     batch: PairBatch,
     plan: list[PlannedRow],
-    outputs: EncoderOutputs,
+    decodings: DecodingPlan,
     decoded: Decoded,
     source_words: list[ScoredWord],
     target_words: list[ScoredWord],
@@ -87,10 +87,10 @@ def result_rows(
     """Every planned row with its measures, read off the decoded outputs."""
     rows = []
     for row in plan:
-        b, patch, f = row.item, row.run.patch, outputs.patched[row.run]
+        b, patch, f = row.item, row.run.patch, decodings.row[row.run]
         source_word, target_word = source_words[b], target_words[b]
         logp = decoded.logps[f]
-        clean_source, clean_target = (outputs.clean[int(batch[f"{side}_clip"][b])] for side in ("source", "target"))
+        clean_source, clean_target = (decodings.clean[int(batch[f"{side}_clip"][b])] for side in ("source", "target"))
         ld_source = decoded.logps[clean_source][source_word] - decoded.logps[clean_source][target_word]
         ld_target = decoded.logps[clean_target][source_word] - decoded.logps[clean_target][target_word]
         value, valid = effect(logp[source_word], logp[target_word], ld_source, ld_target, min_separation)

@@ -9,14 +9,14 @@ import lightning as L
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from wpatch.decoding import decode_outputs
+from wpatch.decoder_patching import DECODER_SITES, decode_plan, decoding_plan
 from wpatch.errors import WpatchError
 from wpatch.measures import result_rows, words_to_score
 from wpatch.models import load_model
 from wpatch.patching import encode_plan, layer_pairs
 from wpatch.plan import check_patch_directions, patch_specs, plan_rows
 from wpatch.rows import ROW_COLUMNS, PairBatch
-from wpatch.text import ScoredWord, scored_word, tokenizer_for
+from wpatch.text import ScoredWord, scored_word, tokenizer_for, word_tokens
 
 __all__ = ["ROW_COLUMNS", "PatchingModule", "check_precision"]  # ROW_COLUMNS: wpatch.rows, re-exported
 
@@ -42,7 +42,10 @@ class PatchingModule(L.LightningModule):
         model: model spec (see `wpatch.models.load_model`).
         source_layers: donor blocks (default: all).
         target_layers: recipient blocks (default: all).
-        sites: any of resid_pre, attn_out, mlp_out, block_out.
+        sites: encoder sites resid_pre, attn_out, mlp_out, block_out; decoder sites dec_resid, dec_attn_out,
+            dec_mlp_out, dec_cross_out (at the word's token positions; layers index decoder blocks) and enc_to_dec
+            (decoder block l's cross-attention reads the donor's encoder output; s == t only). See
+            `wpatch.decoder_patching`.
         windows: frame windows to patch: "all" (1500 frames), "word" (the frames where the source or target word
             is spoken), or [start, end] in encoder frames (20 ms each).
         sweep: [width, stride, end]: also patch sliding windows [k*stride, k*stride+width) below `end`, same layer
@@ -82,6 +85,8 @@ class PatchingModule(L.LightningModule):
         self.whisper = load_model(model)
         dims = self.whisper.dims
         self.layer_pairs = layer_pairs(dims.n_audio_layer, source_layers, target_layers)
+        if set(sites) & set(DECODER_SITES):
+            layer_pairs(dims.n_text_layer, source_layers, target_layers, stack="decoder")
         self.tokenizer = tokenizer_for(dims, language or "en", task)
         self.specs = patch_specs(self.layer_pairs, list(sites), list(windows), sweep, list(alphas), dims.n_audio_ctx)
         check_patch_directions(directions)
@@ -111,27 +116,45 @@ class PatchingModule(L.LightningModule):
     def predict_step(self, batch: PairBatch, batch_idx: int = 0) -> list[dict]:
         """One row per item and patch (`wpatch.rows.ResultRow`, as column -> value)."""
         hp, model = self.hparams, self.whisper
-        plan = plan_rows(batch, self.specs, hp.directions, hp.control, model.dims.n_audio_ctx)
+        words = {
+            side: [self.scored_word(lang, forms) for lang, forms in zip(batch[f"{side}_lang"], batch[f"{side}_tokens"])]
+            for side in ("source", "target")
+        }
+        if hp.control:
+            words["control"] = [
+                self.scored_word(lang, word_tokens(self.tokenizer, word))
+                for lang, word in zip(batch["source_lang"], batch["control_word"])
+            ]
+        plan = plan_rows(batch, self.specs, hp.directions, hp.control, model.dims.n_audio_ctx, words)
 
         mels = {}
         for side in ("source", "target", "control"):
             for clip, mel in zip(batch[f"{side}_clip"].tolist(), batch[f"{side}_mel"]):
                 mels.setdefault(clip, mel)
         clean_clips = {clip for side in ("source", "target") for clip in batch[f"{side}_clip"].tolist()}
-        outputs = encode_plan(model.encoder, mels, [row.run for row in plan], clean_clips)
+        runs = [row.run for row in plan]
+        decoder_runs = [run for run in runs if run.patch.site in DECODER_SITES]
+        clean_clips |= {clip for run in decoder_runs for clip in (run.recipient_clip, run.donor_clip)}
+        encoder_runs = [run for run in runs if run.patch.site not in DECODER_SITES]
+        outputs = encode_plan(model.encoder, mels, encoder_runs, clean_clips)
+        decodings = decoding_plan(outputs, runs)
 
-        source_words = [
-            self.scored_word(lang, forms) for lang, forms in zip(batch["source_lang"], batch["source_tokens"])
-        ]
-        target_words = [
-            self.scored_word(lang, forms) for lang, forms in zip(batch["target_lang"], batch["target_tokens"])
-        ]
-        asked = words_to_score(plan, outputs, batch, source_words, target_words)
+        source_words, target_words = words["source"], words["target"]
+        asked = words_to_score(plan, decodings, batch, source_words, target_words)
         crosses_languages = any(a != b for a, b in zip(batch["source_lang"], batch["target_lang"]))
         detect = model.is_multilingual and (hp.language is None or crosses_languages)
-        decoded = decode_outputs(
-            model, outputs.features, asked, self.tokenizer, hp.language, hp.task, hp.max_tokens, hp.decode_chunk, detect
+        decoded = decode_plan(
+            model,
+            outputs.features,
+            decodings,
+            asked,
+            self.tokenizer,
+            hp.language,
+            hp.task,
+            hp.max_tokens,
+            hp.decode_chunk,
+            detect,
         )
 
-        rows = result_rows(batch, plan, outputs, decoded, source_words, target_words, hp.min_separation)
+        rows = result_rows(batch, plan, decodings, decoded, source_words, target_words, hp.min_separation)
         return [row.to_dict() for row in rows]

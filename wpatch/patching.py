@@ -32,16 +32,17 @@ MAX_ROWS_PER_PASS = 64  # patched encoder runs batched together (bounds activati
 
 
 def layer_pairs(
-    n_layer: int, source_layers: list[int] | None = None, target_layers: list[int] | None = None
+    n_layer: int, source_layers: list[int] | None = None, target_layers: list[int] | None = None, stack="encoder"
 ) -> list[tuple[int, int]]:
-    """All (source layer, target layer) pairs to patch, checked against the model's depth."""
+    """All (source layer, target layer) pairs to patch, checked against the depth of the `stack` (encoder or
+    decoder) they index."""
     sources = list(range(n_layer)) if source_layers is None else list(source_layers)
     targets = list(range(n_layer)) if target_layers is None else list(target_layers)
     for name, layers in (("source", sources), ("target", targets)):
         bad = [layer for layer in layers if not 0 <= layer < n_layer]
         if bad or not layers:
             raise WpatchError(
-                f"{name} layer {bad[0] if bad else '(none)'} is outside the encoder's {n_layer} blocks; use layers "
+                f"{name} layer {bad[0] if bad else '(none)'} is outside the {stack}'s {n_layer} blocks; use layers "
                 f"0..{n_layer - 1}"
             )
     return [(s, t) for s in sources for t in targets]
@@ -179,11 +180,13 @@ def fast_patched_run(
 
 @dataclass(frozen=True)
 class PatchedRun:
-    """One patched encoder run: `patch` applied to the recipient clip's run with the donor clip's activations."""
+    """One patched run: `patch` applied to the recipient clip's run with the donor clip's activations; for the
+    decoder sites (`wpatch.decoder_patching`), `donor_tokens` are the tokens the donor run is teacher-forced on."""
 
     recipient_clip: int
     donor_clip: int
     patch: Patch
+    donor_tokens: tuple[int, ...] = ()
 
 
 @dataclass

@@ -3,18 +3,22 @@ patch setting x patch direction x donor, each naming the patched encoder run it 
 
 from dataclasses import dataclass
 
+from wpatch.decoder_patching import DECODER_SITES
 from wpatch.errors import WpatchError
 from wpatch.patching import SITES, Patch, PatchedRun
 from wpatch.rows import PairBatch
+from wpatch.text import ScoredWord
 
 PATCH_DIRECTIONS = ("denoising", "noising")
+TOKEN_SITES = tuple(site for site in DECODER_SITES if site != "enc_to_dec")  # patched at the word's tokens
 
 
 @dataclass(frozen=True)
 class PatchSpec:
     """One patch setting: donor block `source_layer` into recipient block `target_layer` at `site`, on the frames of
-    `window`, mixed with weight `alpha`. `window` is the label written to the rows (all, word, a-b, sweep); `frames`
-    is [start, end) where it is the same for every item, None where it depends on the item (all, word)."""
+    `window`, mixed with weight `alpha`. `window` is the label written to the rows (all, word, a-b, sweep, and
+    tokens for the decoder sites that patch the word's token positions); `frames` is [start, end) where it is the
+    same for every item, None where it depends on the item (all, word, tokens)."""
 
     site: str
     source_layer: int
@@ -23,18 +27,24 @@ class PatchSpec:
     frames: tuple[int, int] | None
     alpha: float
 
-    def patch(self, word_frames: tuple[int, int], n_ctx: int) -> Patch:
-        """The patch for an item whose source and target words are spoken on `word_frames`."""
-        start, end = self.frames or {"all": (0, n_ctx), "word": word_frames}[self.window]
+    def patch(self, word_frames: tuple[int, int], word_positions: tuple[int, int], n_ctx: int) -> Patch:
+        """The patch for an item whose source and target words are spoken on `word_frames` and whose donor word is
+        read out at token positions `word_positions` (see `donor_run_tokens`)."""
+        spans = {"all": (0, n_ctx), "word": word_frames, "tokens": word_positions}
+        start, end = self.frames or spans[self.window]
         return Patch(self.site, self.source_layer, self.target_layer, start, end, self.alpha)
 
 
 def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx) -> list[PatchSpec]:
     """Every setting combination (sites x layer pairs x windows x alphas), checked; sweep windows (label "sweep")
-    are for same-layer pairs only. Repeats are dropped, the first kept."""
+    are for same-layer pairs only. The dec_* sites patch the word's tokens (window "tokens": no frame windows,
+    no sweep); enc_to_dec takes same-layer pairs only (it has no source layer). Repeats are dropped, the first
+    kept."""
     for site in sites:
-        if site not in SITES:
-            raise WpatchError(f"unknown patch site {site!r}; use one of {', '.join(SITES)}")
+        if site not in SITES + DECODER_SITES:
+            raise WpatchError(f"unknown patch site {site!r}; use one of {', '.join(SITES + DECODER_SITES)}")
+    if "enc_to_dec" in sites and not any(s == t for s, t in layer_pairs):
+        raise WpatchError("site enc_to_dec patches decoder block l from no source layer; give layers with s == t")
     for window in windows:
         span = isinstance(window, (list, tuple)) and len(window) == 2 and 0 <= window[0] < window[1] <= n_ctx
         if window not in ("all", "word") and not span:
@@ -49,7 +59,8 @@ def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx) -> list[Patch
         PatchSpec(site, s, t, label, frames, alpha)
         for site in sites
         for s, t in layer_pairs
-        for label, frames in resolved
+        if site != "enc_to_dec" or s == t
+        for label, frames in ([("tokens", None)] if site in TOKEN_SITES else resolved)
         for alpha in alphas
     ]
     if sweep:
@@ -60,6 +71,7 @@ def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx) -> list[Patch
         specs += [
             PatchSpec(site, s, t, "sweep", (a, min(a + width, n_ctx)), alpha)
             for site in sites
+            if site not in TOKEN_SITES
             for s, t in layer_pairs
             if s == t
             for a in starts
@@ -86,12 +98,26 @@ class PlannedRow:
     run: PatchedRun
 
 
+def donor_run_tokens(word: ScoredWord) -> tuple[tuple[int, ...], tuple[int, int]]:
+    """The tokens a decoder-site donor run is teacher-forced on (the forced transcript start, then the word's
+    first surface form) and the token positions [start, end) that read the word out: the start's last token and
+    every word token but the last (position p predicts token p + 1)."""
+    form = word.forms[0]
+    return (*word.prefix, *form), (len(word.prefix) - 1, len(word.prefix) - 1 + len(form))
+
+
 def plan_rows(
-    batch: PairBatch, specs: list[PatchSpec], patch_directions, control: bool, n_ctx: int
+    batch: PairBatch,
+    specs: list[PatchSpec],
+    patch_directions,
+    control: bool,
+    n_ctx: int,
+    words: dict[str, list[ScoredWord]],
 ) -> list[PlannedRow]:
     """Every row of the batch, item by item, then setting, patch direction and donor. Denoising patches the
     source clip's activation into the target clip's run, noising the target's into the source's; the control
-    donor (if asked) is an unrelated word's clip put in place of the real donor."""
+    donor (if asked) is an unrelated word's clip put in place of the real donor. `words`: per side (source,
+    target, and control when asked) each item's word as it is scored (decoder-site donor runs read it)."""
     donor_kinds = ("source", "control") if control else ("source",)
     rows = []
     for b in range(len(batch["item_id"])):
@@ -99,11 +125,11 @@ def plan_rows(
         source_span, target_span = batch["source_span"][b], batch["target_span"][b]
         word_frames = (int(min(source_span[0], target_span[0])), int(max(source_span[1], target_span[1])))
         for spec in specs:
-            patch = spec.patch(word_frames, n_ctx)
             for patch_direction in patch_directions:
                 recipient, real_donor = ("target", "source") if patch_direction == "denoising" else ("source", "target")
                 for kind in donor_kinds:
                     donor = real_donor if kind == "source" else "control"
-                    run = PatchedRun(clip[recipient], clip[donor], patch)
+                    tokens, positions = donor_run_tokens(words[donor][b]) if spec.site in TOKEN_SITES else ((), (0, 0))
+                    run = PatchedRun(clip[recipient], clip[donor], spec.patch(word_frames, positions, n_ctx), tokens)
                     rows.append(PlannedRow(b, spec, patch_direction, donor, run))
     return rows

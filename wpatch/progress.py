@@ -30,9 +30,8 @@ class ItemProgressBar(ProgressBar):
         self.enabled = True
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        skipped = getattr(datamodule, "skipped", set())
-        items = sum(1 for group in getattr(datamodule, "groups", []) for i in group if i not in skipped)
+        pending_items = getattr(trainer.datamodule, "pending_items", None)
+        items = pending_items() if pending_items else 0
         self.rows, self.started = 0, time.perf_counter()
         self.bar = tqdm(
             total=math.ceil(items / trainer.world_size) or None,

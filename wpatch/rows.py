@@ -82,3 +82,9 @@ class ResultRow:
 
 ROW_COLUMNS = [field.name for field in fields(ResultRow)]
 CONDITION = ["site", "window", "alpha", "patch_direction", "donor"]  # the columns that name one patch condition
+
+
+def with_sweep_start(rows):
+    """`rows` (a DataFrame of predictions) with a `sweep_start` column: the window start of sweep rows, -1 for the
+    others; with `CONDITION` and the layer pair it keys one cell of cells.csv and features.csv."""
+    return rows.assign(sweep_start=rows["window_start"].where(rows["window"] == "sweep", -1))

@@ -1,0 +1,178 @@
+"""Decoder sites: the fast path equals plain hooks on openai-whisper's decoder (and not hooks one position or
+one block off), patches that cannot change anything change nothing, and a run with decoder sites is tidy."""
+
+import pandas as pd
+import pytest
+import torch
+import whisper
+
+from scripts.predict import main
+from tests.conftest import random_whisper
+from tests.reference import decoder_site_hook, reference_decoder_site
+from tests.test_pipeline import run
+from wpatch.decoder_patching import DECODER_SITES, DecodingPlan, DecodingRun, decode_plan
+from wpatch.errors import WpatchError
+from wpatch.module import PatchingModule
+from wpatch.patching import Patch
+from wpatch.plan import donor_run_tokens, patch_specs
+from wpatch.text import ScoredWord, scoring_prefix, tokenizer_for
+
+WORDS = [(7365,), (6577, 11)]  # a one-token and a two-token donor word
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_whisper(seed=6)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model):
+    return tokenizer_for(model.dims)
+
+
+@pytest.fixture(scope="module")
+def features(model):
+    """Rows 0-1: the recipients' encoder outputs; rows 2-3: the donors'."""
+    return torch.randn(4, 1500, model.dims.n_audio_state, generator=torch.Generator().manual_seed(7))
+
+
+def scored(tokenizer):
+    return [ScoredWord(scoring_prefix(tokenizer), (word,)) for word in WORDS]
+
+
+def fast(model, tokenizer, features, patches, donor_rows=(2, 3), chunk=3):
+    """Transcripts and word log-probabilities of the two recipients with patches[i] from donor_rows[i] (donor
+    run on WORDS[i]), after the four plain decodings, through `decode_plan` in chunks of `chunk`."""
+    prefix = scoring_prefix(tokenizer)
+    runs = [DecodingRun(f) for f in range(4)] + [
+        DecodingRun(i, patch, donor, (*prefix, *WORDS[i])) for i, (patch, donor) in enumerate(zip(patches, donor_rows))
+    ]
+    plan = DecodingPlan(runs, {}, {})
+    decoded = decode_plan(
+        model, features, plan, [scored(tokenizer)] * len(runs), tokenizer, "en", "transcribe", 8, chunk, False
+    )
+    return decoded.transcripts, decoded.logps
+
+
+def token_patches(site, s, t, alpha, tokenizer):
+    return [
+        Patch(site, s, t, *donor_run_tokens(ScoredWord(scoring_prefix(tokenizer), (word,)))[1], alpha) for word in WORDS
+    ]
+
+
+def hooked(model, tokenizer, features, site, s, t, alpha, shift=0):
+    """The same with plain hooks on openai-whisper's decoder: `whisper.decode` and full teacher-forced
+    `model.decoder` runs, the patch `shift` positions later."""
+    prefix, recipients, donors = list(scoring_prefix(tokenizer)), features[:2], features[2:]
+    if site == "enc_to_dec":
+        donor, weight = donors, torch.full((2, 1500, 1), alpha)
+    else:
+        rows = [
+            reference_decoder_site(model, torch.tensor([prefix + list(word)]), donors[i : i + 1], s, site)[0]
+            for i, word in enumerate(WORDS)
+        ]
+        donor = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        weight = torch.zeros(*donor.shape[:2], 1)
+        for i, word in enumerate(WORDS):
+            start = len(prefix) - 1 + shift
+            weight[i, start : start + len(word)] = alpha
+    options = whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True, sample_len=8)
+    with torch.no_grad(), decoder_site_hook(model, t, site, donor, weight):
+        texts = [r.text.strip() for r in whisper.decode(model, recipients, options)]
+        logps = [{}, {}]
+        for word, scored_word in zip(WORDS, scored(tokenizer)):
+            tokens = torch.tensor([prefix + list(word)] * 2)
+            logp = model.decoder(tokens, recipients).log_softmax(-1)
+            for i in range(2):
+                logps[i][scored_word] = sum(logp[i, len(prefix) - 1 + j, token].item() for j, token in enumerate(word))
+    return texts, logps
+
+
+def max_gap(a, b):
+    return max(abs(x[w] - y[w]) for x, y in zip(a, b) for w in x)
+
+
+@pytest.mark.parametrize("site", DECODER_SITES)
+def test_every_decoder_site_agrees_with_plain_hooks_and_not_with_shifted_ones(model, tokenizer, features, site):
+    for s in range(2):
+        for t in range(2):
+            if site == "enc_to_dec" and s != t:
+                continue
+            for alpha in (0.6, 1.0):
+                if site == "enc_to_dec":
+                    patches = [Patch(site, t, t, 0, 1500, alpha)] * 2
+                else:
+                    patches = token_patches(site, s, t, alpha, tokenizer)
+                texts, logps = fast(model, tokenizer, features, patches)
+                expected_texts, expected_logps = hooked(model, tokenizer, features, site, s, t, alpha)
+                assert texts[4:] == expected_texts, (site, s, t, alpha)
+                assert max_gap(logps[4:], expected_logps) < 1e-4, (site, s, t, alpha)
+                # the same hooks one token position later (or on the other block) give other numbers
+                if site == "enc_to_dec":
+                    _, off = hooked(model, tokenizer, features, site, s, 1 - t, alpha)
+                else:
+                    _, off = hooked(model, tokenizer, features, site, s, t, alpha, shift=1)
+                assert max_gap(logps[4:], off) > 1e-3, (site, s, t, alpha)
+    assert any(len(text.split()) > 1 for text in texts)  # the greedy comparison ran past the patched positions
+
+
+@pytest.mark.parametrize("site", DECODER_SITES)
+def test_alpha_zero_and_a_word_patched_into_itself_change_nothing(model, tokenizer, features, site):
+    for t in range(2):
+        if site == "enc_to_dec":
+            nothing, itself = [Patch(site, t, t, 0, 1500, 0.0)] * 2, [Patch(site, t, t, 0, 1500, 1.0)] * 2
+        else:
+            nothing, itself = (token_patches(site, t, t, alpha, tokenizer) for alpha in (0.0, 1.0))
+        texts, logps = fast(model, tokenizer, features, nothing)
+        assert texts[4:] == texts[:2] and max_gap(logps[4:], logps[:2]) < 1e-5
+        # each recipient's own run as donor, on its own word: that word's probability is unchanged
+        texts, logps = fast(model, tokenizer, features, itself, donor_rows=(0, 1))
+        for i, word in enumerate(scored(tokenizer)):
+            assert abs(logps[4 + i][word] - logps[i][word]) < 1e-5, (site, t, i)
+        if site == "enc_to_dec":
+            assert texts[4:] == texts[:2]
+
+
+def test_decoder_site_settings(small_model_path):
+    specs = patch_specs(
+        [(0, 0), (0, 1), (1, 1)], ["dec_resid", "enc_to_dec"], ["all", "word"], [10, 10, 30], [1.0], 1500
+    )
+    dec = [spec for spec in specs if spec.site == "dec_resid"]
+    assert {spec.window for spec in dec} == {"tokens"} and len(dec) == 3  # no frame windows, no sweep
+    enc = [spec for spec in specs if spec.site == "enc_to_dec"]
+    assert all(spec.source_layer == spec.target_layer for spec in enc) and len(enc) == 2 * (2 + 3)
+    assert donor_run_tokens(ScoredWord((1, 2, 3), ((7, 8),))) == ((1, 2, 3, 7, 8), (2, 4))
+    with pytest.raises(WpatchError, match="enc_to_dec patches decoder block l from no source layer"):
+        patch_specs([(0, 1)], ["enc_to_dec"], ["all"], None, [1.0], 1500)
+    with pytest.raises(WpatchError, match="source layer 2 is outside the decoder's 2 blocks"):
+        PatchingModule(model=small_model_path, sites=["dec_mlp_out"], source_layers=[2])
+
+
+def test_a_run_with_decoder_sites_writes_tidy_rows(tmp_path, small_model_path):
+    out = tmp_path / "decoder"
+    main(
+        run(
+            tmp_path,
+            small_model_path,
+            out,
+            "--model.sites",
+            "[dec_resid, dec_cross_out, enc_to_dec]",
+            "--model.source_layers",
+            "[0, 1]",
+            "--model.target_layers",
+            "[0, 1]",
+            "--model.alphas",
+            "[0.0, 1.0]",
+            "--model.min_separation=-1e9",
+            pairs="word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\n",
+        )
+    )
+    rows = pd.read_csv(out / "predictions.csv", keep_default_na=False, na_values={"effect": [""]})
+    assert len(rows) == 4 * (2 * 4 * 2 + 2 * 2)  # items x (dec sites x layer pairs x alphas + enc_to_dec s == t)
+    tokens = rows[rows.site != "enc_to_dec"]
+    assert set(tokens.window) == {"tokens"} and (tokens.window_start == 1).all()  # after <|sot|><|notimestamps|>
+    assert ((tokens.window_end - tokens.window_start) >= 1).all()
+    assert (rows[rows.site == "enc_to_dec"].source_layer == rows[rows.site == "enc_to_dec"].target_layer).all()
+    zero = rows[rows.alpha == 0.0]  # alpha 0 leaves the target's clean run
+    assert ((zero.logp_source - zero.logp_target - zero.ld_target_clean).abs() < 1e-4).all()
+    assert (out / "summary.json").exists() and (out / "figures" / "score_matrix.png").exists()

@@ -2,6 +2,8 @@
 and the automatic batch fits, log-mels load into pinned memory. Skipped without CUDA (run by
 scripts/device_check.py on a lent GPU)."""
 
+import math
+
 import lightning as L
 import pandas as pd
 import pytest
@@ -30,8 +32,8 @@ def pairs(tmp_path, clip_dir, small_model_path, monkeypatch):
     )
 
 
-def predict(dm, precision: str, accelerator: str = "gpu", callbacks=()):
-    """Every row of a predict run on `dm`'s model, and the module."""
+def predict(dm, precision: str, accelerator: str = "gpu", callbacks=(), **settings):
+    """Every row of a predict run on `dm`'s model (module `settings` as given), and the module."""
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -40,16 +42,16 @@ def predict(dm, precision: str, accelerator: str = "gpu", callbacks=()):
         enable_progress_bar=False,
         callbacks=list(callbacks),
     )
-    module = PatchingModule(model=dm.hparams.model)
+    module = PatchingModule(model=dm.hparams.model, **settings)
     rows = [row for batch in trainer.predict(module, datamodule=dm) for row in batch]
-    return sorted(rows, key=lambda r: (r["item_id"], r["source_layer"], r["target_layer"])), module
+    return sorted(rows, key=lambda r: (r["item_id"], r["site"], r["source_layer"], r["target_layer"])), module
 
 
 def assert_rows_agree(a: list[dict], b: list[dict]) -> None:
     """Same rows; word log-probabilities within 1e-3; greedy transcripts identical on at least 95% of rows
     (a random model's near-tied logits can flip under the last-bit differences of another device or batch shape)."""
-    assert [(r["item_id"], r["source_layer"], r["target_layer"]) for r in a] == [
-        (r["item_id"], r["source_layer"], r["target_layer"]) for r in b
+    assert [(r["item_id"], r["site"], r["source_layer"], r["target_layer"]) for r in a] == [
+        (r["item_id"], r["site"], r["source_layer"], r["target_layer"]) for r in b
     ]
     assert max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in ("logp_source", "logp_target")) < 1e-3
     assert sum(x["transcript"] == y["transcript"] for x, y in zip(a, b)) >= 0.95 * len(a)
@@ -69,6 +71,17 @@ def test_gpu_rows_agree_with_cpu_rows_in_fp32(pairs):
     cpu, _ = predict(pairs(), "32-true", accelerator="cpu")
     assert len(gpu) == len(cpu) == 6 * 9
     assert_rows_agree(gpu, cpu)
+
+
+def test_decoder_sites_on_gpu_agree_with_cpu_and_run_in_mixed_precision(pairs):
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    settings = {"sites": ["dec_resid", "dec_cross_out", "enc_to_dec"], "source_layers": [0, 1], "target_layers": [0, 1]}
+    gpu, _ = predict(pairs(), "32-true", **settings)
+    cpu, _ = predict(pairs(), "32-true", accelerator="cpu", **settings)
+    assert len(gpu) == len(cpu) == 6 * (2 * 4 + 2)
+    assert_rows_agree(gpu, cpu)
+    mixed, _ = predict(pairs(), MIXED, **settings)
+    assert len(mixed) == len(gpu) and all(math.isfinite(r["logp_source"]) and 0 <= r["score"] <= 1 for r in mixed)
 
 
 def test_mixed_precision_run_completes(pairs):

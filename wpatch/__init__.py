@@ -1,13 +1,12 @@
-"""wpatch: batched activation patching on OpenAI Whisper's encoder, with PyTorch Lightning.
+"""wpatch: batched activation patching on OpenAI Whisper's encoder and decoder, with PyTorch Lightning.
 
-Modules: `models` (model specs, offline weights), `tts` and `audio` (speech stimuli), `pairs` and
-`stimuli` (pairs tables, the packaged sets), `rows` (the batch and the result row, named), `plan` (patch
-settings, the rows of a batch), `patching` (the encoder engine: patch sites, fast paths), `decoding`
-(transcripts, word log-probabilities), `text` (normalisation, how a word is scored), `measures` (the
-columns of a row), `module` (the LightningModule), `writer` (the run's I/O:
-parts, resume, merge), `analysis` (groups, matrices, intervals, summary and figures from the rows alone),
-`cli` (the `wpatch` command). The DataModules
-live in the top-level `datamodules` package.
+Modules: `models` (model specs, offline weights), `tts` and `audio` (speech stimuli), `pairs` and `stimuli`
+(pairs tables, the packaged sets), `rows` (the batch and the result row, named), `plan` (patch settings, the
+rows of a batch), `patching` (the encoder engine: patch sites, fast paths), `decoding` (transcripts, word
+log-probabilities), `decoder_patching` (decoder sites, and decoding a batch's runs), `text` (normalisation, how
+a word is scored), `measures` (the columns of a row), `module` (the LightningModule), `writer` (the run's I/O:
+parts, resume, merge), `analysis` (groups, matrices, intervals, summary and figures from the rows alone), `cli`
+(the `wpatch` command). The DataModules live in the top-level `datamodules` package.
 
 Glossary (names in the code follow it):
 
@@ -20,12 +19,16 @@ Glossary (names in the code follow it):
 - patch direction (column `patch_direction`): `denoising` (donor = source clip, recipient = target clip) or
   `noising` (donor = target clip, recipient = source clip). `donor` says whose clip gave the activation:
   source, target, or control (an unrelated word's clip, put in place of the real donor).
-- source layer / target layer: the encoder block the activation is read from (s) / written into (t); a layer
-  pair is (s, t). Not to be confused with word pairs.
-- site: where in a block: `resid_pre` (its input), `attn_out`, `mlp_out` (what attention and the MLP add),
-  `block_out` (its output).
+- source layer / target layer: the block the activation is read from (s) / written into (t), an encoder block
+  for encoder sites and a decoder block for decoder sites; a layer pair is (s, t). Not to be confused with word
+  pairs.
+- site: where in a block. Encoder: `resid_pre` (its input), `attn_out`, `mlp_out` (what attention and the MLP
+  add), `block_out` (its output). Decoder: `dec_resid` (a decoder block's output), `dec_attn_out`,
+  `dec_cross_out`, `dec_mlp_out` (what self-attention, cross-attention and the MLP add), at the tokens that read
+  the word out; `enc_to_dec` (the encoder output one decoder block's cross-attention reads).
 - window: the encoder frames patched (20 ms each): `all`, `word` (where either word is spoken), `a-b`, or
-  `sweep` (sliding windows); alpha mixes donor into recipient on them (1 = replace).
+  `sweep` (sliding windows); for the dec_* sites `tokens` (the decoder positions that read the word out); alpha
+  mixes donor into recipient on them (1 = replace).
 - clean run: an unpatched encoder run of one clip.
 
 `wpatch.load_run(folder)` reads a finished run back: `(rows, summary)`.

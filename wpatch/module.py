@@ -1,8 +1,8 @@
 """The LightningModule: Lightning glue around one predict step that reads plan -> encode -> decode -> measure.
 
 Its settings are checked here and in `wpatch.plan`; the work is done by `wpatch.plan` (which rows a batch has),
-`wpatch.patching` (their encoder outputs), `wpatch.decoding` (transcripts, word log-probabilities, languages)
-and `wpatch.measures` (the columns of each row).
+`wpatch.patching` (their encoder outputs), `wpatch.decoder_patching` (their decodings, with any patch inside the
+decoder: transcripts, word log-probabilities, languages) and `wpatch.measures` (the columns of each row).
 """
 
 import lightning as L
@@ -33,7 +33,8 @@ def check_precision(precision: str, on_gpu: bool) -> None:
 
 
 class PatchingModule(L.LightningModule):
-    """Activation patching of Whisper's encoder over all layer pairs, with greedy and teacher-forced measures.
+    """Activation patching of Whisper's encoder (and decoder) over all layer pairs, with greedy and teacher-forced
+    measures.
 
     The default is the original experiment: the whole output of block t replaced by the source clip's block-s
     output (site block_out, window all, alpha 1, denoising). Every list setting is swept in one run.

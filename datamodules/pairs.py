@@ -165,6 +165,9 @@ class PairDataModule(L.LightningDataModule):
         self.target_tokens = [
             word_tokens(tokenizers[lang], w) for w, lang in zip(items["target_word"], items["target_lang"])
         ]
+        self.control_tokens = [  # the control word is in the source's language
+            word_tokens(tokenizers[lang], w) for w, lang in zip(items["control_word"], items["source_lang"])
+        ]
         self.items = items
 
     def screen(self) -> pd.DataFrame:
@@ -229,6 +232,7 @@ class PairDataModule(L.LightningDataModule):
             **{f"{side}_span": self.spans[clip] for side, clip in clips.items()},
             source_tokens=[self.source_tokens[i] for i in indices],
             target_tokens=[self.target_tokens[i] for i in indices],
+            control_tokens=[self.control_tokens[i] for i in indices],
             **{column: rows[column].tolist() for column in metadata},
         )
 

@@ -7,7 +7,7 @@ import torch
 import whisper
 
 from scripts.predict import main
-from tests.conftest import random_whisper
+from tests.conftest import SMALL_DIMS, random_whisper
 from tests.reference import decoder_site_hook, reference_decoder_site
 from tests.test_pipeline import run
 from wpatch.decoder_patching import DECODER_SITES, DecodingPlan, DecodingRun, decode_plan
@@ -60,12 +60,18 @@ def token_patches(site, s, t, alpha, tokenizer):
     ]
 
 
+def frames_for(alpha):
+    """enc_to_dec's frame window in these tests: part of the clip at alpha 0.6, all of it at 1."""
+    return (100, 400) if alpha < 1 else (0, 1500)
+
+
 def hooked(model, tokenizer, features, site, s, t, alpha, shift=0):
     """The same with plain hooks on openai-whisper's decoder: `whisper.decode` and full teacher-forced
     `model.decoder` runs, the patch `shift` positions later."""
     prefix, recipients, donors = list(scoring_prefix(tokenizer)), features[:2], features[2:]
     if site == "enc_to_dec":
-        donor, weight = donors, torch.full((2, 1500, 1), alpha)
+        donor, weight = donors, torch.zeros(2, 1500, 1)
+        weight[:, slice(*frames_for(alpha))] = alpha
     else:
         rows = [
             reference_decoder_site(model, torch.tensor([prefix + list(word)]), donors[i : i + 1], s, site)[0]
@@ -100,7 +106,7 @@ def test_every_decoder_site_agrees_with_plain_hooks_and_not_with_shifted_ones(mo
                 continue
             for alpha in (0.6, 1.0):
                 if site == "enc_to_dec":
-                    patches = [Patch(site, t, t, 0, 1500, alpha)] * 2
+                    patches = [Patch(site, t, t, *frames_for(alpha), alpha)] * 2
                 else:
                     patches = token_patches(site, s, t, alpha, tokenizer)
                 texts, logps = fast(model, tokenizer, features, patches)
@@ -133,6 +139,27 @@ def test_alpha_zero_and_a_word_patched_into_itself_change_nothing(model, tokeniz
             assert texts[4:] == texts[:2]
 
 
+def test_one_chunk_mixing_every_site_and_block_equals_one_decoding_at_a_time(model, tokenizer, features):
+    prefix = scoring_prefix(tokenizer)
+    runs = [DecodingRun(f) for f in range(4)]
+    for site in DECODER_SITES:
+        for s, t in ((0, 0), (1, 0), (1, 1)):
+            if site == "enc_to_dec" and s != t:
+                continue
+            for i, word in enumerate(WORDS):
+                positions = donor_run_tokens(ScoredWord(prefix, (word,)))[1]
+                patch = Patch(site, s, t, *((100, 400) if site == "enc_to_dec" else positions), 0.8)
+                runs.append(DecodingRun(i, patch, 3 - i, (*prefix, *word)))
+    plan = DecodingPlan(runs, {}, {})
+    asked = [scored(tokenizer)] * len(runs)
+    together, alone = (
+        decode_plan(model, features, plan, asked, tokenizer, "en", "transcribe", 8, chunk, False)
+        for chunk in (len(runs), 1)
+    )
+    assert together.transcripts == alone.transcripts
+    assert max_gap(together.logps, alone.logps) < 1e-4
+
+
 def test_decoder_site_settings(small_model_path):
     specs = patch_specs(
         [(0, 0), (0, 1), (1, 1)], ["dec_resid", "enc_to_dec"], ["all", "word"], [10, 10, 30], [1.0], 1500
@@ -146,6 +173,14 @@ def test_decoder_site_settings(small_model_path):
         patch_specs([(0, 1)], ["enc_to_dec"], ["all"], None, [1.0], 1500)
     with pytest.raises(WpatchError, match="source layer 2 is outside the decoder's 2 blocks"):
         PatchingModule(model=small_model_path, sites=["dec_mlp_out"], source_layers=[2])
+    # default layers: encoder sites take the encoder's 3 blocks, decoder sites the decoder's 2
+    module = PatchingModule(model=small_model_path, sites=["block_out", "dec_resid", "enc_to_dec"])
+    layers = {
+        site: {(spec.source_layer, spec.target_layer) for spec in module.specs if spec.site == site}
+        for site in ("block_out", "dec_resid", "enc_to_dec")
+    }
+    assert len(layers["block_out"]) == 9 and layers["dec_resid"] == {(s, t) for s in range(2) for t in range(2)}
+    assert layers["enc_to_dec"] == {(0, 0), (1, 1)}
 
 
 def test_a_run_with_decoder_sites_writes_tidy_rows(tmp_path, small_model_path):
@@ -163,16 +198,27 @@ def test_a_run_with_decoder_sites_writes_tidy_rows(tmp_path, small_model_path):
             "[0, 1]",
             "--model.alphas",
             "[0.0, 1.0]",
+            "--model.directions",
+            "[denoising, noising]",
+            "--model.control",
+            "true",
             "--model.min_separation=-1e9",
             pairs="word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\n",
         )
     )
     rows = pd.read_csv(out / "predictions.csv", keep_default_na=False, na_values={"effect": [""]})
-    assert len(rows) == 4 * (2 * 4 * 2 + 2 * 2)  # items x (dec sites x layer pairs x alphas + enc_to_dec s == t)
+    # items x (dec sites x layer pairs x alphas + enc_to_dec s == t x alphas) x patch directions x donors
+    assert len(rows) == 4 * (2 * 4 * 2 + 2 * 2) * 2 * 2
     tokens = rows[rows.site != "enc_to_dec"]
     assert set(tokens.window) == {"tokens"} and (tokens.window_start == 1).all()  # after <|sot|><|notimestamps|>
-    assert ((tokens.window_end - tokens.window_start) >= 1).all()
+    # the patched positions read out the donor's word: as many as its first surface form has tokens
+    tokenizer = tokenizer_for(SMALL_DIMS)
+    lengths = tokens.donor_word.map(lambda word: len(tokenizer.encode(" " + word)))
+    assert (tokens.window_end - tokens.window_start == lengths).all()
+    assert set(tokens.donor) == {"source", "target", "control"}
     assert (rows[rows.site == "enc_to_dec"].source_layer == rows[rows.site == "enc_to_dec"].target_layer).all()
-    zero = rows[rows.alpha == 0.0]  # alpha 0 leaves the target's clean run
-    assert ((zero.logp_source - zero.logp_target - zero.ld_target_clean).abs() < 1e-4).all()
+    zero = rows[rows.alpha == 0.0]  # alpha 0 leaves the recipient's clean run: the target's, or the source's
+    ld = zero.logp_source - zero.logp_target
+    clean = zero.ld_target_clean.where(zero.patch_direction == "denoising", zero.ld_source_clean)
+    assert ((ld - clean).abs() < 1e-4).all()
     assert (out / "summary.json").exists() and (out / "figures" / "score_matrix.png").exists()

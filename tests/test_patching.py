@@ -62,6 +62,12 @@ def test_fast_path_equals_hook_path_tiny_en(clip_dir):
     assert clean_text[0].strip(" .").lower() == "big"  # the real model hears the word
 
 
+def test_outputs_asked_for_no_word_score_nothing():
+    model = random_whisper()
+    cross = cross_attention_cache(model, torch.randn(2, 1500, model.dims.n_audio_state))
+    assert sequence_logprobs(model, cross, [[], []]) == [[], []]
+
+
 def test_teacher_forced_scores_match_full_decoder_logits():
     torch.manual_seed(1)
     model = random_whisper()

@@ -35,6 +35,7 @@ from wpatch.decoding import (
 from wpatch.patching import EncoderOutputs, Patch, PatchedRun, window_weights
 
 DECODER_SITES = ("dec_resid", "dec_attn_out", "dec_mlp_out", "dec_cross_out", "enc_to_dec")
+TOKEN_SITES = DECODER_SITES[:4]  # the sites patched at the word's token positions
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def _positions(values: Tensor, offset: int, length: int) -> Tensor:
 
 class DecoderEdits:
     """The dec_* patches of a chunk of decodings, as a `wpatch.decoding.Edit`: per (block, site), each decoding's
-    donor activations (N, positions, d) and weights (N, positions, 1) by token position (weight 0: unpatched)."""
+    donor activations (N, positions, d) and float32 weights (N, positions, 1) by token position (weight 0:
+    unpatched). The mix is computed in float32, so alpha is exact under mixed precision too."""
 
     def __init__(self):
         self.mixes: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
@@ -91,7 +93,7 @@ class DecoderEdits:
         if (block, site) not in self.mixes:
             return value
         donor, weight = (_positions(t, offset, value.shape[2]) for t in self.mixes[block, site])
-        return torch.lerp(value, donor[:, None].to(value.dtype), weight[:, None].to(value.dtype))
+        return torch.lerp(value.float(), donor[:, None].float(), weight[:, None]).to(value.dtype)
 
 
 class SiteRecorder:
@@ -109,7 +111,7 @@ class SiteRecorder:
 def decoder_edits(model: Whisper, features: Tensor, chunk: list[DecodingRun]) -> DecoderEdits | None:
     """The dec_* patches of `chunk`: one teacher-forced donor run per distinct (donor output, tokens), then each
     decoding's donor activation of block s placed on its positions for block t."""
-    patched = [(i, d) for i, d in enumerate(chunk) if d.patch is not None and d.patch.site != "enc_to_dec"]
+    patched = [(i, d) for i, d in enumerate(chunk) if d.patch is not None and d.patch.site in TOKEN_SITES]
     if not patched:
         return None
     donors = list(dict.fromkeys((d.donor_row, d.donor_tokens) for _, d in patched))
@@ -132,7 +134,7 @@ def decoder_edits(model: Whisper, features: Tensor, chunk: list[DecodingRun]) ->
             state = recorder.states[0, p.site]
             edits.mixes[p.target_layer, p.site] = (
                 state.new_zeros(len(chunk), end, state.shape[-1]),
-                state.new_zeros(len(chunk), end, 1),
+                state.new_zeros(len(chunk), end, 1, dtype=torch.float32),
             )
         values, weights = edits.mixes[p.target_layer, p.site]
         values[i, p.start : p.end] = recorder.states[p.source_layer, p.site][donor, p.start : p.end]
@@ -148,10 +150,12 @@ def patched_cross_cache(model: Whisper, features: Tensor, chunk: list[DecodingRu
     rows = [d.feature_row for d in chunk]
     if rows == list(range(rows[0], rows[0] + len(rows))):
         cache = cross_attention_cache(model, features[rows[0] : rows[0] + len(rows)])
-    else:
+    else:  # block by block, so that at most one block's distinct keys and values are held beside the cache
         distinct = sorted(set(rows))
         where = torch.tensor([distinct.index(row) for row in rows], device=features.device)
-        cache = [(keys[where], values[where]) for keys, values in cross_attention_cache(model, features[distinct])]
+        cache = [
+            tuple(x[where] for x in cross_keys_values(block, features[distinct])) for block in model.decoder.blocks
+        ]
     for block, (keys, values) in enumerate(cache):
         here = [
             i for i, d in enumerate(chunk) if d.patch and d.patch.site == "enc_to_dec" and d.patch.target_layer == block
@@ -160,7 +164,7 @@ def patched_cross_cache(model: Whisper, features: Tensor, chunk: list[DecodingRu
             weight = window_weights([chunk[i].patch for i in here], features.shape[1], features.device)
             recipients = features[[chunk[i].feature_row for i in here]]
             donors = features[[chunk[i].donor_row for i in here]]
-            mixed = torch.lerp(recipients, donors, weight.to(features.dtype))
+            mixed = torch.lerp(recipients.float(), donors.float(), weight.float()).to(features.dtype)
             keys[here], values[here] = cross_keys_values(model.decoder.blocks[block], mixed)
     return cache
 
@@ -186,6 +190,7 @@ def decode_plan(
         part = plan.decodings[start : start + chunk]
         with record_function("wpatch.decoder.cross_attention"):
             cross = patched_cross_cache(model, features, part)
+        with record_function("wpatch.decoder.donor_runs"):
             edit = decoder_edits(model, features, part)
         with record_function("wpatch.decoder.language"):
             probs = language_probs(model, cross, tokenizer, edit) if detect else []

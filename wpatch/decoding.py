@@ -161,6 +161,8 @@ def sequence_logprobs(
     """Teacher-forced log P(continuation | prefix, encoder output f) for each (prefix, continuation) asked of
     each encoder output f, all in one decoder pass."""
     device = cross[0][0].device
+    if not any(sequences):  # e.g. a chunk of clean outputs that only serve as control donors
+        return [[] for _ in sequences]
     n_features, n_seq = len(sequences), max(len(s) for s in sequences)
     length = max(len(prefix) + len(rest) for seqs in sequences for prefix, rest in seqs)
     tokens = torch.zeros(n_features, n_seq, length, dtype=torch.long)

@@ -16,7 +16,7 @@ from wpatch.models import load_model
 from wpatch.patching import encode_plan, layer_pairs
 from wpatch.plan import check_patch_directions, patch_specs, plan_rows
 from wpatch.rows import ROW_COLUMNS, PairBatch
-from wpatch.text import ScoredWord, scored_word, tokenizer_for, word_tokens
+from wpatch.text import ScoredWord, scored_word, tokenizer_for
 
 __all__ = ["ROW_COLUMNS", "PatchingModule", "check_precision"]  # ROW_COLUMNS: wpatch.rows, re-exported
 
@@ -86,10 +86,21 @@ class PatchingModule(L.LightningModule):
         self.whisper = load_model(model)
         dims = self.whisper.dims
         self.layer_pairs = layer_pairs(dims.n_audio_layer, source_layers, target_layers)
-        if set(sites) & set(DECODER_SITES):
+        self.decoder_layer_pairs = (
             layer_pairs(dims.n_text_layer, source_layers, target_layers, stack="decoder")
+            if set(sites) & set(DECODER_SITES)
+            else []
+        )
         self.tokenizer = tokenizer_for(dims, language or "en", task)
-        self.specs = patch_specs(self.layer_pairs, list(sites), list(windows), sweep, list(alphas), dims.n_audio_ctx)
+        self.specs = patch_specs(
+            self.layer_pairs,
+            list(sites),
+            list(windows),
+            sweep,
+            list(alphas),
+            dims.n_audio_ctx,
+            self.decoder_layer_pairs,
+        )
         check_patch_directions(directions)
         if not 1 <= max_tokens <= dims.n_text_ctx // 2:
             raise WpatchError(
@@ -117,15 +128,11 @@ class PatchingModule(L.LightningModule):
     def predict_step(self, batch: PairBatch, batch_idx: int = 0) -> list[dict]:
         """One row per item and patch (`wpatch.rows.ResultRow`, as column -> value)."""
         hp, model = self.hparams, self.whisper
+        languages = {"source": batch["source_lang"], "target": batch["target_lang"], "control": batch["source_lang"]}
         words = {
-            side: [self.scored_word(lang, forms) for lang, forms in zip(batch[f"{side}_lang"], batch[f"{side}_tokens"])]
-            for side in ("source", "target")
+            side: [self.scored_word(lang, forms) for lang, forms in zip(languages[side], batch[f"{side}_tokens"])]
+            for side in ("source", "target", "control")
         }
-        if hp.control:
-            words["control"] = [
-                self.scored_word(lang, word_tokens(self.tokenizer, word))
-                for lang, word in zip(batch["source_lang"], batch["control_word"])
-            ]
         plan = plan_rows(batch, self.specs, hp.directions, hp.control, model.dims.n_audio_ctx, words)
 
         mels = {}

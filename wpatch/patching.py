@@ -115,10 +115,11 @@ def _site_module(block: ResidualAttentionBlock, site: str) -> torch.nn.Module:
 
 
 def _mix(output, donor: Tensor, weight: Tensor):
-    """lerp(output, donor, weight), exact at weights 0 and 1; attention's (out, qk) tuple keeps its qk."""
+    """lerp(output, donor, weight) computed in float32 (alpha exact under mixed precision), exact at weights 0 and 1;
+    attention's (out, qk) tuple keeps its qk."""
     if isinstance(output, tuple):
-        return (torch.lerp(output[0], donor.to(output[0].dtype), weight.to(output[0].dtype)), *output[1:])
-    return torch.lerp(output, donor.to(output.dtype), weight.to(output.dtype))
+        return (_mix(output[0], donor, weight), *output[1:])
+    return torch.lerp(output.float(), donor.float(), weight.float()).to(output.dtype)
 
 
 @contextmanager

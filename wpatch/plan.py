@@ -1,16 +1,15 @@
 """The patch settings of a run (`PatchSpec`, checked once) and the plan of a batch: one `PlannedRow` per item x
-patch setting x patch direction x donor, each naming the patched encoder run it reads."""
+patch setting x patch direction x donor, each naming its patched run (in the encoder, or in the decoder)."""
 
 from dataclasses import dataclass
 
-from wpatch.decoder_patching import DECODER_SITES
+from wpatch.decoder_patching import DECODER_SITES, TOKEN_SITES
 from wpatch.errors import WpatchError
 from wpatch.patching import SITES, Patch, PatchedRun
 from wpatch.rows import PairBatch
 from wpatch.text import ScoredWord
 
 PATCH_DIRECTIONS = ("denoising", "noising")
-TOKEN_SITES = tuple(site for site in DECODER_SITES if site != "enc_to_dec")  # patched at the word's tokens
 
 
 @dataclass(frozen=True)
@@ -35,15 +34,17 @@ class PatchSpec:
         return Patch(self.site, self.source_layer, self.target_layer, start, end, self.alpha)
 
 
-def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx) -> list[PatchSpec]:
+def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx, decoder_layer_pairs=None) -> list[PatchSpec]:
     """Every setting combination (sites x layer pairs x windows x alphas), checked; sweep windows (label "sweep")
-    are for same-layer pairs only. The dec_* sites patch the word's tokens (window "tokens": no frame windows,
-    no sweep); enc_to_dec takes same-layer pairs only (it has no source layer). Repeats are dropped, the first
-    kept."""
+    are for same-layer pairs only. Decoder sites take `decoder_layer_pairs` (default: `layer_pairs`); the dec_*
+    sites patch the word's tokens (window "tokens": no frame windows, no sweep); enc_to_dec takes same-layer pairs
+    only (it has no source layer). Repeats are dropped, the first kept."""
+    decoder_layer_pairs = layer_pairs if decoder_layer_pairs is None else decoder_layer_pairs
+    pairs_of = {site: decoder_layer_pairs if site in DECODER_SITES else layer_pairs for site in sites}
     for site in sites:
         if site not in SITES + DECODER_SITES:
             raise WpatchError(f"unknown patch site {site!r}; use one of {', '.join(SITES + DECODER_SITES)}")
-    if "enc_to_dec" in sites and not any(s == t for s, t in layer_pairs):
+    if "enc_to_dec" in sites and not any(s == t for s, t in decoder_layer_pairs):
         raise WpatchError("site enc_to_dec patches decoder block l from no source layer; give layers with s == t")
     for window in windows:
         span = isinstance(window, (list, tuple)) and len(window) == 2 and 0 <= window[0] < window[1] <= n_ctx
@@ -58,7 +59,7 @@ def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx) -> list[Patch
     specs = [
         PatchSpec(site, s, t, label, frames, alpha)
         for site in sites
-        for s, t in layer_pairs
+        for s, t in pairs_of[site]
         if site != "enc_to_dec" or s == t
         for label, frames in ([("tokens", None)] if site in TOKEN_SITES else resolved)
         for alpha in alphas
@@ -72,7 +73,7 @@ def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx) -> list[Patch
             PatchSpec(site, s, t, "sweep", (a, min(a + width, n_ctx)), alpha)
             for site in sites
             if site not in TOKEN_SITES
-            for s, t in layer_pairs
+            for s, t in pairs_of[site]
             if s == t
             for a in starts
             for alpha in alphas
@@ -89,7 +90,7 @@ def check_patch_directions(patch_directions) -> None:
 @dataclass(frozen=True)
 class PlannedRow:
     """One row to compute: item `item` of the batch (its position), patch setting `spec`, `patch_direction`, and
-    `donor` (whose clip gives the activation: source, target or control); `run` is the patched encoder run."""
+    `donor` (whose clip gives the activation: source, target or control); `run` is the patched run."""
 
     item: int
     spec: PatchSpec
@@ -117,7 +118,7 @@ def plan_rows(
     """Every row of the batch, item by item, then setting, patch direction and donor. Denoising patches the
     source clip's activation into the target clip's run, noising the target's into the source's; the control
     donor (if asked) is an unrelated word's clip put in place of the real donor. `words`: per side (source,
-    target, and control when asked) each item's word as it is scored (decoder-site donor runs read it)."""
+    target, control) each item's word as it is scored (decoder-site donor runs read it)."""
     donor_kinds = ("source", "control") if control else ("source",)
     rows = []
     for b in range(len(batch["item_id"])):

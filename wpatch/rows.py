@@ -28,6 +28,7 @@ class PairBatch(TypedDict):
     control_span: Tensor
     source_tokens: list[list[list[int]]]  # token ids of each surface form of the source word
     target_tokens: list[list[list[int]]]
+    control_tokens: list[list[list[int]]]  # the control word's (in the source word's language)
     pair_id: list[str]
     direction: list[str]  # the pair direction: a->b or b->a
     category: list[str]
@@ -55,7 +56,7 @@ class ResultRow:
     source_layer: int
     target_layer: int
     window: str
-    window_start: int
+    window_start: int  # encoder frames [start, end); for the dec_* sites decoder token positions
     window_end: int
     alpha: float
     patch_direction: str  # denoising (source into the target's run) or noising (target into the source's run)

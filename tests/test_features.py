@@ -128,3 +128,28 @@ def test_analyse_writes_feature_tables_figures_and_report(tmp_path):
     assert "## Phonetic features" in (tmp_path / "run/report.md").read_text()
     no_features = analyse(rows, tmp_path / "plain", {"pairs_file": None}, tensorboard=False)
     assert "features" not in no_features and not (tmp_path / "plain/features.csv").exists()
+
+
+def test_a_sweep_of_a_feature_changed_at_onset_and_coda_gets_a_map_per_position(tmp_path):
+    from pathlib import Path
+
+    from wpatch.analysis import analyse, condition_label, read_rows
+
+    rows = read_rows(Path(__file__).parent / "data/reference_a.csv")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(  # hot/cold labelled as a coda voicing pair, for the test's sake
+        "pair_id,word_a,word_b,category,phoneme_a,phoneme_b,position,feature\n"
+        "p00000,bat,pat,consonant,B,P,onset,voicing\np00001,hot,cold,consonant,T,D,coda,voicing\n"
+    )
+    summary = analyse(rows, tmp_path / "run", {"pairs_file": str(pairs)}, tensorboard=False)
+    voicing = summary["features"]["voicing"]
+    assert voicing["pairs"] == 2 and voicing["positions"] == ["all", "coda", "onset"]
+    conditions = rows[CONDITION].drop_duplicates().to_dict("records")
+    sweeps = [condition_label(c) for c in conditions if c["window"] == "sweep"]
+    assert sweeps and set(voicing["by_position"]) == {"onset", "coda"}
+    for position in ("onset", "coda"):
+        assert set(voicing["by_position"][position]) == set(sweeps)  # per position: sweeps only
+        assert all("peak_window_start" in found for found in voicing["by_position"][position].values())
+    figures = {p.name for p in (tmp_path / "run/figures").glob("feature_voicing_*.png")}
+    assert len(figures) == len(conditions) + 2 * len(sweeps)
+    assert {f"feature_voicing_{position}_{sweeps[0]}.png" for position in ("onset", "coda")} <= figures

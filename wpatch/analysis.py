@@ -311,33 +311,47 @@ def condition_figures(cells: pd.DataFrame, conditions: list[dict], figures: Path
 
 def feature_figures(features: pd.DataFrame, conditions: list[dict], figures: Path, tensorboard=None) -> dict:
     """Per condition and phonetic feature (positions pooled): the effect map (source x target layer, or layer x
-    window start for a sweep) as figures/feature_<feature>_<condition>.png; returns per feature its pairs and,
-    per condition, the effect's diagonal / off-diagonal means or, for a sweep, where the effect peaks."""
+    window start for a sweep) as figures/feature_<feature>_<condition>.png; for a sweep of a feature changed at
+    several positions (onset, coda), one map per position too (feature_<feature>_<position>_<condition>.png).
+    Returns per feature its pairs and, per condition, the effect's diagonal / off-diagonal means or, for a sweep,
+    where the effect peaks (per position under "by_position")."""
     summary = {}
     for feature in sorted(features["feature"].unique()):
-        mine = features[(features["feature"] == feature) & (features["position"] == "all")]
+        of_feature = features[features["feature"] == feature]
+        positions = sorted(of_feature["position"].unique().tolist())
         summary[feature] = {
-            "pairs": int(mine["pairs"].max()),
-            "positions": sorted(features[features["feature"] == feature]["position"].unique().tolist()),
+            "pairs": int(of_feature[of_feature["position"] == "all"]["pairs"].max()),
+            "positions": positions,
         }
         for condition in conditions:
-            matrix = feature_map(features, feature, condition)
-            if matrix.empty or not matrix.notna().any().any():
-                continue
             label, sweep = condition_label(condition), condition["window"] == "sweep"
-            title = f"effect when the pair changes {feature} ({summary[feature]['pairs']} pairs)\n"
-            title += condition_title(condition)
-            if sweep:
-                figure = heatmap(matrix, title, measure="effect", axis_names=SWEEP_AXES)
-                layer, start = matrix.stack().idxmax()
-                found = {"peak_layer": int(layer), "peak_window_start": int(start), "peak_effect": matrix.max().max()}
-            else:
-                figure = heatmap(matrix, title, measure="effect")
-                found = matrix_summary(matrix)
-            summary[feature][label] = found
-            figure.savefig(figures / figure_file(f"feature_{feature}_{label}"), dpi=110)
-            if tensorboard is not None:
-                tensorboard.add_figure(f"feature/{feature}/{label}", figure)
+            several = [p for p in positions if p != "all"] if sweep and len(positions) > 2 else []
+            for position in ["all", *several]:
+                matrix = feature_map(features, feature, condition, position)
+                if matrix.empty or not matrix.notna().any().any():
+                    continue
+                pairs = int(of_feature[of_feature["position"] == position]["pairs"].max())
+                where = "" if position == "all" else f" in the {position}"
+                title = f"effect when the pair changes {feature}{where} ({pairs} pairs)\n{condition_title(condition)}"
+                if sweep:
+                    figure = heatmap(matrix, title, measure="effect", axis_names=SWEEP_AXES)
+                    layer, start = matrix.stack().idxmax()
+                    found = {
+                        "peak_layer": int(layer),
+                        "peak_window_start": int(start),
+                        "peak_effect": matrix.max().max(),
+                    }
+                else:
+                    figure = heatmap(matrix, title, measure="effect")
+                    found = matrix_summary(matrix)
+                name = f"{feature}_{label}" if position == "all" else f"{feature}_{position}_{label}"
+                if position == "all":
+                    summary[feature][label] = found
+                else:
+                    summary[feature].setdefault("by_position", {}).setdefault(position, {})[label] = found
+                figure.savefig(figures / figure_file(f"feature_{name}"), dpi=110)
+                if tensorboard is not None:
+                    tensorboard.add_figure(f"feature/{name.replace(f'{feature}_', f'{feature}/', 1)}", figure)
     return summary
 
 

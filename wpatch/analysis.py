@@ -592,8 +592,8 @@ def condition_section(rows: pd.DataFrame, summary: dict) -> list[str]:
         "",
         "## Every condition",
         "",
-        "The normalised effect, mean over pairs (cells.csv has every measure with 95% intervals). A sweep's row "
-        "gives its (layer x window start) map's mean.",
+        "The normalised effect, mean over pairs (cells.csv has it with its 95% interval, beside every other "
+        "measure). A sweep's row gives its (layer x window start) map's mean.",
         "",
         "| condition | effect diagonal (sweep: map mean) | effect off-diagonal | pairs |",
         "|---|---|---|---|",

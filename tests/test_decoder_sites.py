@@ -1,6 +1,8 @@
 """Decoder sites: the fast path equals plain hooks on openai-whisper's decoder (and not hooks one position or
 one block off), patches that cannot change anything change nothing, and a run with decoder sites is tidy."""
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -98,28 +100,46 @@ def max_gap(a, b):
     return max(abs(x[w] - y[w]) for x, y in zip(a, b) for w in x)
 
 
+def assert_agrees_with_hooks(model, tokenizer, features, site, s, t, alpha) -> list[str]:
+    """The fast path equals plain hooks for this patch, and hooks one position later (or on the other block) do
+    not; returns the patched transcripts."""
+    if site == "enc_to_dec":
+        patches = [Patch(site, t, t, *frames_for(alpha), alpha)] * 2
+    else:
+        patches = token_patches(site, s, t, alpha, tokenizer)
+    texts, logps = fast(model, tokenizer, features, patches)
+    expected_texts, expected_logps = hooked(model, tokenizer, features, site, s, t, alpha)
+    assert texts[4:] == expected_texts, (site, s, t, alpha)
+    assert max_gap(logps[4:], expected_logps) < 1e-4, (site, s, t, alpha)
+    if site == "enc_to_dec":
+        _, off = hooked(model, tokenizer, features, site, s, 1 - t, alpha)
+    else:
+        _, off = hooked(model, tokenizer, features, site, s, t, alpha, shift=1)
+    assert max_gap(logps[4:], off) > 1e-3, (site, s, t, alpha)
+    return texts[4:]
+
+
 @pytest.mark.parametrize("site", DECODER_SITES)
 def test_every_decoder_site_agrees_with_plain_hooks_and_not_with_shifted_ones(model, tokenizer, features, site):
-    for s in range(2):
-        for t in range(2):
-            if site == "enc_to_dec" and s != t:
-                continue
-            for alpha in (0.6, 1.0):
-                if site == "enc_to_dec":
-                    patches = [Patch(site, t, t, *frames_for(alpha), alpha)] * 2
-                else:
-                    patches = token_patches(site, s, t, alpha, tokenizer)
-                texts, logps = fast(model, tokenizer, features, patches)
-                expected_texts, expected_logps = hooked(model, tokenizer, features, site, s, t, alpha)
-                assert texts[4:] == expected_texts, (site, s, t, alpha)
-                assert max_gap(logps[4:], expected_logps) < 1e-4, (site, s, t, alpha)
-                # the same hooks one token position later (or on the other block) give other numbers
-                if site == "enc_to_dec":
-                    _, off = hooked(model, tokenizer, features, site, s, 1 - t, alpha)
-                else:
-                    _, off = hooked(model, tokenizer, features, site, s, t, alpha, shift=1)
-                assert max_gap(logps[4:], off) > 1e-3, (site, s, t, alpha)
+    texts = [
+        text
+        for s in range(2)
+        for t in range(2)
+        if site != "enc_to_dec" or s == t
+        for alpha in (0.6, 1.0)
+        for text in assert_agrees_with_hooks(model, tokenizer, features, site, s, t, alpha)
+    ]
     assert any(len(text.split()) > 1 for text in texts)  # the greedy comparison ran past the patched positions
+
+
+@pytest.mark.parametrize("site", ["dec_resid", "dec_cross_out", "enc_to_dec"])
+def test_a_multilingual_model_is_patched_after_its_longer_transcript_start(features, site):
+    # <|startoftranscript|><|en|><|transcribe|><|notimestamps|>: the word is read out from position 3, not 1
+    dims = dataclasses.replace(SMALL_DIMS, n_vocab=51865)
+    model, tokenizer = random_whisper(dims, seed=8), tokenizer_for(dims, "en")
+    assert len(scoring_prefix(tokenizer)) == 4 and token_patches("dec_resid", 0, 0, 1.0, tokenizer)[0].start == 3
+    for s, t in ((1, 1), (0, 1)) if site != "enc_to_dec" else ((1, 1),):
+        assert_agrees_with_hooks(model, tokenizer, features, site, s, t, 1.0)
 
 
 @pytest.mark.parametrize("site", DECODER_SITES)

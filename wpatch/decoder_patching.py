@@ -32,7 +32,7 @@ from wpatch.decoding import (
     language_probs,
     word_logprobs,
 )
-from wpatch.patching import EncoderOutputs, Patch, PatchedRun, window_weights
+from wpatch.patching import EncoderOutputs, Patch, PatchedRun, mix, window_weights
 
 DECODER_SITES = ("dec_resid", "dec_attn_out", "dec_mlp_out", "dec_cross_out", "enc_to_dec")
 TOKEN_SITES = DECODER_SITES[:4]  # the sites patched at the word's token positions
@@ -64,13 +64,12 @@ def decoding_plan(outputs: EncoderOutputs, runs: list[PatchedRun]) -> DecodingPl
     """The decodings of `runs`: encoder-site runs read their patched encoder output, decoder-site runs the
     recipient's clean one with the patch inside the decoder."""
     decodings = [DecodingRun(f) for f in range(len(outputs.features))]
-    row = {}
+    clean, row = outputs.clean, {}
     for run in runs:
         if run.patch.site not in DECODER_SITES:
             row[run] = outputs.patched[run]
         elif run not in row:
             row[run] = len(decodings)
-            clean = outputs.clean
             decodings.append(DecodingRun(clean[run.recipient_clip], run.patch, clean[run.donor_clip], run.donor_tokens))
     return DecodingPlan(decodings, outputs.clean, row)
 
@@ -93,7 +92,7 @@ class DecoderEdits:
         if (block, site) not in self.mixes:
             return value
         donor, weight = (_positions(t, offset, value.shape[2]) for t in self.mixes[block, site])
-        return torch.lerp(value.float(), donor[:, None].float(), weight[:, None]).to(value.dtype)
+        return mix(value, donor[:, None], weight[:, None])
 
 
 class SiteRecorder:
@@ -114,7 +113,7 @@ def decoder_edits(model: Whisper, features: Tensor, chunk: list[DecodingRun]) ->
     patched = [(i, d) for i, d in enumerate(chunk) if d.patch is not None and d.patch.site in TOKEN_SITES]
     if not patched:
         return None
-    donors = list(dict.fromkeys((d.donor_row, d.donor_tokens) for _, d in patched))
+    donors = {key: j for j, key in enumerate(dict.fromkeys((d.donor_row, d.donor_tokens) for _, d in patched))}
     length = max(len(tokens) for _, tokens in donors)
     tokens = torch.zeros(len(donors), 1, length, dtype=torch.long)
     for j, (_, donor_tokens) in enumerate(donors):
@@ -129,7 +128,7 @@ def decoder_edits(model: Whisper, features: Tensor, chunk: list[DecodingRun]) ->
     edits = DecoderEdits()
     end = max(d.patch.end for _, d in patched)
     for i, d in patched:
-        p, donor = d.patch, donors.index((d.donor_row, d.donor_tokens))
+        p, donor = d.patch, donors[d.donor_row, d.donor_tokens]
         if (p.target_layer, p.site) not in edits.mixes:
             state = recorder.states[0, p.site]
             edits.mixes[p.target_layer, p.site] = (
@@ -151,10 +150,11 @@ def patched_cross_cache(model: Whisper, features: Tensor, chunk: list[DecodingRu
     if rows == list(range(rows[0], rows[0] + len(rows))):
         cache = cross_attention_cache(model, features[rows[0] : rows[0] + len(rows)])
     else:  # block by block, so that at most one block's distinct keys and values are held beside the cache
-        distinct = sorted(set(rows))
-        where = torch.tensor([distinct.index(row) for row in rows], device=features.device)
+        distinct = {row: j for j, row in enumerate(sorted(set(rows)))}
+        where = torch.tensor([distinct[row] for row in rows], device=features.device)
         cache = [
-            tuple(x[where] for x in cross_keys_values(block, features[distinct])) for block in model.decoder.blocks
+            tuple(x[where] for x in cross_keys_values(block, features[list(distinct)]))
+            for block in model.decoder.blocks
         ]
     for block, (keys, values) in enumerate(cache):
         here = [
@@ -164,8 +164,7 @@ def patched_cross_cache(model: Whisper, features: Tensor, chunk: list[DecodingRu
             weight = window_weights([chunk[i].patch for i in here], features.shape[1], features.device)
             recipients = features[[chunk[i].feature_row for i in here]]
             donors = features[[chunk[i].donor_row for i in here]]
-            mixed = torch.lerp(recipients.float(), donors.float(), weight.float()).to(features.dtype)
-            keys[here], values[here] = cross_keys_values(model.decoder.blocks[block], mixed)
+            keys[here], values[here] = cross_keys_values(model.decoder.blocks[block], mix(recipients, donors, weight))
     return cache
 
 

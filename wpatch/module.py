@@ -141,8 +141,9 @@ class PatchingModule(L.LightningModule):
                 mels.setdefault(clip, mel)
         clean_clips = {clip for side in ("source", "target") for clip in batch[f"{side}_clip"].tolist()}
         runs = [row.run for row in plan]
-        decoder_runs = [run for run in runs if run.patch.site in DECODER_SITES]
-        clean_clips |= {clip for run in decoder_runs for clip in (run.recipient_clip, run.donor_clip)}
+        clean_clips |= {
+            clip for run in runs for clip in (run.recipient_clip, run.donor_clip)
+        }  # decoder sites read them
         encoder_runs = [run for run in runs if run.patch.site not in DECODER_SITES]
         outputs = encode_plan(model.encoder, mels, encoder_runs, clean_clips)
         decodings = decoding_plan(outputs, runs)

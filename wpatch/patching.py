@@ -114,11 +114,12 @@ def _site_module(block: ResidualAttentionBlock, site: str) -> torch.nn.Module:
     return {"attn_out": block.attn, "mlp_out": block.mlp, "block_out": block}[site]
 
 
-def _mix(output, donor: Tensor, weight: Tensor):
-    """lerp(output, donor, weight) computed in float32 (alpha exact under mixed precision), exact at weights 0 and 1;
-    attention's (out, qk) tuple keeps its qk."""
+def mix(output, donor: Tensor, weight: Tensor):
+    """lerp(output, donor, weight): how every patch, encoder or decoder, mixes donor into recipient. Computed in
+    float32 (alpha exact under mixed precision), exact at weights 0 and 1; attention's (out, qk) tuple keeps its
+    qk."""
     if isinstance(output, tuple):
-        return (_mix(output[0], donor, weight), *output[1:])
+        return (mix(output[0], donor, weight), *output[1:])
     return torch.lerp(output.float(), donor.float(), weight.float()).to(output.dtype)
 
 
@@ -126,9 +127,9 @@ def _mix(output, donor: Tensor, weight: Tensor):
 def site_patch(block: ResidualAttentionBlock, site: str, donor: Tensor, weight: Tensor):
     """Hook `block` so that `site` becomes lerp(site, donor, weight) (weight: (N, frames, 1)); removed on exit."""
     if site == "resid_pre":
-        handle = block.register_forward_pre_hook(lambda _m, args: (_mix(args[0], donor, weight), *args[1:]))
+        handle = block.register_forward_pre_hook(lambda _m, args: (mix(args[0], donor, weight), *args[1:]))
     else:
-        handle = _site_module(block, site).register_forward_hook(lambda _m, _i, output: _mix(output, donor, weight))
+        handle = _site_module(block, site).register_forward_hook(lambda _m, _i, output: mix(output, donor, weight))
     try:
         yield
     finally:

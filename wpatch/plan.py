@@ -41,10 +41,12 @@ def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx, decoder_layer
     only (it has no source layer). Repeats are dropped, the first kept."""
     decoder_layer_pairs = layer_pairs if decoder_layer_pairs is None else decoder_layer_pairs
     pairs_of = {site: decoder_layer_pairs if site in DECODER_SITES else layer_pairs for site in sites}
+    if "enc_to_dec" in pairs_of:  # one decoder block's cross-attention input: no source layer
+        pairs_of["enc_to_dec"] = [(s, t) for s, t in decoder_layer_pairs if s == t]
     for site in sites:
         if site not in SITES + DECODER_SITES:
             raise WpatchError(f"unknown patch site {site!r}; use one of {', '.join(SITES + DECODER_SITES)}")
-    if "enc_to_dec" in sites and not any(s == t for s, t in decoder_layer_pairs):
+    if pairs_of.get("enc_to_dec") == []:
         raise WpatchError("site enc_to_dec patches decoder block l from no source layer; give layers with s == t")
     for window in windows:
         span = isinstance(window, (list, tuple)) and len(window) == 2 and 0 <= window[0] < window[1] <= n_ctx
@@ -60,7 +62,6 @@ def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx, decoder_layer
         PatchSpec(site, s, t, label, frames, alpha)
         for site in sites
         for s, t in pairs_of[site]
-        if site != "enc_to_dec" or s == t
         for label, frames in ([("tokens", None)] if site in TOKEN_SITES else resolved)
         for alpha in alphas
     ]

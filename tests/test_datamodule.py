@@ -30,6 +30,7 @@ def test_starter_set_covers_the_three_kinds():
         ("word_a,word_b\nbat,pat\ncat,\n", "line 3: empty word_b"),
         ("word_a,word_b,audio_a\nbat,pat,missing.wav\n", "line 2: audio_a .*missing.wav does not exist"),
         ("word_a,word_b\n", "has no rows"),
+        ("word_a,word_b,audio_b\nbat,pat,.\n", "line 2: audio_b .* is a directory, not an audio file"),
     ],
 )
 def test_bad_pairs_files_name_the_problem(tmp_path, text, message):

@@ -76,6 +76,8 @@ def test_recordings_load_as_16k_mono_float(tmp_path, fmt, rate, channels):
 def test_missing_or_unreadable_audio_is_named(tmp_path):
     with pytest.raises(WpatchError, match="does not exist"):
         load_audio(tmp_path / "nope.wav")
+    with pytest.raises(WpatchError, match="is a directory, not an audio file"):
+        load_audio(tmp_path)
     (tmp_path / "bad.wav").write_bytes(b"RIFF garbage")
     with pytest.raises(WpatchError, match="cannot be read"):
         load_audio(tmp_path / "bad.wav")

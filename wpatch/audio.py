@@ -24,6 +24,8 @@ def resample(samples: np.ndarray, rate: int) -> np.ndarray:
 def load_audio(path: str | Path) -> np.ndarray:
     """Any audio file soundfile reads (wav, flac, mp3, ogg) as 16 kHz mono float32 in [-1, 1]."""
     path = Path(path)
+    if path.is_dir():
+        raise WpatchError(f"audio file {path} is a directory, not an audio file; give the recording's own path")
     if not path.is_file():
         raise WpatchError(f"audio file {path} does not exist; fix the path in the pairs file")
     try:

@@ -100,6 +100,11 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
             if row[f"audio_{side}"]:
                 audio = Path(row[f"audio_{side}"])
                 audio = audio if audio.is_absolute() else path.parent / audio
+                if audio.is_dir():
+                    raise WpatchError(
+                        f"pairs file {path} line {line}: audio_{side} {audio} is a directory, not an audio file; give "
+                        "the recording's own path (wav, flac or mp3)"
+                    )
                 if not audio.is_file():
                     raise WpatchError(
                         f"pairs file {path} line {line}: audio_{side} {audio} does not exist; fix the path or leave "

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 from wpatch.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.errors import WpatchError
 from wpatch.melcache import MelStore
-from wpatch.models import cache_root, load_model, model_dims
-from wpatch.pairs import patch_items, read_pairs
+from wpatch.models import cache_root, load_model, model_dims, multilingual
+from wpatch.pairs import check_languages, pairs_path, patch_items, read_pairs
 from wpatch.rows import PairBatch
 from wpatch.screening import SCREEN_COLUMNS, cached_screen
 from wpatch.text import tokenizer_for, word_tokens
@@ -129,6 +129,8 @@ class PairDataModule(L.LightningDataModule):
         if self.items is not None:
             return
         dims = model_dims(self.hparams.model)
+        path = pairs_path(self.hparams.pairs_file)
+        check_languages(self.hparams.model, multilingual(dims), pairs=read_pairs(path, self.hparams.limit), path=path)
         items = self._read_items()
         source_keys, target_keys = self._clip_keys(items)
         unique = list(dict.fromkeys(source_keys + target_keys))

@@ -30,8 +30,9 @@ from lightning.pytorch.cli import LightningCLI
 from datamodules import PairDataModule
 from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
+from wpatch.models import model_dims, multilingual
 from wpatch.module import PatchingModule, check_precision
-from wpatch.pairs import read_pairs
+from wpatch.pairs import check_languages, pairs_path, read_pairs
 from wpatch.progress import ItemProgressBar
 from wpatch.runfolder import RunStopped, check_writable
 from wpatch.writer import PatchingResultsWriter
@@ -43,11 +44,16 @@ class PatchingCLI(LightningCLI):
         parser.link_arguments("model.model", "data.model")
 
     def before_instantiate_classes(self) -> None:
-        """Cheap checks of the inputs, before the model loads: precision, pairs file, output folder."""
+        """Cheap checks of the inputs, before the model loads: precision, pairs file, languages the model knows,
+        output folder."""
         trainer = self.config.trainer
         on_gpu = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
         check_precision(trainer.precision, on_gpu)
-        read_pairs(self.config.data.pairs_file, self.config.data.limit)
+        data, spec = self.config.data, self.config.model.model
+        pairs = read_pairs(data.pairs_file, data.limit)
+        check_languages(
+            spec, multilingual(model_dims(spec)), self.config.model.language, pairs, pairs_path(data.pairs_file)
+        )
         check_writable(Path(self.config.writer.output_dir))
 
 

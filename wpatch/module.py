@@ -13,6 +13,7 @@ from wpatch.decoder_patching import DECODER_SITES, decode_plan, decoding_plan
 from wpatch.errors import WpatchError
 from wpatch.measures import result_rows, words_to_score
 from wpatch.models import load_model
+from wpatch.pairs import check_languages
 from wpatch.patching import encode_plan, layer_pairs
 from wpatch.plan import check_patch_directions, patch_specs, plan_rows
 from wpatch.rows import ROW_COLUMNS, PairBatch
@@ -85,6 +86,7 @@ class PatchingModule(L.LightningModule):
         self.save_hyperparameters()
         self.whisper = load_model(model)
         dims = self.whisper.dims
+        check_languages(model, self.whisper.is_multilingual, language)
         self.layer_pairs = layer_pairs(dims.n_audio_layer, source_layers, target_layers)
         self.decoder_layer_pairs = (
             layer_pairs(dims.n_text_layer, source_layers, target_layers, stack="decoder")

@@ -22,7 +22,7 @@ from wpatch.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.errors import WpatchError
 from wpatch.melcache import MelStore
 from wpatch.models import cache_root, load_model, model_dims, multilingual
-from wpatch.pairs import check_languages, pairs_path, patch_items, read_pairs
+from wpatch.pairs import check_languages, pairs_path, patch_items, read_pairs, silent_clips
 from wpatch.rows import PairBatch
 from wpatch.screening import SCREEN_COLUMNS, cached_screen
 from wpatch.text import tokenizer_for, word_tokens
@@ -93,6 +93,7 @@ class PairDataModule(L.LightningDataModule):
         self.mels = None
         self.skipped: set[int] = set()
         self.screening: dict = {}
+        self.silent_clips: list[dict] = []  # clips without speech (`wpatch.pairs.silent_clips`), set by setup
 
     def _clip_keys(self, items):
         """(word, lang, recording path, voice) of every source and target clip, in item order."""
@@ -130,7 +131,8 @@ class PairDataModule(L.LightningDataModule):
             return
         dims = model_dims(self.hparams.model)
         path = pairs_path(self.hparams.pairs_file)
-        check_languages(self.hparams.model, multilingual(dims), pairs=read_pairs(path, self.hparams.limit), path=path)
+        pairs = read_pairs(path, self.hparams.limit)
+        check_languages(self.hparams.model, multilingual(dims), pairs=pairs, path=path)
         items = self._read_items()
         source_keys, target_keys = self._clip_keys(items)
         unique = list(dict.fromkeys(source_keys + target_keys))
@@ -141,6 +143,9 @@ class PairDataModule(L.LightningDataModule):
         self.mels, self.spans = self.mel_store.table(
             self.clip_paths, dims.n_mels, dims.n_audio_ctx, pin=torch.cuda.is_available()
         )
+        clips = [(*key, clip) for key, clip in zip(unique, self.clip_paths)]
+        tell = self.trainer is None or self.trainer.is_global_zero
+        self.silent_clips = silent_clips(pairs, path, clips, self.mel_store.no_speech, tell)
         items["source_clip"] = [index[k] for k in source_keys]
         items["target_clip"] = [index[k] for k in target_keys]
         if self.hparams.require_heard != "none":

@@ -8,7 +8,7 @@ import torch
 from datamodules import PairDataModule
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from wpatch.errors import WpatchError
-from wpatch.pairs import read_pairs
+from wpatch.pairs import read_pairs, silent_clips
 
 
 def write_csv(path, text):
@@ -98,3 +98,24 @@ def test_items_sharing_a_source_clip_come_in_one_batch(tmp_path, small_model_pat
     assert sorted(i for b in batches for i in b["item_id"].tolist()) == list(range(6))
     dm.skip({0, 4, 5})  # a resumed run: bat's items done, one of cat's
     assert [b["item_id"].tolist() for b in dm.predict_dataloader()] == [[1], [2], [3]]
+
+
+def test_clips_without_speech_are_told_with_the_line_that_uses_them(tmp_path, caplog):
+    soundfile.write(tmp_path / "quiet.wav", np.zeros(8000, np.float32), 16000)
+    csv = write_csv(tmp_path / "pairs.csv", "word_a,word_b,audio_b\nbat,pat,\nhum,bat,quiet.wav\n")
+    quiet = str(tmp_path / "quiet.wav")
+    clips = [
+        ("bat", "en", "", "hibari", "clips/bat.wav"),
+        ("hum", "en", "", "hibari", "clips/hum.wav"),
+        ("bat", "en", quiet, "", quiet),
+    ]
+    with caplog.at_level("WARNING"):
+        found = silent_clips(read_pairs(csv), csv, clips, [None, "is 0.020 s long, under 0.05 s", "is silent"])
+    assert [(c["line"], c["column"], c["file"]) for c in found] == [
+        (3, "word_a", "clips/hum.wav"),
+        (3, "audio_b", quiet),
+    ]
+    assert caplog.messages[0].startswith(
+        f"pairs file {csv} line 3: word_a 'hum' spoken by hibari (clips/hum.wav) has no"
+    )
+    assert caplog.messages[1].startswith(f"pairs file {csv} line 3: audio_b {quiet} has no speech: it is silent;")

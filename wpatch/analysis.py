@@ -576,6 +576,11 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
             f" gap from the clean source run {gap:.2g} nats ({verdict})"
         )
     lines.append(f"- recognised share: {share:.0%}")
+    if summary.get("silent_clips"):
+        lines.append(
+            f"- clips without speech (too short or too quiet; listed in summary.json silent_clips): "
+            f"{len(summary['silent_clips'])}, their items kept"
+        )
     lines.append(
         f"- effect defined (clean runs separate the words by min_separation) on "
         f"{rows['effect_valid'].mean():.0%} of rows"
@@ -652,6 +657,7 @@ SUMMARY_PARTS = (
     "wall_time_s",
     "clip_cache",
     "screening",
+    "silent_clips",
     "groups",
     "conditions",
     "features",

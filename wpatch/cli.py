@@ -207,7 +207,7 @@ def report(run_dir: str) -> dict:
     if not old and (folder / "run.json").exists():
         old = json.loads((folder / "run.json").read_text()).get("settings", {})
     settings = {k: v for k, v in old.items() if k not in SUMMARY_PARTS}
-    extra = {k: old[k] for k in ("wall_time_s", "clip_cache", "screening") if k in old}
+    extra = {k: old[k] for k in ("wall_time_s", "clip_cache", "screening", "silent_clips") if k in old}
     return analyse(rows, folder, settings, extra)
 
 

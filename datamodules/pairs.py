@@ -93,6 +93,7 @@ class PairDataModule(L.LightningDataModule):
         self.mels = None
         self.skipped: set[int] = set()
         self.screening: dict = {}
+        self.control_fallbacks = 0  # items without an unrelated control donor, set by setup
         self.silent_clips: list[dict] = []  # clips without speech (`wpatch.pairs.silent_clips`), set by setup
 
     def _clip_keys(self, items):
@@ -151,14 +152,8 @@ class PairDataModule(L.LightningDataModule):
         if self.hparams.require_heard != "none":
             items = self._keep_heard(items)
         items["control_clip"], items["control_word"] = control_clips(items)
-        fallbacks = int((items["control_clip"] == items["source_clip"]).sum())
-        if fallbacks:
-            log.warning(
-                "control donor: %d of %d items have no unrelated word in their language and voice; "
-                "their control is the source clip itself (donor_word = source_word)",
-                fallbacks,
-                len(items),
-            )
+        # items whose control donor is their own source clip; the module says so when it patches from controls
+        self.control_fallbacks = int((items["control_clip"] == items["source_clip"]).sum())
         tokenizers = {lang: tokenizer_for(dims, lang) for lang in set(items["source_lang"]) | set(items["target_lang"])}
         groups = (
             items.groupby("source_clip", sort=False).indices

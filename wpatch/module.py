@@ -5,6 +5,8 @@ Its settings are checked here and in `wpatch.plan`; the work is done by `wpatch.
 decoder: transcripts, word log-probabilities, languages) and `wpatch.measures` (the columns of each row).
 """
 
+import logging
+
 import lightning as L
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -20,6 +22,7 @@ from wpatch.rows import ROW_COLUMNS, PairBatch
 from wpatch.text import ScoredWord, scored_word, tokenizer_for
 
 __all__ = ["ROW_COLUMNS", "PatchingModule", "check_precision"]  # ROW_COLUMNS: wpatch.rows, re-exported
+log = logging.getLogger(__name__)
 
 
 def check_precision(precision: str, on_gpu: bool) -> None:
@@ -120,6 +123,19 @@ class PatchingModule(L.LightningModule):
     def pairs(self) -> list[tuple[int, int]]:
         """The layer pairs (old name, still read by scripts/benchmark.py and the writer); use `layer_pairs`."""
         return self.layer_pairs
+
+    def setup(self, stage: str) -> None:
+        """After the DataModule's setup: when the run patches from control donors, say how many items have no
+        unrelated word to draw one from (their control is their own source clip)."""
+        data = self.trainer.datamodule
+        fallbacks = getattr(data, "control_fallbacks", 0)
+        if self.hparams.control and fallbacks and self.trainer.is_global_zero:
+            log.warning(
+                "control donor: %d of %d items have no unrelated word in their language and voice; "
+                "their control is the source clip itself (donor_word = source_word)",
+                fallbacks,
+                len(data.items),
+            )
 
     def scored_word(self, lang: str, forms: list[list[int]]) -> ScoredWord:
         """A word of language `lang` as it is scored: after the run's forced transcript start (in the run's

@@ -73,6 +73,8 @@ class PairDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
             raise WpatchError(f"batch_size {batch_size!r} is not a positive number of clips or auto")
+        if num_workers < 0:
+            raise WpatchError(f"num_workers {num_workers} is negative; give 0 (load in this process) or more")
         self.save_hyperparameters()
         if require_heard not in REQUIRE_HEARD:
             raise WpatchError(

@@ -68,6 +68,12 @@ def test_serves_log_mel_pairs_both_ways_and_caches_clips(tmp_path, small_model_p
     assert len(one_way.items) == 3 and set(one_way.items["direction"]) == {"a->b"}
 
 
+def test_a_negative_worker_count_is_bad_input():
+    """Refused as bad input when the DataModule is made, not as the DataLoader's ValueError once the run started."""
+    with pytest.raises(WpatchError, match="num_workers -1 is negative"):
+        PairDataModule(num_workers=-1)
+
+
 def test_n_mels_follows_the_model(tmp_path):
     model_128 = save_checkpoint(random_whisper(dataclasses.replace(SMALL_DIMS, n_mels=128)), tmp_path / "m128.pt")
     csv = write_csv(tmp_path / "pairs.csv", "word_a,word_b\nsun,moon\n")

@@ -20,10 +20,10 @@ from matplotlib.figure import Figure
 
 from wpatch.atomic import write_atomically
 from wpatch.features import feature_cells, feature_map, run_features
-from wpatch.rows import CONDITION, with_sweep_start
+from wpatch.rows import BLANK_IS_NAN, CONDITION, MEASURE_NAMES, MEASURES, SCALES, TEXT_COLUMNS, with_sweep_start
+from wpatch.sites import BLOCK_OUT
 from wpatch.stats import bootstrap_interval, pooled_interval
 
-MEASURES = ("override", "transfer", "score", "effect", "p_source_language")  # the last only where languages differ
 ROW_KEY = ["item_id", *CONDITION, "source_layer", "target_layer", "window_start"]
 
 
@@ -58,29 +58,13 @@ def cell_table(groups: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(cells)
 
 
-TEXT_COLUMNS = [
-    "pair_id",
-    "direction",
-    "category",
-    "voice",
-    "source_word",
-    "target_word",
-    "site",
-    "window",
-    "patch_direction",
-    "donor",
-    "donor_word",
-    "transcript",
-]
-
-
 def read_rows(path) -> pd.DataFrame:
     """A rows CSV as written: text columns stay strings (even "", "NaN" or "1"), p_source_language and effect
     may be empty (NaN)."""
     return pd.read_csv(
         path,
         keep_default_na=False,
-        na_values={"p_source_language": [""], "effect": [""]},
+        na_values={column: [""] for column in BLANK_IS_NAN},
         dtype={column: str for column in TEXT_COLUMNS},
     )
 
@@ -153,23 +137,6 @@ def matrix_summary(matrix: pd.DataFrame) -> dict:
     }
 
 
-RANGES = {
-    "override": (0.0, 1.0),
-    "transfer": (0.0, 1.0),
-    "score": (0.0, 1.0),
-    "p_source_language": (0.0, 1.0),
-    "retained": (0.0, 1.0),
-    "effect": (-1.0, 1.0),
-}  # colour scales shared by every figure of a measure
-MEASURE_NAMES = {
-    "override": "override rate",
-    "transfer": "transfer rate",
-    "score": "score (P source word)",
-    "effect": "effect (share of the clean gap closed)",
-    "p_source_language": "P(source language)",
-}
-
-
 def number(value: float, digits: int = 2) -> str:
     """A number for a figure or the console: never -0.00."""
     text = f"{value + 0.0:.{digits}f}"
@@ -185,13 +152,13 @@ def heatmap(
     colour_label: str | None = None,
 ) -> Figure:
     """An annotated seaborn heatmap (a pyplot-free Figure: no GUI backend, no global state) on the measure's
-    fixed colour scale (`RANGES`: 0-1 for rates and score, -1..1 for effect; beyond it the end colour and an
+    fixed colour scale (`wpatch.rows.SCALES`: 0-1 for rates and score, -1..1 for effect; beyond it the end colour and an
     arrow on the colour bar) with a labelled colour bar;
     `labels` replaces the numbers written in the cells."""
     width, height = matrix.shape[1], matrix.shape[0]
     figure = Figure(figsize=(min(1.1 * width + 2.5, 24), 0.9 * height + 1.8))
     axes = figure.subplots()
-    low, high = RANGES.get(measure, (0.0, 1.0))
+    low, high = SCALES.get(measure, (0.0, 1.0))
     values = matrix.to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
     # the same scale in every figure of a measure; values beyond it keep the end colour, and the bar says so
@@ -567,7 +534,7 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
     primary = summary["primary_condition"]
     in_primary = (rows[CONDITION] == pd.Series(primary)).all(axis=1)
     diagonal = rows[in_primary & (rows["source_layer"] == rows["target_layer"])]
-    if primary["site"] == "block_out" and primary["window"] == "all" and primary["alpha"] == 1 and len(diagonal):
+    if primary["site"] == BLOCK_OUT.name and primary["window"] == "all" and primary["alpha"] == 1 and len(diagonal):
         gap = ((diagonal["logp_source"] - diagonal["logp_target"]) - diagonal["ld_source_clean"]).abs().max()
         verdict = "ok" if gap < 1e-3 else "CHECK"
         lines.append(

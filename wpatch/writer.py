@@ -18,8 +18,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from wpatch.analysis import ROW_KEY, analyse, console_table, read_rows
 from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
-from wpatch.module import ROW_COLUMNS
 from wpatch.pairs import pairs_path
+from wpatch.rows import ROW_COLUMNS
 from wpatch.runfolder import StopOnSignal, claim_folder, code_version, fault_point, file_sha256, record_run
 
 
@@ -240,7 +240,7 @@ class PatchingResultsWriter(BasePredictionWriter):
             "language": pl_module.hparams.language,
             "task": pl_module.hparams.task,
             "max_tokens": pl_module.hparams.max_tokens,
-            "layer_pairs": len(pl_module.pairs),
+            "layer_pairs": len(pl_module.layer_pairs),
             "pairs_file": str(data.pairs_file or "starter_pairs.csv"),
             "pairs_sha256": file_sha256(pairs_path(data.pairs_file)),
             "limit": data.limit,

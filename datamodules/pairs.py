@@ -24,6 +24,7 @@ from wpatch.melcache import MelStore
 from wpatch.models import cache_root, load_model, model_dims
 from wpatch.pairs import patch_items, read_pairs
 from wpatch.rows import PairBatch
+from wpatch.runfolder import fault_point
 from wpatch.screening import SCREEN_COLUMNS, cached_screen
 from wpatch.text import tokenizer_for, word_tokens
 from wpatch.tts import ClipCache, make_backend, parse_speaker
@@ -119,9 +120,12 @@ class PairDataModule(L.LightningDataModule):
         for lang, voice in sorted({(lang, voice) for _, lang, _, voice in unique}):
             self.clips[voice].backend.check_voice(self.clips[voice].voice(lang))
         start = time.perf_counter()
+        made = 0
         for key in unique:
             self._clip(*key)
-        made = sum(cache.synthesized for cache in self.clips.values())
+            if sum(cache.synthesized for cache in self.clips.values()) > made:
+                made += 1
+                fault_point(f"synthesis{made}")
         log.info("clips: %d synthesised, %d cached (%.1fs)", made, len(unique) - made, time.perf_counter() - start)
 
     def setup(self, stage: str | None = None):

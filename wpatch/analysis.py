@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from wpatch.atomic import write_atomically
 from wpatch.features import feature_cells, feature_map, run_features
 from wpatch.rows import CONDITION, with_sweep_start
+from wpatch.runfolder import fault_point
 from wpatch.stats import bootstrap_interval, pooled_interval
 
 MEASURES = ("override", "transfer", "score", "effect", "p_source_language")  # the last only where languages differ
@@ -487,9 +488,13 @@ def analyse(
             board.file_writer.add_summary(event)
         for key, value in metrics.items():
             board.add_scalar(key, value)
+        fault_point("tensorboard")
         board.close()
+    fault_point("tables")
     write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    fault_point("finished")
     write_atomically(output_dir / "report.md", report_markdown(rows, summary))
+    fault_point("report")
     return summary
 
 

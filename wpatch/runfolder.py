@@ -9,7 +9,10 @@
 - `StopOnSignal`: the first SIGTERM or SIGINT asks the run to stop before its next batch; a second one
   ends the process (and the DDP processes it launched) at once.
 - `fault_point`: crash-safety tests set WPATCH_FAULT=<point>:<signal> to have the run signal itself at a
-  named point (e.g. `part2:SIGKILL`, after its second part; `merged:SIGKILL`, during the final merge).
+  named point, one per phase of a run: `synthesis<N>` (after the N-th clip this session synthesised),
+  `part<N>` (after its N-th part), `merging` (predictions.csv written under its temporary name, not yet
+  renamed), `merged` (after the merge), `tensorboard` (the TensorBoard file written, not yet closed), `tables`
+  (every table and figure written), `report` (report.md written), `finished` (the run marked finished).
 """
 
 import errno

@@ -189,6 +189,7 @@ class PatchingResultsWriter(BasePredictionWriter):
             )
         with atomic_path(self.output_dir / "predictions.csv") as partial:
             rows.to_csv(partial, index=False)
+            fault_point("merging")
         fault_point("merged")
 
         clips = trainer.datamodule.clips.values()

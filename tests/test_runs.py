@@ -199,3 +199,25 @@ def test_resume_with_other_settings_is_refused_and_code_version_recorded(referen
     assert "started by code version 0.0.0-older" in capsys.readouterr().err
     assert json.loads((out / "run.json").read_text())["sessions"][-1]["code_version"] != "0.0.0-older"
     assert (out / "summary.json").exists()
+
+
+def test_an_empty_or_foreign_output_folder_is_refused_and_left_as_it_was(
+    reference, small_model_path, monkeypatch, capsys
+):
+    tmp_path, _ = reference
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    files = {"report.md": "my notes\n", "config.yaml": "mine: 1\n", "cells.csv": "a,b\n1,2\n"}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    monkeypatch.chdir(mine)  # `--writer.output_dir ''` would be this folder
+    for out, message in (
+        ("", "--writer.output_dir is empty"),
+        (str(mine), f"output directory {mine} holds files that are not a wpatch run's (cells.csv, "),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            main(args(tmp_path, small_model_path, out))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert refused.value.code == 2 and len(err) == 1 and message in err[0], err
+        assert "choose another --writer.output_dir" in err[0]
+        assert {p.name: p.read_text() for p in mine.iterdir()} == files  # nothing written, nothing overwritten

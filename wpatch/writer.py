@@ -20,7 +20,15 @@ from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
 from wpatch.module import ROW_COLUMNS
 from wpatch.pairs import pairs_path
-from wpatch.runfolder import StopOnSignal, claim_folder, code_version, fault_point, file_sha256, record_run
+from wpatch.runfolder import (
+    StopOnSignal,
+    check_writable,
+    claim_folder,
+    code_version,
+    fault_point,
+    file_sha256,
+    record_run,
+)
 
 
 def public(hparams) -> dict:
@@ -65,7 +73,8 @@ class PatchingResultsWriter(BasePredictionWriter):
     `wpatch.runfolder`). SIGTERM or SIGINT stops the run before its next batch (`RunStopped`).
 
     Args:
-        output_dir: the run's folder; one that holds a finished run (summary.json) is refused.
+        output_dir: the run's folder: a new or empty one, or an unfinished run's to resume; one that holds a
+            finished run (summary.json) or files that are not a run's is refused, and so is an empty name.
         resume: continue an unfinished run in `output_dir` (same settings), skipping items already written;
             a run whose items are all written is merged and finished.
         verbose: print what the run found (the primary matrix, diagonal / off-diagonal means) and the folder.
@@ -75,6 +84,8 @@ class PatchingResultsWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.verbose = verbose
         self.closing = None  # what the run found and where, once it is summarised
+        if not str(output_dir).strip():
+            check_writable(output_dir)  # refused: an empty name would be the current folder
         self.output_dir = Path(output_dir)
         self.resume = resume
         self.parts = self.output_dir / "parts"

@@ -2,11 +2,16 @@
 the analysis (`wpatch.analysis`) on the merged rows.
 
 Every batch's rows go to `parts/items-<first item>.csv` in the output directory, written under a temporary
-name and renamed, by whichever process made them. When prediction ends, rank 0 merges the parts into
-`predictions.csv` (checked: every item x patch exactly once) and hands the rows, with the run's settings,
-to `wpatch.analysis.analyse` (matrices, heatmaps, `cells.csv`, `summary.json`, TensorBoard).
+name and renamed, by whichever process made them; then its record `parts/items-<first item>.json` (rows, bytes,
+sha256, item ids), the same way. Only a part that matches its record counts as done: on a resume, and again
+before the merge, a part cut short, damaged, or without its record (the run stopped before it was complete) is
+computed again, alone, with a warning. When prediction ends, rank 0 merges the parts into `predictions.csv`
+(checked: every item x patch exactly once) and hands the rows, with the run's settings, to
+`wpatch.analysis.analyse` (matrices, heatmaps, `cells.csv`, TensorBoard, `report.md`, then `summary.json`).
 """
 
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -16,7 +21,7 @@ import pandas as pd
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from wpatch.analysis import ROW_KEY, analyse, console_table, read_rows
-from wpatch.atomic import atomic_path
+from wpatch.atomic import atomic_path, write_atomically
 from wpatch.errors import WpatchError
 from wpatch.module import ROW_COLUMNS
 from wpatch.pairs import pairs_path
@@ -64,6 +69,46 @@ def environment(trainer: L.Trainer, batch_size) -> dict:
         "seeds": {"bootstrap": 0, "control_clips": "item id", "hibari": 0},
         "code_version": code_version(),
     }
+
+
+def warn(message: str) -> None:
+    print(f"wpatch: warning: {message}", file=sys.stderr, flush=True)
+
+
+def part_record(part: Path) -> Path:
+    """Where the record of a part (`parts/items-<first item>.csv`) is kept."""
+    return part.with_suffix(".json")
+
+
+def write_part(part: Path, frame: pd.DataFrame) -> None:
+    """Write a part, then its record (rows, bytes, sha256, item ids), each atomically: a part without its record
+    was cut off before it was complete."""
+    data = frame.to_csv(index=False).encode("utf-8")
+    write_atomically(part, data)
+    record = {
+        "rows": len(frame),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "items": sorted(int(i) for i in frame["item_id"].unique()),
+    }
+    write_atomically(part_record(part), json.dumps(record) + "\n")
+
+
+def part_problem(part: Path) -> tuple[dict | None, str | None]:
+    """A part's record, and what is wrong with the part (None when its bytes are the ones recorded)."""
+    try:
+        record = json.loads(part_record(part).read_text())
+        recorded, size, _, _ = record["sha256"], record["bytes"], record["rows"], record["items"]
+    except FileNotFoundError:
+        return None, "has no record (the run stopped before the part was complete)"
+    except (ValueError, KeyError, TypeError):
+        return None, "has an unreadable record"
+    data = part.read_bytes()
+    if len(data) != size:
+        return record, f"is {len(data)} bytes, not the {size} its record says (cut short or damaged)"
+    if hashlib.sha256(data).hexdigest() != recorded:
+        return record, "does not match the sha256 its record says (damaged)"
+    return record, None
 
 
 class PatchingResultsWriter(BasePredictionWriter):
@@ -123,6 +168,7 @@ class PatchingResultsWriter(BasePredictionWriter):
                 "items_done": len(done),
             }
             record_run(self.output_dir, self.run_settings(trainer, pl_module, datamodule), session, self.resume)
+            self.verified_parts(repair=True)
         except BaseException:
             self.release()
             raise
@@ -160,22 +206,37 @@ class PatchingResultsWriter(BasePredictionWriter):
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self.stop.check()
 
-    def finished_items(self) -> set[int]:
-        """Item ids already written by earlier or current processes."""
+    def verified_parts(self, repair: bool = False) -> dict[Path, dict]:
+        """The parts whose bytes are the ones their records say, with their records. With `repair` (rank 0, before
+        any work), every other part (cut short, damaged, without a record) and every record without its part is
+        deleted, with a warning that names it, so that its items are computed again."""
         if not self.parts.is_dir():
-            return set()
-        return {
-            int(i) for part in self.parts.glob("items-*.csv") for i in pd.read_csv(part, usecols=["item_id"])["item_id"]
-        }
+            return {}
+        verified = {}
+        for part in sorted(self.parts.glob("items-*.csv")):
+            record, problem = part_problem(part)
+            if problem is None:
+                verified[part] = record
+            elif repair:
+                warn(f"part {part} {problem}; computing its items again")
+                part_record(part).unlink(missing_ok=True)
+                part.unlink()
+        for record in sorted(self.parts.glob("items-*.json")) if repair else []:
+            if not record.with_suffix(".csv").exists():
+                warn(f"part {record.with_suffix('.csv')} is missing (its record is there); computing its items again")
+                record.unlink()
+        return verified
+
+    def finished_items(self) -> set[int]:
+        """Item ids already written, by earlier or current processes, in parts that match their records."""
+        return {int(i) for record in self.verified_parts().values() for i in record["items"]}
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if not prediction:
             return
         self.parts.mkdir(parents=True, exist_ok=True)
         frame = pd.DataFrame(prediction, columns=ROW_COLUMNS)
-        path = self.parts / f"items-{frame['item_id'].min():08d}.csv"
-        with atomic_path(path) as partial:
-            frame.to_csv(partial, index=False)
+        write_part(self.parts / f"items-{frame['item_id'].min():08d}.csv", frame)
         self.parts_written += 1
         if trainer.is_global_zero:
             fault_point(f"part{self.parts_written}")
@@ -190,13 +251,25 @@ class PatchingResultsWriter(BasePredictionWriter):
         """Merge the parts and write every table, figure and the summary (rank 0 only)."""
         if self.verbose:
             print("writing predictions.csv, tables, figures and report.md ...", file=sys.stderr, flush=True)
-        rows = pd.concat([read_rows(p) for p in sorted(self.parts.glob("items-*.csv"))], ignore_index=True)
+        parts = self.verified_parts()  # checked again: a part damaged since the run started is not merged
+        damaged = sorted(set(self.parts.glob("items-*.csv")) - set(parts))
+        if damaged:
+            raise WpatchError(
+                f"part {damaged[0]} {part_problem(damaged[0])[1]}; continue with --writer.resume true (the same "
+                "settings), which computes its items again"
+            )
+        rows = pd.concat([read_rows(p) for p in parts], ignore_index=True)
         rows = rows.sort_values(["item_id"], kind="stable").reset_index(drop=True)
         n_items, per_item = len(trainer.datamodule.items), pl_module.rows_per_item
-        if rows.duplicated(ROW_KEY).any() or len(rows) != n_items * per_item:
+        if rows.duplicated(ROW_KEY).any() or len(rows) > n_items * per_item:
             raise WpatchError(
                 f"{self.parts} holds {len(rows)} rows, expected {n_items} items x {per_item} patches once each; "
                 "delete the directory and rerun"
+            )
+        if len(rows) < n_items * per_item:
+            raise WpatchError(
+                f"{self.parts} holds {len(rows)} rows, expected {n_items} items x {per_item}; continue with "
+                "--writer.resume true (the same settings), which computes the missing items"
             )
         with atomic_path(self.output_dir / "predictions.csv") as partial:
             rows.to_csv(partial, index=False)

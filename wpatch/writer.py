@@ -12,6 +12,7 @@ computed again, alone, with a warning. When prediction ends, rank 0 merges the p
 
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -156,8 +157,9 @@ class PatchingResultsWriter(BasePredictionWriter):
                     f"output directory {self.output_dir} holds an unfinished run ({len(done)} items); add "
                     "--writer.resume true to continue it, or choose another directory"
                 )
-            for stale in [*self.output_dir.glob(".*.partial"), *self.parts.glob(".*.partial")]:
-                stale.unlink()  # left by a killed process; the lock says none is writing
+            for folder in (self.output_dir, self.parts, self.output_dir / "figures"):
+                for stale in folder.glob(".*.partial"):  # left by a killed process; the lock says none is writing
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
             data = datamodule.hparams
             session = {
                 "code_version": code_version(),

@@ -3,6 +3,7 @@ batches and during the final merge, then resumed, gives predictions.csv byte for
 the folder lock; settings checked on resume. The runs signal themselves at named points (WPATCH_FAULT)."""
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -221,3 +222,47 @@ def test_an_empty_or_foreign_output_folder_is_refused_and_left_as_it_was(
         assert refused.value.code == 2 and len(err) == 1 and message in err[0], err
         assert "choose another --writer.output_dir" in err[0]
         assert {p.name: p.read_text() for p in mine.iterdir()} == files  # nothing written, nothing overwritten
+
+
+@pytest.mark.parametrize("target", ["predictions.csv", "matrices.csv", "figures/score_matrix.png"])
+def test_disk_full_while_finishing_says_which_file_then_resume_works(
+    reference, small_model_path, monkeypatch, capsys, target
+):
+    """A write that fails for want of space (OSError 28, with no file name: what write() raises) during the merge,
+    a table or a figure: one line naming the file, the parts kept, the command that continues; then it does."""
+    import matplotlib.figure
+    import pandas as pd
+
+    tmp_path, expected = reference
+    out = tmp_path / f"full-{Path(target).stem}"
+    shutil.copytree(tmp_path / "reference", out)
+    (out / "summary.json").unlink()  # every part written, the run not finished
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if target == "predictions.csv":
+        monkeypatch.setattr(pd.DataFrame, "to_csv", full)  # the merge's write
+    elif target == "matrices.csv":
+        write_text = Path.write_text
+        monkeypatch.setattr(
+            Path, "write_text", lambda p, *a, **k: full() if "matrices.csv" in p.name else write_text(p, *a, **k)
+        )
+    else:
+        savefig = matplotlib.figure.Figure.savefig
+        monkeypatch.setattr(
+            matplotlib.figure.Figure,
+            "savefig",
+            lambda f, path, *a, **k: full() if "score_matrix.png" in str(path) else savefig(f, path, *a, **k),
+        )
+    with pytest.raises(SystemExit) as failed:
+        main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    err = capsys.readouterr().err
+    assert failed.value.code != 0 and "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert f"could not write {out / target} (No space left on device)" in line, line
+    assert "every finished part is kept" in line and line.endswith("--writer.resume true")
+    assert not (out / "summary.json").exists()
+    monkeypatch.undo()
+    main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    assert (out / "predictions.csv").read_bytes() == expected and (out / "summary.json").exists()

@@ -238,7 +238,10 @@ class PatchingResultsWriter(BasePredictionWriter):
             return
         self.parts.mkdir(parents=True, exist_ok=True)
         frame = pd.DataFrame(prediction, columns=ROW_COLUMNS)
-        write_part(self.parts / f"items-{frame['item_id'].min():08d}.csv", frame)
+        try:
+            write_part(self.parts / f"items-{frame['item_id'].min():08d}.csv", frame)
+        except OSError as error:
+            raise self.not_written(error) from None
         self.parts_written += 1
         if trainer.is_global_zero:
             fault_point(f"part{self.parts_written}")
@@ -257,8 +260,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         damaged = sorted(set(self.parts.glob("items-*.csv")) - set(parts))
         if damaged:
             raise WpatchError(
-                f"part {damaged[0]} {part_problem(damaged[0])[1]}; continue with --writer.resume true (the same "
-                "settings), which computes its items again"
+                f"part {damaged[0]} {part_problem(damaged[0])[1]}; its items are computed again by: {self.go_on()}"
             )
         rows = pd.concat([read_rows(p) for p in parts], ignore_index=True)
         rows = rows.sort_values(["item_id"], kind="stable").reset_index(drop=True)
@@ -270,9 +272,28 @@ class PatchingResultsWriter(BasePredictionWriter):
             )
         if len(rows) < n_items * per_item:
             raise WpatchError(
-                f"{self.parts} holds {len(rows)} rows, expected {n_items} items x {per_item}; continue with "
-                "--writer.resume true (the same settings), which computes the missing items"
+                f"{self.parts} holds {len(rows)} rows, expected {n_items} items x {per_item}; the missing items are "
+                f"computed by: {self.go_on()}"
             )
+        try:
+            self.write_tables(trainer, pl_module, rows)
+        except OSError as error:
+            raise self.not_written(error) from None
+
+    def not_written(self, error: OSError) -> WpatchError:
+        """One line for a file the run could not write (a full disk, say): which file, why, what is kept, and the
+        command that continues the run."""
+        return WpatchError(
+            f"could not write {error.filename or 'a file of the run'} ({error.strerror or error}); every finished "
+            f"part is kept; make room, then continue with: {self.go_on()}"
+        )
+
+    def go_on(self) -> str:
+        """The command that continues this run (as `wpatch.cli` made it; else what it needs)."""
+        return self.stop.resume_command or "the same settings and --writer.resume true"
+
+    def write_tables(self, trainer: L.Trainer, pl_module: L.LightningModule, rows: pd.DataFrame) -> None:
+        """predictions.csv, then every table, figure and the summary (`wpatch.analysis.analyse`)."""
         with atomic_path(self.output_dir / "predictions.csv") as partial:
             rows.to_csv(partial, index=False)
             fault_point("merging")

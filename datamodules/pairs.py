@@ -94,6 +94,7 @@ class PairDataModule(L.LightningDataModule):
         self.mels = None
         self.skipped: set[int] = set()
         self.screening: dict = {}
+        self.stop_check = None  # called before each clip is synthesised; raises to stop (the writer's signal check)
 
     def _clip_keys(self, items):
         """(word, lang, recording path, voice) of every source and target clip, in item order."""
@@ -114,7 +115,8 @@ class PairDataModule(L.LightningDataModule):
         return Path(audio) if audio else self.clips[voice].get(word, lang)
 
     def prepare_data(self):
-        """Synthesise every clip that is not cached yet (runs once, on one process)."""
+        """Synthesise every clip that is not cached yet (runs once, on one process). `stop_check`, when set, is
+        called before each clip: a run asked to stop (SIGTERM) stops between two clips, not after all of them."""
         items = self._read_items()
         unique = sorted({key for side in self._clip_keys(items) for key in side if not key[2]})
         for lang, voice in sorted({(lang, voice) for _, lang, _, voice in unique}):
@@ -122,6 +124,8 @@ class PairDataModule(L.LightningDataModule):
         start = time.perf_counter()
         made = 0
         for key in unique:
+            if self.stop_check is not None:
+                self.stop_check()
             self._clip(*key)
             if sum(cache.synthesized for cache in self.clips.values()) > made:
                 made += 1

@@ -106,6 +106,16 @@ def test_killed_or_stopped_at_several_points_then_resumed_gives_the_same_bytes(
     assert [s["items_done"] for s in json.loads((out / "run.json").read_text())["sessions"]] == [0, 2, 3, 4]
 
 
+def test_sigterm_during_clip_synthesis_stops_before_the_next_clip(reference, small_model_path):
+    tmp_path, _ = reference
+    out, clips = tmp_path / "stopped-synthesis", tmp_path / "fresh-clips"
+    run = script(args(tmp_path, small_model_path, out, "--data.cache_dir", str(clips)), fault="synthesis1:SIGTERM")
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM; every finished batch is kept; continue with: " in err.strip().splitlines()[-1]
+    assert len(list(clips.rglob("*.wav"))) == 1 and not parts(out)  # 1 of the 4 clips: stopped before the next
+
+
 def test_ddp_sigterm_stops_every_rank_then_resume(reference, small_model_path):
     tmp_path, expected = reference
     out = tmp_path / "ddp"

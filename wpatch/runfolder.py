@@ -8,8 +8,8 @@
 - `run.json` holds the settings a run's rows depend on (written when the run starts); a resume with other
   settings is refused, naming the first difference. Each start appends a session (time, code version,
   accelerator, devices, batch size), recorded but never compared.
-- `StopOnSignal`: the first SIGTERM or SIGINT asks the run to stop before its next batch; a second one
-  ends the process (and the DDP processes it launched) at once.
+- `StopOnSignal`: the first SIGTERM or SIGINT asks the run to stop before its next batch (or clip, while
+  clips are synthesised); a second one ends the process (and the DDP processes it launched) at once.
 - `fault_point`: crash-safety tests set WPATCH_FAULT=<point>:<signal> to have the run signal itself at a
   named point, one per phase of a run: `synthesis<N>` (after the N-th clip this session synthesised),
   `part<N>` (after its N-th part), `merging` (predictions.csv written under its temporary name, not yet
@@ -183,8 +183,8 @@ class StopOnSignal:
         if self.signum is None:
             self.signum = signum
             print(
-                f"wpatch: {signal.Signals(signum).name} received: stopping before the next batch (send it again to "
-                "stop at once)",
+                f"wpatch: {signal.Signals(signum).name} received: stopping before the next batch or clip (send it "
+                "again to stop at once)",
                 file=sys.stderr,
                 flush=True,
             )

@@ -116,7 +116,8 @@ class PatchingResultsWriter(BasePredictionWriter):
     """Writes predictions.csv, layer matrices (overall and per category), heatmaps, summary.json and TensorBoard.
 
     The folder is locked while a run uses it, and `run.json` keeps the settings its rows depend on (see
-    `wpatch.runfolder`). SIGTERM or SIGINT stops the run before its next batch (`RunStopped`).
+    `wpatch.runfolder`). SIGTERM or SIGINT stops the run before its next batch, or its next clip while clips are
+    synthesised (`RunStopped`).
 
     Args:
         output_dir: the run's folder: a new or empty one, or an unfinished run's to resume; one that holds a
@@ -171,6 +172,7 @@ class PatchingResultsWriter(BasePredictionWriter):
             }
             record_run(self.output_dir, self.run_settings(trainer, pl_module, datamodule), session, self.resume)
             self.verified_parts(repair=True)
+            datamodule.stop_check = self.stop.check  # a signal during clip synthesis stops it before the next clip
         except BaseException:
             self.release()
             raise

@@ -17,6 +17,7 @@ import pytest
 
 from scripts.predict import main
 from wpatch.runfolder import claim_folder
+from wpatch.writer import PatchingResultsWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"  # 4 items, each its own source clip: 4 batches of 1
@@ -80,14 +81,19 @@ def test_killed_or_stopped_at_several_points_then_resumed_gives_the_same_bytes(
 ):
     tmp_path, expected = reference
     out = tmp_path / "killed"
+    started = time.time()
     run = script(args(tmp_path, small_model_path, out), fault="part2:SIGKILL")
     assert run.wait(timeout=300) == -signal.SIGKILL
     assert len(parts(out)) == 2 and not (out / "summary.json").exists()
-    # resumed, then Ctrl-C (SIGINT) after its first batch: stops with the command that continues the run
+    # resumed, then Ctrl-C (SIGINT) after its first batch (which takes at least a second): stops with the command
+    # that continues the run
     monkeypatch.setenv("WPATCH_FAULT", "part1:SIGINT")
+    write = PatchingResultsWriter.write_on_batch_end
+    monkeypatch.setattr(PatchingResultsWriter, "write_on_batch_end", lambda *a, **k: time.sleep(1) or write(*a, **k))
     handler = signal.getsignal(signal.SIGINT)  # SIG_IGN, not Python's, under a shell's background job
     with pytest.raises(SystemExit) as stopped:
         main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    monkeypatch.setattr(PatchingResultsWriter, "write_on_batch_end", write)
     err = capsys.readouterr().err.strip().splitlines()
     assert stopped.value.code == 130 and len(parts(out)) == 3
     assert "stopped by SIGINT; every finished batch is kept; continue with: " in err[-1]
@@ -104,6 +110,9 @@ def test_killed_or_stopped_at_several_points_then_resumed_gives_the_same_bytes(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["groups"]["all"]["items"] == 4 and (out / "matrices.csv").exists()
     assert [s["items_done"] for s in json.loads((out / "run.json").read_text())["sessions"]] == [0, 2, 3, 4]
+    # the wall time sums the sessions' work (the second session's batch alone took a second), not only the last
+    # session's merge
+    assert 1 < summary["wall_time_s"] < time.time() - started
 
 
 def test_sigterm_during_clip_synthesis_stops_before_the_next_clip(reference, small_model_path):

@@ -81,9 +81,10 @@ def part_record(part: Path) -> Path:
     return part.with_suffix(".json")
 
 
-def write_part(part: Path, frame: pd.DataFrame) -> None:
-    """Write a part, then its record (rows, bytes, sha256, item ids), each atomically: a part without its record
-    was cut off before it was complete."""
+def write_part(part: Path, frame: pd.DataFrame, session_started: float | None = None) -> None:
+    """Write a part, then its record (rows, bytes, sha256, item ids; when the session that made it started and
+    when it was written, for the run's wall time), each atomically: a part without its record was cut off before
+    it was complete."""
     data = frame.to_csv(index=False).encode("utf-8")
     write_atomically(part, data)
     record = {
@@ -91,6 +92,8 @@ def write_part(part: Path, frame: pd.DataFrame) -> None:
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "items": sorted(int(i) for i in frame["item_id"].unique()),
+        "session_started": session_started,
+        "written": time.time(),
     }
     write_atomically(part_record(part), json.dumps(record) + "\n")
 
@@ -139,6 +142,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         self.lock = None  # the open, locked lock file while this process owns the folder
         self.stop = StopOnSignal()
         self.parts_written = 0
+        self.session_started = None  # when this session claimed the folder (time.time(); every rank has rank 0's)
 
     def claim(self, trainer: L.Trainer, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
         """Before any work, on the process that starts the run: lock the folder (checking that it is writable),
@@ -146,6 +150,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         if self.lock is not None:
             return
         self.lock = claim_folder(self.output_dir)
+        self.session_started = time.time()
         try:
             if (self.output_dir / "summary.json").exists():
                 raise WpatchError(
@@ -195,7 +200,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         done = self.finished_items()
         if done:
             trainer.datamodule.skip(done)
-        self.started = time.time()
+        self.session_started = trainer.strategy.broadcast(self.session_started, src=0)
         self.stop.children = getattr(trainer.strategy.launcher, "procs", [])  # DDP processes this one launched
         if len(done) == len(
             trainer.datamodule.items
@@ -241,7 +246,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         self.parts.mkdir(parents=True, exist_ok=True)
         frame = pd.DataFrame(prediction, columns=ROW_COLUMNS)
         try:
-            write_part(self.parts / f"items-{frame['item_id'].min():08d}.csv", frame)
+            write_part(self.parts / f"items-{frame['item_id'].min():08d}.csv", frame, self.session_started)
         except OSError as error:
             raise self.not_written(error) from None
         self.parts_written += 1
@@ -278,7 +283,7 @@ class PatchingResultsWriter(BasePredictionWriter):
                 f"computed by: {self.go_on()}"
             )
         try:
-            self.write_tables(trainer, pl_module, rows)
+            self.write_tables(trainer, pl_module, rows, list(parts.values()))
         except OSError as error:
             raise self.not_written(error) from None
 
@@ -294,8 +299,20 @@ class PatchingResultsWriter(BasePredictionWriter):
         """The command that continues this run (as `wpatch.cli` made it; else what it needs)."""
         return self.stop.resume_command or "the same settings and --writer.resume true"
 
-    def write_tables(self, trainer: L.Trainer, pl_module: L.LightningModule, rows: pd.DataFrame) -> None:
-        """predictions.csv, then every table, figure and the summary (`wpatch.analysis.analyse`)."""
+    def working_time(self, records) -> float:
+        """Seconds the run's sessions worked, summed (summary.json's `wall_time_s`): each earlier session from
+        claiming the folder to the last of its parts that is kept (the parts' records say when), this one from
+        claiming it to now. Time between sessions, and work lost to a kill (parts never completed), is not counted."""
+        ends = {}
+        for record in records:
+            started = record.get("session_started")
+            if started is not None and started != self.session_started:
+                ends[started] = max(ends.get(started, started), record["written"])
+        return sum(end - started for started, end in ends.items()) + time.time() - self.session_started
+
+    def write_tables(self, trainer: L.Trainer, pl_module: L.LightningModule, rows: pd.DataFrame, records) -> None:
+        """predictions.csv, then every table, figure and the summary (`wpatch.analysis.analyse`); `records`: the
+        merged parts' records (for the wall time)."""
         with atomic_path(self.output_dir / "predictions.csv") as partial:
             rows.to_csv(partial, index=False)
             fault_point("merging")
@@ -303,7 +320,7 @@ class PatchingResultsWriter(BasePredictionWriter):
 
         clips = trainer.datamodule.clips.values()
         extra = {
-            "wall_time_s": round(time.time() - self.started, 2),
+            "wall_time_s": round(self.working_time(records), 2),
             "clip_cache": {
                 "synthesised": sum(c.synthesized for c in clips),
                 "resynthesised_damaged": sum(c.repaired for c in clips),

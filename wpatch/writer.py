@@ -272,15 +272,16 @@ class PatchingResultsWriter(BasePredictionWriter):
         rows = pd.concat([read_rows(p) for p in parts], ignore_index=True)
         rows = rows.sort_values(["item_id"], kind="stable").reset_index(drop=True)
         n_items, per_item = len(trainer.datamodule.items), pl_module.rows_per_item
-        if rows.duplicated(ROW_KEY).any() or len(rows) > n_items * per_item:
+        if rows.duplicated(ROW_KEY).any() or len(rows) != n_items * per_item:
+            missing = n_items - rows["item_id"].nunique()  # parts lost since the run started: a resume makes them
+            way_out = (
+                f"its {missing} missing items are computed by: {self.go_on()}"
+                if missing > 0 and not rows.duplicated(ROW_KEY).any()
+                else "delete the directory and rerun"
+            )
             raise WpatchError(
                 f"{self.parts} holds {len(rows)} rows, expected {n_items} items x {per_item} patches once each; "
-                "delete the directory and rerun"
-            )
-        if len(rows) < n_items * per_item:
-            raise WpatchError(
-                f"{self.parts} holds {len(rows)} rows, expected {n_items} items x {per_item}; the missing items are "
-                f"computed by: {self.go_on()}"
+                + way_out
             )
         try:
             self.write_tables(trainer, pl_module, rows, list(parts.values()))

@@ -10,7 +10,9 @@ an effect heatmap with 95% intervals, and sliding-window sweeps a (layer x time)
 """
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,10 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from wpatch.atomic import write_atomically
+from wpatch.atomic import atomic_path, write_atomically
 from wpatch.features import feature_cells, feature_map, run_features
 from wpatch.rows import BLANK_IS_NAN, CONDITION, MEASURE_NAMES, MEASURES, SCALES, TEXT_COLUMNS, with_sweep_start
+from wpatch.runfolder import fault_point
 from wpatch.sites import BLOCK_OUT
 from wpatch.stats import bootstrap_interval, pooled_interval
 
@@ -103,6 +106,23 @@ def voice_spread(groups: dict, voices: list[str], measures: list[str]) -> dict:
 def figure_file(name: str) -> str:
     """A figure's file name: `name` with every character unsafe in a path made `_`, and .png."""
     return re.sub(r"[^\w.-]", "_", name) + ".png"
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """`figure` as a PNG at `path`, atomically: a killed or failed write leaves no half-written image."""
+    with atomic_path(path) as partial:
+        figure.savefig(partial, format="png", dpi=110)
+
+
+def publish_events(staging: Path, folder: Path) -> None:
+    """Move the closed TensorBoard event file(s) in `staging` into `folder`, in place of those there (an earlier
+    attempt's, complete or cut short), so a run's `tensorboard/` holds one file however often its report was made."""
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("events.out.tfevents.*"):
+        old.unlink()
+    for new in sorted(staging.iterdir()):
+        os.replace(new, folder / new.name)
+    staging.rmdir()
 
 
 def file_suffix(group: str) -> str:
@@ -269,8 +289,8 @@ def condition_figures(cells: pd.DataFrame, conditions: list[dict], figures: Path
             summary[label] = {**matrix_summary(matrix), "effect_pairs": int(mine["effect_pairs"].max())}
             if mine["effect_low"].notna().any():
                 intervals = interval_figure(mine[mine["effect"].notna()], f"effect, 95% intervals\n{title}")
-                intervals.savefig(figures / figure_file(f"effect_intervals_{label}"), dpi=110)
-        figure.savefig(figures / figure_file(name), dpi=110)
+                save_figure(intervals, figures / figure_file(f"effect_intervals_{label}"))
+        save_figure(figure, figures / figure_file(name))
         if tensorboard is not None:
             tensorboard.add_figure(tag, figure)
     return summary
@@ -316,7 +336,7 @@ def feature_figures(features: pd.DataFrame, conditions: list[dict], figures: Pat
                     summary[feature][label] = found
                 else:
                     summary[feature].setdefault("by_position", {}).setdefault(position, {})[label] = found
-                figure.savefig(figures / figure_file(f"feature_{name}"), dpi=110)
+                save_figure(figure, figures / figure_file(f"feature_{name}"))
                 if tensorboard is not None:
                     tensorboard.add_figure(f"feature/{name.replace(f'{feature}_', f'{feature}/', 1)}", figure)
     return summary
@@ -363,7 +383,8 @@ def analyse(
     rows: pd.DataFrame, output_dir, settings: dict | None = None, extra: dict | None = None, tensorboard: bool = True
 ) -> dict:
     """Write cells.csv, the layer matrices (CSV and PNG) per group, the effect figures, the TensorBoard event
-    file (`tensorboard=True`) and summary.json for these rows into `output_dir`; returns the summary.
+    file (`tensorboard=True`), report.md and, last, summary.json for these rows into `output_dir`; returns the
+    summary. Every file is written atomically; summary.json, last, marks the run finished.
 
     `settings` (the run's settings) lead the summary, `extra` (e.g. wall time, clip cache) follows them."""
     output_dir = Path(output_dir)
@@ -371,15 +392,17 @@ def analyse(
     settings = dict(settings or {})
     measures = [m for m in MEASURES if rows[m].notna().any()]
     cells = cell_table(row_groups(rows))
-    cells.to_csv(output_dir / "cells.csv", index=False)
+    write_atomically(output_dir / "cells.csv", cells.to_csv(index=False))
     conditions = rows[CONDITION].drop_duplicates().to_dict("records")
     primary = primary_condition(rows)
     in_primary = (rows[CONDITION] == pd.Series(primary)).all(axis=1)
     board = None
+    staging = output_dir / f".tensorboard.{os.getpid()}.partial"  # the event file is written here, then moved
     if tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        board = SummaryWriter(output_dir / "tensorboard")
+        shutil.rmtree(staging, ignore_errors=True)
+        board = SummaryWriter(staging)
     figures = output_dir / "figures"
     figures.mkdir(exist_ok=True)
     groups, matrices, long = {}, {}, []
@@ -397,7 +420,7 @@ def analyse(
                 continue  # figures for the two main groups; every group's numbers are in matrices.csv
             title = f"{MEASURE_NAMES.get(measure, measure)}\n{group_title(group, groups[group]['items'])}"
             figure = heatmap(matrix, title, measure=measure)
-            figure.savefig(figures / f"{measure}_matrix{file_suffix(group)}.png", dpi=110)
+            save_figure(figure, figures / f"{measure}_matrix{file_suffix(group)}.png")
             if board is not None:
                 board.add_figure(f"{measure}_matrix/{group}", figure)
     write_atomically(
@@ -454,9 +477,15 @@ def analyse(
             board.file_writer.add_summary(event)
         for key, value in metrics.items():
             board.add_scalar(key, value)
+        fault_point("tensorboard")
         board.close()
-    write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+        publish_events(staging, output_dir / "tensorboard")
+    fault_point("tables")
     write_atomically(output_dir / "report.md", report_markdown(rows, summary))
+    fault_point("report")
+    # written last: a run with summary.json is finished (a resume is refused), so every other file is complete
+    write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    fault_point("finished")
     return summary
 
 

@@ -46,7 +46,7 @@ class PatchingCLI(LightningCLI):
         on_gpu = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
         check_precision(trainer.precision, on_gpu)
         read_pairs(self.config.data.pairs_file, self.config.data.limit)
-        check_writable(Path(self.config.writer.output_dir))
+        check_writable(self.config.writer.output_dir)
 
 
 def starts_the_run(trainer) -> bool:

@@ -24,6 +24,7 @@ from wpatch.melcache import MelStore
 from wpatch.models import cache_root, load_model, model_dims, multilingual
 from wpatch.pairs import check_languages, pairs_path, patch_items, read_pairs, silent_clips
 from wpatch.rows import PairBatch
+from wpatch.runfolder import fault_point
 from wpatch.screening import SCREEN_COLUMNS, cached_screen
 from wpatch.text import tokenizer_for, word_tokens
 from wpatch.tts import ClipCache, make_backend, parse_speaker
@@ -95,6 +96,7 @@ class PairDataModule(L.LightningDataModule):
         self.mels = None
         self.skipped: set[int] = set()
         self.screening: dict = {}
+        self.stop_check = None  # called before each clip is synthesised; raises to stop (the writer's signal check)
         self.control_fallbacks = 0  # items without an unrelated control donor, set by setup
         self.silent_clips: list[dict] = []  # clips without speech (`wpatch.pairs.silent_clips`), set by setup
 
@@ -117,15 +119,21 @@ class PairDataModule(L.LightningDataModule):
         return Path(audio) if audio else self.clips[voice].get(word, lang)
 
     def prepare_data(self):
-        """Synthesise every clip that is not cached yet (runs once, on one process)."""
+        """Synthesise every clip that is not cached yet (runs once, on one process). `stop_check`, when set, is
+        called before each clip: a run asked to stop (SIGTERM) stops between two clips, not after all of them."""
         items = self._read_items()
         unique = sorted({key for side in self._clip_keys(items) for key in side if not key[2]})
         for lang, voice in sorted({(lang, voice) for _, lang, _, voice in unique}):
             self.clips[voice].backend.check_voice(self.clips[voice].voice(lang))
         start = time.perf_counter()
+        made = 0
         for key in unique:
+            if self.stop_check is not None:
+                self.stop_check()
             self._clip(*key)
-        made = sum(cache.synthesized for cache in self.clips.values())
+            if sum(cache.synthesized for cache in self.clips.values()) > made:
+                made += 1
+                fault_point(f"synthesis{made}")
         log.info("clips: %d synthesised, %d cached (%.1fs)", made, len(unique) - made, time.perf_counter() - start)
 
     def setup(self, stage: str | None = None):

@@ -150,7 +150,7 @@ def interleaved(modes: list[str], sample, module, dm, args, device, progress) ->
         for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
             if mode == "wpatch":
                 dm.skip(everything - items)
-                rows = len(items) * len(module.pairs)
+                rows = len(items) * len(module.layer_pairs)
                 profile = args.profile and r == 0
                 seconds, peak, done = run_wpatch(module, dm, args.accelerator, args.precision, device, profile)
                 wpatch_rows.update(done)
@@ -235,10 +235,10 @@ def main(argv: list[str] | None = None) -> dict:
     dm.prepare_data()
     dm.setup("predict")
     module = PatchingModule(model=args.model)
-    n_rows = len(dm.items) * len(module.pairs)
+    n_rows = len(dm.items) * len(module.layer_pairs)
     sample = sorted(
         random.Random(0).sample(
-            [(i, s, t) for i in range(len(dm.items)) for s, t in module.pairs], min(args.baseline_rows, n_rows)
+            [(i, s, t) for i in range(len(dm.items)) for s, t in module.layer_pairs], min(args.baseline_rows, n_rows)
         )
     )
 
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     progress(
-        f"{len(dm.items)} items x {len(module.pairs)} layer pairs = {n_rows} rows; modes {', '.join(modes)}; "
+        f"{len(dm.items)} items x {len(module.layer_pairs)} layer pairs = {n_rows} rows; modes {', '.join(modes)}; "
         f"{args.rounds} rounds"
     )
     results, rows = interleaved(modes, sample, module, dm, args, device, progress)
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": args.precision,
         "items": len(dm.items),
         "items_per_source_clip": round(len(dm.items) / len(dm.groups), 2),
-        "layer_pairs": len(module.pairs),
+        "layer_pairs": len(module.layer_pairs),
         "rows": n_rows,
         "modes": {
             m: {

@@ -6,7 +6,37 @@ import torch
 from torch import Tensor
 from whisper.model import AudioEncoder, Whisper
 
-from wpatch.patching import output_patch, site_patch
+
+@contextmanager
+def output_patch(module: torch.nn.Module, replacement: Tensor):
+    """A forward hook that makes `module` return `replacement` (broadcast to its output); removed on exit."""
+    handle = module.register_forward_hook(lambda _m, _i, output: replacement.to(output.dtype).expand_as(output))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def encoder_site_hook(block, site: str, donor: Tensor, weight: Tensor):
+    """A plain hook on openai-whisper's encoder `block`: `site` becomes (1 - weight) * site + weight * donor, written
+    here from the modules' own names (not wpatch's site registry): resid_pre is the block's input, attn_out and
+    mlp_out what `block.attn` (its output's first element) and `block.mlp` return, block_out the block's output."""
+
+    def blend(value: Tensor) -> Tensor:
+        return ((1 - weight) * value.float() + weight * donor.float()).to(value.dtype)
+
+    if site == "resid_pre":
+        handle = block.register_forward_pre_hook(lambda _m, args: (blend(args[0]), *args[1:]))
+    elif site == "attn_out":
+        handle = block.attn.register_forward_hook(lambda _m, _i, out: (blend(out[0]), *out[1:]))
+    else:
+        module = {"mlp_out": block.mlp, "block_out": block}[site]
+        handle = module.register_forward_hook(lambda _m, _i, out: blend(out))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()
@@ -23,7 +53,7 @@ def reference_patched_run(
     encoder: AudioEncoder, recipient_mel: Tensor, target_layer: int, site: str, donor: Tensor, weight: Tensor
 ) -> Tensor:
     """The whole encoder run on `recipient_mel` with the site hooked, as a plain hook would do it."""
-    with site_patch(encoder.blocks[target_layer], site, donor, weight):
+    with encoder_site_hook(encoder.blocks[target_layer], site, donor, weight):
         return encoder(recipient_mel)
 
 

@@ -185,7 +185,8 @@ def test_the_python_api_example_runs(tmp_path, small_model_path):
 
 
 def test_figures_share_a_fixed_labelled_scale_per_measure_and_readable_titles():
-    from wpatch.analysis import RANGES, condition_title, group_title, heatmap
+    from wpatch.analysis import condition_title, group_title, heatmap
+    from wpatch.rows import SCALES as RANGES
 
     small = pd.DataFrame([[0.2, 0.3], [0.25, -0.0001]], index=[0, 1], columns=[0, 1])
     large = pd.DataFrame([[2.5, -3.0], [0.5, 0.9]], index=[0, 1], columns=[0, 1])

@@ -2,6 +2,7 @@
 them in docs/bad_inputs.md is made here (WPATCH_WRITE_DOCS=1 rewrites it; otherwise it must be current)."""
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -107,6 +108,14 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         return make
 
     refused("`--writer.output_dir` is an existing file", with_file("out"))
+
+    def empty_name(d):
+        monkeypatch.chdir(d)  # where an empty name would write the run
+        return args(d, small_model_path, "--writer.output_dir", "")
+
+    refused("`--writer.output_dir ''` (it would be the current folder)", empty_name)
+    refused("`--writer.output_dir` holds files that are not a run's", with_file("out/notes.txt", "mine\n"))
+    monkeypatch.chdir(ROOT)
     refused(
         "`--writer.output_dir` below a file (cannot be created)", lambda d: with_file("file", out=d / "file" / "out")(d)
     )
@@ -127,12 +136,48 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         "SIGTERM (or SIGINT: exit 130) during a run", lambda d: args(d, small_model_path), code=143, env="part1:SIGTERM"
     )
     assert len(list(stopped.glob("out/parts/items-*.csv"))) == 1
+    synthesis_stopped = refused(
+        "SIGTERM while clips are synthesised (stops before the next clip)",
+        lambda d: args(d, small_model_path),
+        code=143,
+        env="synthesis1:SIGTERM",
+    )
     refused("the stopped run again, without `--writer.resume true`", lambda d: args(d, small_model_path), at=stopped)
     refused(
         "the stopped run resumed with other settings (`--data.limit 1`)",
         lambda d: args(d, small_model_path, "--writer.resume", "true", "--data.limit", "1"),
         at=stopped,
     )
+
+    def resumed(label, damage):
+        damage()
+        main(args(stopped, small_model_path, "--writer.resume", "true"))
+        err = capsys.readouterr().err.strip().splitlines()
+        warnings = [line for line in err if line.startswith("wpatch: warning: ")]
+        assert len(warnings) == 1 and (stopped / "out/summary.json").exists(), err
+        rows.append(table_row(f"{label} (resumed: the run goes on)", 0, warnings[0], stopped, small_model_path))
+
+    part = stopped / "out/parts/items-00000000.csv"
+    resumed("the stopped run's part cut short or damaged", lambda: part.write_bytes(part.read_bytes()[:-20]))
+
+    def unrecorded():
+        (stopped / "out/summary.json").unlink()  # unfinished again
+        part.with_suffix(".json").unlink()  # as if killed between writing the part and its record
+
+    resumed("a part without its record (the run was killed between writing the two)", unrecorded)
+    (stopped / "out/summary.json").unlink()
+    to_csv = pd.DataFrame.to_csv
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args(stopped, small_model_path, "--writer.resume", "true"))
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].startswith("wpatch: error: could not write"), err
+    rows.append(table_row("no space left on the disk while the run is merged", 2, err[-1], stopped, small_model_path))
     refused("a word that is only punctuation (`!!!`)", lambda d: args(d, small_model_path, pairs=PAIRS + "!!!,cat\n"))
     refused("the same pair twice", lambda d: args(d, small_model_path, pairs=PAIRS + "bat,pat\n"))
 
@@ -194,7 +239,7 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
     refused(
         "`wpatch report` on a stopped run",
         lambda d: ["report", str(d / "out")],
-        at=stopped,
+        at=synthesis_stopped,
         command=wpatch,
         expect="--writer.resume true",
     )

@@ -122,6 +122,8 @@ def test_clips_without_speech_are_told_with_the_line_that_uses_them(tmp_path, ca
         (3, "audio_b", quiet),
     ]
     assert caplog.messages[0].startswith(
-        f"pairs file {csv} line 3: word_a 'hum' spoken by hibari (clips/hum.wav) has no"
+        f"wpatch: warning: pairs file {csv} line 3: word_a 'hum' spoken by hibari (clips/hum.wav) has no"
     )
-    assert caplog.messages[1].startswith(f"pairs file {csv} line 3: audio_b {quiet} has no speech: it is silent;")
+    assert caplog.messages[1].startswith(
+        f"wpatch: warning: pairs file {csv} line 3: audio_b {quiet} has no speech: it is silent;"
+    )

@@ -12,14 +12,16 @@ from scripts.predict import main
 from tests.conftest import SMALL_DIMS, random_whisper
 from tests.reference import decoder_site_hook, reference_decoder_site
 from tests.test_pipeline import run
-from wpatch.decoder_patching import DECODER_SITES, DecodingPlan, DecodingRun, decode_plan
+from wpatch.decoder_patching import DecodingPlan, DecodingRun, decode_plan
 from wpatch.errors import WpatchError
 from wpatch.module import PatchingModule
 from wpatch.patching import Patch
 from wpatch.plan import donor_run_tokens, patch_specs
+from wpatch.sites import SITES
 from wpatch.text import ScoredWord, scoring_prefix, tokenizer_for
 
 WORDS = [(7365,), (6577, 11)]  # a one-token and a two-token donor word
+DECODER_SITES = [name for name, site in SITES.items() if site.stack == "decoder"]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from datamodules import PairDataModule
 from tests.conftest import random_whisper
 from tests.test_patching import assert_fast_path_equals_hooks, mels_of
 from wpatch.autobatch import SHARE, largest_groups, peak_memory
-from wpatch.module import ROW_COLUMNS, PatchingModule
+from wpatch.module import PatchingModule
+from wpatch.rows import ROW_COLUMNS
 from wpatch.writer import PatchingResultsWriter
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -12,7 +12,7 @@ from wpatch.audio import load_audio, log_mel
 from wpatch.decoding import cross_attention_cache, greedy_transcripts, language_probs, sequence_logprobs
 from wpatch.errors import WpatchError
 from wpatch.models import load_model
-from wpatch.patching import block_outputs, fast_whole_block_outputs, layer_pairs, output_patch
+from wpatch.patching import fast_whole_block_outputs, layer_pairs, site_patch, site_states
 from wpatch.text import scoring_prefix, tokenizer_for
 from wpatch.tts import ClipCache, make_backend
 
@@ -23,7 +23,8 @@ def mels_of(words, clip_dir, n_mels=80):
 
 
 def assert_fast_path_equals_hooks(model, source_mel, target_mel):
-    states, clean = block_outputs(model.encoder, source_mel)
+    states, clean = site_states(model.encoder, source_mel, {"block_out"})
+    states = states["block_out"]
     pairs = layer_pairs(len(model.encoder.blocks))
     features, slot = fast_whole_block_outputs(model.encoder, states, clean, pairs)
     assert set(slot) == set(pairs) and features.shape[1] == 1 + len(pairs) - len(model.encoder.blocks)
@@ -114,7 +115,8 @@ def test_hooks_are_removed_even_on_error():
     model = random_whisper()
     block = model.encoder.blocks[1]
     with pytest.raises(AssertionError, match="incorrect audio shape"):
-        with output_patch(block, torch.zeros(1, 1500, model.dims.n_audio_state)):
+        weight = torch.ones(1, 1500, 1)
+        with site_patch(block, "block_out", torch.zeros(1, 1500, model.dims.n_audio_state), weight):
             assert len(block._forward_hooks) == 1
             model.encoder(torch.zeros(1, 80, 10))  # wrong length: the encoder raises
     assert len(block._forward_hooks) == 0

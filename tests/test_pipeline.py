@@ -22,7 +22,7 @@ from wpatch.analysis import read_matrix
 from wpatch.errors import WpatchError
 from wpatch.models import load_model
 from wpatch.text import scoring_prefix, tokenizer_for, word_tokens
-from wpatch.writer import PatchingResultsWriter
+from wpatch.writer import PatchingResultsWriter, write_part
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = "word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\nship,sheep,vowel\n"
@@ -152,14 +152,20 @@ def test_writer_refuses_a_table_with_missing_or_repeated_rows(tmp_path):
     }
     trainer = SimpleNamespace(datamodule=SimpleNamespace(items=[0, 1]))
     module = SimpleNamespace(rows_per_item=2)
-    for layers in ([(0, 0), (0, 1), (1, 0)], [(0, 0), (0, 1), (1, 0), (1, 0)]):  # 3 of 4 rows; 4 with one repeated
+    for layers, way_out in (
+        ([(0, 0), (0, 1), (1, 0)], "delete the directory"),  # 3 of 4 rows
+        ([(0, 0), (0, 1), (1, 0), (1, 0)], "delete the directory"),  # 4 with one repeated
+        ([(0, 0), (0, 1)], "its 1 missing items are computed by: .* --writer.resume true"),  # item 1's part lost
+    ):
         writer = PatchingResultsWriter(output_dir=str(tmp_path / str(len(layers))))
         writer.parts.mkdir(parents=True)
         table = pd.DataFrame(
             [row | {"item_id": i // 2, "source_layer": s, "target_layer": t} for i, (s, t) in enumerate(layers)]
         )
-        table.to_csv(writer.parts / "items-00000000.csv", index=False)
-        with pytest.raises(WpatchError, match=f"holds {len(layers)} rows, expected 2 items x 2 patches once each"):
+        write_part(writer.parts / "items-00000000.csv", table)
+        with pytest.raises(
+            WpatchError, match=f"holds {len(layers)} rows, expected 2 items x 2 patches once each; {way_out}"
+        ):
             writer.finish(trainer, module)
         assert not (writer.output_dir / "predictions.csv").exists()
 

@@ -3,6 +3,7 @@ batches and during the final merge, then resumed, gives predictions.csv byte for
 the folder lock; settings checked on resume. The runs signal themselves at named points (WPATCH_FAULT)."""
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 
 from scripts.predict import main
 from wpatch.runfolder import claim_folder
+from wpatch.writer import PatchingResultsWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"  # 4 items, each its own source clip: 4 batches of 1
@@ -79,14 +81,19 @@ def test_killed_or_stopped_at_several_points_then_resumed_gives_the_same_bytes(
 ):
     tmp_path, expected = reference
     out = tmp_path / "killed"
+    started = time.time()
     run = script(args(tmp_path, small_model_path, out), fault="part2:SIGKILL")
     assert run.wait(timeout=300) == -signal.SIGKILL
     assert len(parts(out)) == 2 and not (out / "summary.json").exists()
-    # resumed, then Ctrl-C (SIGINT) after its first batch: stops with the command that continues the run
+    # resumed, then Ctrl-C (SIGINT) after its first batch (which takes at least a second): stops with the command
+    # that continues the run
     monkeypatch.setenv("WPATCH_FAULT", "part1:SIGINT")
+    write = PatchingResultsWriter.write_on_batch_end
+    monkeypatch.setattr(PatchingResultsWriter, "write_on_batch_end", lambda *a, **k: time.sleep(1) or write(*a, **k))
     handler = signal.getsignal(signal.SIGINT)  # SIG_IGN, not Python's, under a shell's background job
     with pytest.raises(SystemExit) as stopped:
         main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    monkeypatch.setattr(PatchingResultsWriter, "write_on_batch_end", write)
     err = capsys.readouterr().err.strip().splitlines()
     assert stopped.value.code == 130 and len(parts(out)) == 3
     assert "stopped by SIGINT; every finished batch is kept; continue with: " in err[-1]
@@ -103,6 +110,19 @@ def test_killed_or_stopped_at_several_points_then_resumed_gives_the_same_bytes(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["groups"]["all"]["items"] == 4 and (out / "matrices.csv").exists()
     assert [s["items_done"] for s in json.loads((out / "run.json").read_text())["sessions"]] == [0, 2, 3, 4]
+    # the wall time sums the sessions' work (the second session's batch alone took a second), not only the last
+    # session's merge
+    assert 1 < summary["wall_time_s"] < time.time() - started
+
+
+def test_sigterm_during_clip_synthesis_stops_before_the_next_clip(reference, small_model_path):
+    tmp_path, _ = reference
+    out, clips = tmp_path / "stopped-synthesis", tmp_path / "fresh-clips"
+    run = script(args(tmp_path, small_model_path, out, "--data.cache_dir", str(clips)), fault="synthesis1:SIGTERM")
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM; every finished batch is kept; continue with: " in err.strip().splitlines()[-1]
+    assert len(list(clips.rglob("*.wav"))) == 1 and not parts(out)  # 1 of the 4 clips: stopped before the next
 
 
 def test_ddp_sigterm_stops_every_rank_then_resume(reference, small_model_path):
@@ -199,3 +219,69 @@ def test_resume_with_other_settings_is_refused_and_code_version_recorded(referen
     assert "started by code version 0.0.0-older" in capsys.readouterr().err
     assert json.loads((out / "run.json").read_text())["sessions"][-1]["code_version"] != "0.0.0-older"
     assert (out / "summary.json").exists()
+
+
+def test_an_empty_or_foreign_output_folder_is_refused_and_left_as_it_was(
+    reference, small_model_path, monkeypatch, capsys
+):
+    tmp_path, _ = reference
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    files = {"report.md": "my notes\n", "config.yaml": "mine: 1\n", "cells.csv": "a,b\n1,2\n"}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    monkeypatch.chdir(mine)  # `--writer.output_dir ''` would be this folder
+    for out, message in (
+        ("", "--writer.output_dir is empty"),
+        (str(mine), f"output directory {mine} holds files that are not a wpatch run's (cells.csv, "),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            main(args(tmp_path, small_model_path, out))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert refused.value.code == 2 and len(err) == 1 and message in err[0], err
+        assert "choose another --writer.output_dir" in err[0]
+        assert {p.name: p.read_text() for p in mine.iterdir()} == files  # nothing written, nothing overwritten
+
+
+@pytest.mark.parametrize("target", ["predictions.csv", "matrices.csv", "figures/score_matrix.png"])
+def test_disk_full_while_finishing_says_which_file_then_resume_works(
+    reference, small_model_path, monkeypatch, capsys, target
+):
+    """A write that fails for want of space (OSError 28, with no file name: what write() raises) during the merge,
+    a table or a figure: one line naming the file, the parts kept, the command that continues; then it does."""
+    import matplotlib.figure
+    import pandas as pd
+
+    tmp_path, expected = reference
+    out = tmp_path / f"full-{Path(target).stem}"
+    shutil.copytree(tmp_path / "reference", out)
+    (out / "summary.json").unlink()  # every part written, the run not finished
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if target == "predictions.csv":
+        monkeypatch.setattr(pd.DataFrame, "to_csv", full)  # the merge's write
+    elif target == "matrices.csv":
+        write_text = Path.write_text
+        monkeypatch.setattr(
+            Path, "write_text", lambda p, *a, **k: full() if "matrices.csv" in p.name else write_text(p, *a, **k)
+        )
+    else:
+        savefig = matplotlib.figure.Figure.savefig
+        monkeypatch.setattr(
+            matplotlib.figure.Figure,
+            "savefig",
+            lambda f, path, *a, **k: full() if "score_matrix.png" in str(path) else savefig(f, path, *a, **k),
+        )
+    with pytest.raises(SystemExit) as failed:
+        main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    err = capsys.readouterr().err
+    assert failed.value.code != 0 and "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert f"could not write {out / target} (No space left on device)" in line, line
+    assert "every finished part is kept" in line and line.endswith("--writer.resume true")
+    assert not (out / "summary.json").exists()
+    monkeypatch.undo()
+    main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    assert (out / "predictions.csv").read_bytes() == expected and (out / "summary.json").exists()

@@ -1,6 +1,9 @@
 """Patching sites, windows, interpolation and directions: invariants and agreement with plain hooks."""
 
+import ast
 import json
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,7 +16,6 @@ from tests.test_pipeline import run
 from wpatch.errors import WpatchError
 from wpatch.module import PatchingModule
 from wpatch.patching import (
-    SITES,
     Patch,
     fast_patched_run,
     fast_whole_block_outputs,
@@ -21,6 +23,11 @@ from wpatch.patching import (
     site_states,
     window_weights,
 )
+from wpatch.sites import SITES as REGISTRY
+from wpatch.sites import sites_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SITES = [name for name, site in REGISTRY.items() if site.stack == "encoder"]
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +199,29 @@ def test_one_run_sweeps_sites_windows_alphas_directions_and_control(tmp_path, sm
     figures = out / "figures"
     assert (figures / "effect_matrix_mlp_out_word_a1_noising_target.png").exists()
     assert (figures / "sweep_map_block_out_sweep_a1_denoising_control.png").exists()
+
+
+def test_the_readme_site_table_is_current():
+    """README.md's site table is made from the registry (WPATCH_WRITE_DOCS=1 rewrites it)."""
+    readme = (ROOT / "README.md").read_text()
+    start, end = "<!-- sites-table -->\n", "<!-- /sites-table -->"
+    assert start in readme and end in readme, "README.md has no <!-- sites-table --> block"
+    before, rest = readme.split(start)
+    after = rest[rest.index(end) :]
+    current = before + start + sites_table() + after
+    if os.environ.get("WPATCH_WRITE_DOCS"):
+        (ROOT / "README.md").write_text(current)
+    assert readme == current, "README.md's site table is out of date: rerun this test with WPATCH_WRITE_DOCS=1"
+
+
+def test_site_names_are_written_only_in_the_registry():
+    """No module but wpatch/sites.py spells a site's name as a string: every rule about sites reads the registry."""
+    for path in [*ROOT.glob("wpatch/**/*.py"), *ROOT.glob("datamodules/**/*.py"), *ROOT.glob("scripts/*.py")]:
+        if path.name == "sites.py":
+            continue
+        literals = {
+            node.value
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        }
+        assert not literals & set(REGISTRY), f"{path.relative_to(ROOT)} spells {sorted(literals & set(REGISTRY))}"

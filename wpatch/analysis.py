@@ -10,7 +10,9 @@ an effect heatmap with 95% intervals, and sliding-window sweeps a (layer x time)
 """
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +20,14 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from wpatch.atomic import write_atomically
+from wpatch.atomic import atomic_path, write_atomically
 from wpatch.errors import WpatchError
 from wpatch.features import feature_cells, feature_map, run_features
-from wpatch.rows import CONDITION, with_sweep_start
+from wpatch.rows import BLANK_IS_NAN, CONDITION, MEASURE_NAMES, MEASURES, SCALES, TEXT_COLUMNS, with_sweep_start
+from wpatch.runfolder import fault_point
+from wpatch.sites import BLOCK_OUT
 from wpatch.stats import bootstrap_interval, pooled_interval
 
-MEASURES = ("override", "transfer", "score", "effect", "p_source_language")  # the last only where languages differ
 ROW_KEY = ["item_id", *CONDITION, "source_layer", "target_layer", "window_start"]
 
 
@@ -59,29 +62,13 @@ def cell_table(groups: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(cells)
 
 
-TEXT_COLUMNS = [
-    "pair_id",
-    "direction",
-    "category",
-    "voice",
-    "source_word",
-    "target_word",
-    "site",
-    "window",
-    "patch_direction",
-    "donor",
-    "donor_word",
-    "transcript",
-]
-
-
 def read_rows(path) -> pd.DataFrame:
     """A rows CSV as written: text columns stay strings (even "", "NaN" or "1"), p_source_language and effect
     may be empty (NaN)."""
     return pd.read_csv(
         path,
         keep_default_na=False,
-        na_values={"p_source_language": [""], "effect": [""]},
+        na_values={column: [""] for column in BLANK_IS_NAN},
         dtype={column: str for column in TEXT_COLUMNS},
     )
 
@@ -122,6 +109,23 @@ def figure_file(name: str) -> str:
     return re.sub(r"[^\w.-]", "_", name) + ".png"
 
 
+def save_figure(figure: Figure, path: Path) -> None:
+    """`figure` as a PNG at `path`, atomically: a killed or failed write leaves no half-written image."""
+    with atomic_path(path) as partial:
+        figure.savefig(partial, format="png", dpi=110)
+
+
+def publish_events(staging: Path, folder: Path) -> None:
+    """Move the closed TensorBoard event file(s) in `staging` into `folder`, in place of those there (an earlier
+    attempt's, complete or cut short), so a run's `tensorboard/` holds one file however often its report was made."""
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("events.out.tfevents.*"):
+        old.unlink()
+    for new in sorted(staging.iterdir()):
+        os.replace(new, folder / new.name)
+    staging.rmdir()
+
+
 def file_suffix(group: str) -> str:
     """File-name suffix of a group: '' for all, '_vowel_recognised' for 'category=vowel|recognised'."""
     name = group.replace("category=", "").replace("|", "_").replace("=", "-")
@@ -154,23 +158,6 @@ def matrix_summary(matrix: pd.DataFrame) -> dict:
     }
 
 
-RANGES = {
-    "override": (0.0, 1.0),
-    "transfer": (0.0, 1.0),
-    "score": (0.0, 1.0),
-    "p_source_language": (0.0, 1.0),
-    "retained": (0.0, 1.0),
-    "effect": (-1.0, 1.0),
-}  # colour scales shared by every figure of a measure
-MEASURE_NAMES = {
-    "override": "override rate",
-    "transfer": "transfer rate",
-    "score": "score (P source word)",
-    "effect": "effect (share of the clean gap closed)",
-    "p_source_language": "P(source language)",
-}
-
-
 def number(value: float, digits: int = 2) -> str:
     """A number for a figure or the console: never -0.00."""
     text = f"{value + 0.0:.{digits}f}"
@@ -186,13 +173,13 @@ def heatmap(
     colour_label: str | None = None,
 ) -> Figure:
     """An annotated seaborn heatmap (a pyplot-free Figure: no GUI backend, no global state) on the measure's
-    fixed colour scale (`RANGES`: 0-1 for rates and score, -1..1 for effect; beyond it the end colour and an
+    fixed colour scale (`wpatch.rows.SCALES`: 0-1 for rates and score, -1..1 for effect; beyond it the end colour and an
     arrow on the colour bar) with a labelled colour bar;
     `labels` replaces the numbers written in the cells."""
     width, height = matrix.shape[1], matrix.shape[0]
     figure = Figure(figsize=(min(1.1 * width + 2.5, 24), 0.9 * height + 1.8))
     axes = figure.subplots()
-    low, high = RANGES.get(measure, (0.0, 1.0))
+    low, high = SCALES.get(measure, (0.0, 1.0))
     values = matrix.to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
     # the same scale in every figure of a measure; values beyond it keep the end colour, and the bar says so
@@ -303,8 +290,8 @@ def condition_figures(cells: pd.DataFrame, conditions: list[dict], figures: Path
             summary[label] = {**matrix_summary(matrix), "effect_pairs": int(mine["effect_pairs"].max())}
             if mine["effect_low"].notna().any():
                 intervals = interval_figure(mine[mine["effect"].notna()], f"effect, 95% intervals\n{title}")
-                intervals.savefig(figures / figure_file(f"effect_intervals_{label}"), dpi=110)
-        figure.savefig(figures / figure_file(name), dpi=110)
+                save_figure(intervals, figures / figure_file(f"effect_intervals_{label}"))
+        save_figure(figure, figures / figure_file(name))
         if tensorboard is not None:
             tensorboard.add_figure(tag, figure)
     return summary
@@ -350,7 +337,7 @@ def feature_figures(features: pd.DataFrame, conditions: list[dict], figures: Pat
                     summary[feature][label] = found
                 else:
                     summary[feature].setdefault("by_position", {}).setdefault(position, {})[label] = found
-                figure.savefig(figures / figure_file(f"feature_{name}"), dpi=110)
+                save_figure(figure, figures / figure_file(f"feature_{name}"))
                 if tensorboard is not None:
                     tensorboard.add_figure(f"feature/{name.replace(f'{feature}_', f'{feature}/', 1)}", figure)
     return summary
@@ -397,7 +384,8 @@ def analyse(
     rows: pd.DataFrame, output_dir, settings: dict | None = None, extra: dict | None = None, tensorboard: bool = True
 ) -> dict:
     """Write cells.csv, the layer matrices (CSV and PNG) per group, the effect figures, the TensorBoard event
-    file (`tensorboard=True`) and summary.json for these rows into `output_dir`; returns the summary.
+    file (`tensorboard=True`), report.md and, last, summary.json for these rows into `output_dir`; returns the
+    summary. Every file is written atomically; summary.json, last, marks the run finished.
 
     `settings` (the run's settings) lead the summary, `extra` (e.g. wall time, clip cache) follows them."""
     output_dir = Path(output_dir)
@@ -405,15 +393,17 @@ def analyse(
     settings = dict(settings or {})
     measures = [m for m in MEASURES if rows[m].notna().any()]
     cells = cell_table(row_groups(rows))
-    cells.to_csv(output_dir / "cells.csv", index=False)
+    write_atomically(output_dir / "cells.csv", cells.to_csv(index=False))
     conditions = rows[CONDITION].drop_duplicates().to_dict("records")
     primary = primary_condition(rows)
     in_primary = (rows[CONDITION] == pd.Series(primary)).all(axis=1)
     board = None
+    staging = output_dir / f".tensorboard.{os.getpid()}.partial"  # the event file is written here, then moved
     if tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        board = SummaryWriter(output_dir / "tensorboard")
+        shutil.rmtree(staging, ignore_errors=True)
+        board = SummaryWriter(staging)
     figures = output_dir / "figures"
     figures.mkdir(exist_ok=True)
     groups, matrices, long = {}, {}, []
@@ -431,7 +421,7 @@ def analyse(
                 continue  # figures for the two main groups; every group's numbers are in matrices.csv
             title = f"{MEASURE_NAMES.get(measure, measure)}\n{group_title(group, groups[group]['items'])}"
             figure = heatmap(matrix, title, measure=measure)
-            figure.savefig(figures / f"{measure}_matrix{file_suffix(group)}.png", dpi=110)
+            save_figure(figure, figures / f"{measure}_matrix{file_suffix(group)}.png")
             if board is not None:
                 board.add_figure(f"{measure}_matrix/{group}", figure)
     write_atomically(
@@ -488,9 +478,15 @@ def analyse(
             board.file_writer.add_summary(event)
         for key, value in metrics.items():
             board.add_scalar(key, value)
+        fault_point("tensorboard")
         board.close()
-    write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+        publish_events(staging, output_dir / "tensorboard")
+    fault_point("tables")
     write_atomically(output_dir / "report.md", report_markdown(rows, summary))
+    fault_point("report")
+    # written last: a run with summary.json is finished (a resume is refused), so every other file is complete
+    write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    fault_point("finished")
     return summary
 
 
@@ -568,7 +564,7 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
     primary = summary["primary_condition"]
     in_primary = (rows[CONDITION] == pd.Series(primary)).all(axis=1)
     diagonal = rows[in_primary & (rows["source_layer"] == rows["target_layer"])]
-    if primary["site"] == "block_out" and primary["window"] == "all" and primary["alpha"] == 1 and len(diagonal):
+    if primary["site"] == BLOCK_OUT.name and primary["window"] == "all" and primary["alpha"] == 1 and len(diagonal):
         gap = ((diagonal["logp_source"] - diagonal["logp_target"]) - diagonal["ld_source_clean"]).abs().max()
         verdict = "ok" if gap < 1e-3 else "CHECK"
         lines.append(
@@ -787,10 +783,10 @@ def not_a_run(folder: Path) -> str:
         return f"run folder {folder} does not exist; give the --writer.output_dir of a finished run"
     if not folder.is_dir():
         return f"{folder} is a file, not a run folder; give the --writer.output_dir of a finished run"
-    if (folder / "parts").is_dir():
+    if (folder / "run.json").exists() or (folder / "parts").is_dir():
         config = folder / "config.yaml"
         how = f"wpatch predict --config {config} --writer.resume true" if config.exists() else "--writer.resume true"
-        return f"run folder {folder} holds an unfinished run (parts, no predictions.csv); finish it with {how}"
+        return f"run folder {folder} holds an unfinished run (no predictions.csv yet); finish it with {how}"
     return f"{folder} is not a wpatch run (no predictions.csv); give the --writer.output_dir of a finished run"
 
 

@@ -54,7 +54,7 @@ class PatchingCLI(LightningCLI):
         check_languages(
             spec, multilingual(model_dims(spec)), self.config.model.language, pairs, pairs_path(data.pairs_file)
         )
-        check_writable(Path(self.config.writer.output_dir))
+        check_writable(self.config.writer.output_dir)
 
 
 def starts_the_run(trainer) -> bool:

@@ -1,6 +1,6 @@
 """Patching inside Whisper's decoder, and the decoding of a batch's every planned run (`decode_plan`).
 
-Decoder sites (`DECODER_SITES`), donor word A into recipient word B:
+Decoder sites (`wpatch.sites`), donor word A into recipient word B:
 - `dec_resid` (decoder block l's output), `dec_attn_out`, `dec_cross_out`, `dec_mlp_out` (what its
   self-attention, cross-attention and MLP add to the residual stream), at the token positions that read out the
   word: the last token of the forced transcript start (it predicts the word's first token) and every token of
@@ -33,9 +33,7 @@ from wpatch.decoding import (
     word_logprobs,
 )
 from wpatch.patching import EncoderOutputs, Patch, PatchedRun, mix, window_weights
-
-DECODER_SITES = ("dec_resid", "dec_attn_out", "dec_mlp_out", "dec_cross_out", "enc_to_dec")
-TOKEN_SITES = DECODER_SITES[:4]  # the sites patched at the word's token positions
+from wpatch.sites import ENC_TO_DEC, SITES
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ def decoding_plan(outputs: EncoderOutputs, runs: list[PatchedRun]) -> DecodingPl
     decodings = [DecodingRun(f) for f in range(len(outputs.features))]
     clean, row = outputs.clean, {}
     for run in runs:
-        if run.patch.site not in DECODER_SITES:
+        if not SITES[run.patch.site].in_decoder:
             row[run] = outputs.patched[run]
         elif run not in row:
             row[run] = len(decodings)
@@ -110,7 +108,7 @@ class SiteRecorder:
 def decoder_edits(model: Whisper, features: Tensor, chunk: list[DecodingRun]) -> DecoderEdits | None:
     """The dec_* patches of `chunk`: one teacher-forced donor run per distinct (donor output, tokens), then each
     decoding's donor activation of block s placed on its positions for block t."""
-    patched = [(i, d) for i, d in enumerate(chunk) if d.patch is not None and d.patch.site in TOKEN_SITES]
+    patched = [(i, d) for i, d in enumerate(chunk) if d.patch is not None and SITES[d.patch.site].positions == "tokens"]
     if not patched:
         return None
     donors = {key: j for j, key in enumerate(dict.fromkeys((d.donor_row, d.donor_tokens) for _, d in patched))}
@@ -158,7 +156,9 @@ def patched_cross_cache(model: Whisper, features: Tensor, chunk: list[DecodingRu
         ]
     for block, (keys, values) in enumerate(cache):
         here = [
-            i for i, d in enumerate(chunk) if d.patch and d.patch.site == "enc_to_dec" and d.patch.target_layer == block
+            i
+            for i, d in enumerate(chunk)
+            if d.patch and d.patch.site == ENC_TO_DEC.name and d.patch.target_layer == block
         ]
         if here:
             weight = window_weights([chunk[i].patch for i in here], features.shape[1], features.device)

@@ -19,13 +19,14 @@ from whisper.decoding import DecodingTask
 from whisper.model import Whisper
 from whisper.tokenizer import Tokenizer
 
+from wpatch.sites import DEC_ATTN_OUT, DEC_CROSS_OUT, DEC_MLP_OUT, DEC_RESID
+
 CrossCache = list[
     tuple[Tensor, Tensor]
 ]  # per decoder block: cross-attention keys and values (N, heads, 1500, d / heads)
 SelfCache = list[tuple[Tensor, Tensor]]  # per decoder block: self-attention keys and values of the tokens so far
 # An edit inside the decoder (`wpatch.decoder_patching`): (block, site, activation (N, S, T, d), position of its
-# first token) -> the activation to use. Sites: dec_attn_out, dec_cross_out, dec_mlp_out (what self-attention,
-# cross-attention and the MLP add to the residual stream) and dec_resid (the block's output).
+# first token) -> the activation to use, at each token-position site of `wpatch.sites` (decoder_states says where).
 Edit = Callable[[int, str, Tensor, int], Tensor]
 
 
@@ -78,14 +79,14 @@ def decoder_states(
         if past:
             keys, values = torch.cat([past[i][0], keys], dim=1), torch.cat([past[i][1], values], dim=1)
         present.append((keys, values))
-        x = x + site(i, "dec_attn_out", attn.out(attn.qkv_attention(attn.query(h), keys, values, decoder.mask)[0]))
+        x = x + site(i, DEC_ATTN_OUT.name, attn.out(attn.qkv_attention(attn.query(h), keys, values, decoder.mask)[0]))
         queries = split_heads(
             block.cross_attn.query(block.cross_attn_ln(x)).reshape(n, s * t, -1), block.cross_attn.n_head
         )
         attended = F.scaled_dot_product_attention(queries, cross_keys, cross_values).transpose(1, 2).reshape(x.shape)
-        x = x + site(i, "dec_cross_out", block.cross_attn.out(attended))
-        x = x + site(i, "dec_mlp_out", block.mlp(block.mlp_ln(x)))
-        x = site(i, "dec_resid", x)
+        x = x + site(i, DEC_CROSS_OUT.name, block.cross_attn.out(attended))
+        x = x + site(i, DEC_MLP_OUT.name, block.mlp(block.mlp_ln(x)))
+        x = site(i, DEC_RESID.name, x)
     return decoder.ln(x).reshape(n, s, t, -1), present
 
 

@@ -11,17 +11,18 @@ import lightning as L
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from wpatch.decoder_patching import DECODER_SITES, decode_plan, decoding_plan
+from wpatch.decoder_patching import decode_plan, decoding_plan
 from wpatch.errors import WpatchError
 from wpatch.measures import result_rows, words_to_score
 from wpatch.models import load_model
 from wpatch.pairs import check_languages
 from wpatch.patching import encode_plan, layer_pairs
 from wpatch.plan import check_patch_directions, patch_specs, plan_rows
-from wpatch.rows import ROW_COLUMNS, PairBatch
+from wpatch.rows import PairBatch
+from wpatch.sites import BLOCK_OUT, SITES, SiteName
 from wpatch.text import ScoredWord, scored_word, tokenizer_for
 
-__all__ = ["ROW_COLUMNS", "PatchingModule", "check_precision"]  # ROW_COLUMNS: wpatch.rows, re-exported
+__all__ = ["PatchingModule", "check_precision"]
 log = logging.getLogger(__name__)
 
 
@@ -47,10 +48,8 @@ class PatchingModule(L.LightningModule):
         model: model spec (see `wpatch.models.load_model`).
         source_layers: donor blocks (default: all).
         target_layers: recipient blocks (default: all).
-        sites: encoder sites resid_pre, attn_out, mlp_out, block_out; decoder sites dec_resid, dec_attn_out,
-            dec_mlp_out, dec_cross_out (at the word's token positions; layers index decoder blocks) and enc_to_dec
-            (decoder block l's cross-attention reads the donor's encoder output; s == t only). See
-            `wpatch.decoder_patching`.
+        sites: where in a block to patch, encoder or decoder (`wpatch.sites`; decoder sites' layers index
+            decoder blocks).
         windows: frame windows to patch: "all" (1500 frames), "word" (the frames where the source or target word
             is spoken), or [start, end] in encoder frames (20 ms each).
         sweep: [width, stride, end]: also patch sliding windows [k*stride, k*stride+width) below `end`, same layer
@@ -73,7 +72,7 @@ class PatchingModule(L.LightningModule):
         model: str = "tiny.en",
         source_layers: list[int] | None = None,
         target_layers: list[int] | None = None,
-        sites: list[str] = ("block_out",),
+        sites: list[SiteName] = (BLOCK_OUT.name,),
         windows: list[str | list[int]] = ("all",),
         sweep: list[int] | None = None,
         alphas: list[float] = (1.0,),
@@ -93,7 +92,7 @@ class PatchingModule(L.LightningModule):
         self.layer_pairs = layer_pairs(dims.n_audio_layer, source_layers, target_layers)
         self.decoder_layer_pairs = (
             layer_pairs(dims.n_text_layer, source_layers, target_layers, stack="decoder")
-            if set(sites) & set(DECODER_SITES)
+            if any(SITES[name].in_decoder for name in sites if name in SITES)
             else []
         )
         self.tokenizer = tokenizer_for(dims, language or "en", task)
@@ -118,11 +117,6 @@ class PatchingModule(L.LightningModule):
         self.rows_per_item = len(self.specs) * len(directions) * (2 if control else 1)
         # a sparse, non-persistent buffer (used only for word timestamps) that DDP cannot broadcast
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["whisper.alignment_heads"])
-
-    @property
-    def pairs(self) -> list[tuple[int, int]]:
-        """The layer pairs (old name, still read by scripts/benchmark.py and the writer); use `layer_pairs`."""
-        return self.layer_pairs
 
     def setup(self, stage: str) -> None:
         """After the DataModule's setup: when the run patches from control donors, say how many items have no
@@ -162,7 +156,7 @@ class PatchingModule(L.LightningModule):
         clean_clips |= {
             clip for run in runs for clip in (run.recipient_clip, run.donor_clip)
         }  # decoder sites read them
-        encoder_runs = [run for run in runs if run.patch.site not in DECODER_SITES]
+        encoder_runs = [run for run in runs if not SITES[run.patch.site].in_decoder]
         outputs = encode_plan(model.encoder, mels, encoder_runs, clean_clips)
         decodings = decoding_plan(outputs, runs)
 

@@ -185,7 +185,8 @@ def silent_clips(pairs: pd.DataFrame, path, clips: list[tuple], reasons: list[st
             what = f"{column} {file}" if audio else f"{column} {word!r} spoken by {voice} ({file})"
             fix = "record it again or drop the row" if audio else "check the word, or speak it with another --data.tts"
             log.warning(
-                f"pairs file {path} line {line}: {what} has no speech: it {reason}; the run goes on with it "
+                f"wpatch: warning: pairs file {path} line {line}: {what} has no speech: it {reason}; the run goes on "
+                "with it "
                 f"(summary.json lists it under silent_clips); {fix}"
             )
     return found

@@ -27,6 +27,7 @@ from torch.profiler import record_function
 from whisper.model import AudioEncoder, ResidualAttentionBlock
 
 from wpatch.errors import WpatchError
+from wpatch.sites import BLOCK_OUT, RESID_PRE, SITES
 
 MAX_ROWS_PER_PASS = 64  # patched encoder runs batched together (bounds activation memory)
 
@@ -46,22 +47,6 @@ def layer_pairs(
                 f"0..{n_layer - 1}"
             )
     return [(s, t) for s in sources for t in targets]
-
-
-@contextmanager
-def output_patch(module: torch.nn.Module, replacement: Tensor):
-    """A forward hook that makes `module` return `replacement` (broadcast to its output); always removed on exit."""
-    handle = module.register_forward_hook(lambda _m, _i, output: replacement.to(output.dtype).expand_as(output))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def block_outputs(encoder: AudioEncoder, mel: Tensor) -> tuple[list[Tensor], Tensor]:
-    """Every encoder block's output (each (B, 1500, d)) and the final encoder output, from one forward pass."""
-    states, final = site_states(encoder, mel, {"block_out"})
-    return states["block_out"], final
 
 
 @torch.no_grad()
@@ -90,9 +75,6 @@ def fast_whole_block_outputs(
     return torch.stack([o.to(clean.dtype) for o in outputs], dim=1), index
 
 
-SITES = ("resid_pre", "attn_out", "mlp_out", "block_out")
-
-
 @dataclass(frozen=True)
 class Patch:
     """Where and how much to patch: donor block `source_layer` into recipient block `target_layer` at `site`,
@@ -107,11 +89,13 @@ class Patch:
 
     def replaces_whole_block(self, n_ctx: int) -> bool:
         """The original patch: block output, every frame, replaced; the recipient then does not matter."""
-        return self.site == "block_out" and self.start == 0 and self.end == n_ctx and self.alpha == 1.0
+        return SITES[self.site].replaces_stream and self.start == 0 and self.end == n_ctx and self.alpha == 1.0
 
 
 def _site_module(block: ResidualAttentionBlock, site: str) -> torch.nn.Module:
-    return {"attn_out": block.attn, "mlp_out": block.mlp, "block_out": block}[site]
+    """The module whose output an encoder site is (the block itself for its output)."""
+    hook = SITES[site].hook
+    return block if hook == "output" else getattr(block, hook)
 
 
 def mix(output, donor: Tensor, weight: Tensor):
@@ -126,7 +110,7 @@ def mix(output, donor: Tensor, weight: Tensor):
 @contextmanager
 def site_patch(block: ResidualAttentionBlock, site: str, donor: Tensor, weight: Tensor):
     """Hook `block` so that `site` becomes lerp(site, donor, weight) (weight: (N, frames, 1)); removed on exit."""
-    if site == "resid_pre":
+    if SITES[site].hook == "input":
         handle = block.register_forward_pre_hook(lambda _m, args: (mix(args[0], donor, weight), *args[1:]))
     else:
         handle = _site_module(block, site).register_forward_hook(lambda _m, _i, output: mix(output, donor, weight))
@@ -152,14 +136,16 @@ def site_states(encoder: AudioEncoder, mel: Tensor, sites: set[str]) -> tuple[di
     states: dict[str, list[Tensor]] = {site: [] for site in sites}
     with ExitStack() as stack:
         for block in encoder.blocks:
-            if "resid_pre" in sites:
-                handle = block.register_forward_pre_hook(lambda _m, args: states["resid_pre"].append(args[0]))
-                stack.callback(handle.remove)
-            for site in sites - {"resid_pre"}:
+            for site in sites:
                 store = states[site]
-                handle = _site_module(block, site).register_forward_hook(
-                    lambda _m, _i, output, store=store: store.append(output[0] if isinstance(output, tuple) else output)
-                )
+                if SITES[site].hook == "input":
+                    handle = block.register_forward_pre_hook(lambda _m, args, store=store: store.append(args[0]))
+                else:
+                    handle = _site_module(block, site).register_forward_hook(
+                        lambda _m, _i, output, store=store: store.append(
+                            output[0] if isinstance(output, tuple) else output
+                        )
+                    )
                 stack.callback(handle.remove)
         final = encoder(mel)
     return states, final
@@ -206,7 +192,7 @@ def sites_to_capture(runs: list[PatchedRun], n_ctx: int) -> set[str]:
     """The activations the clean runs must keep: block outputs (the whole-block fast path reads them), the sites
     other patches read, and the blocks' inputs where those patches start."""
     general = {run.patch.site for run in runs if not run.patch.replaces_whole_block(n_ctx)}
-    return {"block_out"} | general | ({"resid_pre"} if general else set())
+    return {BLOCK_OUT.name} | general | ({RESID_PRE.name} if general else set())
 
 
 @torch.no_grad()
@@ -233,7 +219,7 @@ def encode_plan(
             layer_pairs = sorted({(run.patch.source_layer, run.patch.target_layer) for run in whole})
             rows_of = torch.tensor([position[clip] for clip in donors], device=clean.device)
             patched, slot = fast_whole_block_outputs(
-                encoder, [state[rows_of] for state in states["block_out"]], clean[rows_of], layer_pairs
+                encoder, [state[rows_of] for state in states[BLOCK_OUT.name]], clean[rows_of], layer_pairs
             )
             offset = sum(len(f) for f in features)
             features.append(patched.flatten(0, 1))
@@ -248,7 +234,7 @@ def encode_plan(
             distinct = list(distinct)
             for chunk in range(0, len(distinct), MAX_ROWS_PER_PASS):
                 part = distinct[chunk : chunk + MAX_ROWS_PER_PASS]
-                block_input = states["resid_pre"][t][[position[run.recipient_clip] for run in part]]
+                block_input = states[RESID_PRE.name][t][[position[run.recipient_clip] for run in part]]
                 donor = torch.stack([states[site][run.patch.source_layer][position[run.donor_clip]] for run in part])
                 weight = window_weights([run.patch for run in part], n_ctx, clean.device)
                 offset = sum(len(f) for f in features)

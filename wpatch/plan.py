@@ -3,10 +3,10 @@ patch setting x patch direction x donor, each naming its patched run (in the enc
 
 from dataclasses import dataclass
 
-from wpatch.decoder_patching import DECODER_SITES, TOKEN_SITES
 from wpatch.errors import WpatchError
-from wpatch.patching import SITES, Patch, PatchedRun
+from wpatch.patching import Patch, PatchedRun
 from wpatch.rows import PairBatch
+from wpatch.sites import SITES, site_named
 from wpatch.text import ScoredWord
 
 PATCH_DIRECTIONS = ("denoising", "noising")
@@ -40,14 +40,14 @@ def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx, decoder_layer
     sites patch the word's tokens (window "tokens": no frame windows, no sweep); enc_to_dec takes same-layer pairs
     only (it has no source layer). Repeats are dropped, the first kept."""
     decoder_layer_pairs = layer_pairs if decoder_layer_pairs is None else decoder_layer_pairs
-    pairs_of = {site: decoder_layer_pairs if site in DECODER_SITES else layer_pairs for site in sites}
-    if "enc_to_dec" in pairs_of:  # one decoder block's cross-attention input: no source layer
-        pairs_of["enc_to_dec"] = [(s, t) for s, t in decoder_layer_pairs if s == t]
-    for site in sites:
-        if site not in SITES + DECODER_SITES:
-            raise WpatchError(f"unknown patch site {site!r}; use one of {', '.join(SITES + DECODER_SITES)}")
-    if pairs_of.get("enc_to_dec") == []:
-        raise WpatchError("site enc_to_dec patches decoder block l from no source layer; give layers with s == t")
+    pairs_of = {}
+    for name in sites:
+        of_stack = decoder_layer_pairs if site_named(name).in_decoder else layer_pairs
+        pairs_of[name] = of_stack if SITES[name].has_source_layer else [(s, t) for s, t in of_stack if s == t]
+        if not pairs_of[name]:
+            raise WpatchError(
+                f"site {name} patches {SITES[name].stack} block l from no source layer; give layers with s == t"
+            )
     for window in windows:
         span = isinstance(window, (list, tuple)) and len(window) == 2 and 0 <= window[0] < window[1] <= n_ctx
         if window not in ("all", "word") and not span:
@@ -62,7 +62,7 @@ def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx, decoder_layer
         PatchSpec(site, s, t, label, frames, alpha)
         for site in sites
         for s, t in pairs_of[site]
-        for label, frames in ([("tokens", None)] if site in TOKEN_SITES else resolved)
+        for label, frames in ([("tokens", None)] if SITES[site].positions == "tokens" else resolved)
         for alpha in alphas
     ]
     if sweep:
@@ -73,7 +73,7 @@ def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx, decoder_layer
         specs += [
             PatchSpec(site, s, t, "sweep", (a, min(a + width, n_ctx)), alpha)
             for site in sites
-            if site not in TOKEN_SITES
+            if SITES[site].positions == "frames"
             for s, t in pairs_of[site]
             if s == t
             for a in starts
@@ -131,7 +131,8 @@ def plan_rows(
                 recipient, real_donor = ("target", "source") if patch_direction == "denoising" else ("source", "target")
                 for kind in donor_kinds:
                     donor = real_donor if kind == "source" else "control"
-                    tokens, positions = donor_run_tokens(words[donor][b]) if spec.site in TOKEN_SITES else ((), (0, 0))
+                    by_token = SITES[spec.site].positions == "tokens"
+                    tokens, positions = donor_run_tokens(words[donor][b]) if by_token else ((), (0, 0))
                     run = PatchedRun(clip[recipient], clip[donor], spec.patch(word_frames, positions, n_ctx), tokens)
                     rows.append(PlannedRow(b, spec, patch_direction, donor, run))
     return rows

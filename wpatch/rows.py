@@ -3,9 +3,14 @@
 `PairBatch` is what `datamodules.PairDataModule.collate` makes and `wpatch.module.PatchingModule.predict_step`
 reads; `ResultRow` is one row of `predictions.csv` (its fields are the columns, in order: `ROW_COLUMNS`).
 The planned rows in between are `wpatch.plan.PlannedRow`.
+
+`ResultRow` is also the measure schema: each field says what it is (`Column`), and everything the analysis
+needs to know of a column derives from it: the measures it summarises (`MEASURES`, in their order), their colour
+scales (`SCALES`) and names (`MEASURE_NAMES`), the columns read as text (`TEXT_COLUMNS`) and those whose blank
+cell means NaN (`BLANK_IS_NAN`). A new measure is its function (`wpatch.measures`), its field here, its test.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TypedDict
 
 from torch import Tensor
@@ -41,6 +46,31 @@ class PairBatch(TypedDict):
 
 
 @dataclass(frozen=True)
+class Column:
+    """What a column of predictions.csv is.
+
+    summarised: its place among the measures a run summarises (layer matrices, figures, the console), counted
+        from 1; None: not summarised.
+    label: its name on figures (the column name if None).
+    scale: (low, high) of every figure's colour scale for it, the same in every run so figures compare by colour.
+    blank_is_nan: an empty cell means NaN (a measure that does not apply to the row), not an empty string.
+    """
+
+    summarised: int | None = None
+    label: str | None = None
+    scale: tuple[float, float] | None = None
+    blank_is_nan: bool = False
+
+
+def column(**info) -> field:
+    """A `ResultRow` field described by `Column(**info)`."""
+    return field(metadata={"column": Column(**info)})
+
+
+RATE = (0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class ResultRow:
     """One row of predictions.csv: the item, the patch, and every measure (README: "Columns of predictions.csv").
     Every field must be given: a measure left out is an error, never an empty column."""
@@ -63,25 +93,35 @@ class ResultRow:
     donor: str  # whose clip gave the activation: source, target or control
     donor_word: str
     transcript: str
-    override: bool
-    retained: bool
-    transfer: bool
-    logp_source: float
-    logp_target: float
-    score: float
-    p_source_language: float  # NaN where it does not apply (one language, or an English-only model)
-    source_recognised: bool
-    ld_source_clean: float
-    ld_target_clean: float
-    effect: float  # NaN where effect_valid is false
-    effect_valid: bool
+    override: bool = column(summarised=1, label="override rate", scale=RATE)
+    retained: bool = column(scale=RATE)
+    transfer: bool = column(summarised=2, label="transfer rate", scale=RATE)
+    logp_source: float = column()
+    logp_target: float = column()
+    score: float = column(summarised=3, label="score (P source word)", scale=RATE)
+    # NaN where it does not apply (one language, or an English-only model)
+    p_source_language: float = column(summarised=5, label="P(source language)", scale=RATE, blank_is_nan=True)
+    source_recognised: bool = column()
+    ld_source_clean: float = column()
+    ld_target_clean: float = column()
+    # NaN where effect_valid is false
+    effect: float = column(
+        summarised=4, label="effect (share of the clean gap closed)", scale=(-1.0, 1.0), blank_is_nan=True
+    )
+    effect_valid: bool = column()
 
     def to_dict(self) -> dict:
         """Column -> value, in column order (what Lightning's predictions and the writer carry)."""
         return {column: getattr(self, column) for column in ROW_COLUMNS}
 
 
-ROW_COLUMNS = [field.name for field in fields(ResultRow)]
+ROW_COLUMNS = [f.name for f in fields(ResultRow)]
+COLUMNS = {f.name: f.metadata.get("column", Column()) for f in fields(ResultRow)}
+MEASURES = tuple(sorted((c for c in COLUMNS if COLUMNS[c].summarised), key=lambda c: COLUMNS[c].summarised))
+SCALES = {name: c.scale for name, c in COLUMNS.items() if c.scale}
+MEASURE_NAMES = {name: c.label or name for name, c in COLUMNS.items() if c.summarised}
+TEXT_COLUMNS = [f.name for f in fields(ResultRow) if f.type in (str, "str")]
+BLANK_IS_NAN = [name for name, c in COLUMNS.items() if c.blank_is_nan]
 CONDITION = ["site", "window", "alpha", "patch_direction", "donor"]  # the columns that name one patch condition
 
 

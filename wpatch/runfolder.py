@@ -1,15 +1,20 @@
 """The life of a run's output folder: writability check, lock, stored settings, signals and fault points.
 
-- `check_writable` tells at once, creating nothing, whether the folder can be created and written;
-  `claim_folder` creates it and takes an exclusive `fcntl.flock` on `<folder>/.lock`; the kernel drops the
-  lock when the process ends, however it ends, so a killed run never leaves the folder stuck.
+- `check_writable` tells at once, creating nothing, whether the folder may be used and can be written: a run
+  never overwrites a file it did not make, so only a new folder, an empty one or a run's own (one with its
+  run.json) is taken, and an empty name (which would mean the current folder) is refused. `claim_folder`
+  creates it and takes an exclusive `fcntl.flock` on `<folder>/.lock`; the kernel drops the lock when the
+  process ends, however it ends, so a killed run never leaves the folder stuck.
 - `run.json` holds the settings a run's rows depend on (written when the run starts); a resume with other
   settings is refused, naming the first difference. Each start appends a session (time, code version,
   accelerator, devices, batch size), recorded but never compared.
-- `StopOnSignal`: the first SIGTERM or SIGINT asks the run to stop before its next batch; a second one
-  ends the process (and the DDP processes it launched) at once.
+- `StopOnSignal`: the first SIGTERM or SIGINT asks the run to stop before its next batch (or clip, while
+  clips are synthesised); a second one ends the process (and the DDP processes it launched) at once.
 - `fault_point`: crash-safety tests set WPATCH_FAULT=<point>:<signal> to have the run signal itself at a
-  named point (e.g. `part2:SIGKILL`, after its second part; `merged:SIGKILL`, during the final merge).
+  named point, one per phase of a run: `synthesis<N>` (after the N-th clip this session synthesised),
+  `part<N>` (after its N-th part), `merging` (predictions.csv written under its temporary name, not yet
+  renamed), `merged` (after the merge), `tensorboard` (the TensorBoard file written, not yet closed), `tables`
+  (every table and figure written), `report` (report.md written), `finished` (the run marked finished).
 """
 
 import errno
@@ -31,6 +36,7 @@ from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 
 LOCK = ".lock"
+RUN_MARKS = ("run.json", "summary.json")  # a folder holding either is a wpatch run's (summary.json: a finished one)
 
 
 class RunStopped(Exception):
@@ -48,11 +54,30 @@ def not_writable(folder: Path, error: OSError) -> WpatchError:
     )
 
 
-def check_writable(folder: Path) -> None:
-    """Raise if `folder` cannot be created or written: its nearest existing ancestor must be a directory that
-    takes a (temporary) file. Creates nothing."""
+def check_writable(folder: str | Path) -> None:
+    """Raise if `folder` may not be used or cannot be created or written. It must be named (an empty name would
+    be the current folder); an existing one must be empty (but for a lock) or hold a run (`RUN_MARKS`), so no
+    file the run did not make is overwritten; its nearest existing ancestor must be a directory that takes a
+    (temporary) file. Creates nothing."""
+    if not str(folder).strip():
+        raise WpatchError(
+            "--writer.output_dir is empty (the run would be written into the current folder); choose another "
+            "--writer.output_dir, e.g. runs/experiment_a"
+        )
+    folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise WpatchError(f"output directory {folder} is an existing file; choose another --writer.output_dir")
+    if folder.is_dir():
+        try:
+            names = sorted(path.name for path in folder.iterdir() if path.name != LOCK)
+        except OSError as error:
+            raise not_writable(folder, error) from None
+        if names and not set(names) & set(RUN_MARKS):
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise WpatchError(
+                f"output directory {folder} holds files that are not a wpatch run's ({shown}); a run never "
+                "overwrites them: choose another --writer.output_dir (a new or empty folder)"
+            )
     existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
     try:
         if not existing.is_dir():
@@ -160,8 +185,8 @@ class StopOnSignal:
         if self.signum is None:
             self.signum = signum
             tqdm.write(  # through the progress bar, so the line is not written onto the bar's
-                f"wpatch: {signal.Signals(signum).name} received: stopping before the next batch (send it again to "
-                "stop at once)",
+                f"wpatch: {signal.Signals(signum).name} received: stopping before the next batch or clip (send it "
+                "again to stop at once)",
                 file=sys.stderr,
             )
             return

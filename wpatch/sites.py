@@ -1,0 +1,161 @@
+"""The patch sites: one frozen `Site` per place a patch can go, and every rule about sites read from it.
+
+A site names an activation inside one block of the encoder or the decoder. Encoder sites are patched on encoder
+frames (a window, or sliding windows), decoder sites on the token positions that read the word out, except
+`enc_to_dec`, which patches the encoder output one decoder block's cross-attention reads (on frames, from no
+source block). A new encoder site is one entry here (with the `hook` it reads); a decoder site one entry and its
+place in `wpatch.decoding.decoder_states`.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+from wpatch.errors import WpatchError
+
+
+@dataclass(frozen=True)
+class Site:
+    """One patch site.
+
+    name: the value of `--model.sites` and of the rows' `site` column.
+    stack: "encoder" or "decoder": the blocks its source and target layers index.
+    positions: "frames" (encoder frames: windows and sweeps) or "tokens" (the decoder positions that read the
+        word out: window "tokens").
+    has_source_layer: False where the patch reads no donor block (only same-layer pairs, s == t).
+    hook: what it hooks. Encoder: "input" (a forward pre-hook on the block) or the block's own output ("output")
+        or a submodule's output ("attn", "mlp"). Decoder: the point of `decoder_states` it edits.
+    donor: where the donor's activation comes from, in words: the donor clip's clean encoder run at block s, the
+        donor decoder run (over the donor clip, teacher-forced on the donor word) at block s, or the donor clip's
+        clean encoder output.
+    patches: what it replaces, in words (the README's site table).
+    """
+
+    name: str
+    stack: Literal["encoder", "decoder"]
+    positions: Literal["frames", "tokens"]
+    has_source_layer: bool
+    hook: str
+    donor: str
+    patches: str
+
+    @property
+    def in_decoder(self) -> bool:
+        return self.stack == "decoder"
+
+    @property
+    def replaces_stream(self) -> bool:
+        """Its activation is the whole residual stream after an encoder block: replaced on every frame, the
+        patched run no longer depends on the recipient (the whole-block fast path)."""
+        return self.stack == "encoder" and self.hook == "output"
+
+
+RESID_PRE = Site(
+    "resid_pre", "encoder", "frames", True, "input", "the donor clip's encoder, block *s*", "block *t*'s input"
+)
+ATTN_OUT = Site(
+    "attn_out",
+    "encoder",
+    "frames",
+    True,
+    "attn",
+    "the donor clip's encoder, block *s*",
+    "what block *t*'s self-attention adds to the residual stream",
+)
+MLP_OUT = Site(
+    "mlp_out",
+    "encoder",
+    "frames",
+    True,
+    "mlp",
+    "the donor clip's encoder, block *s*",
+    "what block *t*'s MLP adds to the residual stream",
+)
+BLOCK_OUT = Site(
+    "block_out",
+    "encoder",
+    "frames",
+    True,
+    "output",
+    "the donor clip's encoder, block *s*",
+    "block *t*'s output (the original's whole-block patch, on all 1500 frames)",
+)
+DEC_RESID = Site(
+    "dec_resid",
+    "decoder",
+    "tokens",
+    True,
+    "block output",
+    "the donor decoder run, block *s*",
+    "decoder block *t*'s output (the residual stream after it)",
+)
+DEC_ATTN_OUT = Site(
+    "dec_attn_out",
+    "decoder",
+    "tokens",
+    True,
+    "self-attention output",
+    "the donor decoder run, block *s*",
+    "what decoder block *t*'s self-attention adds to the residual stream",
+)
+DEC_MLP_OUT = Site(
+    "dec_mlp_out",
+    "decoder",
+    "tokens",
+    True,
+    "MLP output",
+    "the donor decoder run, block *s*",
+    "what decoder block *t*'s MLP adds to the residual stream",
+)
+DEC_CROSS_OUT = Site(
+    "dec_cross_out",
+    "decoder",
+    "tokens",
+    True,
+    "cross-attention output",
+    "the donor decoder run, block *s*",
+    "what decoder block *t*'s cross-attention adds to the residual stream",
+)
+ENC_TO_DEC = Site(
+    "enc_to_dec",
+    "decoder",
+    "frames",
+    False,
+    "cross-attention keys and values",
+    "the donor clip's encoder output",
+    "the encoder output that decoder block *t*'s cross-attention reads: the donor clip's instead of the recipient's",
+)
+
+SITES: dict[str, Site] = {
+    site.name: site
+    for site in (
+        RESID_PRE,
+        ATTN_OUT,
+        MLP_OUT,
+        BLOCK_OUT,
+        DEC_RESID,
+        DEC_ATTN_OUT,
+        DEC_MLP_OUT,
+        DEC_CROSS_OUT,
+        ENC_TO_DEC,
+    )
+}
+SiteName = Literal[tuple(SITES)]  # the choices `wpatch predict --help` lists
+
+
+def site_named(name: str) -> Site:
+    """The site called `name`; an unknown name is refused with the list of sites."""
+    if name not in SITES:
+        raise WpatchError(f"unknown patch site {name!r}; use one of {', '.join(SITES)}")
+    return SITES[name]
+
+
+def sites_table() -> str:
+    """The README's table of sites, in Markdown."""
+    lines = [
+        "| site | stack | positions | source layer | what it patches | the donor's activation comes from |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in SITES.values():
+        source = "yes" if s.has_source_layer else "no (same-layer pairs only)"
+        lines.append(f"| `{s.name}` | {s.stack} | {s.positions} | {source} | {s.patches} | {s.donor} |")
+    return "\n".join(lines) + "\n"

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 from wpatch.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.errors import WpatchError
 from wpatch.melcache import MelStore
-from wpatch.models import cache_root, load_model, model_dims
-from wpatch.pairs import patch_items, read_pairs
+from wpatch.models import cache_root, load_model, model_dims, multilingual
+from wpatch.pairs import check_languages, pairs_path, patch_items, read_pairs, silent_clips
 from wpatch.rows import PairBatch
 from wpatch.runfolder import fault_point
 from wpatch.screening import SCREEN_COLUMNS, cached_screen
@@ -74,6 +74,8 @@ class PairDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
             raise WpatchError(f"batch_size {batch_size!r} is not a positive number of clips or auto")
+        if num_workers < 0:
+            raise WpatchError(f"num_workers {num_workers} is negative; give 0 (load in this process) or more")
         self.save_hyperparameters()
         if require_heard not in REQUIRE_HEARD:
             raise WpatchError(
@@ -95,6 +97,8 @@ class PairDataModule(L.LightningDataModule):
         self.skipped: set[int] = set()
         self.screening: dict = {}
         self.stop_check = None  # called before each clip is synthesised; raises to stop (the writer's signal check)
+        self.control_fallbacks = 0  # items without an unrelated control donor, set by setup
+        self.silent_clips: list[dict] = []  # clips without speech (`wpatch.pairs.silent_clips`), set by setup
 
     def _clip_keys(self, items):
         """(word, lang, recording path, voice) of every source and target clip, in item order."""
@@ -137,6 +141,9 @@ class PairDataModule(L.LightningDataModule):
         if self.items is not None:
             return
         dims = model_dims(self.hparams.model)
+        path = pairs_path(self.hparams.pairs_file)
+        pairs = read_pairs(path, self.hparams.limit)
+        check_languages(self.hparams.model, multilingual(dims), pairs=pairs, path=path)
         items = self._read_items()
         source_keys, target_keys = self._clip_keys(items)
         unique = list(dict.fromkeys(source_keys + target_keys))
@@ -147,19 +154,16 @@ class PairDataModule(L.LightningDataModule):
         self.mels, self.spans = self.mel_store.table(
             self.clip_paths, dims.n_mels, dims.n_audio_ctx, pin=torch.cuda.is_available()
         )
+        clips = [(*key, clip) for key, clip in zip(unique, self.clip_paths)]
+        tell = self.trainer is None or self.trainer.is_global_zero
+        self.silent_clips = silent_clips(pairs, path, clips, self.mel_store.no_speech, tell)
         items["source_clip"] = [index[k] for k in source_keys]
         items["target_clip"] = [index[k] for k in target_keys]
         if self.hparams.require_heard != "none":
             items = self._keep_heard(items)
         items["control_clip"], items["control_word"] = control_clips(items)
-        fallbacks = int((items["control_clip"] == items["source_clip"]).sum())
-        if fallbacks:
-            log.warning(
-                "control donor: %d of %d items have no unrelated word in their language and voice; "
-                "their control is the source clip itself (donor_word = source_word)",
-                fallbacks,
-                len(items),
-            )
+        # items whose control donor is their own source clip; the module says so when it patches from controls
+        self.control_fallbacks = int((items["control_clip"] == items["source_clip"]).sum())
         tokenizers = {lang: tokenizer_for(dims, lang) for lang in set(items["source_lang"]) | set(items["target_lang"])}
         groups = (
             items.groupby("source_clip", sort=False).indices

@@ -1,6 +1,7 @@
 """Bad input gives one line that names the problem and the way out (exit 2, nothing half-written); the table of
 them in docs/bad_inputs.md is made here (WPATCH_WRITE_DOCS=1 rewrites it; otherwise it must be current)."""
 
+import dataclasses
 import errno
 import json
 import logging
@@ -16,6 +17,9 @@ import pytest
 import soundfile
 
 from scripts.predict import main
+from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
+from wpatch.analysis import read_rows
+from wpatch.cli import main as wpatch
 from wpatch.text import has_word, is_word
 from wpatch.tts import ClipCache, make_backend
 
@@ -70,26 +74,27 @@ def table_row(label: str, code: int, seen: str, d: Path, model: str = "") -> str
     for path, name in ((str(d), "D"), (model or "MODEL", "MODEL"), (sys.executable, "python"), (str(ROOT), ".")):
         seen = seen.replace(path, name)
     seen = re.sub(r"\(pid \d+\)", "(pid N)", seen)
-    return f"| {label} | {code} | `{seen}` |"
+    return f"| {label} | {code} | `` {seen} `` |" if "`" in seen else f"| {label} | {code} | `{seen}` |"
 
 
 def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model_path, monkeypatch, capsys, caplog):
     rows = []
 
-    def refused(label, make, code=2, env=None, at=None):
+    def refused(label, make, code=2, env=None, at=None, expect="", command=main):
         d = at or tmp_path / f"probe{len(rows)}"
         d.mkdir(exist_ok=True)
         arguments = make(d)
         monkeypatch.setenv("WPATCH_FAULT", env or "")
         parts = sorted(d.glob("out/parts/items-*"))
         with pytest.raises(SystemExit) as exit_info:
-            main(arguments)
+            command(arguments)
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == code and err[-1].startswith("wpatch: "), err
         if code == 2:
             assert len(err) == 1
             assert not (d / "out" / "predictions.csv").exists() and sorted(d.glob("out/parts/items-*")) == parts
         rows.append(table_row(label, code, err[-1], d, small_model_path))
+        assert expect in rows[-1], err
         return d
 
     refused("`--model.alphas '[nan]'`", lambda d: args(d, small_model_path, "--model.alphas", "[nan]"))
@@ -131,7 +136,7 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         "SIGTERM (or SIGINT: exit 130) during a run", lambda d: args(d, small_model_path), code=143, env="part1:SIGTERM"
     )
     assert len(list(stopped.glob("out/parts/items-*.csv"))) == 1
-    refused(
+    synthesis_stopped = refused(
         "SIGTERM while clips are synthesised (stops before the next clip)",
         lambda d: args(d, small_model_path),
         code=143,
@@ -182,6 +187,120 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
 
     refused("a recording longer than 30 s", long_recording)
 
+    def directory_recording(d):
+        (d / "takes").mkdir()
+        return args(d, small_model_path, pairs="word_a,word_b,audio_a\nbat,pat,\nhello,yellow,takes\n")
+
+    refused("a folder given as a recording", directory_recording, expect="D/takes is a directory, not an audio file")
+    refused(
+        "`--data.tts kokoro:nonexistent` (a voice that does not exist)",
+        lambda d: args(d, small_model_path, "--data.tts", "kokoro:nonexistent"),
+        expect="kokoro has no voice 'nonexistent' offline; use one of af_bella",
+    )
+    refused(
+        "Spanish words (`lang_b` es) on an English-only model",
+        lambda d: args(d, small_model_path, pairs="word_a,word_b,lang_b\nbat,pat,en\ncat,gato,es\n"),
+        expect="pairs file D/pairs.csv line 3 has lang_b 'es'",
+    )
+    refused(
+        "`--model.language es` on an English-only model",
+        lambda d: args(d, small_model_path, "--model.language", "es"),
+        expect="English-only",
+    )
+
+    def hibari_spanish(d):
+        multilingual = save_checkpoint(
+            random_whisper(dataclasses.replace(SMALL_DIMS, n_vocab=51865), seed=3), d / "multilingual.pt"
+        )
+        return args(d, multilingual, "--model.language", "null", pairs="word_a,word_b,lang_b\ncat,gato,es\n")
+
+    refused(
+        "Spanish words with the English-only voice `hibari` (multilingual model)",
+        hibari_spanish,
+        expect="use --data.tts kokoro or espeak",
+    )
+
+    def bad_yaml(d):
+        (d / "bad.yaml").write_text("model:\n  max_tokens: 3\n  alphas: [1.0\ndata:\n  limit: 1\n")
+        return args(d, small_model_path, "--config", str(d / "bad.yaml"))
+
+    refused("a YAML syntax error in a `--config` file", bad_yaml, expect="config file D/bad.yaml line 4, column 5")
+    refused(
+        "`--trainer.strategy nonsense` (Lightning's own check)",
+        lambda d: args(d, small_model_path, "--trainer.strategy", "nonsense"),
+        expect="invalid strategy name",
+    )
+    refused(
+        "`wpatch report D` on a folder that is not a run",
+        lambda d: ["report", str(d)],
+        command=wpatch,
+        expect="D is not a wpatch run (no predictions.csv)",
+    )
+    refused(
+        "`wpatch report` on a stopped run",
+        lambda d: ["report", str(d / "out")],
+        at=synthesis_stopped,
+        command=wpatch,
+        expect="--writer.resume true",
+    )
+    refused(
+        "`wpatch compare A B` when A does not exist",
+        lambda d: ["compare", str(d / "nowhere"), str(d)],
+        command=wpatch,
+        expect="D/nowhere does not exist",
+    )
+
+    # warnings: the run goes on, and says what it used
+    d = tmp_path / "warned"
+    d.mkdir()
+    soundfile.write(d / "silence.wav", np.zeros(16000, np.float32), 16000)
+    soundfile.write(d / "click.wav", 0.5 * np.ones(160, np.float32), 16000)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        main(
+            args(
+                d,
+                small_model_path,
+                "--model.control",
+                "false",
+                pairs="word_a,word_b,audio_a,audio_b\nhello,yellow,silence.wav,click.wav\n",
+            )
+        )
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    silent = [m for m in warned if "has no speech" in m]
+    assert len(silent) == 2 and "control donor" not in caplog.text, warned
+    assert f"line 2: audio_a {d}/silence.wav" in silent[0] and "-60 dBFS" in silent[0]
+    assert f"line 2: audio_b {d}/click.wav" in silent[1] and "0.010 s" in silent[1]
+    rows += [
+        table_row(f"{label} (the run goes on)", 0, m, d)
+        for label, m in zip(("a silent 1 s recording", "a 10 ms recording"), silent)
+    ]
+    summary = json.loads((d / "out/summary.json").read_text())
+    assert [(c["file"], c["line"], c["column"]) for c in summary["silent_clips"]] == [
+        (str(d / "silence.wav"), 2, "audio_a"),
+        (str(d / "click.wav"), 2, "audio_b"),
+    ]
+
+    # compare: runs of other layer pairs or items are compared on what they share, and told so
+    other = d / "other"
+    other.mkdir()
+    predictions = read_rows(d / "out/predictions.csv")
+    keep = (predictions["item_id"] != 1) & ~((predictions["source_layer"] == 2) & (predictions["target_layer"] == 2))
+    predictions[keep].to_csv(other / "predictions.csv", index=False)
+    capsys.readouterr()
+    wpatch(["compare", str(d / "out"), str(other)])
+    out, notes = capsys.readouterr()
+    notes = notes.strip().splitlines()
+    assert notes == [
+        "wpatch: note: the runs differ in layer pairs: 8 shared, 1 only in A (2->2), 0 only in B; comparing the "
+        "shared ones",
+        "wpatch: note: the runs differ in items: 1 shared, 1 only in A (p00000 b->a yellow->hello hibari), 0 only "
+        "in B; comparing the shared ones",
+        "wpatch: note: the runs differ in cells: 8 shared, 1 only in A, 0 only in B; comparing the shared ones",
+    ], notes
+    assert len(out.strip().splitlines()) == 1 + 8  # header and the shared cells
+    rows += [table_row("`wpatch compare` on runs of other layer pairs or items (exit 0)", 0, n, d) for n in notes]
+
     cache = ClipCache(tmp_path / "cache", make_backend("espeak"))
     clip = cache.get("bat", "en")
     for label, damage in (
@@ -205,10 +324,49 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
     assert DOC.read_text() == table, "docs/bad_inputs.md is out of date: rerun this test with WPATCH_WRITE_DOCS=1"
 
 
-def test_cells_with_one_pair_summarise_cleanly(tmp_path, small_model_path):
+def test_a_bug_is_not_taken_for_bad_input(tmp_path, small_model_path, monkeypatch):
+    """Only wpatch's own errors and the parser's become one line: anything else is a bug and shows its traceback."""
+
+    def bug(*_):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr("wpatch.cli.check_writable", bug)
+    with pytest.raises(ValueError, match="a bug, not bad input"):
+        main(args(tmp_path, small_model_path))
+
+
+def test_stop_messages_start_on_their_own_line(tmp_path, small_model_path):
+    """With the progress bar on, SIGTERM's messages are not written onto the bar's line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "wpatch", "predict", *args(tmp_path, small_model_path)[:-2]],
+        cwd=ROOT,
+        env={**os.environ, "WPATCH_FAULT": "part1:SIGTERM"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 143 and "patching:" in done.stderr, done.stderr
+    assert "SIGTERM received" in done.stderr and "stopped by SIGTERM" in done.stderr
+    assert not re.findall(r"[^\r\n]wpatch: ", done.stderr), done.stderr
+
+
+def test_cells_with_one_pair_summarise_cleanly(tmp_path, small_model_path, caplog):
     """One pair (`--data.limit 1`), every effect valid (separation at least -1000): no cell has the two pairs a
-    bootstrap interval needs."""
-    main(args(tmp_path, small_model_path, "--data.limit", "1", "--model.min_separation", "-1000"))
+    bootstrap interval needs. Its items have no unrelated control donor, and the run (with control patches) says so."""
+    with caplog.at_level(logging.INFO):
+        main(
+            args(
+                tmp_path,
+                small_model_path,
+                "--data.limit",
+                "1",
+                "--model.min_separation",
+                "-1000",
+                "--model.control",
+                "true",
+            )
+        )
+    assert "control donor: 2 of 2 items" in caplog.text
     summary = json.loads((tmp_path / "out/summary.json").read_text())
     cells = pd.read_csv(tmp_path / "out/cells.csv")
     assert cells["effect"].notna().all() and cells["effect_low"].isna().all()

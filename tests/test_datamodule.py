@@ -8,7 +8,7 @@ import torch
 from datamodules import PairDataModule
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from wpatch.errors import WpatchError
-from wpatch.pairs import read_pairs
+from wpatch.pairs import read_pairs, silent_clips
 
 
 def write_csv(path, text):
@@ -30,6 +30,7 @@ def test_starter_set_covers_the_three_kinds():
         ("word_a,word_b\nbat,pat\ncat,\n", "line 3: empty word_b"),
         ("word_a,word_b,audio_a\nbat,pat,missing.wav\n", "line 2: audio_a .*missing.wav does not exist"),
         ("word_a,word_b\n", "has no rows"),
+        ("word_a,word_b,audio_b\nbat,pat,.\n", "line 2: audio_b .* is a directory, not an audio file"),
     ],
 )
 def test_bad_pairs_files_name_the_problem(tmp_path, text, message):
@@ -67,6 +68,12 @@ def test_serves_log_mel_pairs_both_ways_and_caches_clips(tmp_path, small_model_p
     assert len(one_way.items) == 3 and set(one_way.items["direction"]) == {"a->b"}
 
 
+def test_a_negative_worker_count_is_bad_input():
+    """Refused as bad input when the DataModule is made, not as the DataLoader's ValueError once the run started."""
+    with pytest.raises(WpatchError, match="num_workers -1 is negative"):
+        PairDataModule(num_workers=-1)
+
+
 def test_n_mels_follows_the_model(tmp_path):
     model_128 = save_checkpoint(random_whisper(dataclasses.replace(SMALL_DIMS, n_mels=128)), tmp_path / "m128.pt")
     csv = write_csv(tmp_path / "pairs.csv", "word_a,word_b\nsun,moon\n")
@@ -97,3 +104,26 @@ def test_items_sharing_a_source_clip_come_in_one_batch(tmp_path, small_model_pat
     assert sorted(i for b in batches for i in b["item_id"].tolist()) == list(range(6))
     dm.skip({0, 4, 5})  # a resumed run: bat's items done, one of cat's
     assert [b["item_id"].tolist() for b in dm.predict_dataloader()] == [[1], [2], [3]]
+
+
+def test_clips_without_speech_are_told_with_the_line_that_uses_them(tmp_path, caplog):
+    soundfile.write(tmp_path / "quiet.wav", np.zeros(8000, np.float32), 16000)
+    csv = write_csv(tmp_path / "pairs.csv", "word_a,word_b,audio_b\nbat,pat,\nhum,bat,quiet.wav\n")
+    quiet = str(tmp_path / "quiet.wav")
+    clips = [
+        ("bat", "en", "", "hibari", "clips/bat.wav"),
+        ("hum", "en", "", "hibari", "clips/hum.wav"),
+        ("bat", "en", quiet, "", quiet),
+    ]
+    with caplog.at_level("WARNING"):
+        found = silent_clips(read_pairs(csv), csv, clips, [None, "is 0.020 s long, under 0.05 s", "is silent"])
+    assert [(c["line"], c["column"], c["file"]) for c in found] == [
+        (3, "word_a", "clips/hum.wav"),
+        (3, "audio_b", quiet),
+    ]
+    assert caplog.messages[0].startswith(
+        f"wpatch: warning: pairs file {csv} line 3: word_a 'hum' spoken by hibari (clips/hum.wav) has no"
+    )
+    assert caplog.messages[1].startswith(
+        f"wpatch: warning: pairs file {csv} line 3: audio_b {quiet} has no speech: it is silent;"
+    )

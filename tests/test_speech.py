@@ -7,7 +7,7 @@ import soundfile
 import torch
 import whisper
 
-from wpatch.audio import SAMPLE_RATE, load_audio, log_mel
+from wpatch.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, load_audio, log_mel, no_speech
 from wpatch.errors import WpatchError
 from wpatch.models import load_model
 from wpatch.text import normalise
@@ -76,6 +76,8 @@ def test_recordings_load_as_16k_mono_float(tmp_path, fmt, rate, channels):
 def test_missing_or_unreadable_audio_is_named(tmp_path):
     with pytest.raises(WpatchError, match="does not exist"):
         load_audio(tmp_path / "nope.wav")
+    with pytest.raises(WpatchError, match="is a directory, not an audio file"):
+        load_audio(tmp_path)
     (tmp_path / "bad.wav").write_bytes(b"RIFF garbage")
     with pytest.raises(WpatchError, match="cannot be read"):
         load_audio(tmp_path / "bad.wav")
@@ -89,6 +91,15 @@ def test_real_tiny_en_recognises_synthesised_words(clip_dir):
     results = whisper.decode(load_model("tiny.en"), mels, options)
     correct = sum(normalise(r.text) == w for r, w in zip(results, WORDS))
     assert correct >= 9, [r.text for r in results]
+
+
+def test_a_clip_without_speech_is_told_apart():
+    rate = SAMPLE_RATE
+    word = 0.2 * np.sin(2 * np.pi * 300 * np.arange(rate // 2) / rate)
+    assert no_speech(word) is None and no_speech(np.concatenate([np.zeros(rate), word])) is None
+    assert "-120 dBFS, below -60 dBFS" in no_speech(np.zeros(rate))
+    assert "below -60 dBFS" in no_speech(1e-4 * np.random.default_rng(0).standard_normal(rate))  # -80 dBFS hiss
+    assert no_speech(0.5 * np.ones(rate // 100)) == f"is 0.010 s long, under {MIN_SPEECH_SECONDS} s"
 
 
 def test_espeak_is_reproducible_whatever_came_before():

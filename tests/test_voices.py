@@ -62,8 +62,37 @@ def test_a_speaker_entry_sets_the_voice_of_the_language_it_speaks(tmp_path):
     assert data.clips["kokoro"].voices == {"en": "am_adam", "es": "em_alex"}
     assert data.clips["kokoro:af_heart"].voices == {"en": "af_heart", "es": "em_alex"}
     assert data.clips["espeak"].voices == {"en": "en-us+m3", "es": "es"}
-    with pytest.raises(WpatchError, match="hibari has no voice for language 'es'"):
+    with pytest.raises(WpatchError, match="hibari speaks only en, not 'es'; use --data.tts kokoro or espeak"):
         ClipCache(tmp_path, make_backend("hibari")).voice("es")
+    with pytest.raises(WpatchError, match="kokoro speaks only en and es, not 'fr'; use --data.tts espeak"):
+        ClipCache(tmp_path, make_backend("kokoro")).voice("fr")
+    with pytest.raises(WpatchError, match="espeak has no voice for language 'fr'; give one with --data.voices"):
+        ClipCache(tmp_path, make_backend("espeak")).voice("fr")
+
+
+@pytest.mark.parametrize(
+    "speaker, message",
+    [
+        ("kokoro:nonexistent", "kokoro has no voice 'nonexistent' offline; use one of af_bella, af_heart"),
+        ("hibari:nobody", "hibari has no voice 'nobody'; its voices are heart, emma"),
+        ("piper:en_US-nobody", "piper has no voice 'en_US-nobody'; use en_US-joe-medium"),
+        ("espeak:xx-nope", "espeak has no voice 'xx-nope'"),
+        ("gtts:xx", "gtts has no language 'xx'"),
+    ],
+)
+def test_a_speaker_with_an_unknown_voice_is_refused(speaker, message, tmp_path):
+    """Not read as a language from its first letter and spoken by the default voice under the wrong label."""
+    with pytest.raises(WpatchError, match=re.escape(message)):
+        parse_speaker(speaker)
+    with pytest.raises(WpatchError, match=re.escape(message)):
+        PairDataModule(tts=["hibari", speaker], cache_dir=str(tmp_path))
+
+
+def test_a_piper_voice_file_speaks_the_language_its_name_says(tmp_path):
+    voice = tmp_path / "models" / "es_ES-davefx-medium.onnx"
+    voice.parent.mkdir()
+    voice.write_bytes(b"")
+    assert parse_speaker(f"piper:{voice}") == ("piper", {"es": str(voice)})
 
 
 def test_screening_equals_whisper_decode_and_its_cache_is_reused(small_model_path, clip_dir, tmp_path):

@@ -21,6 +21,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from wpatch.atomic import atomic_path, write_atomically
+from wpatch.errors import WpatchError
 from wpatch.features import feature_cells, feature_map, run_features
 from wpatch.rows import BLANK_IS_NAN, CONDITION, MEASURE_NAMES, MEASURES, SCALES, TEXT_COLUMNS, with_sweep_start
 from wpatch.runfolder import fault_point
@@ -571,6 +572,11 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
             f" gap from the clean source run {gap:.2g} nats ({verdict})"
         )
     lines.append(f"- recognised share: {share:.0%}")
+    if summary.get("silent_clips"):
+        lines.append(
+            f"- clips without speech (too short or too quiet; listed in summary.json silent_clips): "
+            f"{len(summary['silent_clips'])}, their items kept"
+        )
     lines.append(
         f"- effect defined (clean runs separate the words by min_separation) on "
         f"{rows['effect_valid'].mean():.0%} of rows"
@@ -647,6 +653,7 @@ SUMMARY_PARTS = (
     "wall_time_s",
     "clip_cache",
     "screening",
+    "silent_clips",
     "groups",
     "conditions",
     "features",
@@ -656,12 +663,67 @@ SUMMARY_PARTS = (
 )  # what `analyse` adds to the settings
 
 
+COMPARED = {  # what two compared runs may differ in: name -> the row columns that tell it
+    "sites": ["site"],
+    "windows": ["window"],
+    "alphas": ["alpha"],
+    "patch directions": ["patch_direction"],
+    "donors": ["donor"],
+    "layer pairs": ["source_layer", "target_layer"],
+    "window starts": ["window_start"],
+}
+
+
+def shared_part(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The rows of two runs restricted to the cells (condition, layer pair, window start) and items both have,
+    and one line per way they differ (`COMPARED`, then items and cells) with what is shared and what only one
+    has. An item is a pair, direction and words (and voice, when the runs share a voice; else the runs are
+    two speakers of the same items). Refused when they share no cell or no item."""
+    voices = set(rows_a["voice"]) & set(rows_b["voice"])
+    item = ["pair_id", "direction", "source_word", "target_word", *(["voice"] if voices else [])]
+    cell = [*CONDITION, "source_layer", "target_layer", "window_start"]
+    differences = []
+
+    def keys(rows, columns):
+        return pd.MultiIndex.from_frame(rows[columns]) if len(columns) > 1 else pd.Index(rows[columns[0]])
+
+    def compared(name, columns, shown=str):
+        in_a, in_b = set(keys(rows_a, columns)), set(keys(rows_b, columns))
+        if in_a != in_b:
+            counts = [f"{len(in_a & in_b)} shared"]
+            for side, only in (("A", in_a - in_b), ("B", in_b - in_a)):
+                counts.append(f"{len(only)} only in {side}")
+                if only and shown:
+                    listed = [shown(value) for value in sorted(only, key=str)[:4]] + (["..."] if len(only) > 4 else [])
+                    counts[-1] += f" ({', '.join(listed)})"
+            differences.append(f"{name}: {', '.join(counts)}; comparing the shared ones")
+        return in_a & in_b
+
+    for name, columns in COMPARED.items():
+        compared(name, columns, (lambda pair: f"{pair[0]}->{pair[1]}") if name == "layer pairs" else str)
+    items = compared("items", item, lambda i: f"{i[0]} {i[1]} {i[2]}->{i[3]}" + (f" {i[4]}" if voices else ""))
+    cells = compared("cells", cell, None)
+    for what, shared in (("item", items), ("cell (condition and layer pair)", cells)):
+        if not shared:
+            raise WpatchError(
+                f"the two runs share no {what}, so there is nothing to compare; compare runs of the same pairs and "
+                "patches"
+            )
+    keep_a = keys(rows_a, item).isin(list(items)) & keys(rows_a, cell).isin(list(cells))
+    keep_b = keys(rows_b, item).isin(list(items)) & keys(rows_b, cell).isin(list(cells))
+    return rows_a[keep_a], rows_b[keep_b], differences
+
+
 def compare_runs(run_a, run_b, group: str = "all") -> pd.DataFrame:
     """Cell-by-cell differences of two runs (B - A) for one group: per condition and layer pair, each measure's
     mean in both runs and their difference, and the effect's difference with a bootstrap 95% interval over the
-    pairs the two runs share (e.g. two voices, two models or two precisions on the same pairs)."""
+    pairs the two runs share (e.g. two voices, two models or two precisions on the same pairs).
+
+    Only the cells and items both runs have are compared (`shared_part`); how the runs differ, one line each,
+    is in the table's `attrs["differences"]` (`wpatch compare` prints them)."""
     rows_a, _ = load_run(run_a)
     rows_b, _ = load_run(run_b)
+    rows_a, rows_b, differences = shared_part(rows_a, rows_b)
     rows_a, rows_b = (row_groups(r).get(group, r.iloc[:0]) for r in (rows_a, rows_b))
     key = [*CONDITION, "source_layer", "target_layer", "window_start"]
     measures = [m for m in MEASURES if rows_a[m].notna().any() or rows_b[m].notna().any()]
@@ -678,7 +740,9 @@ def compare_runs(run_a, run_b, group: str = "all") -> pd.DataFrame:
     table["effect_diff_low"] = [stats.get(cell, missing)[0] for cell in table.index]
     table["effect_diff_high"] = [stats.get(cell, missing)[1] for cell in table.index]
     table["shared_pairs"] = [stats.get(cell, missing)[2] for cell in table.index]
-    return table.reset_index()
+    table = table.reset_index()
+    table.attrs["differences"] = differences
+    return table
 
 
 def console_table(rows: pd.DataFrame, summary: dict, measure: str = "score") -> str:
@@ -713,10 +777,26 @@ def console_table(rows: pd.DataFrame, summary: dict, measure: str = "score") -> 
     return "\n".join(lines)
 
 
+def not_a_run(folder: Path) -> str:
+    """Why `folder` holds no run to read back (it has no predictions.csv), and the way out."""
+    if not folder.exists():
+        return f"run folder {folder} does not exist; give the --writer.output_dir of a finished run"
+    if not folder.is_dir():
+        return f"{folder} is a file, not a run folder; give the --writer.output_dir of a finished run"
+    if (folder / "run.json").exists() or (folder / "parts").is_dir():
+        config = folder / "config.yaml"
+        how = f"wpatch predict --config {config} --writer.resume true" if config.exists() else "--writer.resume true"
+        return f"run folder {folder} holds an unfinished run (no predictions.csv yet); finish it with {how}"
+    return f"{folder} is not a wpatch run (no predictions.csv); give the --writer.output_dir of a finished run"
+
+
 def load_run(folder) -> tuple[pd.DataFrame, dict]:
     """A run read back: its predictions.csv as a DataFrame (transcripts and words stay strings, "" included)
-    and its summary.json as a dict (empty when the run has not been summarised yet)."""
+    and its summary.json as a dict (empty when the run has not been summarised yet). A folder without
+    predictions.csv is refused (`WpatchError`), saying what it is."""
     folder = Path(folder)
+    if not (folder / "predictions.csv").is_file():
+        raise WpatchError(not_a_run(folder))
     rows = read_rows(folder / "predictions.csv")
     summary_path = folder / "summary.json"
     return rows, json.loads(summary_path.read_text()) if summary_path.exists() else {}

@@ -5,8 +5,9 @@ again from a saved predictions.csv), `wpatch compare RUN_A RUN_B` (cell-by-cell 
 `wpatch predict` takes every setting as a LightningCLI option (`wpatch predict --help` lists them): `--model.*`
 (PatchingModule), `--data.*` (PairDataModule), `--writer.*` (PatchingResultsWriter), `--trainer.*` (only the
 options that mean something for patching: accelerator, devices, strategy, precision, progress bar). Bad input
-ends with one line on stderr and exit status 2. SIGTERM / SIGINT stop the run before its next batch (exit 143 /
-130) with the command that continues it; a second signal stops it at once.
+(a `WpatchError`, an option or config file the parser refuses, a Trainer option Lightning refuses) ends with one
+line on stderr and exit status 2; any other exception is a bug and shows its traceback. SIGTERM / SIGINT stop the
+run before its next batch (exit 143 / 130) with the command that continues it; a second signal stops it at once.
 """
 
 import importlib
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
@@ -28,8 +30,9 @@ from lightning.pytorch.cli import LightningCLI
 from datamodules import PairDataModule
 from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
+from wpatch.models import model_dims, multilingual
 from wpatch.module import PatchingModule, check_precision
-from wpatch.pairs import read_pairs
+from wpatch.pairs import check_languages, pairs_path, read_pairs
 from wpatch.progress import ItemProgressBar
 from wpatch.runfolder import RunStopped, check_writable
 from wpatch.writer import PatchingResultsWriter
@@ -41,11 +44,16 @@ class PatchingCLI(LightningCLI):
         parser.link_arguments("model.model", "data.model")
 
     def before_instantiate_classes(self) -> None:
-        """Cheap checks of the inputs, before the model loads: precision, pairs file, output folder."""
+        """Cheap checks of the inputs, before the model loads: precision, pairs file, languages the model knows,
+        output folder."""
         trainer = self.config.trainer
         on_gpu = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
         check_precision(trainer.precision, on_gpu)
-        read_pairs(self.config.data.pairs_file, self.config.data.limit)
+        data, spec = self.config.data, self.config.model.model
+        pairs = read_pairs(data.pairs_file, data.limit)
+        check_languages(
+            spec, multilingual(model_dims(spec)), self.config.model.language, pairs, pairs_path(data.pairs_file)
+        )
         check_writable(self.config.writer.output_dir)
 
 
@@ -98,10 +106,12 @@ def predict(args=None, program: list[str] | None = None) -> None:
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
         if writer.closing and writer.verbose and cli.trainer.is_global_zero:
             print(writer.closing, flush=True)
-    except (WpatchError, MisconfigurationException, ValueError, ArgumentError) as error:
+    except (WpatchError, MisconfigurationException, ArgumentError) as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         # jsonargparse splits "which option" and "why" over two lines
         message = " ".join(lines[:2]) + "; see --help" if isinstance(error, ArgumentError) else lines[0]
+        if isinstance(error, ArgumentError) and str(error).startswith("Problems parsing config"):
+            message = config_file_problem(sys.argv[1:] if args is None else args) or message
         print(f"wpatch: error: {message}", file=sys.stderr)
         sys.exit(2)
     except RunStopped as stop:
@@ -117,6 +127,28 @@ def predict(args=None, program: list[str] | None = None) -> None:
     finally:
         if writer is not None:
             writer.stop.restore()
+
+
+def config_file_problem(args: list[str]) -> str | None:
+    """Where the first `--config` file that is not valid YAML goes wrong (file, line, column, what), or None
+    (jsonargparse says only "Problems parsing config" and a line, without the file)."""
+    files = [b for a, b in zip(args, args[1:]) if a == "--config"] + [
+        a.split("=", 1)[1] for a in args if a.startswith("--config=")
+    ]
+    for name in files:
+        try:
+            yaml.compose(Path(name).read_text())
+        except OSError:
+            continue  # the parser names a missing file itself
+        except yaml.MarkedYAMLError as error:
+            mark, where = error.problem_mark or error.context_mark, ""
+            if error.context and error.context_mark and error.problem_mark:
+                where = f" ({error.context} started on line {error.context_mark.line + 1})"
+            what = error.problem or error.context
+            return (
+                f"config file {name} line {mark.line + 1}, column {mark.column + 1}: {what}{where}; fix the YAML there"
+            )
+    return None
 
 
 def patching_trainer(
@@ -135,17 +167,20 @@ def patching_trainer(
     callbacks = list(callbacks or [])
     if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(ItemProgressBar())
-    return L.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        num_nodes=num_nodes,
-        precision=precision,
-        enable_progress_bar=enable_progress_bar,
-        callbacks=callbacks,
-        logger=logger,
-        enable_model_summary=enable_model_summary,
-    )
+    try:
+        return L.Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            num_nodes=num_nodes,
+            precision=precision,
+            enable_progress_bar=enable_progress_bar,
+            callbacks=callbacks,
+            logger=logger,
+            enable_model_summary=enable_model_summary,
+        )
+    except ValueError as error:  # Lightning refuses an option's value (a strategy or accelerator name, num_nodes)
+        raise WpatchError(str(error)) from error
 
 
 def quiet_lightning() -> None:
@@ -172,8 +207,27 @@ def report(run_dir: str) -> dict:
     if not old and (folder / "run.json").exists():
         old = json.loads((folder / "run.json").read_text()).get("settings", {})
     settings = {k: v for k, v in old.items() if k not in SUMMARY_PARTS}
-    extra = {k: old[k] for k in ("wall_time_s", "clip_cache", "screening") if k in old}
+    extra = {k: old[k] for k in ("wall_time_s", "clip_cache", "screening", "silent_clips") if k in old}
     return analyse(rows, folder, settings, extra)
+
+
+def analyse_again(command: str, rest: list[str]) -> None:
+    """`wpatch report RUN_DIR` or `wpatch compare RUN_A RUN_B [--out FILE]` (the arguments checked)."""
+    if command == "report":
+        summary = report(rest[0])
+        print(f"{len(summary.get('groups', {}))} groups summarised; {Path(rest[0]).resolve()}")
+        return
+    from wpatch.analysis import compare_runs
+
+    table = compare_runs(rest[0], rest[1])
+    for difference in table.attrs.get("differences", []):
+        print(f"wpatch: note: the runs differ in {difference}", file=sys.stderr)
+    if len(rest) == 4:
+        try:
+            table.to_csv(rest[3], index=False)
+        except OSError as error:
+            raise WpatchError(f"cannot write {rest[3]} ({error.strerror}); choose another --out") from None
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,16 +247,15 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command == "predict":
         predict(rest, ["wpatch", "predict"])
-    elif command == "report" and len(rest) == 1 and not rest[0].startswith("-"):
-        summary = report(rest[0])
-        print(f"{len(summary.get('groups', {}))} groups summarised; {Path(rest[0]).resolve()}")
-    elif command == "compare" and len(rest) in (2, 4):
-        from wpatch.analysis import compare_runs
-
-        table = compare_runs(rest[0], rest[1])
-        if len(rest) == 4 and rest[2] == "--out":
-            table.to_csv(rest[3], index=False)
-        print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    elif (command, len(rest)) in (("report", 1), ("compare", 2), ("compare", 4)):
+        if any(arg.startswith("-") for arg in rest[:2]) or (len(rest) == 4 and rest[2] != "--out"):
+            print(usage, file=sys.stderr)
+            sys.exit(2)
+        try:
+            analyse_again(command, rest)
+        except WpatchError as error:
+            print(f"wpatch: error: {error}", file=sys.stderr)
+            sys.exit(2)
     elif command in ("screen", "benchmark"):
         try:
             module = importlib.import_module(f"scripts.{command}")

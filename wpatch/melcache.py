@@ -13,7 +13,7 @@ import torch
 import whisper
 
 from wpatch.atomic import atomic_path
-from wpatch.audio import load_audio, log_mel, speech_span
+from wpatch.audio import load_audio, log_mel, no_speech, speech_span
 
 # log-mels made with other STFT settings must not be read back: they are part of the key
 _SETTINGS = (
@@ -58,6 +58,7 @@ class MelStore:
     def __init__(self, root: str | Path):
         self.root = Path(root) / _SETTINGS
         self.computed = 0  # log-mels this store computed (the rest were read back)
+        self.no_speech: list[str | None] = []  # per clip of the last `table`: why it holds no speech, or None
 
     def file(self, digest: str, n_mels: int) -> Path:
         return self.root / str(n_mels) / f"{digest}.npy"
@@ -74,11 +75,13 @@ class MelStore:
 
     def table(self, paths: list[Path], n_mels: int, n_ctx: int, pin: bool = False) -> tuple[MelTable, torch.Tensor]:
         """The log-mel table of these clips (computing the missing ones) and each clip's spoken frames
-        (`wpatch.audio.speech_span`), one clip in memory at a time."""
-        files, spans = [], []
+        (`wpatch.audio.speech_span`), one clip in memory at a time; which clips hold no speech goes to
+        `self.no_speech` (`wpatch.audio.no_speech`)."""
+        files, spans, self.no_speech = [], [], []
         for path in paths:
             audio = load_audio(path)
             spans.append(speech_span(audio, n_ctx=n_ctx))
+            self.no_speech.append(no_speech(audio))
             files.append(self.put(path, audio, n_mels))
         return MelTable(files, n_mels, whisper.audio.N_FRAMES, pin), torch.tensor(spans, dtype=torch.long).reshape(
             -1, 2

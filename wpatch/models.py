@@ -166,6 +166,12 @@ def load_model(spec: str) -> Whisper:
     return _load(spec).eval()
 
 
+def multilingual(dims: ModelDimensions) -> bool:
+    """Whether a model of these dimensions knows languages besides English: its vocabulary has the language tokens
+    (openai-whisper's `Whisper.is_multilingual`); `tiny.en` and the other `.en` models do not."""
+    return dims.n_vocab >= 51865
+
+
 @lru_cache(maxsize=8)
 def model_dims(spec: str) -> ModelDimensions:
     """The dimensions of the model behind `spec`, read from the file's header: a checkpoint's `dims` entry (its

@@ -5,6 +5,8 @@ Its settings are checked here and in `wpatch.plan`; the work is done by `wpatch.
 decoder: transcripts, word log-probabilities, languages) and `wpatch.measures` (the columns of each row).
 """
 
+import logging
+
 import lightning as L
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -13,6 +15,7 @@ from wpatch.decoder_patching import decode_plan, decoding_plan
 from wpatch.errors import WpatchError
 from wpatch.measures import result_rows, words_to_score
 from wpatch.models import load_model
+from wpatch.pairs import check_languages
 from wpatch.patching import encode_plan, layer_pairs
 from wpatch.plan import check_patch_directions, patch_specs, plan_rows
 from wpatch.rows import PairBatch
@@ -20,6 +23,7 @@ from wpatch.sites import BLOCK_OUT, SITES, SiteName
 from wpatch.text import ScoredWord, scored_word, tokenizer_for
 
 __all__ = ["PatchingModule", "check_precision"]
+log = logging.getLogger(__name__)
 
 
 def check_precision(precision: str, on_gpu: bool) -> None:
@@ -84,6 +88,7 @@ class PatchingModule(L.LightningModule):
         self.save_hyperparameters()
         self.whisper = load_model(model)
         dims = self.whisper.dims
+        check_languages(model, self.whisper.is_multilingual, language)
         self.layer_pairs = layer_pairs(dims.n_audio_layer, source_layers, target_layers)
         self.decoder_layer_pairs = (
             layer_pairs(dims.n_text_layer, source_layers, target_layers, stack="decoder")
@@ -112,6 +117,19 @@ class PatchingModule(L.LightningModule):
         self.rows_per_item = len(self.specs) * len(directions) * (2 if control else 1)
         # a sparse, non-persistent buffer (used only for word timestamps) that DDP cannot broadcast
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["whisper.alignment_heads"])
+
+    def setup(self, stage: str) -> None:
+        """After the DataModule's setup: when the run patches from control donors, say how many items have no
+        unrelated word to draw one from (their control is their own source clip)."""
+        data = self.trainer.datamodule
+        fallbacks = getattr(data, "control_fallbacks", 0)
+        if self.hparams.control and fallbacks and self.trainer.is_global_zero:
+            log.warning(
+                "control donor: %d of %d items have no unrelated word in their language and voice; "
+                "their control is the source clip itself (donor_word = source_word)",
+                fallbacks,
+                len(data.items),
+            )
 
     def scored_word(self, lang: str, forms: list[list[int]]) -> ScoredWord:
         """A word of language `lang` as it is scored: after the run's forced transcript start (in the run's

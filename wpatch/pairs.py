@@ -4,6 +4,7 @@ A pairs file is a CSV with `word_a`, `word_b` and optionally `pair_id`, `categor
 (recordings, relative to the CSV's folder) and `lang_a`, `lang_b` (default `en`).
 """
 
+import logging
 from importlib.resources import files
 from pathlib import Path
 
@@ -100,6 +101,11 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
             if row[f"audio_{side}"]:
                 audio = Path(row[f"audio_{side}"])
                 audio = audio if audio.is_absolute() else path.parent / audio
+                if audio.is_dir():
+                    raise WpatchError(
+                        f"pairs file {path} line {line}: audio_{side} {audio} is a directory, not an audio file; give "
+                        "the recording's own path (wav, flac or mp3)"
+                    )
                 if not audio.is_file():
                     raise WpatchError(
                         f"pairs file {path} line {line}: audio_{side} {audio} does not exist; fix the path or leave "
@@ -125,6 +131,65 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
         dup = pairs["pair_id"][pairs["pair_id"].duplicated()].iloc[0]
         raise WpatchError(f"pairs file {path}: pair_id {dup!r} appears twice; make pair ids unique")
     return pairs.reset_index(drop=True)
+
+
+def check_languages(
+    model: str, multilingual: bool, language: str | None = None, pairs: pd.DataFrame | None = None, path=None
+) -> None:
+    """Refuse, before any work, a decoding language or words other than English for an English-only model: it
+    would decode them as English, and its measures would be silently wrong."""
+    if multilingual:
+        return
+    if language not in (None, "en"):
+        raise WpatchError(
+            f"model {model} is English-only, so it cannot decode in language {language!r}; use --model.language en "
+            "or a multilingual model (tiny, base, small, ...)"
+        )
+    for index, row in (pairs if pairs is not None else pd.DataFrame()).iterrows():
+        for side in ("a", "b"):
+            if row[f"lang_{side}"] != "en":
+                raise WpatchError(
+                    f"model {model} is English-only, but pairs file {path} line {index + 2} has lang_{side} "
+                    f"{row[f'lang_{side}']!r}; use a multilingual model (tiny, base, small, ...) or English pairs"
+                )
+
+
+log = logging.getLogger(__name__)
+
+
+def first_use(pairs: pd.DataFrame, word: str, lang: str, audio: str) -> tuple[int, str]:
+    """The pairs-file line and column where a clip is first used: its recording's audio_a / audio_b or, for a
+    synthesised clip, the word_a / word_b of that word and language without a recording."""
+    for index, row in pairs.iterrows():
+        for side in ("a", "b"):
+            if audio and row[f"audio_{side}"] == audio:
+                return index + 2, f"audio_{side}"
+            if not audio and (row[f"word_{side}"], row[f"lang_{side}"], row[f"audio_{side}"]) == (word, lang, ""):
+                return index + 2, f"word_{side}"
+    return 0, ""
+
+
+def silent_clips(pairs: pd.DataFrame, path, clips: list[tuple], reasons: list[str | None], tell: bool = True) -> list:
+    """The clips without speech (`reasons[i]` from `wpatch.audio.no_speech`; `clips[i]` is (word, lang, recording,
+    voice, file)), each with the pairs-file line and column that first uses it, and told (`tell`) in one warning
+    line each. Their items still run; the list goes to summary.json (`silent_clips`)."""
+    found = []
+    for (word, lang, audio, voice, file), reason in zip(clips, reasons):
+        if reason is None:
+            continue
+        line, column = first_use(pairs, word, lang, audio)
+        found.append(
+            {"file": str(file), "line": line, "column": column, "word": word, "voice": voice, "reason": reason}
+        )
+        if tell:
+            what = f"{column} {file}" if audio else f"{column} {word!r} spoken by {voice} ({file})"
+            fix = "record it again or drop the row" if audio else "check the word, or speak it with another --data.tts"
+            log.warning(
+                f"wpatch: warning: pairs file {path} line {line}: {what} has no speech: it {reason}; the run goes on "
+                "with it "
+                f"(summary.json lists it under silent_clips); {fix}"
+            )
+    return found
 
 
 def patch_items(pairs: pd.DataFrame, bidirectional: bool = True) -> pd.DataFrame:

@@ -53,3 +53,7 @@ class ItemProgressBar(ProgressBar):
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.bar.close()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self.bar is not None:
+            self.bar.close()  # ends the bar's line, so what the command says next (e.g. why it stopped) has its own

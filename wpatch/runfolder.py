@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 
@@ -182,20 +184,18 @@ class StopOnSignal:
     def handle(self, signum: int, _frame) -> None:
         if self.signum is None:
             self.signum = signum
-            print(
+            tqdm.write(  # through the progress bar, so the line is not written onto the bar's
                 f"wpatch: {signal.Signals(signum).name} received: stopping before the next batch or clip (send it "
                 "again to stop at once)",
                 file=sys.stderr,
-                flush=True,
             )
             return
         for child in self.children:
             child.kill()
-        print(
+        tqdm.write(
             f"wpatch: {signal.Signals(signum).name} received again: stopped at once; every finished batch is kept; "
             f"continue with: {self.resume_command}",
             file=sys.stderr,
-            flush=True,
         )
         os._exit(128 + signum)
 

@@ -7,7 +7,8 @@ original experiments used). A clip is keyed by backend, voice, text and settings
 ever after.
 
 A speaker is one entry of `--data.tts`: a backend name (`hibari`) or a backend and a voice
-(`kokoro:am_adam`); the voice replaces the backend's default for the language it speaks.
+(`kokoro:am_adam`); the voice replaces the backend's default for the language it speaks. A voice the
+backend does not have is refused with the ones it has (eSpeak NG's are checked by starting it).
 """
 
 import ctypes
@@ -108,6 +109,7 @@ class Espeak:
 
     name = "espeak"
     default_voices = {"en": "en-us+m3", "es": "es"}
+    languages = None  # any eSpeak NG voice, given with --data.voices
 
     def __init__(self, words_per_minute: int = 150):
         self.settings = {"words_per_minute": words_per_minute}
@@ -124,6 +126,7 @@ class Piper:
 
     name = "piper"
     default_voices = {"en": "en_US-joe-medium"}
+    languages = None  # any piper .onnx voice, given with --data.voices
     _loaded: dict = {}
 
     def __init__(self):
@@ -164,6 +167,7 @@ class Hibari:
 
     name = "hibari"
     default_voices = {"en": "heart"}
+    languages = ("en",)  # the languages its voices speak
     _loaded: dict = {}
 
     def __init__(self, seed: int = 0):
@@ -175,7 +179,10 @@ class Hibari:
         except ImportError:
             raise WpatchError("the hibari backend needs hibari-tts; pip install 'wpatch[offline]'") from None
         if voice not in VOICES:
-            raise WpatchError(f"hibari has no voice {voice!r}; use heart (the one that ships offline)")
+            raise WpatchError(
+                f"hibari has no voice {voice!r}; its voices are {', '.join(VOICES)} (use heart: it ships offline, "
+                "the others download on first use)"
+            )
         try:
             voice_path(voice, download_missing=False)
         except FileNotFoundError:
@@ -205,6 +212,7 @@ class Kokoro:
 
     name = "kokoro"
     default_voices = {"en": "am_adam", "es": "em_alex"}
+    languages = ("en", "es")  # the languages of the speakers that ship with wpatch
     _session = None
     _vocab: dict = {}
     _g2p: dict = {}
@@ -285,6 +293,7 @@ class Gtts:
 
     name = "gtts"
     default_voices = {"en": "en", "es": "es"}
+    languages = None  # any of Google's language codes, given with --data.voices
 
     def __init__(self, timeout_s: float = 10.0):
         self.settings: dict = {}
@@ -329,20 +338,42 @@ def make_backend(name: str):
 
 def language_of(backend: str, voice: str) -> str:
     """The language a voice speaks: Kokoro's by its first letter (a, b: en; e: es), hibari's is English,
-    others' by the name's first part (en-us+m3 -> en, en_US-joe-medium -> en, es -> es)."""
+    others' by the name's first part (en-us+m3 -> en, en_US-joe-medium -> en, es -> es; a piper voice file by
+    its file name: /voices/es_ES-davefx-medium.onnx -> es)."""
     if backend == "kokoro":
         return KOKORO_LANGUAGES.get(voice[:1], voice[:1])
     if backend == "hibari":
         return "en"
-    return re.split(r"[-_+]", voice, maxsplit=1)[0].lower()
+    name = Path(voice).name if backend == "piper" else voice
+    return re.split(r"[-_+]", name, maxsplit=1)[0].lower()
 
 
 def parse_speaker(speaker: str) -> tuple[str, dict[str, str]]:
-    """A `--data.tts` entry as (backend, {language: voice}): `kokoro:am_adam` -> ("kokoro", {"en": "am_adam"})."""
+    """A `--data.tts` entry as (backend, {language: voice}): `kokoro:am_adam` -> ("kokoro", {"en": "am_adam"}).
+    A voice the backend does not have is refused (`check_voice`), not read as a language and replaced by a
+    default voice under its name."""
     backend, _, voice = speaker.partition(":")
     if not voice:
         return backend, {}
+    make_backend(backend).check_voice(voice)
     return backend, {language_of(backend, voice): voice}
+
+
+def no_voice_for(backend, lang: str) -> str:
+    """Why `backend` cannot speak `lang`, and the way out: a voice (--data.voices) where the backend can take any,
+    else the backends that speak it."""
+    if backend.languages is None:
+        return (
+            f"TTS backend {backend.name} has no voice for language {lang!r}; give one with --data.voices "
+            f"'{{{lang}: NAME}}'"
+        )
+    speakers = [name for name, other in BACKENDS.items() if lang in other.default_voices and name != "gtts"]
+    way_out = (
+        f"use --data.tts {' or '.join(speakers)}, which speak it"
+        if speakers
+        else f"use --data.tts espeak with --data.voices '{{{lang}: {lang}}}' (eSpeak NG speaks most languages)"
+    )
+    return f"TTS backend {backend.name} speaks only {' and '.join(backend.languages)}, not {lang!r}; {way_out}"
 
 
 log = logging.getLogger(__name__)
@@ -365,10 +396,7 @@ class ClipCache:
 
     def voice(self, lang: str) -> str:
         if lang not in self.voices:
-            raise WpatchError(
-                f"TTS backend {self.backend.name} has no voice for language {lang!r}; give one with --data.voices "
-                f"'{{{lang}: NAME}}'"
-            )
+            raise WpatchError(no_voice_for(self.backend, lang))
         return self.voices[lang]
 
     def path(self, text: str, lang: str) -> Path:

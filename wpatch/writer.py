@@ -329,6 +329,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         }
         if trainer.datamodule.screening:
             extra["screening"] = trainer.datamodule.screening
+        extra["silent_clips"] = getattr(trainer.datamodule, "silent_clips", [])  # clips without speech, still run
         extra["environment"] = environment(trainer, self.settings(trainer, pl_module)["batch_size"])
         summary = analyse(rows, self.output_dir, self.settings(trainer, pl_module), extra)
         # printed by the command once the progress bar has closed (`wpatch.cli.predict`)

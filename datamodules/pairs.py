@@ -18,16 +18,16 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from wpatch.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.errors import WpatchError
-from wpatch.melcache import MelStore
-from wpatch.models import cache_root, load_model, model_dims, multilingual
-from wpatch.pairs import check_languages, pairs_path, patch_items, read_pairs, silent_clips
+from wpatch.faults import fault_point
+from wpatch.models.loading import cache_root, load_model, model_dims, multilingual
+from wpatch.patching.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.rows import PairBatch
-from wpatch.runfolder import fault_point
-from wpatch.screening import SCREEN_COLUMNS, cached_screen
+from wpatch.stimuli.melcache import MelStore
+from wpatch.stimuli.pairs_file import check_languages, pairs_path, patch_items, read_pairs, silent_clips
+from wpatch.stimuli.screening import SCREEN_COLUMNS, cached_screen
+from wpatch.stimuli.tts import ClipCache, make_backend, parse_speaker
 from wpatch.text import tokenizer_for, word_tokens
-from wpatch.tts import ClipCache, make_backend, parse_speaker
 
 log = logging.getLogger(__name__)
 REQUIRE_HEARD = ("none", "source", "both")
@@ -37,7 +37,7 @@ class PairDataModule(L.LightningDataModule):
     """Pairs of words as batches of log-mels, token ids and metadata.
 
     Args:
-        pairs_file: CSV of pairs (see `wpatch.pairs`); None = the packaged starter set.
+        pairs_file: CSV of pairs (see `wpatch.stimuli.pairs_file`); None = the packaged starter set.
         limit: keep the first `limit` pairs.
         bidirectional: serve A into B and B into A (the original design), else A into B only.
         model: model spec; only its dimensions are read (n_mels, vocabulary).
@@ -49,11 +49,11 @@ class PairDataModule(L.LightningDataModule):
         cache_dir: where clips are cached (default ~/.cache/wpatch/clips).
         batch_size: source clips per batch when `group_by_source` (each with all its items), else items per batch;
             `auto`: the largest that fits the GPU's memory, and the module's decode chunk with it
-            (`wpatch.autobatch`; 16 on the CPU).
+            (`wpatch.patching.autobatch`; 16 on the CPU).
         group_by_source: serve every item that shares a source clip in the same batch, so work that depends
             only on the source (the whole-block patch) is done once per clip, on one process.
         require_heard: none (keep every item), source (keep items whose clean source clip the model hears) or
-            both (source and target heard); screened with `wpatch.screening` on `model` (loaded for it). The
+            both (source and target heard); screened with `wpatch.stimuli.screening` on `model` (loaded for it). The
             counts kept and dropped are in `self.screening` (and the run's summary.json).
     """
 
@@ -98,7 +98,9 @@ class PairDataModule(L.LightningDataModule):
         self.screening: dict = {}
         self.stop_check = None  # called before each clip is synthesised; raises to stop (the writer's signal check)
         self.control_fallbacks = 0  # items without an unrelated control donor, set by setup
-        self.silent_clips: list[dict] = []  # clips without speech (`wpatch.pairs.silent_clips`), set by setup
+        self.silent_clips: list[
+            dict
+        ] = []  # clips without speech (`wpatch.stimuli.pairs_file.silent_clips`), set by setup
 
     def _clip_keys(self, items):
         """(word, lang, recording path, voice) of every source and target clip, in item order."""
@@ -137,7 +139,8 @@ class PairDataModule(L.LightningDataModule):
         log.info("clips: %d synthesised, %d cached (%.1fs)", made, len(unique) - made, time.perf_counter() - start)
 
     def setup(self, stage: str | None = None):
-        """Read the pairs and give every unique clip its log-mel, computed once, cached on disk (`wpatch.melcache`)."""
+        """Read the pairs and give every unique clip its log-mel, computed once, cached on disk
+        (`wpatch.stimuli.melcache`)."""
         if self.items is not None:
             return
         dims = model_dims(self.hparams.model)
@@ -183,7 +186,8 @@ class PairDataModule(L.LightningDataModule):
         self.items = items
 
     def screen(self) -> pd.DataFrame:
-        """Every clean clip screened with the run's model (see `wpatch.screening`): one row per clip, in clip order."""
+        """Every clean clip screened with the run's model (see `wpatch.stimuli.screening`): one row per clip, in clip
+        order."""
         spec = self.hparams.model
         words, langs = [k[0] for k in self.clip_keys], [k[1] for k in self.clip_keys]
         screen = cached_screen(lambda: load_model(spec), spec, self.mels, words, langs, self.screening_cache)

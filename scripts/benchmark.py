@@ -15,6 +15,7 @@ Prints a table and JSON (rows/s, ratios, peak memory, transcript agreement with 
 """
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -30,10 +31,9 @@ from torch.profiler import ProfilerActivity
 from torch.profiler import profile as profiler
 
 from datamodules import PairDataModule
-from wpatch.audio import load_audio
 from wpatch.cli import quiet_lightning
-from wpatch.module import PatchingModule, check_precision
-from wpatch.patching import block_outputs, output_patch
+from wpatch.patching.module import PatchingModule, check_precision
+from wpatch.stimuli.audio import load_audio
 
 
 class PeakMemory:
@@ -65,6 +65,28 @@ class PeakMemory:
         self.mib = (torch.cuda.max_memory_allocated() if self.cuda else self.peak) / 2**20
 
 
+def block_outputs(encoder, mel: torch.Tensor) -> list[torch.Tensor]:
+    """Every encoder block's output for `mel`, recorded with plain forward hooks, as the original did."""
+    outputs = []
+    handles = [block.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for block in encoder.blocks]
+    try:
+        encoder(mel)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+@contextlib.contextmanager
+def output_patch(module: torch.nn.Module, replacement: torch.Tensor):
+    """The original's patch: a forward hook that makes `module` return `replacement`; removed on exit."""
+    handle = module.register_forward_hook(lambda _m, _i, output: replacement.to(output.dtype).expand_as(output))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def baseline(
     mode: str, module: PatchingModule, dm: PairDataModule, rows: list[tuple[int, int, int]], device
 ) -> tuple[float, list[str]]:
@@ -79,7 +101,7 @@ def baseline(
         target_clip = items.target_clip[item]
         with torch.no_grad():
             if item not in recorded:  # word A's block outputs, recorded once per item as the original did
-                recorded[item] = block_outputs(model.encoder, dm.mels[items.source_clip[item]][None].to(device))[0]
+                recorded[item] = block_outputs(model.encoder, dm.mels[items.source_clip[item]][None].to(device))
             with output_patch(model.encoder.blocks[t], recorded[item][s]):
                 if mode == "original":  # fp16 on a GPU, as openai-whisper's transcribe defaults to
                     text = model.transcribe(

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from wpatch.atomic import write_atomically
-from wpatch.stimuli import CURATED, candidate_words, english_pairs, english_spanish_pairs, heard_shares, to_csv
+from wpatch.stimuli.sets import CURATED, candidate_words, english_pairs, english_spanish_pairs, heard_shares, to_csv
 
 SHIPPED_SCREEN = CURATED / "screen_tiny.en_hibari.csv"
 

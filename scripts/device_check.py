@@ -120,7 +120,7 @@ def download_wheels(target: Path, python: str | None) -> None:
 def pack(bundle: Path, python: str | None = DEVICE_PYTHON) -> dict:
     """Build `bundle`: part1/ and part2/ (the two halves of tiny.en's model.bin, each with the manifest), and
     wheels/; check that each call's load fits. Returns the sizes."""
-    from wpatch.models import bundle_directory
+    from wpatch.models.loading import bundle_directory
 
     source = bundle_directory("tiny.en")
     if source is None:
@@ -193,7 +193,7 @@ def restore(stage_file: Path, part2: Path, target: Path) -> str:
 
 
 def _synthesise(key: tuple[str, str, str]) -> None:
-    from wpatch.tts import ClipCache, Espeak
+    from wpatch.stimuli.tts import ClipCache, Espeak
 
     root, word, lang = key
     ClipCache(root, Espeak()).get(word, lang)
@@ -202,8 +202,8 @@ def _synthesise(key: tuple[str, str, str]) -> None:
 def synthesise(pairs_file: str, limit: int, root: Path) -> tuple[int, int]:
     """Every clip of the pairs, in parallel (each in a fresh engine, as the clip cache makes them);
     returns (clips wanted, clips in the cache)."""
-    from wpatch.pairs import patch_items, read_pairs
-    from wpatch.tts import ClipCache, Espeak
+    from wpatch.stimuli.pairs_file import patch_items, read_pairs
+    from wpatch.stimuli.tts import ClipCache, Espeak
 
     items = patch_items(read_pairs(pairs_file, limit), True)
     words = sorted(
@@ -221,8 +221,8 @@ def default_batch_peaks(model: str, pairs_file: str, limit: int, precisions: lis
     import torch
 
     from datamodules import PairDataModule
-    from wpatch.autobatch import DEFAULT_BATCH, largest_groups, peak_memory
-    from wpatch.module import PatchingModule
+    from wpatch.patching.autobatch import DEFAULT_BATCH, largest_groups, peak_memory
+    from wpatch.patching.module import PatchingModule
 
     dm = PairDataModule(pairs_file=pairs_file, limit=limit, model=model, tts="espeak")
     dm.setup("predict")

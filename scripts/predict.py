@@ -6,10 +6,7 @@ precision). Bad input ends with one line on stderr and exit status 2. SIGTERM / 
 its next batch (exit 143 / 130) with the command that continues it; a second signal stops it at once.
 """
 
-from wpatch.cli import PatchingCLI, predict, quiet_lightning, resume_command, starts_the_run  # noqa: F401
-
-main = predict  # `python scripts/predict.py ...` is `wpatch predict ...`
-
+from wpatch.cli import predict as main  # `python scripts/predict.py ...` is `wpatch predict ...`
 
 if __name__ == "__main__":
     main()

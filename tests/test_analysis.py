@@ -6,36 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from scripts.predict import main
+from tests.predict_run import main, predict_args
 from wpatch.analysis import analyse, load_run, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def args(tmp_path, model, out, *extra):
-    csv = tmp_path / "pairs.csv"
-    csv.write_text("word_a,word_b\nbat,pat\n")
-    return [
-        "--config",
-        str(ROOT / "configs/experiment_a.yaml"),
-        "--model.model",
-        model,
-        "--data.pairs_file",
-        str(csv),
-        "--data.cache_dir",
-        str(tmp_path / "clips"),
-        "--data.batch_size",
-        "2",
-        "--model.max_tokens",
-        "3",
-        "--data.limit",
-        "1",
-        "--writer.output_dir",
-        str(out),
-        "--trainer.enable_progress_bar",
-        "false",
-        *extra,
-    ]
+    """One pair (bat, pat) in both directions, three tokens at most."""
+    return predict_args(tmp_path, model, out, "--data.limit", "1", *extra, max_tokens=3)
 
 
 def test_one_pair_run_summarises_and_an_unsummarised_run_is_finished_by_resume(tmp_path, small_model_path):
@@ -185,7 +164,7 @@ def test_the_python_api_example_runs(tmp_path, small_model_path):
 
 
 def test_figures_share_a_fixed_labelled_scale_per_measure_and_readable_titles():
-    from wpatch.analysis import condition_title, group_title, heatmap
+    from wpatch.analysis.figures import condition_title, group_title, heatmap
     from wpatch.rows import SCALES as RANGES
 
     small = pd.DataFrame([[0.2, 0.3], [0.25, -0.0001]], index=[0, 1], columns=[0, 1])

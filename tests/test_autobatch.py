@@ -7,10 +7,10 @@ import pytest
 from whisper.model import ModelDimensions
 
 from datamodules import PairDataModule
-from scripts.predict import main
-from wpatch.autobatch import DEFAULT_BATCH, decode_chunk_for, fit_batch
+from tests.predict_run import main
 from wpatch.errors import WpatchError
-from wpatch.module import PatchingModule
+from wpatch.patching.autobatch import DEFAULT_BATCH, decode_chunk_for, fit_batch
+from wpatch.patching.module import PatchingModule
 
 TINY = ModelDimensions(
     n_mels=80,

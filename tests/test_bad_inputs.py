@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 import soundfile
 
-from scripts.predict import main
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
+from tests.predict_run import main, predict_args
 from wpatch.analysis import read_rows
 from wpatch.cli import main as wpatch
+from wpatch.stimuli.tts import ClipCache, make_backend
 from wpatch.text import has_word, is_word
-from wpatch.tts import ClipCache, make_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs/bad_inputs.md"
@@ -29,26 +29,7 @@ PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"
 
 
 def args(d: Path, model: str, *extra, pairs=PAIRS, out=None):
-    (d / "pairs.csv").write_text(pairs)
-    return [
-        "--config",
-        str(ROOT / "configs/experiment_a.yaml"),
-        "--model.model",
-        model,
-        "--data.pairs_file",
-        str(d / "pairs.csv"),
-        "--data.cache_dir",
-        str(d / "clips"),
-        "--data.batch_size",
-        "1",
-        "--model.max_tokens",
-        "3",
-        "--writer.output_dir",
-        str(out or d / "out"),
-        "--trainer.enable_progress_bar",
-        "false",
-        *extra,
-    ]
+    return predict_args(d, model, out, *extra, pairs=pairs, batch_size=1, max_tokens=3)
 
 
 def hold_lock(folder: Path) -> subprocess.Popen:
@@ -57,7 +38,7 @@ def hold_lock(folder: Path) -> subprocess.Popen:
         [
             sys.executable,
             "-c",
-            f"from pathlib import Path; from wpatch.runfolder import claim_folder; "
+            f"from pathlib import Path; from wpatch.run.folder import claim_folder; "
             f"lock = claim_folder(Path({str(folder)!r})); print(flush=True); input()",
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -313,7 +294,7 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         good = clip.read_bytes()
         damage()
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="wpatch.tts"):
+        with caplog.at_level(logging.WARNING, logger="wpatch.stimuli.tts"):
             assert cache.get("bat", "en") == clip and clip.read_bytes() == good
         assert len(caplog.messages) == 1 and "synthesising it again" in caplog.messages[0]
         rows.append(table_row(f"{label} (the run goes on)", 0, caplog.messages[0], tmp_path / "cache"))
@@ -384,7 +365,7 @@ def test_clip_cache_verifies_what_it_serves(tmp_path, caplog):
     assert again.get("pat", "en") == clip and again.synthesized == 0 and clip.with_suffix(".json").exists()
     clip.with_suffix(".json").unlink()
     clip.write_bytes(good[:-100])
-    with caplog.at_level(logging.WARNING, logger="wpatch.tts"):
+    with caplog.at_level(logging.WARNING, logger="wpatch.stimuli.tts"):
         assert again.get("pat", "en") == clip and clip.read_bytes() == good
     assert again.repaired == 1 and "fewer samples than its wav header says" in caplog.text
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]

@@ -4,7 +4,7 @@ and the finish mark (summary.json, written last) and after it. Each is resumed; 
 but for timing and environment, report.md) must then be byte for byte the uninterrupted run's, with one TensorBoard
 file and nothing half-written left. A part damaged on disk (cut short, a byte flipped, emptied, or without its
 record) is computed again, alone, with a warning that names it. The runs signal themselves at named points
-(WPATCH_FAULT, `wpatch.runfolder.fault_point`)."""
+(WPATCH_FAULT, `wpatch.run.folder.fault_point`)."""
 
 import json
 import shutil
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.predict import main
+from tests.predict_run import main
 from tests.test_runs import args, parts, script
 
 VOLATILE = ("wall_time_s", "environment", "clip_cache")  # how long, where and with what cache: not results

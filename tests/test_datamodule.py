@@ -8,7 +8,7 @@ import torch
 from datamodules import PairDataModule
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from wpatch.errors import WpatchError
-from wpatch.pairs import read_pairs, silent_clips
+from wpatch.stimuli.pairs_file import read_pairs, silent_clips
 
 
 def write_csv(path, text):

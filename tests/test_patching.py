@@ -8,13 +8,13 @@ import whisper
 
 from tests.conftest import SMALL_DIMS, random_whisper
 from tests.reference import reference_whole_block_output
-from wpatch.audio import load_audio, log_mel
-from wpatch.decoding import cross_attention_cache, greedy_transcripts, language_probs, sequence_logprobs
 from wpatch.errors import WpatchError
-from wpatch.models import load_model
-from wpatch.patching import fast_whole_block_outputs, layer_pairs, site_patch, site_states
+from wpatch.models.loading import load_model
+from wpatch.patching.decoding import cross_attention_cache, greedy_transcripts, language_probs, sequence_logprobs
+from wpatch.patching.encoder import fast_whole_block_outputs, layer_pairs, site_patch, site_states
+from wpatch.stimuli.audio import load_audio, log_mel
+from wpatch.stimuli.tts import ClipCache, make_backend
 from wpatch.text import scoring_prefix, tokenizer_for
-from wpatch.tts import ClipCache, make_backend
 
 
 def mels_of(words, clip_dir, n_mels=80):
@@ -133,7 +133,7 @@ def test_layers_outside_the_model_are_refused():
 @pytest.mark.real_weights
 def test_module_diagonal_rows_equal_the_unpatched_run(tmp_path, clip_dir):
     from datamodules import PairDataModule
-    from wpatch.module import PatchingModule
+    from wpatch.patching.module import PatchingModule
 
     csv = tmp_path / "pairs.csv"
     csv.write_text("word_a,word_b\nbig,pig\nwater,house\n")

@@ -16,13 +16,13 @@ import whisper
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datamodules import PairDataModule
-from scripts.predict import main
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
+from tests.predict_run import main, predict_args
 from wpatch.analysis import read_matrix
 from wpatch.errors import WpatchError
-from wpatch.models import load_model
+from wpatch.models.loading import load_model
+from wpatch.run.writer import PatchingResultsWriter, write_part
 from wpatch.text import scoring_prefix, tokenizer_for, word_tokens
-from wpatch.writer import PatchingResultsWriter, write_part
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = "word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\nship,sheep,vowel\n"
@@ -66,25 +66,7 @@ def matrix_of(out, measure, group="all"):
 
 
 def run(tmp_path, model, out, *extra, pairs=PAIRS, config="experiment_a"):
-    csv = tmp_path / "pairs.csv"
-    csv.write_text(pairs)
-    return [
-        "--config",
-        str(ROOT / f"configs/{config}.yaml"),
-        "--model.model",
-        model,
-        "--data.pairs_file",
-        str(csv),
-        "--data.cache_dir",
-        str(tmp_path / "clips"),
-        "--data.batch_size",
-        "4",
-        "--writer.output_dir",
-        str(out),
-        "--trainer.enable_progress_bar",
-        "false",
-        *extra,
-    ]
+    return predict_args(tmp_path, model, out, *extra, pairs=pairs, config=config, batch_size=4)
 
 
 @pytest.fixture(scope="module")

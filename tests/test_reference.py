@@ -37,8 +37,8 @@ import pandas as pd
 import pytest
 import soundfile
 
-from scripts.predict import main
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
+from tests.predict_run import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"

@@ -15,40 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from scripts.predict import main
-from wpatch.runfolder import claim_folder
-from wpatch.writer import PatchingResultsWriter
+from tests.predict_run import main, predict_args
+from wpatch.run.folder import claim_folder
+from wpatch.run.writer import PatchingResultsWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"  # 4 items, each its own source clip: 4 batches of 1
 
 
 def args(tmp_path, model, out, *extra, pairs=PAIRS):
-    csv = tmp_path / "pairs.csv"
-    csv.write_text(pairs)
-    return [
-        "--config",
-        str(ROOT / "configs/experiment_a.yaml"),
-        "--model.model",
-        model,
-        "--data.pairs_file",
-        str(csv),
-        "--data.cache_dir",
-        str(tmp_path / "clips"),
-        "--data.batch_size",
-        "1",
-        "--model.max_tokens",
-        "3",
-        "--model.source_layers",
-        "[0, 2]",
-        "--model.target_layers",
-        "[0, 2]",
-        "--writer.output_dir",
-        str(out),
-        "--trainer.enable_progress_bar",
-        "false",
-        *extra,
-    ]
+    """Two pairs, one item a batch (4 parts), layers 0 and 2, three tokens at most."""
+    layers = ["--model.source_layers", "[0, 2]", "--model.target_layers", "[0, 2]"]
+    return predict_args(tmp_path, model, out, *layers, *extra, pairs=pairs, batch_size=1, max_tokens=3)
 
 
 def script(arguments, fault=None, **popen):
@@ -153,7 +131,7 @@ def test_ddp_sigterm_stops_every_rank_then_resume(reference, small_model_path):
 
 def test_second_signal_stops_at_once():
     code = (
-        "import os, signal, time\nfrom wpatch.runfolder import StopOnSignal\nstop = StopOnSignal(); stop.install()\n"
+        "import os, signal, time\nfrom wpatch.run.folder import StopOnSignal\nstop = StopOnSignal(); stop.install()\n"
         "os.kill(os.getpid(), signal.SIGINT)\nassert stop.signum == signal.SIGINT\n"
         "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(60)\n"
     )
@@ -176,7 +154,7 @@ def test_folder_in_use_is_refused_and_a_killed_holder_leaves_it_free(reference, 
         [
             sys.executable,
             "-c",
-            f"from pathlib import Path; from wpatch.runfolder import claim_folder; "
+            f"from pathlib import Path; from wpatch.run.folder import claim_folder; "
             f"lock = claim_folder(Path({str(out)!r})); print('locked', flush=True); input()",
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},

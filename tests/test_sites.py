@@ -9,13 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from scripts.predict import main
 from tests.conftest import random_whisper
+from tests.predict_run import main
 from tests.reference import reference_patched_run
 from tests.test_pipeline import run
 from wpatch.errors import WpatchError
-from wpatch.module import PatchingModule
-from wpatch.patching import (
+from wpatch.patching.encoder import (
     Patch,
     fast_patched_run,
     fast_whole_block_outputs,
@@ -23,6 +22,7 @@ from wpatch.patching import (
     site_states,
     window_weights,
 )
+from wpatch.patching.module import PatchingModule
 from wpatch.sites import SITES as REGISTRY
 from wpatch.sites import sites_table
 

@@ -7,11 +7,11 @@ import soundfile
 import torch
 import whisper
 
-from wpatch.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, load_audio, log_mel, no_speech
 from wpatch.errors import WpatchError
-from wpatch.models import load_model
+from wpatch.models.loading import load_model
+from wpatch.stimuli.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, load_audio, log_mel, no_speech
+from wpatch.stimuli.tts import ClipCache, Gtts, make_backend
 from wpatch.text import normalise
-from wpatch.tts import ClipCache, Gtts, make_backend
 
 # The 20 words of the notes; espeak-ng en-us+m3 at 150 wpm was measured at 9/20 with tiny.en, greedy.
 WORDS = (

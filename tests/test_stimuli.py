@@ -5,9 +5,18 @@ import pandas as pd
 import pytest
 
 from scripts.build_stimuli import SETS, build
-from wpatch.pairs import PACKAGED, read_pairs
-from wpatch.stimuli import CONSONANTS, FEATURES, has_homophone, heard_shares, is_vowel, pair_heard, pick, pronunciations
-from wpatch.tts import ClipCache, make_backend
+from wpatch.stimuli.pairs_file import PACKAGED, read_pairs
+from wpatch.stimuli.sets import (
+    CONSONANTS,
+    FEATURES,
+    has_homophone,
+    heard_shares,
+    is_vowel,
+    pair_heard,
+    pick,
+    pronunciations,
+)
+from wpatch.stimuli.tts import ClipCache, make_backend
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ import torch
 import whisper
 
 from datamodules import PairDataModule
-from wpatch.audio import SAMPLE_RATE, load_audio, log_mel
+from wpatch.analysis.stats import bootstrap_interval
 from wpatch.errors import WpatchError
-from wpatch.models import load_model
-from wpatch.screening import cached_screen, screen_clips, screen_summary
-from wpatch.stats import bootstrap_interval
+from wpatch.models.loading import load_model
+from wpatch.stimuli.audio import SAMPLE_RATE, load_audio, log_mel
+from wpatch.stimuli.screening import cached_screen, screen_clips, screen_summary
+from wpatch.stimuli.tts import ClipCache, make_backend, parse_speaker
 from wpatch.text import normalise
-from wpatch.tts import ClipCache, make_backend, parse_speaker
 
 # The 40 words: the default voice must be heard on at least 30 of them by tiny.en.
 WORDS_40 = (

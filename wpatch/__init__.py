@@ -1,12 +1,12 @@
 """wpatch: batched activation patching on OpenAI Whisper's encoder and decoder, with PyTorch Lightning.
 
-Modules: `models` (model specs, offline weights), `tts` and `audio` (speech stimuli), `pairs` and `stimuli`
-(pairs tables, the packaged sets), `rows` (the batch and the result row, named), `plan` (patch settings, the
-rows of a batch), `patching` (the encoder engine: patch sites, fast paths), `decoding` (transcripts, word
-log-probabilities), `decoder_patching` (decoder sites, and decoding a batch's runs), `text` (normalisation, how
-a word is scored), `measures` (the columns of a row), `module` (the LightningModule), `writer` (the run's I/O:
-parts, resume, merge), `analysis` (groups, matrices, intervals, summary and figures from the rows alone), `cli`
-(the `wpatch` command). The DataModules live in the top-level `datamodules` package.
+The package by concern (docs/architecture.md follows one row through it): `models` (which Whisper, offline
+weights), `stimuli` (pairs files, speech synthesis, recordings, log-mels, screening, the packaged sets),
+`patching` (the plan of a batch, the encoder and decoder engines, the measures, the LightningModule), `run` (the
+run folder, the prediction writer, the settings a run records), `analysis` (tables, figures, report.md,
+TensorBoard, comparisons); beneath them the names every part shares: `sites` (the site registry), `rows` (the
+batch, the result row and its measure schema), `text` (how a word is normalised and scored), `errors`, `atomic`,
+`faults`; and `cli` (the `wpatch` command). The DataModules live in the top-level `datamodules` package.
 
 Glossary (names in the code follow it):
 

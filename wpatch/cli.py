@@ -1,6 +1,7 @@
 """The `wpatch` command: `wpatch predict` (run an experiment), `wpatch report RUN_DIR` (the analysis and figures
 again from a saved predictions.csv), `wpatch compare RUN_A RUN_B` (cell-by-cell differences with intervals),
-`wpatch screen` and `wpatch benchmark` (the checkout's scripts). `python -m wpatch` is the same command.
+`wpatch screen` (which clips a model hears) and `wpatch benchmark` (the checkout's scripts/benchmark.py).
+`python -m wpatch` is the same command.
 
 `wpatch predict` takes every setting as a LightningCLI option (`wpatch predict --help` lists them): `--model.*`
 (PatchingModule), `--data.*` (PairDataModule), `--writer.*` (PatchingResultsWriter), `--trainer.*` (only the
@@ -10,12 +11,14 @@ line on stderr and exit status 2; any other exception is a bug and shows its tra
 run before its next batch (exit 143 / 130) with the command that continues it; a second signal stops it at once.
 """
 
+import argparse
 import importlib
 import json
 import logging
 import os
 import shlex
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -30,12 +33,13 @@ from lightning.pytorch.cli import LightningCLI
 from datamodules import PairDataModule
 from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
-from wpatch.models import model_dims, multilingual
-from wpatch.module import PatchingModule, check_precision
-from wpatch.pairs import check_languages, pairs_path, read_pairs
-from wpatch.progress import ItemProgressBar
-from wpatch.runfolder import RunStopped, check_writable
-from wpatch.writer import PatchingResultsWriter
+from wpatch.models.loading import model_dims, multilingual
+from wpatch.patching.module import PatchingModule, check_precision
+from wpatch.run.folder import RunStopped, check_writable
+from wpatch.run.progress import ItemProgressBar
+from wpatch.run.writer import PatchingResultsWriter
+from wpatch.stimuli.pairs_file import check_languages, pairs_path, read_pairs
+from wpatch.stimuli.screening import screen_summary
 
 
 class PatchingCLI(LightningCLI):
@@ -163,7 +167,7 @@ def patching_trainer(
     enable_model_summary: bool = False,
 ) -> L.Trainer:
     """The Trainer with only the options a patching run uses (no epochs, clipping or optimisers); fp32 unless
-    asked (`--trainer.precision`); progress in items and rows (`wpatch.progress.ItemProgressBar`)."""
+    asked (`--trainer.precision`); progress in items and rows (`wpatch.run.progress.ItemProgressBar`)."""
     callbacks = list(callbacks or [])
     if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(ItemProgressBar())
@@ -200,7 +204,8 @@ def quiet_lightning() -> None:
 def report(run_dir: str) -> dict:
     """`wpatch report RUN_DIR`: the analysis and figures again from the run's predictions.csv (the settings kept
     from its summary.json, or run.json when it has none); returns the summary."""
-    from wpatch.analysis import SUMMARY_PARTS, analyse, load_run
+    from wpatch.analysis.summary import SUMMARY_PARTS, analyse
+    from wpatch.analysis.tables import load_run
 
     folder = Path(run_dir)
     rows, old = load_run(folder)
@@ -230,6 +235,50 @@ def analyse_again(command: str, rest: list[str]) -> None:
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
+def screen(args=None) -> None:
+    """`wpatch screen`: which clean clips does a model hear? Transcribes every unique clip of a pairs set once per
+    speaker (clean runs only, batched), writes `screen.csv` (word, lang, voice, clip, transcript, heard, logp) and
+    `screen_summary.csv` (share heard per voice, language and category) to `--output-dir`, and prints the
+    summary."""
+    parser = argparse.ArgumentParser(prog="wpatch screen", description="Which clean clips does a model hear?")
+    parser.add_argument("--pairs-file", default="starter", help="a CSV or starter, english, english_spanish")
+    parser.add_argument("--limit", type=int, default=None, help="first N pairs")
+    parser.add_argument("--model", default="tiny.en", help="model spec (see docs/models.md)")
+    parser.add_argument("--tts", nargs="+", default=["hibari"], help="speakers: hibari kokoro:af_heart espeak ...")
+    parser.add_argument("--voices", type=json.loads, default=None, help='language -> voice, e.g. \'{"es": "es"}\'')
+    parser.add_argument("--cache-dir", default=None, help="clip cache (default ~/.cache/wpatch/clips)")
+    parser.add_argument("--output-dir", default="runs/screen", help="where screen.csv and screen_summary.csv go")
+    options = parser.parse_args(args)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        data = PairDataModule(
+            pairs_file=options.pairs_file,
+            limit=options.limit,
+            model=options.model,
+            tts=options.tts,
+            voices=options.voices,
+            cache_dir=options.cache_dir,
+        )
+        start = time.perf_counter()
+        data.prepare_data()
+        synthesis_s = time.perf_counter() - start
+        data.setup("predict")
+        screen = data.screen()
+    except WpatchError as error:
+        print(f"wpatch: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    output = Path(options.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    summary = screen_summary(screen, data.items)
+    screen.to_csv(output / "screen.csv", index=False)
+    summary.to_csv(output / "screen_summary.csv", index=False)
+    print(summary.to_string(index=False))
+    print(
+        f"{len(screen)} clips screened with {options.model} in {time.perf_counter() - start:.0f} s "
+        f"(synthesis {synthesis_s:.0f} s); tables in {output}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """The `wpatch` console command."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -238,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         "  predict [--config FILE] [--model.* --data.* --writer.* --trainer.*]  run an experiment\n"
         "  report RUN_DIR                 analysis, figures and summary again from RUN_DIR/predictions.csv\n"
         "  compare RUN_A RUN_B [--out F]  cell-by-cell differences of two runs, with 95% intervals\n"
-        "  screen ...                     which clean clips the model recognises (scripts/screen.py)\n"
+        "  screen ...                     which clean clips the model recognises (--help lists its options)\n"
         "  benchmark ...                  speed of the patching modes (scripts/benchmark.py)"
     )
     if not argv or argv[0] in ("-h", "--help"):
@@ -256,11 +305,13 @@ def main(argv: list[str] | None = None) -> None:
         except WpatchError as error:
             print(f"wpatch: error: {error}", file=sys.stderr)
             sys.exit(2)
-    elif command in ("screen", "benchmark"):
+    elif command == "screen":
+        screen(rest)
+    elif command == "benchmark":
         try:
-            module = importlib.import_module(f"scripts.{command}")
+            module = importlib.import_module("scripts.benchmark")
         except ImportError:
-            sys.exit(f"wpatch: error: `wpatch {command}` runs scripts/{command}.py from a checkout of the repository")
+            sys.exit("wpatch: error: `wpatch benchmark` runs scripts/benchmark.py from a checkout of the repository")
         module.main(rest)
     else:
         print(usage, file=sys.stderr)

@@ -1,13 +1,13 @@
 """The data that flows through a run, named: the batch the DataModule serves and the row the module returns.
 
-`PairBatch` is what `datamodules.PairDataModule.collate` makes and `wpatch.module.PatchingModule.predict_step`
+`PairBatch` is what `datamodules.PairDataModule.collate` makes and `wpatch.patching.module.PatchingModule.predict_step`
 reads; `ResultRow` is one row of `predictions.csv` (its fields are the columns, in order: `ROW_COLUMNS`).
-The planned rows in between are `wpatch.plan.PlannedRow`.
+The planned rows in between are `wpatch.patching.plan.PlannedRow`.
 
 `ResultRow` is also the measure schema: each field says what it is (`Column`), and everything the analysis
 needs to know of a column derives from it: the measures it summarises (`MEASURES`, in their order), their colour
 scales (`SCALES`) and names (`MEASURE_NAMES`), the columns read as text (`TEXT_COLUMNS`) and those whose blank
-cell means NaN (`BLANK_IS_NAN`). A new measure is its function (`wpatch.measures`), its field here, its test.
+cell means NaN (`BLANK_IS_NAN`). A new measure is its function (`wpatch.patching.measures`), its field here, its test.
 """
 
 from dataclasses import dataclass, field, fields

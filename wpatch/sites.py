@@ -4,7 +4,7 @@ A site names an activation inside one block of the encoder or the decoder. Encod
 frames (a window, or sliding windows), decoder sites on the token positions that read the word out, except
 `enc_to_dec`, which patches the encoder output one decoder block's cross-attention reads (on frames, from no
 source block). A new encoder site is one entry here (with the `hook` it reads); a decoder site one entry and its
-place in `wpatch.decoding.decoder_states`.
+place in `wpatch.patching.decoding.decoder_states`.
 """
 
 from dataclasses import dataclass

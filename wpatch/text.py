@@ -58,7 +58,7 @@ def scoring_prefix(tokenizer: Tokenizer) -> tuple[int, ...]:
 
 
 class ScoredWord(NamedTuple):
-    """A word as the decoder scores it (`wpatch.decoding.word_logprobs`): log P(transcript starts with one of
+    """A word as the decoder scores it (`wpatch.patching.decoding.word_logprobs`): log P(transcript starts with one of
     `forms` | `prefix`), summed over the forms."""
 
     prefix: tuple[int, ...]  # the forced transcript start (`scoring_prefix`)

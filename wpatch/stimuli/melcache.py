@@ -13,7 +13,7 @@ import torch
 import whisper
 
 from wpatch.atomic import atomic_path
-from wpatch.audio import load_audio, log_mel, no_speech, speech_span
+from wpatch.stimuli.audio import load_audio, log_mel, no_speech, speech_span
 
 # log-mels made with other STFT settings must not be read back: they are part of the key
 _SETTINGS = (
@@ -75,8 +75,8 @@ class MelStore:
 
     def table(self, paths: list[Path], n_mels: int, n_ctx: int, pin: bool = False) -> tuple[MelTable, torch.Tensor]:
         """The log-mel table of these clips (computing the missing ones) and each clip's spoken frames
-        (`wpatch.audio.speech_span`), one clip in memory at a time; which clips hold no speech goes to
-        `self.no_speech` (`wpatch.audio.no_speech`)."""
+        (`wpatch.stimuli.audio.speech_span`), one clip in memory at a time; which clips hold no speech goes to
+        `self.no_speech` (`wpatch.stimuli.audio.no_speech`)."""
         files, spans, self.no_speech = [], [], []
         for path in paths:
             audio = load_audio(path)

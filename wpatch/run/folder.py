@@ -1,4 +1,4 @@
-"""The life of a run's output folder: writability check, lock, stored settings, signals and fault points.
+"""The life of a run's output folder: writability check, lock, stored settings and signals.
 
 - `check_writable` tells at once, creating nothing, whether the folder may be used and can be written: a run
   never overwrites a file it did not make, so only a new folder, an empty one or a run's own (one with its
@@ -10,11 +10,6 @@
   accelerator, devices, batch size), recorded but never compared.
 - `StopOnSignal`: the first SIGTERM or SIGINT asks the run to stop before its next batch (or clip, while
   clips are synthesised); a second one ends the process (and the DDP processes it launched) at once.
-- `fault_point`: crash-safety tests set WPATCH_FAULT=<point>:<signal> to have the run signal itself at a
-  named point, one per phase of a run: `synthesis<N>` (after the N-th clip this session synthesised),
-  `part<N>` (after its N-th part), `merging` (predictions.csv written under its temporary name, not yet
-  renamed), `merged` (after the merge), `tensorboard` (the TensorBoard file written, not yet closed), `tables`
-  (every table and figure written), `report` (report.md written), `finished` (the run marked finished).
 """
 
 import errno
@@ -117,7 +112,7 @@ def file_sha256(path: Path) -> str:
 
 def code_version() -> str:
     """The git commit of wpatch's checkout (with `+dirty` if it has changes), else the package version."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if (root / ".git").exists():  # a checkout (in an installed copy, git would report any enclosing repository)
         try:
             commit = subprocess.run(
@@ -203,10 +198,3 @@ class StopOnSignal:
         """Raise RunStopped if a signal came."""
         if self.signum is not None:
             raise RunStopped(self.signum)
-
-
-def fault_point(name: str) -> None:
-    """Tests' crash injection: if WPATCH_FAULT is `<name>:<SIGNAL>`, send that signal to this process."""
-    point, _, signame = os.environ.get("WPATCH_FAULT", "").partition(":")
-    if point == name:
-        os.kill(os.getpid(), signal.Signals[signame])

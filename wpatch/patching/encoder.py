@@ -169,7 +169,7 @@ def fast_patched_run(
 @dataclass(frozen=True)
 class PatchedRun:
     """One patched run: `patch` applied to the recipient clip's run with the donor clip's activations; for the
-    decoder sites (`wpatch.decoder_patching`), `donor_tokens` are the tokens the donor run is teacher-forced on."""
+    decoder sites (`wpatch.patching.decoder`), `donor_tokens` are the tokens the donor run is teacher-forced on."""
 
     recipient_clip: int
     donor_clip: int

@@ -19,8 +19,8 @@ import whisper
 from whisper.model import ModelDimensions, Whisper
 
 from wpatch.atomic import atomic_path
-from wpatch.ctranslate2 import dimensions, load_ctranslate2, read_model_bin
 from wpatch.errors import WpatchError
+from wpatch.models.ctranslate2 import dimensions, load_ctranslate2, read_model_bin
 
 # name -> (package holding the model, or the parts of model.bin in order, and the folder inside each)
 OFFLINE_BUNDLES = {

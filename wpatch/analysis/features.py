@@ -9,10 +9,10 @@ backness and rounding. Semantic pairs change no phonetic feature and are left ou
 
 import pandas as pd
 
+from wpatch.analysis.stats import pooled_interval
 from wpatch.errors import WpatchError
-from wpatch.pairs import read_pairs
 from wpatch.rows import CONDITION, with_sweep_start
-from wpatch.stats import pooled_interval
+from wpatch.stimuli.pairs_file import read_pairs
 
 # General American vowels: (height, backness, rounding, length); a diphthong by its first part, as tense
 VOWELS = {

@@ -10,7 +10,7 @@ Decoder sites (`wpatch.sites`), donor word A into recipient word B:
 - `enc_to_dec`: decoder block l's cross-attention reads the donor clip's clean encoder output on the window's
   frames (lerp with the recipient's by alpha), the other blocks the recipient's. It has no source layer: s == t.
 
-The fast path computes each donor run once per chunk and mixes inside `wpatch.decoding.decoder_states`; the
+The fast path computes each donor run once per chunk and mixes inside `wpatch.patching.decoding.decoder_states`; the
 plain-hook references on openai-whisper's own modules are in tests/reference.py.
 """
 
@@ -22,7 +22,7 @@ from torch.profiler import record_function
 from whisper.model import Whisper
 from whisper.tokenizer import Tokenizer
 
-from wpatch.decoding import (
+from wpatch.patching.decoding import (
     CrossCache,
     Decoded,
     cross_attention_cache,
@@ -32,7 +32,7 @@ from wpatch.decoding import (
     language_probs,
     word_logprobs,
 )
-from wpatch.patching import EncoderOutputs, Patch, PatchedRun, mix, window_weights
+from wpatch.patching.encoder import EncoderOutputs, Patch, PatchedRun, mix, window_weights
 from wpatch.sites import ENC_TO_DEC, SITES
 
 
@@ -79,7 +79,7 @@ def _positions(values: Tensor, offset: int, length: int) -> Tensor:
 
 
 class DecoderEdits:
-    """The dec_* patches of a chunk of decodings, as a `wpatch.decoding.Edit`: per (block, site), each decoding's
+    """The dec_* patches of a chunk of decodings, as a `decoding.Edit`: per (block, site), each decoding's
     donor activations (N, positions, d) and float32 weights (N, positions, 1) by token position (weight 0:
     unpatched). The mix is computed in float32, so alpha is exact under mixed precision too."""
 
@@ -94,7 +94,7 @@ class DecoderEdits:
 
 
 class SiteRecorder:
-    """A `wpatch.decoding.Edit` that keeps every block's sites ((block, site) -> (N, T, d), one sequence each)."""
+    """A `decoding.Edit` that keeps every block's sites ((block, site) -> (N, T, d), one sequence each)."""
 
     def __init__(self):
         self.states: dict[tuple[int, str], Tensor] = {}
@@ -183,7 +183,7 @@ def decode_plan(
     """Every decoding of `plan`, `chunk` at a time (one cross-attention cache and one set of decoder edits per
     chunk): language probabilities when `detect`, the greedy transcript (in `language`; None: the detected one on
     a multilingual model), and the log-probability of each word in `asked[i]` (see
-    `wpatch.decoding.word_logprobs`)."""
+    `wpatch.patching.decoding.word_logprobs`)."""
     transcripts, logps, probs_all = [], [], []
     for start in range(0, len(plan.decodings), chunk):
         part = plan.decodings[start : start + chunk]

@@ -1,17 +1,12 @@
-"""A Lightning prediction writer: the run's I/O. Tidy rows per batch (atomic, resumable), the merge, then
-the analysis (`wpatch.analysis`) on the merged rows.
+"""A Lightning prediction writer: a write hook per batch, the merge, then the analysis.
 
-Every batch's rows go to `parts/items-<first item>.csv` in the output directory, written under a temporary
-name and renamed, by whichever process made them; then its record `parts/items-<first item>.json` (rows, bytes,
-sha256, item ids), the same way. Only a part that matches its record counts as done: on a resume, and again
-before the merge, a part cut short, damaged, or without its record (the run stopped before it was complete) is
-computed again, alone, with a warning. When prediction ends, rank 0 merges the parts into `predictions.csv`
-(checked: every item x patch exactly once) and hands the rows, with the run's settings, to
+Every batch's rows are a part (`wpatch.run.parts`), written by whichever process made them. Before any work the
+process that starts the run claims its folder (`wpatch.run.folder`: lock, run.json with `wpatch.run.settings`),
+and a resume redoes only the parts that do not match their records. When prediction ends, rank 0 merges the parts
+into `predictions.csv` (checked: every item x patch exactly once) and hands the rows, with the run's settings, to
 `wpatch.analysis.analyse` (matrices, heatmaps, `cells.csv`, TensorBoard, `report.md`, then `summary.json`).
 """
 
-import hashlib
-import json
 import shutil
 import sys
 import time
@@ -21,105 +16,23 @@ import lightning as L
 import pandas as pd
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from wpatch.analysis import ROW_KEY, analyse, console_table, read_rows
-from wpatch.atomic import atomic_path, write_atomically
+from wpatch.analysis.console import console_table
+from wpatch.analysis.summary import analyse
+from wpatch.analysis.tables import ROW_KEY, read_rows
+from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
-from wpatch.pairs import pairs_path
+from wpatch.faults import fault_point
 from wpatch.rows import ROW_COLUMNS
-from wpatch.runfolder import (
-    StopOnSignal,
-    check_writable,
-    claim_folder,
-    code_version,
-    fault_point,
-    file_sha256,
-    record_run,
-)
-
-
-def public(hparams) -> dict:
-    """Every hyperparameter as given, without Lightning's own entries (`_instantiator`)."""
-    return {key: value for key, value in dict(hparams).items() if not key.startswith("_")}
-
-
-def environment(trainer: L.Trainer, batch_size) -> dict:
-    """Where and with what the run ran: package versions, device, batch size, seeds, the code's git commit."""
-    import importlib.metadata
-    import platform
-
-    import torch
-
-    def version(name: str) -> str | None:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    device = (
-        torch.cuda.get_device_name(trainer.strategy.root_device)
-        if trainer.strategy.root_device.type == "cuda"
-        else platform.processor() or platform.machine()
-    )
-    packages = ("torch", "lightning", "openai-whisper", "numpy", "pandas", "ctranslate2", "hibari-tts", "wpatch")
-    return {
-        "python": platform.python_version(),
-        "packages": {p: version(p) for p in packages},
-        "device": f"{trainer.strategy.root_device.type}: {device}",
-        "devices": trainer.world_size,
-        "batch_size": batch_size,
-        "seeds": {"bootstrap": 0, "control_clips": "item id", "hibari": 0},
-        "code_version": code_version(),
-    }
-
-
-def warn(message: str) -> None:
-    print(f"wpatch: warning: {message}", file=sys.stderr, flush=True)
-
-
-def part_record(part: Path) -> Path:
-    """Where the record of a part (`parts/items-<first item>.csv`) is kept."""
-    return part.with_suffix(".json")
-
-
-def write_part(part: Path, frame: pd.DataFrame, session_started: float | None = None) -> None:
-    """Write a part, then its record (rows, bytes, sha256, item ids; when the session that made it started and
-    when it was written, for the run's wall time), each atomically: a part without its record was cut off before
-    it was complete."""
-    data = frame.to_csv(index=False).encode("utf-8")
-    write_atomically(part, data)
-    record = {
-        "rows": len(frame),
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "items": sorted(int(i) for i in frame["item_id"].unique()),
-        "session_started": session_started,
-        "written": time.time(),
-    }
-    write_atomically(part_record(part), json.dumps(record) + "\n")
-
-
-def part_problem(part: Path) -> tuple[dict | None, str | None]:
-    """A part's record, and what is wrong with the part (None when its bytes are the ones recorded)."""
-    try:
-        record = json.loads(part_record(part).read_text())
-        recorded, size, _, _ = record["sha256"], record["bytes"], record["rows"], record["items"]
-    except FileNotFoundError:
-        return None, "has no record (the run stopped before the part was complete)"
-    except (ValueError, KeyError, TypeError):
-        return None, "has an unreadable record"
-    data = part.read_bytes()
-    if len(data) != size:
-        return record, f"is {len(data)} bytes, not the {size} its record says (cut short or damaged)"
-    if hashlib.sha256(data).hexdigest() != recorded:
-        return record, "does not match the sha256 its record says (damaged)"
-    return record, None
+from wpatch.run.folder import StopOnSignal, check_writable, claim_folder, record_run
+from wpatch.run.parts import finished_items, part_problem, verified_parts, write_part
+from wpatch.run.settings import environment, run_settings, session, summary_settings
 
 
 class PatchingResultsWriter(BasePredictionWriter):
     """Writes predictions.csv, layer matrices (overall and per category), heatmaps, summary.json and TensorBoard.
 
     The folder is locked while a run uses it, and `run.json` keeps the settings its rows depend on (see
-    `wpatch.runfolder`). SIGTERM or SIGINT stops the run before its next batch, or its next clip while clips are
+    `wpatch.run.folder`). SIGTERM or SIGINT stops the run before its next batch, or its next clip while clips are
     synthesised (`RunStopped`).
 
     Args:
@@ -166,17 +79,9 @@ class PatchingResultsWriter(BasePredictionWriter):
             for folder in (self.output_dir, self.parts, self.output_dir / "figures"):
                 for stale in folder.glob(".*.partial"):  # left by a killed process; the lock says none is writing
                     shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-            data = datamodule.hparams
-            session = {
-                "code_version": code_version(),
-                "accelerator": type(trainer.accelerator).__name__,
-                "devices": trainer.world_size,
-                "batch_size": data.batch_size,
-                "decode_chunk": pl_module.hparams.decode_chunk,
-                "items_done": len(done),
-            }
-            record_run(self.output_dir, self.run_settings(trainer, pl_module, datamodule), session, self.resume)
-            self.verified_parts(repair=True)
+            settings = run_settings(pl_module, datamodule, trainer.precision)
+            record_run(self.output_dir, settings, session(trainer, pl_module, datamodule, len(done)), self.resume)
+            verified_parts(self.parts, repair=True)
             datamodule.stop_check = self.stop.check  # a signal during clip synthesis stops it before the next clip
         except BaseException:
             self.release()
@@ -215,30 +120,9 @@ class PatchingResultsWriter(BasePredictionWriter):
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self.stop.check()
 
-    def verified_parts(self, repair: bool = False) -> dict[Path, dict]:
-        """The parts whose bytes are the ones their records say, with their records. With `repair` (rank 0, before
-        any work), every other part (cut short, damaged, without a record) and every record without its part is
-        deleted, with a warning that names it, so that its items are computed again."""
-        if not self.parts.is_dir():
-            return {}
-        verified = {}
-        for part in sorted(self.parts.glob("items-*.csv")):
-            record, problem = part_problem(part)
-            if problem is None:
-                verified[part] = record
-            elif repair:
-                warn(f"part {part} {problem}; computing its items again")
-                part_record(part).unlink(missing_ok=True)
-                part.unlink()
-        for record in sorted(self.parts.glob("items-*.json")) if repair else []:
-            if not record.with_suffix(".csv").exists():
-                warn(f"part {record.with_suffix('.csv')} is missing (its record is there); computing its items again")
-                record.unlink()
-        return verified
-
     def finished_items(self) -> set[int]:
-        """Item ids already written, by earlier or current processes, in parts that match their records."""
-        return {int(i) for record in self.verified_parts().values() for i in record["items"]}
+        """Item ids already written, in parts that match their records (`wpatch.run.parts`)."""
+        return finished_items(self.parts)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if not prediction:
@@ -263,7 +147,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         """Merge the parts and write every table, figure and the summary (rank 0 only)."""
         if self.verbose:
             print("writing predictions.csv, tables, figures and report.md ...", file=sys.stderr, flush=True)
-        parts = self.verified_parts()  # checked again: a part damaged since the run started is not merged
+        parts = verified_parts(self.parts)  # checked again: a part damaged since the run started is not merged
         damaged = sorted(set(self.parts.glob("items-*.csv")) - set(parts))
         if damaged:
             raise WpatchError(
@@ -330,52 +214,11 @@ class PatchingResultsWriter(BasePredictionWriter):
         if trainer.datamodule.screening:
             extra["screening"] = trainer.datamodule.screening
         extra["silent_clips"] = getattr(trainer.datamodule, "silent_clips", [])  # clips without speech, still run
-        extra["environment"] = environment(trainer, self.settings(trainer, pl_module)["batch_size"])
-        summary = analyse(rows, self.output_dir, self.settings(trainer, pl_module), extra)
+        settings = summary_settings(trainer, pl_module)
+        extra["environment"] = environment(trainer, settings["batch_size"])
+        summary = analyse(rows, self.output_dir, settings, extra)
         # printed by the command once the progress bar has closed (`wpatch.cli.predict`)
         self.closing = (
             f"{console_table(rows, summary)}\nwall time {extra['wall_time_s']:.1f} s; tables, figures and "
             f"report.md in:\n{self.output_dir.resolve()}"
         )
-
-    @classmethod
-    def settings(cls, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
-        """The run's settings: those its rows depend on (`run_settings`), the trainer's choices, and every
-        hyperparameter of the module and the DataModule as given (`hparams`)."""
-        data = trainer.datamodule
-        return {
-            **cls.run_settings(trainer, pl_module, data),
-            "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
-            "devices": trainer.world_size,
-            "batch_size": getattr(data, "resolved_batch_size", None) or data.hparams.batch_size,
-            "hparams": {"model": public(pl_module.hparams), "data": public(data.hparams)},
-        }
-
-    @staticmethod
-    def run_settings(trainer: L.Trainer, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> dict:
-        """The settings a run's rows depend on: model, patches, decoding, stimuli, voices and precision."""
-        data = datamodule.hparams
-        return {
-            "model": pl_module.hparams.model,
-            "source_layers": pl_module.hparams.source_layers,
-            "target_layers": pl_module.hparams.target_layers,
-            "sites": list(pl_module.hparams.sites),
-            "windows": [str(w) for w in pl_module.hparams.windows],
-            "sweep": pl_module.hparams.sweep,
-            "alphas": list(pl_module.hparams.alphas),
-            "directions": list(pl_module.hparams.directions),
-            "control": pl_module.hparams.control,
-            "min_separation": pl_module.hparams.min_separation,
-            "language": pl_module.hparams.language,
-            "task": pl_module.hparams.task,
-            "max_tokens": pl_module.hparams.max_tokens,
-            "layer_pairs": len(pl_module.layer_pairs),
-            "pairs_file": str(data.pairs_file or "starter_pairs.csv"),
-            "pairs_sha256": file_sha256(pairs_path(data.pairs_file)),
-            "limit": data.limit,
-            "bidirectional": data.bidirectional,
-            "tts": data.tts,
-            "require_heard": data.require_heard,
-            "voices": {name: cache.voices for name, cache in datamodule.clips.items()},
-            "precision": str(trainer.precision),
-        }

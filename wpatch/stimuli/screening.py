@@ -16,7 +16,7 @@ import torch
 from whisper.model import Whisper
 
 from wpatch.atomic import atomic_path
-from wpatch.decoding import cross_attention_cache, greedy_transcripts, word_logprobs
+from wpatch.patching.decoding import cross_attention_cache, greedy_transcripts, word_logprobs
 from wpatch.text import is_word, scored_word, tokenizer_for, word_tokens
 
 SCREEN_COLUMNS = ["word", "lang", "voice", "clip", "transcript", "heard", "logp"]

@@ -4,7 +4,7 @@ patch setting x patch direction x donor, each naming its patched run (in the enc
 from dataclasses import dataclass
 
 from wpatch.errors import WpatchError
-from wpatch.patching import Patch, PatchedRun
+from wpatch.patching.encoder import Patch, PatchedRun
 from wpatch.rows import PairBatch
 from wpatch.sites import SITES, site_named
 from wpatch.text import ScoredWord

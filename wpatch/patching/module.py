@@ -1,8 +1,8 @@
 """The LightningModule: Lightning glue around one predict step that reads plan -> encode -> decode -> measure.
 
-Its settings are checked here and in `wpatch.plan`; the work is done by `wpatch.plan` (which rows a batch has),
-`wpatch.patching` (their encoder outputs), `wpatch.decoder_patching` (their decodings, with any patch inside the
-decoder: transcripts, word log-probabilities, languages) and `wpatch.measures` (the columns of each row).
+Its settings are checked here and in `plan`; the work is done by the modules beside it: `plan` (which rows a batch
+has), `encoder` (their encoder outputs), `decoder` (their decodings, with any patch inside the decoder:
+transcripts, word log-probabilities, languages) and `measures` (the columns of each row).
 """
 
 import logging
@@ -11,15 +11,15 @@ import lightning as L
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from wpatch.decoder_patching import decode_plan, decoding_plan
 from wpatch.errors import WpatchError
-from wpatch.measures import result_rows, words_to_score
-from wpatch.models import load_model
-from wpatch.pairs import check_languages
-from wpatch.patching import encode_plan, layer_pairs
-from wpatch.plan import check_patch_directions, patch_specs, plan_rows
+from wpatch.models.loading import load_model
+from wpatch.patching.decoder import decode_plan, decoding_plan
+from wpatch.patching.encoder import encode_plan, layer_pairs
+from wpatch.patching.measures import result_rows, words_to_score
+from wpatch.patching.plan import check_patch_directions, patch_specs, plan_rows
 from wpatch.rows import PairBatch
 from wpatch.sites import BLOCK_OUT, SITES, SiteName
+from wpatch.stimuli.pairs_file import check_languages
 from wpatch.text import ScoredWord, scored_word, tokenizer_for
 
 __all__ = ["PatchingModule", "check_precision"]
@@ -45,7 +45,7 @@ class PatchingModule(L.LightningModule):
     output (site block_out, window all, alpha 1, denoising). Every list setting is swept in one run.
 
     Args:
-        model: model spec (see `wpatch.models.load_model`).
+        model: model spec (see `wpatch.models.loading.load_model`).
         source_layers: donor blocks (default: all).
         target_layers: recipient blocks (default: all).
         sites: where in a block to patch, encoder or decoder (`wpatch.sites`; decoder sites' layers index

@@ -170,8 +170,8 @@ def first_use(pairs: pd.DataFrame, word: str, lang: str, audio: str) -> tuple[in
 
 
 def silent_clips(pairs: pd.DataFrame, path, clips: list[tuple], reasons: list[str | None], tell: bool = True) -> list:
-    """The clips without speech (`reasons[i]` from `wpatch.audio.no_speech`; `clips[i]` is (word, lang, recording,
-    voice, file)), each with the pairs-file line and column that first uses it, and told (`tell`) in one warning
+    """The clips without speech (`reasons[i]` from `audio.no_speech`; `clips[i]` is (word, lang, recording, voice,
+    file)), each with the pairs-file line and column that first uses it, and told (`tell`) in one warning
     line each. Their items still run; the list goes to summary.json (`silent_clips`)."""
     found = []
     for (word, lang, audio, voice, file), reason in zip(clips, reasons):

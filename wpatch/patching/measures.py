@@ -2,14 +2,14 @@
 them to every planned row of a batch (README: "Columns of predictions.csv").
 
 Transcript measures compare normalised text (`wpatch.text.normalise`); log-probability measures read
-log P(word | encoder output) of the source and target words (`wpatch.text.ScoredWord`, `wpatch.decoding`).
+log P(word | encoder output) of the source and target words (`wpatch.text.ScoredWord`, `wpatch.patching.decoding`).
 """
 
 import math
 
-from wpatch.decoder_patching import DecodingPlan
-from wpatch.decoding import Decoded
-from wpatch.plan import PlannedRow
+from wpatch.patching.decoder import DecodingPlan
+from wpatch.patching.decoding import Decoded
+from wpatch.patching.plan import PlannedRow
 from wpatch.rows import PairBatch, ResultRow
 from wpatch.text import ScoredWord, has_word, is_word
 

@@ -25,7 +25,7 @@ CrossCache = list[
     tuple[Tensor, Tensor]
 ]  # per decoder block: cross-attention keys and values (N, heads, 1500, d / heads)
 SelfCache = list[tuple[Tensor, Tensor]]  # per decoder block: self-attention keys and values of the tokens so far
-# An edit inside the decoder (`wpatch.decoder_patching`): (block, site, activation (N, S, T, d), position of its
+# An edit inside the decoder (`wpatch.patching.decoder`): (block, site, activation (N, S, T, d), position of its
 # first token) -> the activation to use, at each token-position site of `wpatch.sites` (decoder_states says where).
 Edit = Callable[[int, str, Tensor, int], Tensor]
 

@@ -1,0 +1,43 @@
+"""The one way the tests run `wpatch predict` on a small pairs file in this process: `predict_args` makes the
+arguments, `main` (the command itself) runs them."""
+
+from pathlib import Path
+
+from wpatch.cli import predict as main  # noqa: F401 (the tests' entry point: `python scripts/predict.py` is this)
+
+ROOT = Path(__file__).resolve().parents[1]
+BAT_PAT = "word_a,word_b\nbat,pat\n"
+
+
+def predict_args(
+    folder: Path,
+    model: str,
+    out: Path | None = None,
+    *extra: str,
+    pairs: str = BAT_PAT,
+    config: str = "experiment_a",
+    batch_size: int = 2,
+    max_tokens: int | None = None,
+) -> list[str]:
+    """A run of `configs/<config>.yaml` on `model`: `pairs` written to folder/pairs.csv, clips cached in
+    folder/clips, output in `out` (default folder/out), no progress bar, then `extra`."""
+    folder = Path(folder)
+    (folder / "pairs.csv").write_text(pairs)
+    return [
+        "--config",
+        str(ROOT / f"configs/{config}.yaml"),
+        "--model.model",
+        model,
+        "--data.pairs_file",
+        str(folder / "pairs.csv"),
+        "--data.cache_dir",
+        str(folder / "clips"),
+        "--data.batch_size",
+        str(batch_size),
+        *(["--model.max_tokens", str(max_tokens)] if max_tokens else []),
+        "--writer.output_dir",
+        str(out or folder / "out"),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]

@@ -26,6 +26,7 @@ from wpatch.rows import PairBatch
 from wpatch.stimuli.melcache import MelStore
 from wpatch.stimuli.pairs_file import check_languages, pairs_path, patch_items, read_pairs, silent_clips
 from wpatch.stimuli.screening import SCREEN_COLUMNS, cached_screen
+from wpatch.stimuli.spans import cut_span
 from wpatch.stimuli.tts import ClipCache, make_backend, parse_speaker
 from wpatch.text import tokenizer_for, word_tokens
 
@@ -83,6 +84,7 @@ class PairDataModule(L.LightningDataModule):
             )
         root = Path(cache_dir) if cache_dir else cache_root() / "clips"
         self.screening_cache = root / "screening"  # screening results per model, beside the clips they are of
+        self.span_root = root / "spans"  # words cut from longer recordings (`wpatch.stimuli.spans`)
         voices = voices or {}
         self.clips = {}  # backend name -> its clip cache
         for speaker in [tts] if isinstance(tts, str) else tts:
@@ -103,10 +105,20 @@ class PairDataModule(L.LightningDataModule):
         ] = []  # clips without speech (`wpatch.stimuli.pairs_file.silent_clips`), set by setup
 
     def _clip_keys(self, items):
-        """(word, lang, recording path, voice) of every source and target clip, in item order."""
+        """(word, lang, recording path, voice, span start, span end) of every source and target clip, in item
+        order (the span is empty for a whole recording or a synthesised clip)."""
         voice = lambda side: items["voice"].where(items[f"{side}_audio"] == "", "")  # noqa: E731 (a recording has no voice)
         return [
-            list(zip(items[f"{side}_word"], items[f"{side}_lang"], items[f"{side}_audio"], voice(side)))
+            list(
+                zip(
+                    items[f"{side}_word"],
+                    items[f"{side}_lang"],
+                    items[f"{side}_audio"],
+                    voice(side),
+                    items[f"{side}_start"],
+                    items[f"{side}_end"],
+                )
+            )
             for side in ("source", "target")
         ]
 
@@ -117,7 +129,9 @@ class PairDataModule(L.LightningDataModule):
         items["item_id"] = range(len(items))
         return items
 
-    def _clip(self, word: str, lang: str, audio: str, voice: str) -> Path:
+    def _clip(self, word: str, lang: str, audio: str, voice: str, start: str = "", end: str = "") -> Path:
+        if start:
+            return cut_span(Path(audio), float(start), float(end), self.span_root)
         return Path(audio) if audio else self.clips[voice].get(word, lang)
 
     def prepare_data(self):
@@ -125,7 +139,7 @@ class PairDataModule(L.LightningDataModule):
         called before each clip: a run asked to stop (SIGTERM) stops between two clips, not after all of them."""
         items = self._read_items()
         unique = sorted({key for side in self._clip_keys(items) for key in side if not key[2]})
-        for lang, voice in sorted({(lang, voice) for _, lang, _, voice in unique}):
+        for lang, voice in sorted({(lang, voice) for _, lang, _, voice, _, _ in unique}):
             self.clips[voice].backend.check_voice(self.clips[voice].voice(lang))
         start = time.perf_counter()
         made = 0
@@ -151,7 +165,7 @@ class PairDataModule(L.LightningDataModule):
         source_keys, target_keys = self._clip_keys(items)
         unique = list(dict.fromkeys(source_keys + target_keys))
         index = {key: i for i, key in enumerate(unique)}
-        self.clip_keys = unique  # (word, lang, recording, voice) of each row of self.mels
+        self.clip_keys = unique  # (word, lang, recording, voice, start, end) of each row of self.mels
         self.clip_paths = [self._clip(*key) for key in unique]  # the audio behind each row of self.mels
         self.mel_store = MelStore(cache_root() / "mels")
         self.mels, self.spans = self.mel_store.table(
@@ -240,6 +254,10 @@ class PairDataModule(L.LightningDataModule):
             "control_word",
             "source_lang",
             "target_lang",
+            "source_speaker",
+            "target_speaker",
+            "corpus",
+            "licence",
         )
         return PairBatch(
             item_id=torch.tensor(rows["item_id"].to_numpy()),

@@ -57,6 +57,10 @@ COLUMNS = [  # predictions.csv's columns as README documents them, written out i
     "ld_target_clean",
     "effect",
     "effect_valid",
+    "source_speaker",
+    "target_speaker",
+    "corpus",
+    "licence",
 ]
 
 

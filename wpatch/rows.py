@@ -43,6 +43,10 @@ class PairBatch(TypedDict):
     control_word: list[str]
     source_lang: list[str]
     target_lang: list[str]
+    source_speaker: list[str]  # who speaks each clip in a corpus ("" for synthesised clips and plain recordings)
+    target_speaker: list[str]
+    corpus: list[str]
+    licence: list[str]
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,11 @@ class ResultRow:
         summarised=4, label="effect (share of the clean gap closed)", scale=(-1.0, 1.0), blank_is_nan=True
     )
     effect_valid: bool = column()
+    # a corpus pair's speakers, corpus and licence (empty for synthesised words); last, so older columns stay first
+    source_speaker: str = column()
+    target_speaker: str = column()
+    corpus: str = column()
+    licence: str = column()
 
     def to_dict(self) -> dict:
         """Column -> value, in column order (what Lightning's predictions and the writer carry)."""

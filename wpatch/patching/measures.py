@@ -128,6 +128,10 @@ def result_rows(
                 ld_target_clean=ld_target,
                 effect=value,
                 effect_valid=valid,
+                source_speaker=batch["source_speaker"][b],
+                target_speaker=batch["target_speaker"][b],
+                corpus=batch["corpus"][b],
+                licence=batch["licence"][b],
             )
         )
     return rows

@@ -61,6 +61,8 @@ COLUMNS = [  # predictions.csv's columns as README documents them, written out i
     "target_speaker",
     "corpus",
     "licence",
+    "carrier",
+    "carrier_kept",
 ]
 
 

@@ -47,6 +47,7 @@ class PairBatch(TypedDict):
     target_speaker: list[str]
     corpus: list[str]
     licence: list[str]
+    carrier: list[str]  # the sentence the words are spoken in, `{}` for the word ("": the word alone)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,10 @@ class ResultRow:
     target_speaker: str = column()
     corpus: str = column()
     licence: str = column()
+    # the carrier sentence ("" for a word alone); whether the transcript kept its other words (a row counts for
+    # override, retained and transfer only if so; always true for a word alone)
+    carrier: str = column()
+    carrier_kept: bool = column()
 
     def to_dict(self) -> dict:
         """Column -> value, in column order (what Lightning's predictions and the writer carry)."""

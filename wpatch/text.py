@@ -61,10 +61,12 @@ class ScoredWord(NamedTuple):
     """A word as the decoder scores it (`wpatch.patching.decoding.word_logprobs`): log P(transcript starts with one of
     `forms` | `prefix`), summed over the forms."""
 
-    prefix: tuple[int, ...]  # the forced transcript start (`scoring_prefix`)
+    prefix: tuple[int, ...]  # the forced transcript start (`scoring_prefix`) and any words before this one
     forms: tuple[tuple[int, ...], ...]  # token ids of each surface form (`word_tokens`)
 
 
-def scored_word(tokenizer: Tokenizer, forms: list[list[int]]) -> ScoredWord:
-    """The word whose surface forms have token ids `forms`, scored after `tokenizer`'s forced transcript start."""
-    return ScoredWord(scoring_prefix(tokenizer), tuple(map(tuple, forms)))
+def scored_word(tokenizer: Tokenizer, forms: list[list[int]], context: str = "") -> ScoredWord:
+    """The word whose surface forms have token ids `forms`, scored after `tokenizer`'s forced transcript start and
+    the transcript up to the word (`context`, e.g. "Say" in a carrier sentence; none for a word alone)."""
+    prefix = scoring_prefix(tokenizer) + (tuple(tokenizer.encode(" " + context)) if context else ())
+    return ScoredWord(prefix, tuple(map(tuple, forms)))

@@ -111,6 +111,7 @@ SUMMARY_PARTS = (
     "clip_cache",
     "screening",
     "silent_clips",
+    "word_frames",
     "groups",
     "conditions",
     "features",

@@ -4,6 +4,7 @@ A pairs file is a CSV with `word_a`, `word_b` and optionally `pair_id`, `categor
 (recordings, relative to the CSV's folder), `lang_a`, `lang_b` (default `en`), and for words cut from longer
 recordings (`wpatch stimuli` writes these): `start_a`, `end_a`, `start_b`, `end_b` (the word's span in its
 recording, seconds), `speaker_a`, `speaker_b`, `corpus` and `licence` (carried into every predictions row).
+`carrier` (e.g. `say {} again`) has synthesised words spoken inside that sentence (`wpatch.stimuli.carriers`).
 """
 
 import logging
@@ -43,6 +44,7 @@ ITEM_COLUMNS = [
     "target_speaker",
     "corpus",
     "licence",
+    "carrier",
 ]
 
 
@@ -86,6 +88,23 @@ def check_span(path: Path, line: int, side: str, audio: Path, start: str, end: s
         )
 
 
+def check_carrier(path: Path, line: int, row: pd.Series) -> None:
+    """Refuse a carrier sentence without exactly one `{}`, or given for a recorded word (a recording is spoken as
+    it is: give its span instead)."""
+    carrier = row["carrier"]
+    if not (carrier.count("{}") == carrier.count("{") == carrier.count("}") == 1):
+        raise WpatchError(
+            f"pairs file {path} line {line}: carrier {row['carrier']!r} needs exactly one {{}} where the word goes, "
+            "e.g. 'say {} again'"
+        )
+    for side in ("a", "b"):
+        if row[f"audio_{side}"]:
+            raise WpatchError(
+                f"pairs file {path} line {line}: a carrier sentence is spoken by the voice, but audio_{side} is a "
+                "recording; drop the carrier or the recording"
+            )
+
+
 def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.DataFrame:
     """The checked pairs table, first `limit` rows; `path` is a CSV or a packaged set's name (None: starter)."""
     path = pairs_path(path)
@@ -125,6 +144,7 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
         ("speaker_b", ""),
         ("corpus", ""),
         ("licence", ""),
+        ("carrier", ""),
     ):
         values = pairs[column].str.strip() if column in pairs.columns else pd.Series("", index=pairs.index)
         pairs[column] = values.replace("", default)
@@ -132,6 +152,8 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
         pairs["pair_id"] = [f"p{i:05d}" for i in range(len(pairs))]
     for index, row in pairs.iterrows():
         line = index + 2  # header is line 1
+        if row["carrier"]:
+            check_carrier(path, line, row)
         for side in ("a", "b"):
             if not row[f"word_{side}"]:
                 raise WpatchError(f"pairs file {path} line {line}: empty word_{side}; fill it in or drop the row")
@@ -169,6 +191,7 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
                     )
                 pairs.at[index, f"audio_{side}"] = str(audio.resolve())
     stimulus = ["word_a", "word_b", "lang_a", "lang_b", "audio_a", "audio_b", "start_a", "end_a", "start_b", "end_b"]
+    stimulus.append("carrier")
     repeats = pairs.duplicated(stimulus)
     if repeats.any():
         index = repeats.idxmax()
@@ -267,6 +290,7 @@ def patch_items(pairs: pd.DataFrame, bidirectional: bool = True) -> pd.DataFrame
                     "target_speaker": pair[f"speaker_{tgt}"],
                     "corpus": pair["corpus"],
                     "licence": pair["licence"],
+                    "carrier": pair["carrier"],
                 }
             )
     items = pd.DataFrame(rows)

@@ -7,6 +7,7 @@ import re
 
 import pandas as pd
 import pytest
+import torch
 import whisper
 
 from datamodules import PairDataModule
@@ -78,6 +79,21 @@ def test_a_run_with_a_carrier_patches_the_words_frames_and_reads_the_word_at_its
         tuple(data.spans[data.items.target_clip[0]].tolist()),
     ]
     assert (word.window_start == min(s[0] for s in spans)).all() and (word.window_end == max(s[1] for s in spans)).all()
+    # the clean source clip's logit difference, computed independently with the plain model: each word after
+    # the forced start and " Say", summed over its two surface forms
+    model = load_model(small_model_path)
+    tokenizer = tokenizer_for(model.dims, "en")
+    features = model.encoder(data.mels[int(data.items.source_clip[0])][None])
+
+    def logp(word):
+        total = []
+        for form in word_tokens(tokenizer, word):
+            tokens = list(scoring_prefix(tokenizer)) + tokenizer.encode(" Say") + form
+            logits = model.logits(torch.tensor([tokens]), features)[0].log_softmax(-1)
+            total.append(sum(logits[len(tokens) - len(form) - 1 + i, t] for i, t in enumerate(form)))
+        return torch.logsumexp(torch.stack(total), 0).item()
+
+    assert word.ld_source_clean.iloc[0] == pytest.approx(logp("bat") - logp("pat"), abs=1e-4)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["word_frames"]["clips"] == 4 and "find_alignment" in summary["word_frames"]["method"]
 

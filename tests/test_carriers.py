@@ -15,11 +15,11 @@ from tests.predict_run import main, predict_args
 from wpatch.errors import WpatchError
 from wpatch.models.loading import load_model
 from wpatch.stimuli.audio import load_audio, log_mel
-from wpatch.stimuli.carriers import word_at, word_frames
+from wpatch.stimuli.carriers import word_frames
 from wpatch.stimuli.pairs_file import read_pairs
 from wpatch.stimuli.screening import heard
 from wpatch.stimuli.tts import ClipCache, make_backend
-from wpatch.text import scored_word, scoring_prefix, tokenizer_for, word_tokens
+from wpatch.text import scored_word, scoring_prefix, tokenizer_for, word_at, word_tokens
 
 PAIRS = "word_a,word_b,category,carrier\nbat,pat,consonant,say {} again\nhot,cold,semantic,say {} again\n"
 

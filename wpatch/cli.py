@@ -213,7 +213,7 @@ def report(run_dir: str) -> dict:
     if not old and (folder / "run.json").exists():
         old = json.loads((folder / "run.json").read_text()).get("settings", {})
     settings = {k: v for k, v in old.items() if k not in SUMMARY_PARTS}
-    extra = {k: old[k] for k in ("wall_time_s", "clip_cache", "screening", "silent_clips") if k in old}
+    extra = {k: old[k] for k in ("wall_time_s", "clip_cache", "screening", "silent_clips", "word_frames") if k in old}
     return analyse(rows, folder, settings, extra)
 
 
@@ -292,13 +292,16 @@ def stimuli(args=None) -> None:
     parser.add_argument("--lang", default="en", help="the words' language where the layout does not name it")
     parser.add_argument("--same-speaker", action="store_true", help="both words of a row from one speaker")
     parser.add_argument("--per-pair", type=int, default=1, help="rows (token pairs) per word pair")
+    parser.add_argument("--words", default=None, help="only these words, comma-separated (default: every word)")
     options = parser.parse_args(args)
     from wpatch.stimuli.corpora import read_corpus
-    from wpatch.stimuli.corpus_pairs import corpus_pairs
+    from wpatch.stimuli.corpus_pairs import corpus_pairs, keep_words
 
     out = Path(options.out)
     try:
         tokens = read_corpus(options.corpus_dir, options.lang)
+        if options.words:
+            tokens = keep_words(tokens, [w.strip().lower() for w in options.words.split(",")], options.corpus_dir)
         name = options.corpus or Path(options.corpus_dir).resolve().name
         table = corpus_pairs(tokens, name, options.licence, options.same_speaker, options.per_pair)
     except WpatchError as error:

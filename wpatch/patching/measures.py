@@ -3,7 +3,7 @@ them to every planned row of a batch (README: "Columns of predictions.csv").
 
 Transcript measures compare normalised text (`wpatch.text.normalise`): the whole transcript for a word alone, the
 word at the carrier's `{}` for a word in a sentence (and then only where the carrier's other words were kept:
-`wpatch.stimuli.carriers.word_at`); log-probability measures read log P(word | encoder output, the transcript up to
+`wpatch.text.word_at`); log-probability measures read log P(word | encoder output, the transcript up to
 the word) of the source and target words (`wpatch.text.ScoredWord`, `wpatch.patching.decoding`).
 """
 
@@ -13,8 +13,7 @@ from wpatch.patching.decoder import DecodingPlan
 from wpatch.patching.decoding import Decoded
 from wpatch.patching.plan import PlannedRow
 from wpatch.rows import PairBatch, ResultRow
-from wpatch.stimuli.carriers import word_at
-from wpatch.text import ScoredWord, has_word, is_word
+from wpatch.text import ScoredWord, has_word, is_word, word_at
 
 
 def override(transcript: str, source_word: str) -> bool:

@@ -19,8 +19,7 @@ from wpatch.patching.measures import result_rows, words_to_score
 from wpatch.patching.plan import check_patch_directions, patch_specs, plan_rows
 from wpatch.rows import PairBatch
 from wpatch.sites import BLOCK_OUT, SITES, SiteName
-from wpatch.stimuli.carriers import before
-from wpatch.text import ScoredWord, scored_word, tokenizer_for
+from wpatch.text import ScoredWord, before, scored_word, tokenizer_for
 
 __all__ = ["PatchingModule", "check_precision"]
 log = logging.getLogger(__name__)

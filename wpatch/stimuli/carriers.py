@@ -1,5 +1,6 @@
 """Words inside carrier sentences: a pairs file's `carrier` (e.g. `say {} again`) is spoken whole with the word in
-place of `{}`; the word's encoder frames (the `word` window) and its position in a transcript come from here.
+place of `{}`; the word's encoder frames (the `word` window) come from here (its place in a transcript:
+`wpatch.text.word_at`).
 
 Word frames: none of the voices reports its own phone durations, so they come from Whisper: openai-whisper's
 word alignment (`whisper.timing.find_alignment`, what `transcribe(word_timestamps=True)` uses: cross-attention
@@ -14,35 +15,12 @@ import torch
 import whisper
 from whisper.timing import find_alignment
 
-from wpatch.text import normalise
-
 ALIGNMENT = "Whisper word alignment (whisper.timing.find_alignment) of the sentence's text on the clean clip"
 
 
 def sentence(carrier: str, word: str) -> str:
     """The carrier with the word in place (the word alone without a carrier)."""
     return carrier.replace("{}", word) if carrier else word
-
-
-def before(carrier: str) -> str:
-    """The carrier's text before the word, as Whisper writes a sentence start (first letter upper case)."""
-    text = carrier.split("{}")[0].strip() if carrier else ""
-    return text[:1].upper() + text[1:]
-
-
-def word_at(transcript: str, carrier: str) -> tuple[str, bool]:
-    """(the normalised transcript's words where the carrier's `{}` is, whether the carrier's other words are all
-    there, unchanged); without a carrier: (the whole normalised transcript, True)."""
-    text = normalise(transcript)
-    if not carrier:
-        return text, True
-    head, tail = (normalise(part) for part in carrier.split("{}"))
-    kept = text.startswith(f"{head} " if head else "") and text.endswith(f" {tail}" if tail else "")
-    if kept:
-        return text[len(head) : len(text) - len(tail)].strip(), True
-    words = text.split()
-    index = len(head.split())
-    return (words[index] if index < len(words) else ""), False
 
 
 def written(carrier: str, word: str) -> str:

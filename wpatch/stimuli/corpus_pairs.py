@@ -43,6 +43,18 @@ def word_pairs(tokens: pd.DataFrame) -> pd.DataFrame:
     return table.drop_duplicates(["word_a", "word_b", "lang_b"]).assign(lang_a="en")
 
 
+def keep_words(tokens: pd.DataFrame, words: list[str], corpus_dir) -> pd.DataFrame:
+    """The tokens of these words only; a word the corpus (or its alignments) does not contain is refused."""
+    missing = [word for word in words if word not in set(tokens.word)]
+    if missing:
+        known = sorted(set(tokens.word))
+        raise WpatchError(
+            f"corpus {corpus_dir} (its folders or alignment files) has no word {missing[0]!r}; its words are "
+            f"{', '.join(known[:20])}{' ...' if len(known) > 20 else ''}"
+        )
+    return tokens[tokens.word.isin(words)]
+
+
 def other_speakers(a: pd.DataFrame, b: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
     """Each token of word A (in corpus order) with the first unused token of word B from another speaker, or of
     the same speaker when no other is left."""

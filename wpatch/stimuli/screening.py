@@ -17,8 +17,7 @@ from whisper.model import Whisper
 
 from wpatch.atomic import atomic_path
 from wpatch.patching.decoding import cross_attention_cache, greedy_transcripts, word_logprobs
-from wpatch.stimuli.carriers import before, word_at
-from wpatch.text import is_word, scored_word, tokenizer_for, word_tokens
+from wpatch.text import before, is_word, scored_word, tokenizer_for, word_at, word_tokens
 
 SCREEN_COLUMNS = ["word", "lang", "voice", "clip", "transcript", "heard", "logp"]
 

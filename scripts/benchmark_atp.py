@@ -6,7 +6,8 @@ The full map: every encoder site (`wpatch.sites`) x every block x every one of t
 (pairs x both directions, denoising), by `wpatch.patching.attribution.attribute` (timed on all items, or on the
 first `--items` of them: the output says which). Real patching of the same grid patches each (site, block, frame)
 cell on its own: one patched run from block t on, and the teacher-forced metric; it is timed on a random sample
-of `--real-cells` cells (`real_deltas`, batched as the validation batches them) and extrapolated per cell.
+of `--real-cells` cells (`real_deltas`, 16 cells of one (site, block) per pass, as a full grid would fill its
+passes) and extrapolated per cell.
 Prints JSON.
 """
 
@@ -23,6 +24,8 @@ from datamodules import PairDataModule
 from wpatch.cli import quiet_lightning
 from wpatch.patching.attribution import ENCODER_SITES, Cell, attribute, real_deltas
 from wpatch.patching.module import PatchingModule
+
+REAL_PASS = 16  # real_deltas' chunk: cells patched in one pass
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -77,14 +80,16 @@ def main(argv: list[str] | None = None) -> dict:
     grid = n * len(ENCODER_SITES) * n_layer * n_ctx
     rng = random.Random(0)
     cells = []
-    for _ in range(args.real_cells):
+    for k in range(args.real_cells):
+        if k % REAL_PASS == 0:  # cells share a (site, block) a pass at a time, as a full grid's would
+            site, layer = rng.choice(ENCODER_SITES), rng.randrange(n_layer)
         mask = torch.zeros(n_ctx)
         mask[rng.randrange(n_ctx)] = 1.0
-        cells.append(Cell(rng.randrange(n), rng.choice(ENCODER_SITES), rng.randrange(n_layer), mask))
+        cells.append(Cell(rng.randrange(n), site, layer, mask))
     sync()
     started = time.perf_counter()
     with torch.inference_mode():
-        real_deltas(model, recipients, donors, words, cells)
+        real_deltas(model, recipients, donors, words, cells, chunk=REAL_PASS)
     sync()
     real_seconds_per_cell = (time.perf_counter() - started) / len(cells)
     real_seconds = real_seconds_per_cell * grid

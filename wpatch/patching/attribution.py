@@ -20,7 +20,7 @@ from torch import Tensor
 from whisper.model import AudioEncoder, Whisper
 
 from wpatch.patching.decoding import cross_attention_cache, word_logprobs
-from wpatch.patching.encoder import _site_module, fast_patched_run, site_states
+from wpatch.patching.encoder import fast_patched_run, site_module, site_states
 from wpatch.sites import RESID_PRE, SITES
 from wpatch.text import ScoredWord
 
@@ -67,7 +67,7 @@ def _keep_site(block, site: str, store: list):
     """A hook on `block` that appends the site's activation (kept in the graph) to `store`."""
     if SITES[site].hook == "input":
         return block.register_forward_pre_hook(lambda _m, args: store.append(args[0]))
-    return _site_module(block, site).register_forward_hook(
+    return site_module(block, site).register_forward_hook(
         lambda _m, _i, output: store.append(output[0] if isinstance(output, tuple) else output)
     )
 

@@ -68,6 +68,20 @@ def test_a_clip_patched_into_itself_is_estimated_zero(case):
     assert found.metric.item() == pytest.approx(found.donor_metric.item())
 
 
+def test_graddrop_changes_only_the_gradient_upstream_of_the_dropped_block(case):
+    """Dropping block l's attention and MLP gradient leaves every estimate downstream of them (block l's output,
+    every site of the later blocks) exactly as it was, and changes block l's input's."""
+    model, words, recipient, donor, found = case
+    dropped = attribute(model, recipient, donor, words, graddrop=True).dropped
+    n = model.dims.n_audio_layer
+    assert dropped.shape == (1, n, len(ENCODER_SITES), n, model.dims.n_audio_ctx)
+    resid_pre, block_out = ENCODER_SITES.index("resid_pre"), ENCODER_SITES.index("block_out")
+    for block in range(n):
+        torch.testing.assert_close(dropped[0, block, block_out, block:], found.frames[0, block_out, block:])
+        torch.testing.assert_close(dropped[0, block, :, block + 1 :], found.frames[0, :, block + 1 :])
+        assert not torch.allclose(dropped[0, block, resid_pre, block], found.frames[0, resid_pre, block])
+
+
 def test_windows_cover_every_frame_once():
     windows = speech_windows((40, 52), 5, 1500)
     assert [(label, a, b) for label, a, b, _ in windows] == [

@@ -29,6 +29,7 @@ COLUMNS = [  # attributions.csv's columns as the docs list them, written out ind
     "ld_target_clean",
     "estimate",
     "estimate_effect",
+    "graddrop",
     "patched",
     "patched_effect",
     "checked",
@@ -57,6 +58,8 @@ def atp_run(tmp_path_factory, small_model_path):
         "10",
         "--model.min_separation",
         "0",
+        "--model.graddrop",
+        "true",
     )
     main(args)
     return folder / "out"
@@ -71,6 +74,7 @@ def test_attributions_table_and_arrays(atp_run):
     assert not table.duplicated(["item_id", "patch_direction", "site", "layer", "window"]).any()
     per_map = table.groupby(["item_id", "patch_direction", "site", "layer"])
     assert len(per_map) == 2 * 2 * 4 * 3 and (per_map["frames"].sum() == 1500).all()
+    assert (table["graddrop"] >= 0).all()  # a mean of absolute values, on every cell
     # the clean runs' logit differences are the ones predictions.csv has for the same items
     clean = rows.groupby("item_id")[["ld_source_clean", "ld_target_clean"]].first()
     mine = table.groupby("item_id")[["ld_source_clean", "ld_target_clean"]].first()

@@ -160,6 +160,7 @@ class AttributionRow:
     ld_target_clean: float
     estimate: float
     estimate_effect: float
+    graddrop: float  # --model.graddrop: mean over blocks l of |estimate with block l's gradient dropped|; else NaN
     patched: float
     patched_effect: float
     checked: str  # "validate", "verify" or "" (not patched for real)

@@ -72,11 +72,25 @@ def _keep_site(block, site: str, store: list):
     )
 
 
-def _grad_pass(model: Whisper, mels: Tensor, words) -> tuple[Tensor, dict[str, list[Tensor]], dict[str, list[Tensor]]]:
-    """M of each recipient's clean run, its activations at every encoder site and block, and dM/d(activation)."""
+def _cut(_module, _inputs, output):
+    """GradDrop: the branch's output as a leaf (its value, the gradient stops there), so that the gradient reaches
+    earlier activations through the residual stream only."""
+    if isinstance(output, tuple):
+        return (output[0].detach().requires_grad_(), *output[1:])
+    return output.detach().requires_grad_()
+
+
+def _grad_pass(
+    model: Whisper, mels: Tensor, words, drop: int | None = None
+) -> tuple[Tensor, dict[str, list[Tensor]], dict[str, list[Tensor]]]:
+    """M of each recipient's clean run, its activations at every encoder site and block, and dM/d(activation);
+    with `drop`, the gradient through block `drop`'s attention and MLP is dropped (AtP*'s GradDrop)."""
     encoder: AudioEncoder = model.encoder
     kept: dict[str, list[Tensor]] = {site: [] for site in ENCODER_SITES}
     with ExitStack() as stack:
+        if drop is not None:  # before the hooks that keep the sites, so that they keep the cut outputs
+            for branch in (encoder.blocks[drop].attn, encoder.blocks[drop].mlp):
+                stack.callback(branch.register_forward_hook(_cut).remove)
         for block in encoder.blocks:
             for site in ENCODER_SITES:
                 stack.callback(_keep_site(block, site, kept[site]).remove)
@@ -91,23 +105,39 @@ def _grad_pass(model: Whisper, mels: Tensor, words) -> tuple[Tensor, dict[str, l
     return metric.detach(), {s: [a.detach() for a in v] for s, v in kept.items()}, grad_of
 
 
+def _products(donor_states, kept, grads) -> Tensor:
+    """(N, sites, blocks, n_ctx): per frame, grad . (donor - recipient)."""
+    per_site = [
+        torch.stack([((d - a) * g).sum(-1) for d, a, g in zip(donor_states[s], kept[s], grads[s])], dim=1)
+        for s in ENCODER_SITES
+    ]
+    return torch.stack(per_site, dim=1)
+
+
 @dataclass
 class Attribution:
     """The AtP estimates of a batch of recipients: `frames` (N, sites, blocks, n_ctx), the estimate of patching
     each site of each block on that frame alone (donor into recipient, alpha 1; sum frames for a window);
-    `metric` (N,) M of each recipient's clean run and `donor_metric` (N,) of each donor's."""
+    `metric` (N,) M of each recipient's clean run and `donor_metric` (N,) of each donor's; `dropped`, with
+    GradDrop, the same estimates with the gradient through each block's attention and MLP dropped in turn."""
 
     frames: Tensor
     metric: Tensor
     donor_metric: Tensor
+    dropped: Tensor | None = None  # with graddrop: (N, blocks dropped, sites, blocks, n_ctx)
 
 
 def attribute(
-    model: Whisper, recipient_mels: Tensor, donor_mels: Tensor, words: list[tuple[ScoredWord, ScoredWord]]
+    model: Whisper,
+    recipient_mels: Tensor,
+    donor_mels: Tensor,
+    words: list[tuple[ScoredWord, ScoredWord]],
+    graddrop: bool = False,
 ) -> Attribution:
     """AtP of every encoder site, block and frame: row i patches donor clip i into recipient clip i, scored on
-    `words[i]` (source word, target word). Float32, autocast off, gradients on even inside inference mode."""
-    frames, metrics, donor_metrics = [], [], []
+    `words[i]` (source word, target word). Float32, autocast off, gradients on even inside inference mode.
+    `graddrop` costs one more forward and backward pass per block."""
+    frames, metrics, donor_metrics, dropped = [], [], [], []
     device_type = recipient_mels.device.type
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device_type, enabled=False):
         for start in range(0, len(words), MAX_ROWS_PER_PASS):
@@ -117,13 +147,16 @@ def attribute(
             with torch.no_grad():
                 donor_states, donor_final = site_states(model.encoder, donors, set(ENCODER_SITES))
                 donor_metrics.append(read_metric(model, donor_final, words[part]))
-                per_site = [
-                    torch.stack([((d - a) * g).sum(-1) for d, a, g in zip(donor_states[s], kept[s], grads[s])], dim=1)
-                    for s in ENCODER_SITES
+                frames.append(_products(donor_states, kept, grads))
+            if graddrop:
+                drops = [
+                    _grad_pass(model, recipients, words[part], block)[2] for block in range(len(model.encoder.blocks))
                 ]
-                frames.append(torch.stack(per_site, dim=1))
+                dropped.append(torch.stack([_products(donor_states, kept, g) for g in drops], dim=1))
             metrics.append(metric)
-    return Attribution(torch.cat(frames), torch.cat(metrics), torch.cat(donor_metrics))
+    return Attribution(
+        torch.cat(frames), torch.cat(metrics), torch.cat(donor_metrics), torch.cat(dropped) if dropped else None
+    )
 
 
 @dataclass(frozen=True)

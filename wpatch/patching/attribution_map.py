@@ -77,16 +77,19 @@ def attribution_map(
     validate: bool = False,
     sample: int = 0,
     verify_top: int = 0,
+    graddrop: bool = False,
 ) -> AttributionMap:
     """The attribution rows of every item x patch direction of `batch` (denoising: the source clip's activations
-    into the target clip's run; noising: the reverse), normalised like `effect`."""
+        into the target clip's run; noising: the reverse), normalised like `effect`; with `graddrop`, each cell's
+    GradDrop score (AtP*: the mean over blocks l of |the estimate with the gradient through block l's attention and
+    MLP dropped|)."""
     n_ctx = model.dims.n_audio_ctx
     jobs = [(b, d) for b in range(len(batch["item_id"])) for d in directions]
     sides = {d: ("source", "target") if d == "denoising" else ("target", "source") for d in directions}
     donors = torch.stack([batch[f"{sides[d][0]}_mel"][b] for b, d in jobs])
     recipients = torch.stack([batch[f"{sides[d][1]}_mel"][b] for b, d in jobs])
     pairs = [(words["source"][b], words["target"][b]) for b, _ in jobs]
-    found = attribute(model, recipients, donors, pairs)
+    found = attribute(model, recipients, donors, pairs, graddrop)
     table, cells, frames = [], [], {}
     for j, (b, d) in enumerate(jobs):
         source_span, target_span = batch["source_span"][b], batch["target_span"][b]
@@ -100,9 +103,15 @@ def attribution_map(
             for layer in range(found.frames.shape[2]):
                 sums = found.frames[j, i, layer]
                 for label, start, end, mask in speech_windows(speech, width, n_ctx):
-                    here.append((site, layer, label, start, end, mask, float((sums * mask.to(sums.device)).sum())))
+                    mask = mask.to(sums.device)
+                    dropped = (
+                        float((found.dropped[j, :, i, layer] * mask).sum(-1).abs().mean())
+                        if found.dropped is not None
+                        else math.nan
+                    )
+                    here.append((site, layer, label, start, end, mask, dropped, float((sums * mask).sum())))
         chosen = cells_to_patch([h[-1] for h in here], validate, sample, verify_top, item_id)
-        for k, (site, layer, label, start, end, mask, estimate) in enumerate(here):
+        for k, (site, layer, label, start, end, mask, dropped, estimate) in enumerate(here):
             if k in chosen:
                 cells.append((len(table), Cell(j, site, layer, mask)))
             table.append(
@@ -125,6 +134,7 @@ def attribution_map(
                     ld_target_clean=ld_target,
                     estimate=estimate,
                     estimate_effect=normalised(estimate, ld_source, ld_target, d, min_separation),
+                    graddrop=dropped,
                     patched=math.nan,
                     patched_effect=math.nan,
                     checked=chosen.get(k, ""),

@@ -28,10 +28,14 @@ __all__ = ["PatchingModule", "check_atp", "check_precision"]
 log = logging.getLogger(__name__)
 
 
-def check_atp(method: str, atp_window: int, validate: bool, validate_sample: int, verify_top: int) -> None:
+def check_atp(
+    method: str, atp_window: int, validate: bool, validate_sample: int, verify_top: int, graddrop: bool = False
+) -> None:
     """Refuse attribution settings that mean nothing (validation without the map, an empty window)."""
-    if method != "atp" and (validate or verify_top):
-        raise WpatchError("--model.validate and --model.verify_top check an attribution map; add --model.method atp")
+    if method != "atp" and (validate or verify_top or graddrop):
+        raise WpatchError(
+            "--model.validate, --model.verify_top and --model.graddrop need an attribution map; add --model.method atp"
+        )
     if atp_window < 1:
         raise WpatchError(f"atp_window {atp_window} holds no frame; give 1 or more frames per window")
     if validate_sample < 0 or verify_top < 0:
@@ -84,6 +88,8 @@ class PatchingModule(L.LightningModule):
         validate_sample: (atp, validate) cells patched for real per item and patch direction, drawn at random
             (seeded by the item); 0: every cell.
         verify_top: (atp) patch for real the cells with the K largest estimates (absolute) per item and direction.
+        graddrop: (atp) AtP*'s GradDrop score beside each estimate (one more forward and backward pass per
+            encoder block): large where the estimate is small by cancellation.
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class PatchingModule(L.LightningModule):
         validate: bool = False,
         validate_sample: int = 0,
         verify_top: int = 0,
+        graddrop: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -138,7 +145,7 @@ class PatchingModule(L.LightningModule):
             raise WpatchError(
                 f"decode_chunk {decode_chunk} decodes nothing; give 1 or more encoder outputs per decoder pass"
             )
-        check_atp(method, atp_window, validate, validate_sample, verify_top)
+        check_atp(method, atp_window, validate, validate_sample, verify_top, graddrop)
         self.rows_per_item = len(self.specs) * len(directions) * (2 if control else 1)
         # a sparse, non-persistent buffer (used only for word timestamps) that DDP cannot broadcast
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["whisper.alignment_heads"])
@@ -218,5 +225,6 @@ class PatchingModule(L.LightningModule):
                 hp.validate,
                 hp.validate_sample,
                 hp.verify_top,
+                hp.graddrop,
             )
         return {"rows": rows, "attributions": found}

@@ -246,26 +246,28 @@ def test_transformers_agrees_clean_and_patched(tiny_en, tiny_en_export, tiny_en_
     hf = transformers.WhisperForConditionalGeneration.from_pretrained(tiny_en_export).eval()
     clips = [next(Path(clip_dir).glob(f"hibari/heart/{w}-*.wav")) for w in WORDS]
     mels = torch.stack([log_mel(load_audio(clip), 80) for clip in clips])
+    layers, seen = hf.model.encoder.layers, {}
+    handles = [layers[s].register_forward_hook(lambda _m, _i, out, s=s: seen.setdefault(s, out)) for s in LAYERS]
+    theirs = hf.model.encoder(mels).last_hidden_state  # clean, keeping each donor layer's output
+    for handle in handles:
+        handle.remove()
     ours = tiny_en.encoder(mels)
-    theirs = hf.model.encoder(mels).last_hidden_state
     assert (ours - theirs).abs().max() < ENCODER_TOLERANCE
     clean = greedy_transcripts(tiny_en, cross_attention_cache(tiny_en, ours), "en", max_tokens=4)
     assert hf_greedy(hf, theirs, tiny_en, 4) == clean
 
-    rows = pd.read_csv(tiny_en_runs["openai"] / "predictions.csv", keep_default_na=False)
     partner = {"bat": "pat", "pat": "bat", "ship": "chip", "chip": "ship"}
     donors = [WORDS.index(partner[w]) for w in WORDS]  # recipient i gets the layer-s output of its pair's other word
-    layers = hf.model.encoder.layers
-    for s in LAYERS:
-        seen = []
-        handle = layers[s].register_forward_hook(lambda _m, _i, out: seen.append(out))
-        hf.model.encoder(mels)
+    patches = [(s, t) for s in LAYERS for t in LAYERS]
+    encoded = []
+    for s, t in patches:
+        handle = layers[t].register_forward_hook(lambda _m, _i, _out, s=s: seen[s][donors])
+        encoded.append(hf.model.encoder(mels).last_hidden_state)
         handle.remove()
-        for t in LAYERS:
-            handle = layers[t].register_forward_hook(lambda _m, _i, _out: seen[0][donors])
-            patched = hf_greedy(hf, hf.model.encoder(mels).last_hidden_state, tiny_en, 4)
-            handle.remove()
-            for target, transcript in zip(WORDS, patched):
-                row = rows[(rows.target_word == target) & (rows.source_layer == s) & (rows.target_layer == t)]
-                assert row.source_word.tolist() == [partner[target]]
-                assert row.transcript.tolist() == [transcript], (s, t, target)
+    patched = hf_greedy(hf, torch.cat(encoded), tiny_en, 4)
+    rows = pd.read_csv(tiny_en_runs["openai"] / "predictions.csv", keep_default_na=False)
+    for (s, t), transcripts in zip(patches, [patched[i : i + len(WORDS)] for i in range(0, len(patched), len(WORDS))]):
+        for target, transcript in zip(WORDS, transcripts):
+            row = rows[(rows.target_word == target) & (rows.source_layer == s) & (rows.target_layer == t)]
+            assert row.source_word.tolist() == [partner[target]]
+            assert row.transcript.tolist() == [transcript], (s, t, target)

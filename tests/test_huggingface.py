@@ -4,6 +4,7 @@ implementation of the model and of patching."""
 
 import functools
 import http.server
+import json
 import threading
 from pathlib import Path
 
@@ -95,18 +96,41 @@ def small(dims: ModelDimensions = SMALL_DIMS, **changes) -> Whisper:
     return random_whisper(ModelDimensions(**{**dims.__dict__, **changes}))
 
 
+def as_bin(folder: Path, shards: int = 1) -> None:
+    """The export rewritten as older transformers wrote it (`safe_serialization=False`, which transformers 5 no
+    longer honours): pytorch_model.bin, or `shards` pytorch_model-*.bin with their index; the tied proj_out kept."""
+    from safetensors.torch import load_file
+
+    weights = {k: v for f in sorted(folder.glob("model*.safetensors")) for k, v in load_file(f).items()}
+    weights["proj_out.weight"] = weights["model.decoder.embed_tokens.weight"]
+    for f in folder.glob("model*.safetensors*"):
+        f.unlink()
+    if shards == 1:
+        torch.save(weights, folder / "pytorch_model.bin")
+        return
+    names, weight_map = sorted(weights), {}
+    for i in range(shards):
+        shard = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+        part = names[i::shards]
+        torch.save({k: weights[k] for k in part}, folder / shard)
+        weight_map.update(dict.fromkeys(part, shard))
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
 @pytest.mark.parametrize(
-    "dtype, save",
+    "dtype, save, bin_shards",
     [
-        (None, {"max_shard_size": "200KB"}),  # sharded safetensors
-        (None, {"safe_serialization": False}),  # pytorch_model.bin
-        (torch.float16, {}),
-        (torch.bfloat16, {"max_shard_size": "200KB", "safe_serialization": False}),  # sharded .bin
+        (None, {"max_shard_size": "200KB"}, 0),  # sharded safetensors
+        (None, {}, 1),  # pytorch_model.bin
+        (torch.float16, {}, 0),
+        (torch.bfloat16, {}, 3),  # sharded .bin
     ],
 )
-def test_formats_shards_and_stored_dtypes(dtype, save, tmp_path):
+def test_formats_shards_and_stored_dtypes(dtype, save, bin_shards, tmp_path):
     model = small(n_vocab=51865)
     folder = export(model, tmp_path / "m", dtype, **save)
+    if bin_shards:
+        as_bin(folder, bin_shards)
     expected = {k: v.to(dtype) if dtype else v for k, v in model.state_dict().items()}
     assert_same_weights(load_model(str(folder)), expected)
 

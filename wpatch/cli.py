@@ -223,19 +223,25 @@ def analyse_again(command: str, rest: list[str]) -> None:
         print(f"{len(summary.get('groups', {}))} groups summarised; {Path(rest[0]).resolve()}")
         return
     from wpatch.analysis import compare_runs, depth_figure, depth_profiles
+    from wpatch.analysis.depth import run_model
     from wpatch.analysis.figures import save_figure
 
     runs, out = (rest[:-2], rest[-1]) if "--out" in rest else (rest, None)
-    table = depth_profiles(runs)
-    depths = table.groupby("run", sort=False)["depth"].max()
-    for label, run in zip("ABCDEFGHIJ", runs):
-        print(f"wpatch: note: run {label} ({run}) patched {table.attrs['models'][str(run)]}", file=sys.stderr)
-    if len(runs) == 2 and depths.nunique() == 1:
+    models = [run_model(run) for run in runs]
+    depths = [depth["encoder"] for depth, _ in models]
+    if len(runs) == 2 and models[0][0] == models[1][0]:
         table = compare_runs(runs[0], runs[1])
         for difference in table.attrs.get("differences", []):
             print(f"wpatch: note: the runs differ in {difference}", file=sys.stderr)
     else:
-        why = f"the models differ in depth ({' and '.join(map(str, depths))} blocks)" if depths.nunique() > 1 else None
+        table = depth_profiles(runs)
+        for label, run, (_, line) in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", runs, models):
+            print(f"wpatch: note: run {label} ({run}) patched {line}", file=sys.stderr)
+        why = (
+            f"the models differ in depth ({' and '.join(map(str, depths))} encoder blocks)"
+            if len(set(depths)) > 1
+            else None
+        )
         print(
             f"wpatch: note: {why or f'{len(runs)} runs'}: each run is placed on relative depth, layer / (depth - 1), "
             "as diagonal and off-diagonal profiles of the effect with 95% intervals over pairs",

@@ -69,8 +69,14 @@ def model_card(spec: str) -> ModelCard:
     return ModelCard(spec, "Whisper", size, source, dims.n_audio_layer, dims.n_text_layer)
 
 
+def run_model(run) -> tuple[dict[str, int], str]:
+    """Blocks per stack (encoder, decoder) of a run's model, and its model card line."""
+    return _depths(*load_run(run))
+
+
 def _depths(rows: pd.DataFrame, summary: dict) -> tuple[dict[str, int], str]:
-    """Blocks per stack of a run's model, and its card line; from the rows' layers when the model is not here."""
+    """Blocks per stack of a run's model, and its card line: from summary.json's model card, else from its model
+    spec, else (the model not here) from the rows' layers."""
     try:
         card = ModelCard(**summary["model_card"]) if "model_card" in summary else model_card(summary["model"])
         return {"encoder": card.encoder_blocks, "decoder": card.decoder_blocks}, card.line()

@@ -21,6 +21,18 @@ from wpatch.errors import WpatchError
 from wpatch.models.ctranslate2 import set_alignment_heads
 
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # preferred first, as transformers reads them
+DIMENSIONS = {  # openai-whisper dimension -> transformers config key
+    "n_mels": "num_mel_bins",
+    "n_audio_ctx": "max_source_positions",
+    "n_audio_state": "d_model",
+    "n_audio_head": "encoder_attention_heads",
+    "n_audio_layer": "encoder_layers",
+    "n_vocab": "vocab_size",
+    "n_text_ctx": "max_target_positions",
+    "n_text_state": "d_model",
+    "n_text_head": "decoder_attention_heads",
+    "n_text_layer": "decoder_layers",
+}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -49,7 +61,10 @@ def read_config(directory: Path) -> dict:
             f"{config.get('activation_function')!r}, scale_embedding {config.get('scale_embedding')}); use a "
             "standard Whisper checkpoint"
         )
-    width = 4 * config.get("d_model", 0)
+    missing = [key for key in DIMENSIONS.values() if key not in config]
+    if missing:
+        raise WpatchError(f"{directory}: config.json lacks {missing[0]}, which a Whisper config has; re-save the model")
+    width = 4 * config["d_model"]
     if {config.get("encoder_ffn_dim", width), config.get("decoder_ffn_dim", width)} != {width}:
         raise WpatchError(
             f"{directory}: feed-forward width is not 4 x d_model, which openai-whisper assumes; not supported"
@@ -59,18 +74,7 @@ def read_config(directory: Path) -> dict:
 
 def dimensions(config: dict) -> ModelDimensions:
     """openai-whisper dimensions of a transformers Whisper config."""
-    return ModelDimensions(
-        n_mels=config["num_mel_bins"],
-        n_audio_ctx=config["max_source_positions"],
-        n_audio_state=config["d_model"],
-        n_audio_head=config["encoder_attention_heads"],
-        n_audio_layer=config["encoder_layers"],
-        n_vocab=config["vocab_size"],
-        n_text_ctx=config["max_target_positions"],
-        n_text_state=config["d_model"],
-        n_text_head=config["decoder_attention_heads"],
-        n_text_layer=config["decoder_layers"],
-    )
+    return ModelDimensions(**{dim: config[key] for dim, key in DIMENSIONS.items()})
 
 
 def _block(prefix: str, src: str, cross: bool) -> dict[str, str]:

@@ -138,8 +138,8 @@ def locate(spec: str) -> tuple[str, Path | str]:
         if (path / "config.json").exists():
             return "huggingface", path
         raise WpatchError(
-            f"model {spec!r}: directory has neither model.bin nor config.json; point at a faster-whisper "
-            "(CTranslate2) directory or a Hugging Face checkpoint folder (save_pretrained)"
+            f"model {spec!r}: directory has no model.bin (faster-whisper) and no config.json (Hugging Face); point "
+            "at a faster-whisper (CTranslate2) directory or a Hugging Face checkpoint folder (save_pretrained)"
         )
     if path.is_file():
         return "checkpoint", path

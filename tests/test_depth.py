@@ -50,7 +50,7 @@ def test_profiles_on_relative_depth(runs):
 def test_compare_command_places_runs_on_relative_depth(runs, tmp_path, capsys):
     wpatch(["compare", str(runs[0]), str(runs[1]), "--out", str(tmp_path / "depth.csv")])
     err = capsys.readouterr().err
-    assert "differ in depth (3 and 5 encoder blocks)" in err and "relative depth, layer / (depth - 1)" in err
+    assert "differ in depth (3 encoder and 5 encoder blocks)" in err and "relative depth, layer / (depth - 1)" in err
     assert "openai-whisper checkpoint" in err
     assert (tmp_path / "depth.png").stat().st_size > 10_000
     table = pd.read_csv(tmp_path / "depth.csv")

@@ -263,6 +263,16 @@ def hf_greedy(hf, encoded: torch.Tensor, wpatch_model: Whisper, max_tokens: int)
     return texts
 
 
+def hidden(output):
+    """An encoder layer's hidden states: its output (transformers 5) or the output's first element (4.x)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def replaced(output, states: torch.Tensor):
+    """A layer's output with its hidden states replaced, in the output's own form."""
+    return (states, *output[1:]) if isinstance(output, tuple) else states
+
+
 @pytest.mark.real_weights
 @torch.no_grad()
 def test_transformers_agrees_clean_and_patched(tiny_en, tiny_en_export, tiny_en_runs, clip_dir):
@@ -273,7 +283,9 @@ def test_transformers_agrees_clean_and_patched(tiny_en, tiny_en_export, tiny_en_
     clips = [next(Path(clip_dir).glob(f"hibari/heart/{w}-*.wav")) for w in WORDS]
     mels = torch.stack([log_mel(load_audio(clip), 80) for clip in clips])
     layers, seen = hf.model.encoder.layers, {}
-    handles = [layers[s].register_forward_hook(lambda _m, _i, out, s=s: seen.setdefault(s, out)) for s in LAYERS]
+    handles = [
+        layers[s].register_forward_hook(lambda _m, _i, out, s=s: seen.setdefault(s, hidden(out))) for s in LAYERS
+    ]
     theirs = hf.model.encoder(mels).last_hidden_state  # clean, keeping each donor layer's output
     for handle in handles:
         handle.remove()
@@ -287,7 +299,7 @@ def test_transformers_agrees_clean_and_patched(tiny_en, tiny_en_export, tiny_en_
     patches = [(s, t) for s in LAYERS for t in LAYERS]
     encoded = []
     for s, t in patches:
-        handle = layers[t].register_forward_hook(lambda _m, _i, _out, s=s: seen[s][donors])
+        handle = layers[t].register_forward_hook(lambda _m, _i, out, s=s: replaced(out, seen[s][donors]))
         encoded.append(hf.model.encoder(mels).last_hidden_state)
         handle.remove()
     patched = hf_greedy(hf, torch.cat(encoded), tiny_en, 4)

@@ -228,7 +228,7 @@ def analyse_again(command: str, rest: list[str]) -> None:
 
     runs, out = (rest[:-2], rest[-1]) if "--out" in rest else (rest, None)
     models = [run_model(run) for run in runs]
-    depths = [depth["encoder"] for depth, _ in models]
+    depths = [" + ".join(f"{d} {stack}" for stack, d in depth.items()) for depth, _ in models]
     if len(runs) == 2 and models[0][0] == models[1][0]:
         table = compare_runs(runs[0], runs[1])
         for difference in table.attrs.get("differences", []):
@@ -237,11 +237,7 @@ def analyse_again(command: str, rest: list[str]) -> None:
         table = depth_profiles(runs)
         for label, run, (_, line) in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", runs, models):
             print(f"wpatch: note: run {label} ({run}) patched {line}", file=sys.stderr)
-        why = (
-            f"the models differ in depth ({' and '.join(map(str, depths))} encoder blocks)"
-            if len(set(depths)) > 1
-            else None
-        )
+        why = f"the models differ in depth ({' and '.join(depths)} blocks)" if len(set(depths)) > 1 else None
         print(
             f"wpatch: note: {why or f'{len(runs)} runs'}: each run is placed on relative depth, layer / (depth - 1), "
             "as diagonal and off-diagonal profiles of the effect with 95% intervals over pairs",

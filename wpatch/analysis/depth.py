@@ -75,14 +75,18 @@ def run_model(run) -> tuple[dict[str, int], str]:
 
 
 def _depths(rows: pd.DataFrame, summary: dict) -> tuple[dict[str, int], str]:
-    """Blocks per stack of a run's model, and its card line: from summary.json's model card, else from its model
-    spec, else (the model not here) from the rows' layers."""
+    """Blocks of each stack a run's sites patch, and its model card line: from summary.json's model card, else
+    from its model spec, else (the model not here) from the largest layer its rows name."""
+    stacks = {site_named(site).stack for site in rows["site"].unique()}
     try:
         card = ModelCard(**summary["model_card"]) if "model_card" in summary else model_card(summary["model"])
-        return {"encoder": card.encoder_blocks, "decoder": card.decoder_blocks}, card.line()
+        blocks = {"encoder": card.encoder_blocks, "decoder": card.decoder_blocks}
+        return {stack: blocks[stack] for stack in sorted(stacks)}, card.line()
     except (WpatchError, KeyError):
-        depth = int(max(rows["source_layer"].max(), rows["target_layer"].max())) + 1
-        return {"encoder": depth, "decoder": depth}, f"{summary.get('model')} (not loadable here: depth from its rows)"
+        stack_of = rows["site"].map(lambda site: site_named(site).stack)
+        layers = rows[["source_layer", "target_layer"]].max(axis=1).groupby(stack_of).max()
+        depths = {stack: int(layer) + 1 for stack, layer in layers.items()}
+        return depths, f"{summary.get('model')} (not loadable here: depth from its rows)"
 
 
 def depth_profiles(runs: list, measure: str = "effect", group: str = "all") -> pd.DataFrame:

@@ -2,7 +2,7 @@
 transformers folders (safetensors fp32 and fp16, pytorch_model.bin, 50 MB shards) written by transformers'
 `save_pretrained`, and as openai .pt checkpoints; the median of three `load_model` calls after a warm-up.
 
-    python scripts/load_times.py OUT_DIR   # needs the test extra (transformers)
+    python -m scripts.load_times OUT_DIR   # from the repository root; needs the test extra (transformers)
 """
 
 import dataclasses

@@ -283,9 +283,14 @@ def test_transformers_agrees_clean_and_patched(tiny_en, tiny_en_export, tiny_en_
     clips = [next(Path(clip_dir).glob(f"hibari/heart/{w}-*.wav")) for w in WORDS]
     mels = torch.stack([log_mel(load_audio(clip), 80) for clip in clips])
     layers, seen = hf.model.encoder.layers, {}
-    handles = [
-        layers[s].register_forward_hook(lambda _m, _i, out, s=s: seen.setdefault(s, hidden(out))) for s in LAYERS
-    ]
+
+    def keep(layer):
+        def hook(_module, _inputs, output):
+            seen[layer] = hidden(output)  # returns None: the output is left as it is
+
+        return layers[layer].register_forward_hook(hook)
+
+    handles = [keep(s) for s in LAYERS]
     theirs = hf.model.encoder(mels).last_hidden_state  # clean, keeping each donor layer's output
     for handle in handles:
         handle.remove()

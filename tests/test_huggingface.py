@@ -149,6 +149,8 @@ def test_refusals_in_one_line(tmp_path):
     folder = export(small(), tmp_path / "m", max_shard_size="200KB")
     (folder / "config.json").write_text((folder / "config.json").read_text().replace('"whisper"', '"wav2vec2"'))
     assert "model_type 'wav2vec2', not 'whisper'" in one_line_error(str(folder))
+    folder = export(small(n_vocab=51870), tmp_path / "added_tokens")
+    assert "vocabulary of 51870 tokens" in one_line_error(str(folder))
     folder = export(small(), tmp_path / "sharded", max_shard_size="200KB")
     shard = sorted(folder.glob("model-*.safetensors"))[1]
     shard.unlink()

@@ -33,6 +33,7 @@ DIMENSIONS = {  # openai-whisper dimension -> transformers config key
     "n_text_head": "decoder_attention_heads",
     "n_text_layer": "decoder_layers",
 }
+VOCABULARIES = (51864, 51865, 51866)  # English-only, multilingual, large-v3: each has its openai-whisper tokenizer
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -64,6 +65,11 @@ def read_config(directory: Path) -> dict:
     missing = [key for key in DIMENSIONS.values() if key not in config]
     if missing:
         raise WpatchError(f"{directory}: config.json lacks {missing[0]}, which a Whisper config has; re-save the model")
+    if config["vocab_size"] not in VOCABULARIES:
+        raise WpatchError(
+            f"{directory}: vocabulary of {config['vocab_size']} tokens, none of openai-whisper's tokenizers "
+            f"({', '.join(map(str, VOCABULARIES))}); a fine-tune with added tokens is not supported"
+        )
     width = 4 * config["d_model"]
     if {config.get("encoder_ffn_dim", width), config.get("decoder_ffn_dim", width)} != {width}:
         raise WpatchError(

@@ -4,6 +4,7 @@ the phonetic features, sanity checks), with its images from `figures/`."""
 import pandas as pd
 
 from wpatch.analysis.attribution import atp_section
+from wpatch.analysis.depth import ModelCard
 from wpatch.analysis.figures import condition_title, figure_file, number
 from wpatch.analysis.lens import lens_section
 from wpatch.analysis.tables import condition_label
@@ -32,6 +33,8 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
     )
     lines = ["# wpatch run", "", "## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {summary[k]} |" for k in keys if k in summary]
+    if "model_card" in summary:
+        lines.insert(6 + int("model" in summary), f"| model card | {ModelCard(**summary['model_card']).line()} |")
     categories = ", ".join(f"{c or '(none)'}: {n}" for c, n in rows.groupby("category")["pair_id"].nunique().items())
     lines += [
         "",

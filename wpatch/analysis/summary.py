@@ -135,4 +135,5 @@ SUMMARY_PARTS = (
     "voice_differences_mean_abs",
     "voice_spread",
     "environment",
+    "model_card",
 )  # what `analyse` adds to the settings

@@ -10,6 +10,7 @@ into `predictions.csv` (checked: every item x patch exactly once) and hands the 
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +18,7 @@ import pandas as pd
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from wpatch.analysis.console import console_table
+from wpatch.analysis.depth import model_card
 from wpatch.analysis.summary import analyse
 from wpatch.analysis.tables import ROW_KEY, read_rows
 from wpatch.atomic import atomic_path
@@ -221,6 +223,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         extra["silent_clips"] = getattr(trainer.datamodule, "silent_clips", [])  # clips without speech, still run
         settings = summary_settings(trainer, pl_module)
         extra["environment"] = environment(trainer, settings["batch_size"])
+        extra["model_card"] = asdict(model_card(settings["model"]))
         summary = analyse(rows, self.output_dir, settings, extra)
         # printed by the command once the progress bar has closed (`wpatch.cli.predict`)
         self.closing = (

@@ -31,12 +31,12 @@ Glossary (names in the code follow it):
   mixes donor into recipient on them (1 = replace).
 - clean run: an unpatched encoder run of one clip.
 
-`wpatch.load_run(folder)` reads a finished run back: `(rows, summary)`.
+From Python (`wpatch.api`): `wpatch.run(pairs=..., ...)` runs an experiment and returns a `Run`;
+`wpatch.load_run(folder)` reads one back (`rows, summary = wpatch.load_run(folder)` still works);
+`wpatch.patch(model, donor, recipient, ...)` patches one clip into another.
 """
 
+from wpatch import run  # the package wpatch/run, callable as `wpatch.run(...)` (see wpatch/run/__init__.py)
+from wpatch.api import Run, load_run
 
-def load_run(folder):
-    """A run read back: `(rows, summary)`; see `wpatch.analysis.load_run`."""
-    from wpatch.analysis import load_run as load
-
-    return load(folder)
+__all__ = ["Run", "load_run", "run"]

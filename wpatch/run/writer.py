@@ -23,6 +23,7 @@ from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
 from wpatch.faults import fault_point
 from wpatch.rows import ROW_COLUMNS
+from wpatch.run.clips import copy_clips
 from wpatch.run.folder import StopOnSignal, check_writable, claim_folder, record_run
 from wpatch.run.parts import finished_items, part_problem, verified_parts, write_part
 from wpatch.run.settings import environment, run_settings, session, summary_settings
@@ -203,6 +204,7 @@ class PatchingResultsWriter(BasePredictionWriter):
             fault_point("merging")
         fault_point("merged")
 
+        copy_clips(trainer.datamodule, self.output_dir)  # the clips report.html plays, in the run's folder
         clips = trainer.datamodule.clips.values()
         extra = {
             "wall_time_s": round(self.working_time(records), 2),

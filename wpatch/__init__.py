@@ -39,4 +39,12 @@ From Python (`wpatch.api`): `wpatch.run(pairs=..., ...)` runs an experiment and 
 from wpatch import run  # the package wpatch/run, callable as `wpatch.run(...)` (see wpatch/run/__init__.py)
 from wpatch.api import Run, load_run
 
-__all__ = ["Run", "load_run", "run"]
+__all__ = ["Run", "load_run", "patch", "run"]
+
+
+def __getattr__(name: str):
+    if name == "patch":  # imported on first use: `import wpatch` stays light (no torch)
+        from wpatch.one_off import patch
+
+        return patch
+    raise AttributeError(f"module 'wpatch' has no attribute {name!r}")

@@ -88,10 +88,19 @@ def new_folder(root: str = "runs") -> str:
     return str(folder)
 
 
-def in_notebook() -> bool:
-    """Whether this process is a Jupyter kernel (where a notebook progress bar draws)."""
+def notebook_bar():
+    """tqdm's notebook bar when this process is a Jupyter kernel with ipywidgets installed, else None (the
+    command's text bar)."""
     shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
-    return type(shell).__name__ == "ZMQInteractiveShell"
+    if type(shell).__name__ != "ZMQInteractiveShell":
+        return None
+    try:
+        import ipywidgets  # noqa: F401 (tqdm's notebook bar draws with it)
+    except ImportError:
+        return None
+    from tqdm.notebook import tqdm
+
+    return tqdm
 
 
 def predict_args(config: str | None = None, **options) -> list[str]:
@@ -157,11 +166,7 @@ def run(
         args += ["--writer.verbose", "false"]
     if not progress:
         args += ["--trainer.enable_progress_bar", "false"]
-    bar = None
-    if progress and in_notebook():
-        from tqdm.notebook import tqdm as notebook_bar
-
-        bar = ItemProgressBar(notebook_bar)
+    bar = ItemProgressBar(notebook_bar()) if progress and notebook_bar() else None
     try:
         with keep_models():
             writer = run_predict(args, ["wpatch", "predict"], progress=bar)

@@ -48,7 +48,7 @@ def test_page_is_offline_and_its_numbers_are_the_runs(small_run):
     assert (small_run.path / "plotly.min.js").stat().st_size > 1_000_000
     data, rows = page_data(small_run), small_run.rows
     for group in ("all", "recognised"):
-        for measure in data["measures"]:
+        for measure, _ in data["measures"]:
             trace, matrix = data["traces"].get(group, {}).get(measure), read_matrix(small_run.matrices, measure, group)
             if trace is None:
                 assert matrix.empty or not matrix.notna().any().any()

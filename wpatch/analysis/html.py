@@ -114,7 +114,7 @@ def page_data(rows: pd.DataFrame, matrices: pd.DataFrame, clips: pd.DataFrame | 
     cells, transcripts = cell_columns(mine, items, measures)
     return {
         "traces": heatmap_traces(matrices),
-        "measures": {m: MEASURE_NAMES.get(m, m) for m in measures},
+        "measures": [[m, MEASURE_NAMES.get(m, m)] for m in measures],  # a list: jinja's tojson sorts keys
         "groups": groups,
         "items": item_columns(items, clips),
         "cells": cells,
@@ -136,7 +136,7 @@ def report_html(folder: Path, rows: pd.DataFrame, summary: dict) -> str:
         title=f"wpatch run {folder.resolve().name}",
         data=data,
         groups=groups,
-        measures=data["measures"] if data else {},
+        measures=dict(data["measures"]) if data else {},
         has_clips=clips is not None,
         report=markdown.markdown(report, extensions=["tables"]),
         plotly_js=PLOTLY_JS,

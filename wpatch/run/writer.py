@@ -77,7 +77,7 @@ class PatchingResultsWriter(BasePredictionWriter):
                     f"output directory {self.output_dir} holds an unfinished run ({len(done)} items); add "
                     "--writer.resume true to continue it, or choose another directory"
                 )
-            for folder in (self.output_dir, self.parts, self.output_dir / "figures"):
+            for folder in (self.output_dir, self.parts, self.output_dir / "figures", self.output_dir / "clips"):
                 for stale in folder.glob(".*.partial"):  # left by a killed process; the lock says none is writing
                     shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
             settings = run_settings(pl_module, datamodule, trainer.precision)

@@ -36,9 +36,20 @@ From Python (`wpatch.api`): `wpatch.run(pairs=..., ...)` runs an experiment and 
 `wpatch.patch(model, donor, recipient, ...)` patches one clip into another.
 """
 
-from wpatch import run  # the package wpatch/run, callable as `wpatch.run(...)` (see wpatch/run/__init__.py)
+import types
+
+from wpatch import api, run
 from wpatch.api import Run, load_run
 
+
+class _RunPackage(types.ModuleType):
+    """The package wpatch/run (the run folder's code), callable as `wpatch.api.run`: importing a submodule such as
+    `wpatch.run.writer` sets the attribute `wpatch.run` to the package, so the package itself is made callable."""
+
+    __call__ = staticmethod(api.run)
+
+
+run.__class__ = _RunPackage
 __all__ = ["Run", "load_run", "patch", "run"]
 
 

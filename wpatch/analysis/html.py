@@ -24,10 +24,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from wpatch.analysis.tables import primary_condition, row_groups
 from wpatch.atomic import write_atomically
 from wpatch.rows import CONDITION, MEASURE_NAMES, MEASURES, SCALES
-from wpatch.run.clips import INDEX
 from wpatch.sites import SITES
 
 PLOTLY_JS = "plotly.min.js"
+INDEX = "clips/index.csv"  # which clips each item has (written by `wpatch.run.clips`)
 SHOWN_FIRST = 100  # item rows a clicked cell shows before "show all"
 
 

@@ -14,10 +14,10 @@ import pandas as pd
 import soundfile
 from matplotlib import image
 
+from wpatch.analysis.html import INDEX
 from wpatch.atomic import atomic_path, write_atomically
 from wpatch.stimuli.melcache import clip_digest
 
-INDEX = "clips/index.csv"
 MEL_FRAMES = 3000  # log-mel frames in Whisper's 30 s input (10 ms each)
 
 

@@ -23,12 +23,13 @@ from wpatch.stimuli.audio import load_audio, log_mel, speech_span
 @dataclass(frozen=True)
 class OnePatch:
     """What `wpatch.patch` found: the clean transcripts of both clips and the recipient's patched one; the patch
-    (site, layers, frames [start, end) at 20 ms each, alpha)."""
+    (site, layers, frames [start, end) at 20 ms each, alpha); the patched run's encoder output (n_ctx, d)."""
 
     donor_transcript: str
     recipient_transcript: str
     patched_transcript: str
     patch: Patch
+    encoder_output: torch.Tensor
 
 
 def clip_audio(clip) -> np.ndarray:
@@ -92,4 +93,4 @@ def patch(
     rows = [outputs.clean[0], outputs.clean[1], outputs.patched[run]]
     features = outputs.features[rows]
     texts = greedy_transcripts(model, cross_attention_cache(model, features), language, max_tokens=max_tokens)
-    return OnePatch(*texts, patch=one)
+    return OnePatch(*texts, patch=one, encoder_output=features[2])

@@ -3,7 +3,9 @@ the phonetic features, sanity checks), with its images from `figures/`."""
 
 import pandas as pd
 
+from wpatch.analysis.attribution import atp_section
 from wpatch.analysis.figures import condition_title, figure_file, number
+from wpatch.analysis.lens import lens_section
 from wpatch.analysis.tables import condition_label
 from wpatch.rows import CONDITION, MEASURES
 from wpatch.sites import BLOCK_OUT
@@ -79,6 +81,8 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
             lines.append(f"| {m} | " + " | ".join(cell) + " |")
     lines += condition_section(rows, summary)
     lines += feature_section(summary)
+    lines += lens_section(summary)
+    lines += atp_section(summary)
     lines += ["", "## Sanity checks", ""]
     primary = summary["primary_condition"]
     in_primary = (rows[CONDITION] == pd.Series(primary)).all(axis=1)

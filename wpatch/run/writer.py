@@ -23,6 +23,7 @@ from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
 from wpatch.faults import fault_point
 from wpatch.rows import ROW_COLUMNS
+from wpatch.run.attributions import merge_attributions, write_attribution_part
 from wpatch.run.clips import copy_clips
 from wpatch.run.folder import StopOnSignal, check_writable, claim_folder, record_run
 from wpatch.run.parts import finished_items, part_problem, verified_parts, write_part
@@ -129,8 +130,11 @@ class PatchingResultsWriter(BasePredictionWriter):
         if not prediction:
             return
         self.parts.mkdir(parents=True, exist_ok=True)
-        frame = pd.DataFrame(prediction, columns=ROW_COLUMNS)
+        found = prediction.get("attributions") if isinstance(prediction, dict) else None
+        frame = pd.DataFrame(prediction["rows"] if found else prediction, columns=ROW_COLUMNS)
         try:
+            if found:  # before the rows part, whose record marks the batch done
+                write_attribution_part(self.parts, int(frame["item_id"].min()), found)
             write_part(self.parts / f"items-{frame['item_id'].min():08d}.csv", frame, self.session_started)
         except OSError as error:
             raise self.not_written(error) from None
@@ -202,6 +206,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         with atomic_path(self.output_dir / "predictions.csv") as partial:
             rows.to_csv(partial, index=False)
             fault_point("merging")
+        merge_attributions(self.parts, self.output_dir, set(rows["item_id"].tolist()))
         fault_point("merged")
 
         copy_clips(trainer.datamodule, self.output_dir)  # the clips report.html plays, in the run's folder

@@ -84,11 +84,15 @@ def resume_command(args: list[str], program: list[str] | None = None) -> str:
     return shlex.join([*program, *kept, "--writer.resume", "true"])
 
 
-def predict(args=None, program: list[str] | None = None) -> None:
-    """`wpatch predict`: run a patching experiment (see the module docstring)."""
+def run_predict(args, program: list[str] | None = None, progress: ProgressBar | None = None) -> PatchingResultsWriter:
+    """Parse `args` (a list of `wpatch predict` options), run the experiment and return its writer; bad input
+    raises (`WpatchError`, or the parser's and Lightning's own errors), a signal raises `RunStopped`. `progress`
+    replaces the command's progress bar (e.g. a notebook's)."""
     quiet_lightning()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     writer = None
+    trainer_defaults = {"logger": False, "enable_model_summary": False}
+    if progress is not None:
+        trainer_defaults["callbacks"] = [progress]
     try:
         cli = PatchingCLI(
             PatchingModule,
@@ -98,39 +102,59 @@ def predict(args=None, program: list[str] | None = None) -> None:
             trainer_class=patching_trainer,
             auto_configure_optimizers=False,
             save_config_callback=None,
-            trainer_defaults={"logger": False, "enable_model_summary": False},
+            trainer_defaults=trainer_defaults,
             parser_kwargs={"exit_on_error": False},
         )
         writer = next(c for c in cli.trainer.callbacks if isinstance(c, PatchingResultsWriter))
         writer.stop.install()
-        writer.stop.resume_command = resume_command(sys.argv[1:] if args is None else args, program)
+        writer.stop.resume_command = resume_command(args, program)
         if starts_the_run(cli.trainer):
             writer.claim(cli.trainer, cli.model, cli.datamodule)
             write_atomically(writer.output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-        if writer.closing and writer.verbose and cli.trainer.is_global_zero:
-            print(writer.closing, flush=True)
-    except (WpatchError, MisconfigurationException, ArgumentError) as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        # jsonargparse splits "which option" and "why" over two lines
-        message = " ".join(lines[:2]) + "; see --help" if isinstance(error, ArgumentError) else lines[0]
-        if isinstance(error, ArgumentError) and str(error).startswith("Problems parsing config"):
-            message = config_file_problem(sys.argv[1:] if args is None else args) or message
-        print(f"wpatch: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        writer.is_global_zero = cli.trainer.is_global_zero
+        return writer
     except RunStopped as stop:
-        if not cli.trainer.is_global_zero:
-            sys.exit(0)  # a DDP rank > 0: a non-zero exit would make Lightning's process observer kill rank 0
-        for child in writer.stop.children:
-            child.kill()
-        print(
-            f"wpatch: {stop}; every finished batch is kept; continue with: {writer.stop.resume_command}",
-            file=sys.stderr,
-        )
-        sys.exit(128 + stop.signum)
+        stop.writer, stop.is_global_zero = writer, cli.trainer.is_global_zero
+        raise
     finally:
         if writer is not None:
             writer.stop.restore()
+
+
+def predict(args=None, program: list[str] | None = None) -> None:
+    """`wpatch predict`: run a patching experiment (see the module docstring)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = sys.argv[1:] if args is None else args
+    try:
+        writer = run_predict(args, program)
+        if writer.closing and writer.verbose and writer.is_global_zero:
+            print(writer.closing, flush=True)
+    except (WpatchError, MisconfigurationException, ArgumentError) as error:
+        print(f"wpatch: error: {one_line(error, args)}", file=sys.stderr)
+        sys.exit(2)
+    except RunStopped as stop:
+        if not stop.is_global_zero:
+            sys.exit(0)  # a DDP rank > 0: a non-zero exit would make Lightning's process observer kill rank 0
+        for child in stop.writer.stop.children:
+            child.kill()
+        print(
+            f"wpatch: {stop}; every finished batch is kept; continue with: {stop.writer.stop.resume_command}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + stop.signum)
+
+
+def one_line(error: Exception, args: list[str]) -> str:
+    """What a bad input's error says, on one line (a parser error names the option and why, and points at
+    --help; a config file that is not YAML says where)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not isinstance(error, ArgumentError):
+        return lines[0]
+    # jsonargparse splits "which option" and "why" over two lines
+    if str(error).startswith("Problems parsing config"):
+        return config_file_problem(args) or " ".join(lines[:2]) + "; see --help"
+    return " ".join(lines[:2]) + "; see --help"
 
 
 def config_file_problem(args: list[str]) -> str | None:

@@ -12,6 +12,7 @@ A spec is one of:
 import hashlib
 import os
 import socket
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
@@ -174,9 +175,30 @@ def _load(spec: str) -> Whisper:
         raise _unreadable(spec, error) from None
 
 
+_KEPT: dict[str, Whisper] = {}  # models kept between runs in one process (`keep_models`)
+_KEEPING = False
+
+
+@contextmanager
+def keep_models():
+    """Within this block `load_model` loads each spec once per process and hands the same model back after that
+    (`wpatch.run` in a notebook: the second run does not load the weights again). The kept model is returned in
+    fp32 (a run under a `-true` precision may have converted it), on whichever device the last run left it."""
+    global _KEEPING
+    before, _KEEPING = _KEEPING, True
+    try:
+        yield
+    finally:
+        _KEEPING = before
+
+
 def load_model(spec: str) -> Whisper:
-    """An fp32 openai-whisper model on the CPU, in eval mode, for `spec`."""
-    return _load(spec).eval()
+    """An fp32 openai-whisper model in eval mode for `spec`: loaded on the CPU, or the one kept (`keep_models`)."""
+    if not _KEEPING:
+        return _load(spec).eval()
+    if spec not in _KEPT:
+        _KEPT[spec] = _load(spec).eval()
+    return _KEPT[spec].float().eval()
 
 
 def multilingual(dims: ModelDimensions) -> bool:

@@ -26,6 +26,7 @@ from wpatch.errors import WpatchError
 from wpatch.faults import fault_point
 from wpatch.rows import ROW_COLUMNS
 from wpatch.run.attributions import merge_attributions, write_attribution_part
+from wpatch.run.clips import copy_clips
 from wpatch.run.folder import StopOnSignal, check_writable, claim_folder, record_run
 from wpatch.run.parts import finished_items, part_problem, verified_parts, write_part
 from wpatch.run.settings import environment, run_settings, session, summary_settings
@@ -79,7 +80,7 @@ class PatchingResultsWriter(BasePredictionWriter):
                     f"output directory {self.output_dir} holds an unfinished run ({len(done)} items); add "
                     "--writer.resume true to continue it, or choose another directory"
                 )
-            for folder in (self.output_dir, self.parts, self.output_dir / "figures"):
+            for folder in (self.output_dir, self.parts, self.output_dir / "figures", self.output_dir / "clips"):
                 for stale in folder.glob(".*.partial"):  # left by a killed process; the lock says none is writing
                     shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
             settings = run_settings(pl_module, datamodule, trainer.precision)
@@ -210,6 +211,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         merge_attributions(self.parts, self.output_dir, set(rows["item_id"].tolist()))
         fault_point("merged")
 
+        copy_clips(trainer.datamodule, self.output_dir)  # the clips report.html plays, in the run's folder
         clips = trainer.datamodule.clips.values()
         extra = {
             "wall_time_s": round(self.working_time(records), 2),

@@ -146,23 +146,6 @@ def test_run_says_what_it_found_and_where_and_saves_its_config(tmp_path, small_m
     assert environment["packages"]["torch"] and environment["batch_size"] == 2 and environment["device"]
 
 
-def test_the_python_api_example_runs(tmp_path, small_model_path):
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "examples/notebook.py", small_model_path, str(tmp_path)],
-        cwd=ROOT,
-        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "score diagonal mean" in done.stdout and (tmp_path / "score.png").exists()
-    assert "score_diff" in done.stdout
-
-
 def test_figures_share_a_fixed_labelled_scale_per_measure_and_readable_titles():
     from wpatch.analysis.figures import condition_title, group_title, heatmap
     from wpatch.rows import SCALES as RANGES

@@ -1,10 +1,10 @@
 """Crash safety. A small run is killed (SIGKILL) at points taken from its own phases: during clip synthesis, between
-parts, inside the merge, while its TensorBoard file is written, between the tables and the report, between the report
-and the finish mark (summary.json, written last) and after it. Each is resumed; every table (every CSV, summary.json
-but for timing and environment, report.md) must then be byte for byte the uninterrupted run's, with one TensorBoard
-file and nothing half-written left. A part damaged on disk (cut short, a byte flipped, emptied, or without its
-record) is computed again, alone, with a warning that names it. The runs signal themselves at named points
-(WPATCH_FAULT, `wpatch.run.folder.fault_point`)."""
+parts, inside the merge, while its TensorBoard file is written, between the tables and the report, between the
+report and the finish mark (summary.json, written last) and after it. Each is resumed; every table (every CSV,
+summary.json but for timing and environment, report.md, report.html and clips/) must then be byte for byte the
+uninterrupted run's, with one TensorBoard file and nothing half-written left. A part damaged on disk (cut short, a
+byte flipped, emptied, or without its record) is computed again, alone, with a warning that names it. The runs
+signal themselves at named points (WPATCH_FAULT, `wpatch.run.folder.fault_point`)."""
 
 import json
 import shutil
@@ -36,6 +36,9 @@ def assert_same_run(out: Path, reference: Path) -> None:
         p.name for p in (reference / "figures").iterdir()
     )
     assert len(list((out / "tensorboard").iterdir())) == 1
+    page = {run: (run / "report.html").read_text().replace(run.name, "RUN") for run in (out, reference)}
+    assert page[out] == page[reference]
+    assert sorted(p.name for p in (out / "clips").iterdir()) == sorted(p.name for p in (reference / "clips").iterdir())
     assert parts(out) == parts(reference)
     assert not [p for p in out.rglob("*") if ".partial" in p.name]
 

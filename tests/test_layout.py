@@ -13,7 +13,7 @@ FLOORS = [  # lowest first
     {"wpatch.analysis"},
     {"datamodules"},
     {"wpatch.run"},
-    {"wpatch.cli", "wpatch", "wpatch.__main__"},
+    {"wpatch.cli", "wpatch", "wpatch.__main__", "wpatch.api", "wpatch.one_off"},
 ]
 
 

@@ -31,12 +31,31 @@ Glossary (names in the code follow it):
   mixes donor into recipient on them (1 = replace).
 - clean run: an unpatched encoder run of one clip.
 
-`wpatch.load_run(folder)` reads a finished run back: `(rows, summary)`.
+From Python (`wpatch.api`): `wpatch.run(pairs=..., ...)` runs an experiment and returns a `Run`;
+`wpatch.load_run(folder)` reads one back (`rows, summary = wpatch.load_run(folder)` still works);
+`wpatch.patch(model, donor, recipient, ...)` patches one clip into another.
 """
 
+import types
 
-def load_run(folder):
-    """A run read back: `(rows, summary)`; see `wpatch.analysis.load_run`."""
-    from wpatch.analysis import load_run as load
+from wpatch import api, run
+from wpatch.api import Run, load_run
 
-    return load(folder)
+
+class _RunPackage(types.ModuleType):
+    """The package wpatch/run (the run folder's code), callable as `wpatch.api.run`: importing a submodule such as
+    `wpatch.run.writer` sets the attribute `wpatch.run` to the package, so the package itself is made callable."""
+
+    __call__ = staticmethod(api.run)
+
+
+run.__class__ = _RunPackage
+__all__ = ["Run", "load_run", "patch", "run"]
+
+
+def __getattr__(name: str):
+    if name == "patch":  # imported on first use: `import wpatch` stays light (no torch)
+        from wpatch.one_off import patch
+
+        return patch
+    raise AttributeError(f"module 'wpatch' has no attribute {name!r}")

@@ -85,11 +85,15 @@ def resume_command(args: list[str], program: list[str] | None = None) -> str:
     return shlex.join([*program, *kept, "--writer.resume", "true"])
 
 
-def predict(args=None, program: list[str] | None = None) -> None:
-    """`wpatch predict`: run a patching experiment (see the module docstring)."""
+def run_predict(args, program: list[str] | None = None, progress: ProgressBar | None = None) -> PatchingResultsWriter:
+    """Parse `args` (a list of `wpatch predict` options), run the experiment and return its writer; bad input
+    raises (`WpatchError`, or the parser's and Lightning's own errors), a signal raises `RunStopped`. `progress`
+    replaces the command's progress bar (e.g. a notebook's)."""
     quiet_lightning()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     writer = None
+    trainer_defaults = {"logger": False, "enable_model_summary": False}
+    if progress is not None:
+        trainer_defaults["callbacks"] = [progress]
     try:
         cli = PatchingCLI(
             PatchingModule,
@@ -99,39 +103,59 @@ def predict(args=None, program: list[str] | None = None) -> None:
             trainer_class=patching_trainer,
             auto_configure_optimizers=False,
             save_config_callback=None,
-            trainer_defaults={"logger": False, "enable_model_summary": False},
+            trainer_defaults=trainer_defaults,
             parser_kwargs={"exit_on_error": False},
         )
         writer = next(c for c in cli.trainer.callbacks if isinstance(c, PatchingResultsWriter))
         writer.stop.install()
-        writer.stop.resume_command = resume_command(sys.argv[1:] if args is None else args, program)
+        writer.stop.resume_command = resume_command(args, program)
         if starts_the_run(cli.trainer):
             writer.claim(cli.trainer, cli.model, cli.datamodule)
             write_atomically(writer.output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-        if writer.closing and writer.verbose and cli.trainer.is_global_zero:
-            print(writer.closing, flush=True)
-    except (WpatchError, MisconfigurationException, ArgumentError) as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        # jsonargparse splits "which option" and "why" over two lines
-        message = " ".join(lines[:2]) + "; see --help" if isinstance(error, ArgumentError) else lines[0]
-        if isinstance(error, ArgumentError) and str(error).startswith("Problems parsing config"):
-            message = config_file_problem(sys.argv[1:] if args is None else args) or message
-        print(f"wpatch: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        writer.is_global_zero = cli.trainer.is_global_zero
+        return writer
     except RunStopped as stop:
-        if not cli.trainer.is_global_zero:
-            sys.exit(0)  # a DDP rank > 0: a non-zero exit would make Lightning's process observer kill rank 0
-        for child in writer.stop.children:
-            child.kill()
-        print(
-            f"wpatch: {stop}; every finished batch is kept; continue with: {writer.stop.resume_command}",
-            file=sys.stderr,
-        )
-        sys.exit(128 + stop.signum)
+        stop.writer, stop.is_global_zero = writer, cli.trainer.is_global_zero
+        raise
     finally:
         if writer is not None:
             writer.stop.restore()
+
+
+def predict(args=None, program: list[str] | None = None) -> None:
+    """`wpatch predict`: run a patching experiment (see the module docstring)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = sys.argv[1:] if args is None else args
+    try:
+        writer = run_predict(args, program)
+        if writer.closing and writer.verbose and writer.is_global_zero:
+            print(writer.closing, flush=True)
+    except (WpatchError, MisconfigurationException, ArgumentError) as error:
+        print(f"wpatch: error: {one_line(error, args)}", file=sys.stderr)
+        sys.exit(2)
+    except RunStopped as stop:
+        if not stop.is_global_zero:
+            sys.exit(0)  # a DDP rank > 0: a non-zero exit would make Lightning's process observer kill rank 0
+        for child in stop.writer.stop.children:
+            child.kill()
+        print(
+            f"wpatch: {stop}; every finished batch is kept; continue with: {stop.writer.stop.resume_command}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + stop.signum)
+
+
+def one_line(error: Exception, args: list[str]) -> str:
+    """What a bad input's error says, on one line (a parser error names the option and why, and points at
+    --help; a config file that is not YAML says where)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not isinstance(error, ArgumentError):
+        return lines[0]
+    # jsonargparse splits "which option" and "why" over two lines
+    if str(error).startswith("Problems parsing config"):
+        return config_file_problem(args) or " ".join(lines[:2]) + "; see --help"
+    return " ".join(lines[:2]) + "; see --help"
 
 
 def config_file_problem(args: list[str]) -> str | None:
@@ -213,26 +237,46 @@ def report(run_dir: str) -> dict:
     if not old and (folder / "run.json").exists():
         old = json.loads((folder / "run.json").read_text()).get("settings", {})
     settings = {k: v for k, v in old.items() if k not in SUMMARY_PARTS}
-    extra = {k: old[k] for k in ("wall_time_s", "clip_cache", "screening", "silent_clips", "word_frames") if k in old}
+    extra_parts = ("wall_time_s", "clip_cache", "screening", "silent_clips", "word_frames", "model_card")
+    extra = {k: old[k] for k in extra_parts if k in old}
     return analyse(rows, folder, settings, extra)
 
 
 def analyse_again(command: str, rest: list[str]) -> None:
-    """`wpatch report RUN_DIR` or `wpatch compare RUN_A RUN_B [--out FILE]` (the arguments checked)."""
+    """`wpatch report RUN_DIR` or `wpatch compare RUN_A RUN_B [RUN ...] [--out FILE]` (the arguments checked)."""
     if command == "report":
         summary = report(rest[0])
         print(f"{len(summary.get('groups', {}))} groups summarised; {Path(rest[0]).resolve()}")
         return
-    from wpatch.analysis import compare_runs
+    from wpatch.analysis import compare_runs, depth_figure, depth_profiles
+    from wpatch.analysis.depth import run_model
+    from wpatch.analysis.figures import save_figure
 
-    table = compare_runs(rest[0], rest[1])
-    for difference in table.attrs.get("differences", []):
-        print(f"wpatch: note: the runs differ in {difference}", file=sys.stderr)
-    if len(rest) == 4:
+    runs, out = (rest[:-2], rest[-1]) if "--out" in rest else (rest, None)
+    models = [run_model(run) for run in runs]
+    depths = [" + ".join(f"{d} {stack}" for stack, d in depth.items()) for depth, _ in models]
+    if len(runs) == 2 and models[0][0] == models[1][0]:
+        table = compare_runs(runs[0], runs[1])
+        for difference in table.attrs.get("differences", []):
+            print(f"wpatch: note: the runs differ in {difference}", file=sys.stderr)
+    else:
+        table = depth_profiles(runs)
+        for label, run, (_, line) in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", runs, models):
+            print(f"wpatch: note: run {label} ({run}) patched {line}", file=sys.stderr)
+        why = f"the models differ in depth ({' and '.join(depths)} blocks)" if len(set(depths)) > 1 else None
+        print(
+            f"wpatch: note: {why or f'{len(runs)} runs'}: each run is placed on relative depth, layer / (depth - 1), "
+            "as diagonal and off-diagonal profiles of the effect with 95% intervals over pairs",
+            file=sys.stderr,
+        )
+        figure_path = Path(out).with_suffix(".png") if out else Path("relative_depth.png")
+        save_figure(depth_figure(table), figure_path)
+        print(f"wpatch: note: figure {figure_path.resolve()}", file=sys.stderr)
+    if out:
         try:
-            table.to_csv(rest[3], index=False)
+            table.to_csv(out, index=False)
         except OSError as error:
-            raise WpatchError(f"cannot write {rest[3]} ({error.strerror}); choose another --out") from None
+            raise WpatchError(f"cannot write {out} ({error.strerror}); choose another --out") from None
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
@@ -323,7 +367,8 @@ def main(argv: list[str] | None = None) -> None:
         "usage: wpatch {predict,report,compare,screen,stimuli,benchmark} ...\n"
         "  predict [--config FILE] [--model.* --data.* --writer.* --trainer.*]  run an experiment\n"
         "  report RUN_DIR                 analysis, figures and summary again from RUN_DIR/predictions.csv\n"
-        "  compare RUN_A RUN_B [--out F]  cell-by-cell differences of two runs, with 95% intervals\n"
+        "  compare RUN_A RUN_B [RUN ...] [--out F]  cell-by-cell differences of two runs, with 95% intervals; runs\n"
+        "                                 of different depth (or more than two) on relative depth, with a figure\n"
         "  screen ...                     which clean clips the model recognises (--help lists its options)\n"
         "  stimuli CORPUS_DIR --out F     a pairs file from a corpus folder or aligned recordings (--help)\n"
         "  benchmark ...                  speed of the patching modes (scripts/benchmark.py)"
@@ -334,8 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command == "predict":
         predict(rest, ["wpatch", "predict"])
-    elif (command, len(rest)) in (("report", 1), ("compare", 2), ("compare", 4)):
-        if any(arg.startswith("-") for arg in rest[:2]) or (len(rest) == 4 and rest[2] != "--out"):
+    elif (command == "report" and len(rest) == 1) or (command == "compare" and len(rest) >= 2):
+        runs = rest[:-2] if command == "compare" and "--out" in rest else rest
+        if len(runs) < (1 if command == "report" else 2) or any(arg.startswith("-") for arg in runs):
             print(usage, file=sys.stderr)
             sys.exit(2)
         try:

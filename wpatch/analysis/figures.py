@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from wpatch.analysis.features import feature_map
 from wpatch.analysis.tables import cell_matrix, condition_label, matrix_summary, read_matrix
 from wpatch.atomic import atomic_path
+from wpatch.errors import WpatchError
 from wpatch.rows import CONDITION, MEASURE_NAMES, SCALES
 
 
@@ -210,6 +211,13 @@ def feature_figures(features: pd.DataFrame, conditions: list[dict], figures: Pat
 def plot_matrix(run, measure: str = "score", group: str = "all") -> Figure:
     """The heatmap of one matrix of a saved run (its folder): e.g. `plot_matrix("runs/experiment_a", "effect")`."""
     matrices = pd.read_csv(Path(run) / "matrices.csv", keep_default_na=False, na_values={"low": [""], "high": [""]})
+    mine = matrices[(matrices["group"] == group) & (matrices["measure"] == measure)]
+    if mine.empty:
+        have = sorted(set(matrices["group"])), sorted(set(matrices["measure"]))
+        raise WpatchError(
+            f"run {run} has no {measure} matrix for group {group!r} (no items, or no values); groups: "
+            f"{', '.join(have[0])}; measures: {', '.join(have[1])}"
+        )
     matrix = read_matrix(matrices, measure, group)
-    items = int(matrices[(matrices["group"] == group) & (matrices["measure"] == measure)]["n"].max())
+    items = int(mine["n"].max())
     return heatmap(matrix, f"{MEASURE_NAMES.get(measure, measure)}\n{group_title(group, items)}", measure=measure)

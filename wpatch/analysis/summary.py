@@ -1,5 +1,5 @@
-"""A run's analysis, written: cells.csv, matrices.csv, features.csv, the figures, the TensorBoard file, report.md
-and, last, summary.json (the mark of a finished run). The writer calls `analyse` when a run ends, and
+"""A run's analysis, written: cells.csv, matrices.csv, features.csv, the figures, the TensorBoard file, report.md,
+report.html and, last, summary.json (the mark of a finished run). The writer calls `analyse` when a run ends, and
 `wpatch report RUN_DIR` calls it again on a saved run's rows.
 """
 
@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from wpatch.analysis.attribution import atp_validation
 from wpatch.analysis.features import feature_cells, run_features
 from wpatch.analysis.figures import condition_figures, feature_figures, file_suffix, group_title, heatmap, save_figure
+from wpatch.analysis.html import write_report_html
+from wpatch.analysis.lens import lens_figure, lens_rows, lens_table
 from wpatch.analysis.report import report_markdown
 from wpatch.analysis.tables import (
     cell_table,
@@ -30,8 +33,8 @@ def analyse(
     rows: pd.DataFrame, output_dir, settings: dict | None = None, extra: dict | None = None, tensorboard: bool = True
 ) -> dict:
     """Write cells.csv, the layer matrices (CSV and PNG) per group, the effect figures, the TensorBoard event
-    file (`tensorboard=True`), report.md and, last, summary.json for these rows into `output_dir`; returns the
-    summary. Every file is written atomically; summary.json, last, marks the run finished.
+    file (`tensorboard=True`), report.md, report.html and, last, summary.json for these rows into `output_dir`;
+    returns the summary. Every file is written atomically; summary.json, last, marks the run finished.
 
     `settings` (the run's settings) lead the summary, `extra` (e.g. wall time, clip cache) follows them."""
     output_dir = Path(output_dir)
@@ -91,6 +94,20 @@ def analyse(
     }
     if not features.empty:
         summary["features"] = feature_figures(features, conditions, figures, board)
+    lens = lens_table(lens_rows(rows, settings), run_features(settings))
+    write_atomically(output_dir / "lens.csv", lens.to_csv(index=False))
+    if not lens.empty:
+        save_figure(lens_figure(lens), figures / "encoder_lens.png")
+    summary["encoder_lens"] = {
+        group: {
+            str(r.block): {"items": int(r.items), "recognised": float(r.recognised), "logp_word": float(r.logp_word)}
+            for r in frame.itertuples()
+        }
+        for group, frame in lens.groupby("group", sort=False)
+    }
+    validation = atp_validation(output_dir)
+    if validation is not None:
+        summary["atp_validation"] = validation
     if differences:
         summary["voice_differences_mean_abs"] = differences
         summary["voice_spread"] = voice_spread(groups, voices, measures)
@@ -99,6 +116,7 @@ def analyse(
     fault_point("tables")
     write_atomically(output_dir / "report.md", report_markdown(rows, summary))
     fault_point("report")
+    write_report_html(output_dir, rows, summary)  # reads report.md and matrices.csv, written above
     # written last: a run with summary.json is finished (a resume is refused), so every other file is complete
     write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     fault_point("finished")
@@ -115,7 +133,10 @@ SUMMARY_PARTS = (
     "groups",
     "conditions",
     "features",
+    "encoder_lens",
+    "atp_validation",
     "voice_differences_mean_abs",
     "voice_spread",
     "environment",
+    "model_card",
 )  # what `analyse` adds to the settings

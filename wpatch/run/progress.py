@@ -19,9 +19,11 @@ BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} items [{elapsed}<{r
 class ItemProgressBar(ProgressBar):
     """A `ProgressBar` for `Trainer.predict` in items and rows (the Trainer uses it instead of its own)."""
 
-    def __init__(self):
+    def __init__(self, bar: type[tqdm] = tqdm):
+        """`bar`: the tqdm class that draws it (e.g. `tqdm.notebook.tqdm` in Jupyter)."""
         super().__init__()
         self.enabled, self.bar, self.rows, self.started = True, None, 0, 0.0
+        self.bar_class = bar
 
     def disable(self) -> None:
         self.enabled = False
@@ -33,7 +35,7 @@ class ItemProgressBar(ProgressBar):
         pending_items = getattr(trainer.datamodule, "pending_items", None)
         items = pending_items() if pending_items else 0
         self.rows, self.started = 0, time.perf_counter()
-        self.bar = tqdm(
+        self.bar = self.bar_class(
             total=math.ceil(items / trainer.world_size) or None,
             desc="patching",
             unit="item",

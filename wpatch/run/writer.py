@@ -10,6 +10,7 @@ into `predictions.csv` (checked: every item x patch exactly once) and hands the 
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -17,12 +18,15 @@ import pandas as pd
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from wpatch.analysis.console import console_table
+from wpatch.analysis.depth import model_card
 from wpatch.analysis.summary import analyse
 from wpatch.analysis.tables import ROW_KEY, read_rows
 from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
 from wpatch.faults import fault_point
 from wpatch.rows import ROW_COLUMNS
+from wpatch.run.attributions import merge_attributions, write_attribution_part
+from wpatch.run.clips import copy_clips
 from wpatch.run.folder import StopOnSignal, check_writable, claim_folder, record_run
 from wpatch.run.parts import finished_items, part_problem, verified_parts, write_part
 from wpatch.run.settings import environment, run_settings, session, summary_settings
@@ -76,7 +80,7 @@ class PatchingResultsWriter(BasePredictionWriter):
                     f"output directory {self.output_dir} holds an unfinished run ({len(done)} items); add "
                     "--writer.resume true to continue it, or choose another directory"
                 )
-            for folder in (self.output_dir, self.parts, self.output_dir / "figures"):
+            for folder in (self.output_dir, self.parts, self.output_dir / "figures", self.output_dir / "clips"):
                 for stale in folder.glob(".*.partial"):  # left by a killed process; the lock says none is writing
                     shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
             settings = run_settings(pl_module, datamodule, trainer.precision)
@@ -128,8 +132,11 @@ class PatchingResultsWriter(BasePredictionWriter):
         if not prediction:
             return
         self.parts.mkdir(parents=True, exist_ok=True)
-        frame = pd.DataFrame(prediction, columns=ROW_COLUMNS)
+        found = prediction.get("attributions") if isinstance(prediction, dict) else None
+        frame = pd.DataFrame(prediction["rows"] if found else prediction, columns=ROW_COLUMNS)
         try:
+            if found:  # before the rows part, whose record marks the batch done
+                write_attribution_part(self.parts, int(frame["item_id"].min()), found)
             write_part(self.parts / f"items-{frame['item_id'].min():08d}.csv", frame, self.session_started)
         except OSError as error:
             raise self.not_written(error) from None
@@ -201,8 +208,10 @@ class PatchingResultsWriter(BasePredictionWriter):
         with atomic_path(self.output_dir / "predictions.csv") as partial:
             rows.to_csv(partial, index=False)
             fault_point("merging")
+        merge_attributions(self.parts, self.output_dir, set(rows["item_id"].tolist()))
         fault_point("merged")
 
+        copy_clips(trainer.datamodule, self.output_dir)  # the clips report.html plays, in the run's folder
         clips = trainer.datamodule.clips.values()
         extra = {
             "wall_time_s": round(self.working_time(records), 2),
@@ -218,6 +227,7 @@ class PatchingResultsWriter(BasePredictionWriter):
             extra["word_frames"] = trainer.datamodule.word_frames
         settings = summary_settings(trainer, pl_module)
         extra["environment"] = environment(trainer, settings["batch_size"])
+        extra["model_card"] = asdict(model_card(settings["model"]))
         summary = analyse(rows, self.output_dir, settings, extra)
         # printed by the command once the progress bar has closed (`wpatch.cli.predict`)
         self.closing = (

@@ -1,0 +1,226 @@
+"""wpatch from Python: `run(...)` (an experiment from keyword arguments, with the same Trainer and run folder as
+`wpatch predict`), `load_run(folder)` and the `Run` both return.
+
+`run` turns its keyword arguments into `wpatch predict` options and hands them to the command's own parser
+(`wpatch.cli.run_predict`), so a setting means the same in both and the run folder's config.yaml is the command's.
+In a notebook the progress bar is a notebook bar, Lightning says nothing, and the model is loaded once per process
+(`wpatch.models.loading.keep_models`).
+"""
+
+import gc
+import hashlib
+import inspect
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from wpatch.errors import WpatchError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# run()'s own names for options whose `wpatch predict` name differs
+RENAMED = {"pairs": "pairs_file"}
+# options a run from Python leaves to the command (Lightning's plumbing, set by the command itself)
+NOT_OPTIONS = {"callbacks", "logger", "enable_model_summary", "self", "args", "kwargs"}
+
+
+def option_names() -> dict[str, str]:
+    """Every `wpatch predict` option by its short name: name -> `group.name` (model, data, writer, trainer); a name
+    both the module and the data have (`model`) is the module's (the command links it to the data)."""
+    from datamodules import PairDataModule
+    from wpatch.cli import patching_trainer
+    from wpatch.patching.module import PatchingModule
+    from wpatch.run.writer import PatchingResultsWriter
+
+    names = {}
+    for group, target in (
+        ("trainer", patching_trainer),
+        ("writer", PatchingResultsWriter),
+        ("data", PairDataModule),
+        ("model", PatchingModule),
+    ):
+        for name in inspect.signature(target).parameters:
+            if name not in NOT_OPTIONS:
+                names[name] = f"{group}.{name}"
+    return names
+
+
+def option_value(value) -> str:
+    """A keyword argument's value as the command line gives it (the parser reads YAML, so JSON is understood)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        value = list(value)
+    return json.dumps(value)
+
+
+def pairs_file(pairs) -> str:
+    """A pairs file name for `pairs`: a packaged set's name or a CSV path as given; a DataFrame written once to the
+    cache (`<cache>/pairs/<sha256>.csv`), so the run's config.yaml names a file that holds it."""
+    if not isinstance(pairs, pd.DataFrame):
+        return str(pairs)
+    from wpatch.atomic import write_atomically
+    from wpatch.models.loading import cache_root
+
+    text = pairs.to_csv(index=False)
+    path = cache_root() / "pairs" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.csv"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, text)
+    return str(path)
+
+
+def new_folder(root: str = "runs") -> str:
+    """A run folder that does not exist yet: runs/run-YYYYmmdd-HHMMSS (with -2, -3 ... when taken)."""
+    base = Path(root) / time.strftime("run-%Y%m%d-%H%M%S")
+    folder, n = base, 1
+    while folder.exists():
+        n += 1
+        folder = base.with_name(f"{base.name}-{n}")
+    return str(folder)
+
+
+def notebook_bar():
+    """tqdm's notebook bar when this process is a Jupyter kernel with ipywidgets installed, else None (the
+    command's text bar)."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    if type(shell).__name__ != "ZMQInteractiveShell":
+        return None
+    try:
+        import ipywidgets  # noqa: F401 (tqdm's notebook bar draws with it)
+    except ImportError:
+        return None
+    from tqdm.notebook import tqdm
+
+    return tqdm
+
+
+def predict_args(config: str | None = None, **options) -> list[str]:
+    """The `wpatch predict` arguments for `run`'s keyword arguments (None = the option's default); an unknown
+    name is refused with the known ones."""
+    names = option_names()
+    args = ["--config", str(config)] if config else []
+    for name, value in options.items():
+        name = RENAMED.get(name, name)
+        if name not in names:
+            known = ", ".join(sorted({*names, *RENAMED} - set(RENAMED.values())))
+            raise WpatchError(f"wpatch.run has no option {name!r}; the options are: {known}")
+        if value is not None:
+            args += [f"--{names[name]}", option_value(value)]
+    return args
+
+
+def run(
+    pairs="starter",
+    *,
+    model: str | None = None,
+    sites: list[str] | None = None,
+    source_layers: list[int] | None = None,
+    target_layers: list[int] | None = None,
+    windows: list | None = None,
+    alphas: list[float] | None = None,
+    tts: str | list[str] | None = None,
+    limit: int | None = None,
+    output_dir: str | Path | None = None,
+    config: str | Path | None = None,
+    progress: bool = True,
+    **options,
+) -> "Run":
+    """Run a patching experiment and return it as a `Run` (`wpatch predict` with these settings).
+
+    `pairs`: a DataFrame (columns as in a pairs file), a CSV path or a packaged set (starter, english, ...);
+    `output_dir`: default a new folder under runs/; `config`: a config file read first (e.g.
+    configs/experiment_a.yaml), the keyword arguments on top. Every other `wpatch predict` option is a keyword by
+    its last name (`batch_size=4`, `control=True`, `accelerator="gpu"`, `precision="bf16-mixed"`, `resume=True`);
+    None keeps an option's default. Bad input raises `WpatchError` with the command's one line; nothing is
+    printed but the progress bar and wpatch's own notes."""
+    from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from wpatch.cli import one_line, run_predict
+    from wpatch.models.loading import keep_models
+    from wpatch.run.progress import ItemProgressBar
+
+    output_dir = str(output_dir) if output_dir is not None else new_folder()
+    given = dict(
+        model=model,
+        sites=sites,
+        source_layers=source_layers,
+        target_layers=target_layers,
+        windows=windows,
+        alphas=alphas,
+        tts=tts,
+        limit=limit,
+        output_dir=output_dir,
+    )
+    args = predict_args(config, pairs=pairs_file(pairs), **given, **options)
+    if "verbose" not in options:
+        args += ["--writer.verbose", "false"]
+    if not progress:
+        args += ["--trainer.enable_progress_bar", "false"]
+    bar = ItemProgressBar(notebook_bar()) if progress and notebook_bar() else None
+    try:
+        with keep_models():
+            writer = run_predict(args, ["wpatch", "predict"], progress=bar)
+    except (MisconfigurationException, ArgumentError) as error:
+        raise WpatchError(one_line(error, args)) from None
+    finally:
+        gc.collect()  # the Trainer, module and data of this run: memory stays flat over many runs
+    return load_run(writer.output_dir)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A run's CSV table, or an empty one when the run has none (an unfinished run)."""
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+@dataclass
+class Run:
+    """A run read back: `rows` (predictions.csv), `summary` (summary.json), `matrices` (matrices.csv: group,
+    measure, s, t, mean, low, high, n), `cells` (cells.csv) and its `path`. `rows, summary = run` still works."""
+
+    path: Path
+    rows: pd.DataFrame = field(repr=False)
+    summary: dict = field(repr=False)
+    matrices: pd.DataFrame = field(repr=False)
+    cells: pd.DataFrame = field(repr=False)
+
+    def __iter__(self):
+        """The older `(rows, summary)` form of `load_run`."""
+        return iter((self.rows, self.summary))
+
+    def plot(self, measure: str = "score", group: str = "all") -> "Figure":
+        """One layer matrix as a heatmap (a matplotlib Figure, shown inline in a notebook)."""
+        from wpatch.analysis.figures import plot_matrix
+
+        return plot_matrix(self.path, measure, group=group)
+
+    def compare(self, other, group: str = "all") -> pd.DataFrame:
+        """Cell-by-cell differences (other - this) with 95% intervals (`wpatch.analysis.compare_runs`); `other`: a
+        Run or a run folder. How the runs differ is in the table's `attrs["differences"]`."""
+        from wpatch.analysis.compare import compare_runs
+
+        return compare_runs(self.path, other.path if isinstance(other, Run) else other, group=group)
+
+    def report(self) -> Path:
+        """report.html written again from the run's files; its path (open it in a browser)."""
+        from wpatch.analysis.html import write_report_html
+
+        return write_report_html(self.path, self.rows, self.summary)
+
+
+def load_run(folder) -> Run:
+    """A run read back as a `Run`; a folder that holds none is refused (`WpatchError`, saying what it is)."""
+    from wpatch.analysis.tables import load_run as rows_and_summary
+
+    folder = Path(folder)
+    rows, summary = rows_and_summary(folder)
+    return Run(folder, rows, summary, read_table(folder / "matrices.csv"), read_table(folder / "cells.csv"))

@@ -23,9 +23,12 @@ from wpatch.faults import fault_point
 from wpatch.models.loading import cache_root, check_languages, load_model, model_dims, multilingual
 from wpatch.patching.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.rows import PairBatch
+from wpatch.stimuli.audio import load_audio
+from wpatch.stimuli.carriers import ALIGNMENT, sentence, word_frames
 from wpatch.stimuli.melcache import MelStore
 from wpatch.stimuli.pairs_file import pairs_path, patch_items, read_pairs, silent_clips
 from wpatch.stimuli.screening import SCREEN_COLUMNS, cached_screen
+from wpatch.stimuli.spans import cut_span
 from wpatch.stimuli.tts import ClipCache, make_backend, parse_speaker
 from wpatch.text import tokenizer_for, word_tokens
 
@@ -83,6 +86,7 @@ class PairDataModule(L.LightningDataModule):
             )
         root = Path(cache_dir) if cache_dir else cache_root() / "clips"
         self.screening_cache = root / "screening"  # screening results per model, beside the clips they are of
+        self.span_root = root / "spans"  # words cut from longer recordings (`wpatch.stimuli.spans`)
         voices = voices or {}
         self.clips = {}  # backend name -> its clip cache
         for speaker in [tts] if isinstance(tts, str) else tts:
@@ -101,12 +105,24 @@ class PairDataModule(L.LightningDataModule):
         self.silent_clips: list[
             dict
         ] = []  # clips without speech (`wpatch.stimuli.pairs_file.silent_clips`), set by setup
+        self.word_frames: dict = {}  # how the word frames of carrier sentences were found, set by setup
 
     def _clip_keys(self, items):
-        """(word, lang, recording path, voice) of every source and target clip, in item order."""
+        """(word, lang, recording path, voice, span start, span end, carrier) of every source and target clip, in
+        item order (the span is empty for a whole recording or a synthesised clip, the carrier for a word alone)."""
         voice = lambda side: items["voice"].where(items[f"{side}_audio"] == "", "")  # noqa: E731 (a recording has no voice)
         return [
-            list(zip(items[f"{side}_word"], items[f"{side}_lang"], items[f"{side}_audio"], voice(side)))
+            list(
+                zip(
+                    items[f"{side}_word"],
+                    items[f"{side}_lang"],
+                    items[f"{side}_audio"],
+                    voice(side),
+                    items[f"{side}_start"],
+                    items[f"{side}_end"],
+                    items["carrier"],
+                )
+            )
             for side in ("source", "target")
         ]
 
@@ -117,15 +133,17 @@ class PairDataModule(L.LightningDataModule):
         items["item_id"] = range(len(items))
         return items
 
-    def _clip(self, word: str, lang: str, audio: str, voice: str) -> Path:
-        return Path(audio) if audio else self.clips[voice].get(word, lang)
+    def _clip(self, word: str, lang: str, audio: str, voice: str, start: str, end: str, carrier: str) -> Path:
+        if start:
+            return cut_span(Path(audio), float(start), float(end), self.span_root)
+        return Path(audio) if audio else self.clips[voice].get(sentence(carrier, word), lang)
 
     def prepare_data(self):
         """Synthesise every clip that is not cached yet (runs once, on one process). `stop_check`, when set, is
         called before each clip: a run asked to stop (SIGTERM) stops between two clips, not after all of them."""
         items = self._read_items()
         unique = sorted({key for side in self._clip_keys(items) for key in side if not key[2]})
-        for lang, voice in sorted({(lang, voice) for _, lang, _, voice in unique}):
+        for lang, voice in sorted({(lang, voice) for _, lang, _, voice, *_ in unique}):
             self.clips[voice].backend.check_voice(self.clips[voice].voice(lang))
         start = time.perf_counter()
         made = 0
@@ -151,13 +169,14 @@ class PairDataModule(L.LightningDataModule):
         source_keys, target_keys = self._clip_keys(items)
         unique = list(dict.fromkeys(source_keys + target_keys))
         index = {key: i for i, key in enumerate(unique)}
-        self.clip_keys = unique  # (word, lang, recording, voice) of each row of self.mels
+        self.clip_keys = unique  # (word, lang, recording, voice, start, end, carrier) of each row of self.mels
         self.clip_paths = [self._clip(*key) for key in unique]  # the audio behind each row of self.mels
         self.mel_store = MelStore(cache_root() / "mels")
         self.mels, self.spans = self.mel_store.table(
             self.clip_paths, dims.n_mels, dims.n_audio_ctx, pin=torch.cuda.is_available()
         )
-        clips = [(*key, clip) for key, clip in zip(unique, self.clip_paths)]
+        self._align_carriers(dims)
+        clips = [(*key[:6], clip) for key, clip in zip(unique, self.clip_paths)]
         tell = self.trainer is None or self.trainer.is_global_zero
         self.silent_clips = silent_clips(pairs, path, clips, self.mel_store.no_speech, tell)
         items["source_clip"] = [index[k] for k in source_keys]
@@ -185,12 +204,29 @@ class PairDataModule(L.LightningDataModule):
         ]
         self.items = items
 
+    def _align_carriers(self, dims) -> None:
+        """The word frames of clips spoken in a carrier sentence, from Whisper's alignment with the run's model
+        (`wpatch.stimuli.carriers`); how they were found goes to `self.word_frames` (and summary.json)."""
+        carried = [i for i, key in enumerate(self.clip_keys) if key[6]]
+        if not carried:
+            return
+        model = load_model(self.hparams.model)
+        tokenizers = {}
+        for i in carried:
+            word, lang, *_, carrier = self.clip_keys[i]
+            tokenizer = tokenizers.setdefault(lang, tokenizer_for(dims, lang))
+            samples = len(load_audio(self.clip_paths[i]))
+            self.spans[i] = torch.tensor(word_frames(model, tokenizer, self.mels[i], samples, carrier, word))
+        self.word_frames = {"method": ALIGNMENT, "model": self.hparams.model, "clips": len(carried)}
+        log.info("word frames of %d clips in carrier sentences: %s", len(carried), ALIGNMENT)
+
     def screen(self) -> pd.DataFrame:
         """Every clean clip screened with the run's model (see `wpatch.stimuli.screening`): one row per clip, in clip
         order."""
         spec = self.hparams.model
         words, langs = [k[0] for k in self.clip_keys], [k[1] for k in self.clip_keys]
-        screen = cached_screen(lambda: load_model(spec), spec, self.mels, words, langs, self.screening_cache)
+        carriers = [k[6] for k in self.clip_keys]
+        screen = cached_screen(lambda: load_model(spec), spec, self.mels, words, langs, self.screening_cache, carriers)
         screen.insert(2, "voice", [k[3] or "recording" for k in self.clip_keys])
         screen.insert(3, "clip", [str(path) for path in self.clip_paths])
         return screen[SCREEN_COLUMNS]
@@ -240,6 +276,11 @@ class PairDataModule(L.LightningDataModule):
             "control_word",
             "source_lang",
             "target_lang",
+            "source_speaker",
+            "target_speaker",
+            "corpus",
+            "licence",
+            "carrier",
         )
         return PairBatch(
             item_id=torch.tensor(rows["item_id"].to_numpy()),

@@ -204,6 +204,41 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         return args(d, small_model_path, pairs="word_a,word_b,audio_a\nbat,pat,\nhello,yellow,takes\n")
 
     refused("a folder given as a recording", directory_recording, expect="D/takes is a directory, not an audio file")
+
+    def recording_span(span, name="take.wav"):
+        def make(d):
+            soundfile.write(d / "take.wav", np.zeros(16000, np.float32), 16000)
+            (d / "take.opus").write_bytes(b"OggS, but no opus stream")
+            return args(
+                d, small_model_path, pairs=f"word_a,word_b,audio_a,start_a,end_a\nbat,pat,,,\nhi,yo,{name},{span}\n"
+            )
+
+        return make
+
+    refused("a word span outside its recording", recording_span("0.5,1.5"), expect="lies outside the recording")
+    refused("an empty word span", recording_span("0.5,0.5"), expect="line 3: audio_a D/take.wav: the span 0.5-0.5")
+    refused("an opus file that cannot be decoded", recording_span("0,0.5", "take.opus"), expect="take.opus cannot be")
+    refused(
+        "a carrier sentence without `{}`",
+        lambda d: args(d, small_model_path, pairs="word_a,word_b,carrier\nbat,pat,say {} again\nhot,cold,say it\n"),
+        expect="line 3: carrier 'say it' needs exactly one {}",
+    )
+
+    def corpus(d):
+        (d / "corpus" / "notes").mkdir(parents=True)
+        return ["stimuli", str(d / "corpus"), "--out", str(d / "pairs.csv")]
+
+    refused("`wpatch stimuli` on a folder in no corpus layout", corpus, expect="none of the layouts", command=wpatch)
+
+    def corpus_word(d):
+        (d / "corpus").mkdir()
+        soundfile.write(d / "corpus" / "take.wav", np.zeros(16000, np.float32), 16000)
+        (d / "corpus" / "take.ctm").write_text("take 1 0.1 0.3 bed\ntake 1 0.5 0.3 bird\n")
+        return ["stimuli", str(d / "corpus"), "--out", str(d / "pairs.csv"), "--words", "bed,bard"]
+
+    refused(
+        "`wpatch stimuli --words` with a word the alignments lack", corpus_word, expect="no word 'bard'", command=wpatch
+    )
     refused(
         "`--data.tts kokoro:nonexistent` (a voice that does not exist)",
         lambda d: args(d, small_model_path, "--data.tts", "kokoro:nonexistent"),

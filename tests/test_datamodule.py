@@ -111,9 +111,9 @@ def test_clips_without_speech_are_told_with_the_line_that_uses_them(tmp_path, ca
     csv = write_csv(tmp_path / "pairs.csv", "word_a,word_b,audio_b\nbat,pat,\nhum,bat,quiet.wav\n")
     quiet = str(tmp_path / "quiet.wav")
     clips = [
-        ("bat", "en", "", "hibari", "clips/bat.wav"),
-        ("hum", "en", "", "hibari", "clips/hum.wav"),
-        ("bat", "en", quiet, "", quiet),
+        ("bat", "en", "", "hibari", "", "", "clips/bat.wav"),
+        ("hum", "en", "", "hibari", "", "", "clips/hum.wav"),
+        ("bat", "en", quiet, "", "", "", quiet),
     ]
     with caplog.at_level("WARNING"):
         found = silent_clips(read_pairs(csv), csv, clips, [None, "is 0.020 s long, under 0.05 s", "is silent"])

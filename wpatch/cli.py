@@ -1,6 +1,7 @@
 """The `wpatch` command: `wpatch predict` (run an experiment), `wpatch report RUN_DIR` (the analysis and figures
 again from a saved predictions.csv), `wpatch compare RUN_A RUN_B` (cell-by-cell differences with intervals),
-`wpatch screen` (which clips a model hears) and `wpatch benchmark` (the checkout's scripts/benchmark.py).
+`wpatch screen` (which clips a model hears), `wpatch stimuli CORPUS_DIR` (a pairs file from a speech corpus) and
+`wpatch benchmark` (the checkout's scripts/benchmark.py).
 `python -m wpatch` is the same command.
 
 `wpatch predict` takes every setting as a LightningCLI option (`wpatch predict --help` lists them): `--model.*`
@@ -236,7 +237,8 @@ def report(run_dir: str) -> dict:
     if not old and (folder / "run.json").exists():
         old = json.loads((folder / "run.json").read_text()).get("settings", {})
     settings = {k: v for k, v in old.items() if k not in SUMMARY_PARTS}
-    extra = {k: old[k] for k in ("wall_time_s", "clip_cache", "screening", "silent_clips", "model_card") if k in old}
+    extra_parts = ("wall_time_s", "clip_cache", "screening", "silent_clips", "word_frames", "model_card")
+    extra = {k: old[k] for k in extra_parts if k in old}
     return analyse(rows, folder, settings, extra)
 
 
@@ -322,16 +324,53 @@ def screen(args=None) -> None:
     )
 
 
+def stimuli(args=None) -> None:
+    """`wpatch stimuli CORPUS_DIR --out pairs.csv`: a pairs file from a corpus's spoken words
+    (`wpatch.stimuli.corpora` reads the layouts, `wpatch.stimuli.corpus_pairs` forms the pairs), its recordings
+    relative to the file's folder."""
+    parser = argparse.ArgumentParser(prog="wpatch stimuli", description="A pairs file from a corpus folder")
+    parser.add_argument("corpus_dir", help="Speech Commands, MSWC, or recordings with TextGrid / CTM alignments")
+    parser.add_argument("--out", required=True, help="the pairs CSV to write")
+    parser.add_argument("--corpus", default=None, help="the corpus's name in every row (default: the folder's)")
+    parser.add_argument("--licence", default="CC BY 4.0", help="the corpus's licence, carried into every row")
+    parser.add_argument("--lang", default="en", help="the words' language where the layout does not name it")
+    parser.add_argument("--same-speaker", action="store_true", help="both words of a row from one speaker")
+    parser.add_argument("--per-pair", type=int, default=1, help="rows (token pairs) per word pair")
+    parser.add_argument("--words", default=None, help="only these words, comma-separated (default: every word)")
+    options = parser.parse_args(args)
+    from wpatch.stimuli.corpora import read_corpus
+    from wpatch.stimuli.corpus_pairs import corpus_pairs, keep_words
+
+    out = Path(options.out)
+    try:
+        tokens = read_corpus(options.corpus_dir, options.lang)
+        if options.words:
+            tokens = keep_words(tokens, [w.strip().lower() for w in options.words.split(",")], options.corpus_dir)
+        name = options.corpus or Path(options.corpus_dir).resolve().name
+        table = corpus_pairs(tokens, name, options.licence, options.same_speaker, options.per_pair)
+    except WpatchError as error:
+        print(f"wpatch: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    for side in "ab":
+        table[f"audio_{side}"] = [
+            os.path.relpath(Path(a).resolve(), out.resolve().parent) for a in table[f"audio_{side}"]
+        ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(out, table.to_csv(index=False, float_format="%.6f", lineterminator="\n"))
+    print(f"{len(table)} pairs of {tokens.word.nunique()} words ({len(tokens)} spoken) from {name} written to {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """The `wpatch` console command."""
     argv = sys.argv[1:] if argv is None else list(argv)
     usage = (
-        "usage: wpatch {predict,report,compare,screen,benchmark} ...\n"
+        "usage: wpatch {predict,report,compare,screen,stimuli,benchmark} ...\n"
         "  predict [--config FILE] [--model.* --data.* --writer.* --trainer.*]  run an experiment\n"
         "  report RUN_DIR                 analysis, figures and summary again from RUN_DIR/predictions.csv\n"
         "  compare RUN_A RUN_B [RUN ...] [--out F]  cell-by-cell differences of two runs, with 95% intervals; runs\n"
         "                                 of different depth (or more than two) on relative depth, with a figure\n"
         "  screen ...                     which clean clips the model recognises (--help lists its options)\n"
+        "  stimuli CORPUS_DIR --out F     a pairs file from a corpus folder or aligned recordings (--help)\n"
         "  benchmark ...                  speed of the patching modes (scripts/benchmark.py)"
     )
     if not argv or argv[0] in ("-h", "--help"):
@@ -352,6 +391,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
     elif command == "screen":
         screen(rest)
+    elif command == "stimuli":
+        stimuli(rest)
     elif command == "benchmark":
         try:
             module = importlib.import_module("scripts.benchmark")

@@ -43,6 +43,11 @@ class PairBatch(TypedDict):
     control_word: list[str]
     source_lang: list[str]
     target_lang: list[str]
+    source_speaker: list[str]  # who speaks each clip in a corpus ("" for synthesised clips and plain recordings)
+    target_speaker: list[str]
+    corpus: list[str]
+    licence: list[str]
+    carrier: list[str]  # the sentence the words are spoken in, `{}` for the word ("": the word alone)
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,15 @@ class ResultRow:
         summarised=4, label="effect (share of the clean gap closed)", scale=(-1.0, 1.0), blank_is_nan=True
     )
     effect_valid: bool = column()
+    # a corpus pair's speakers, corpus and licence (empty for synthesised words); last, so older columns stay first
+    source_speaker: str = column()
+    target_speaker: str = column()
+    corpus: str = column()
+    licence: str = column()
+    # the carrier sentence ("" for a word alone); whether the transcript kept its other words (a row counts for
+    # override, retained and transfer only if so; always true for a word alone)
+    carrier: str = column()
+    carrier_kept: bool = column()
 
     def to_dict(self) -> dict:
         """Column -> value, in column order (what Lightning's predictions and the writer carry)."""

@@ -1,5 +1,5 @@
 """Words: transcript normalisation, and everything about how a word is scored (its surface forms, their token ids,
-the forced transcript start they are scored after: `ScoredWord`).
+the forced transcript start they are scored after: `ScoredWord`), and a word's place in a carrier sentence.
 
 Normalisation (used for `override` and `retained`): Unicode NFKC, lower case, every punctuation or
 symbol character removed, runs of white space folded to one space, ends stripped. Accents are kept
@@ -61,10 +61,33 @@ class ScoredWord(NamedTuple):
     """A word as the decoder scores it (`wpatch.patching.decoding.word_logprobs`): log P(transcript starts with one of
     `forms` | `prefix`), summed over the forms."""
 
-    prefix: tuple[int, ...]  # the forced transcript start (`scoring_prefix`)
+    prefix: tuple[int, ...]  # the forced transcript start (`scoring_prefix`) and any words before this one
     forms: tuple[tuple[int, ...], ...]  # token ids of each surface form (`word_tokens`)
 
 
-def scored_word(tokenizer: Tokenizer, forms: list[list[int]]) -> ScoredWord:
-    """The word whose surface forms have token ids `forms`, scored after `tokenizer`'s forced transcript start."""
-    return ScoredWord(scoring_prefix(tokenizer), tuple(map(tuple, forms)))
+def scored_word(tokenizer: Tokenizer, forms: list[list[int]], context: str = "") -> ScoredWord:
+    """The word whose surface forms have token ids `forms`, scored after `tokenizer`'s forced transcript start and
+    the transcript up to the word (`context`, e.g. "Say" in a carrier sentence; none for a word alone)."""
+    prefix = scoring_prefix(tokenizer) + (tuple(tokenizer.encode(" " + context)) if context else ())
+    return ScoredWord(prefix, tuple(map(tuple, forms)))
+
+
+def before(carrier: str) -> str:
+    """The carrier's text before the word, as Whisper writes a sentence start (first letter upper case)."""
+    text = carrier.split("{}")[0].strip() if carrier else ""
+    return text[:1].upper() + text[1:]
+
+
+def word_at(transcript: str, carrier: str) -> tuple[str, bool]:
+    """(the normalised transcript's words where the carrier's `{}` is, whether the carrier's other words are all
+    there, unchanged); without a carrier: (the whole normalised transcript, True)."""
+    text = normalise(transcript)
+    if not carrier:
+        return text, True
+    head, tail = (normalise(part) for part in carrier.split("{}"))
+    kept = text.startswith(f"{head} " if head else "") and text.endswith(f" {tail}" if tail else "")
+    if kept:
+        return text[len(head) : len(text) - len(tail)].strip(), True
+    words = text.split()
+    index = len(head.split())
+    return (words[index] if index < len(words) else ""), False

@@ -129,6 +129,7 @@ SUMMARY_PARTS = (
     "clip_cache",
     "screening",
     "silent_clips",
+    "word_frames",
     "groups",
     "conditions",
     "features",

@@ -1,8 +1,10 @@
 """The measures, as pure functions of a transcript and word log-probabilities, and `result_rows`, which applies
 them to every planned row of a batch (README: "Columns of predictions.csv").
 
-Transcript measures compare normalised text (`wpatch.text.normalise`); log-probability measures read
-log P(word | encoder output) of the source and target words (`wpatch.text.ScoredWord`, `wpatch.patching.decoding`).
+Transcript measures compare normalised text (`wpatch.text.normalise`): the whole transcript for a word alone, the
+word at the carrier's `{}` for a word in a sentence (and then only where the carrier's other words were kept:
+`wpatch.text.word_at`); log-probability measures read log P(word | encoder output, the transcript up to
+the word) of the source and target words (`wpatch.text.ScoredWord`, `wpatch.patching.decoding`).
 """
 
 import math
@@ -11,7 +13,7 @@ from wpatch.patching.decoder import DecodingPlan
 from wpatch.patching.decoding import Decoded
 from wpatch.patching.plan import PlannedRow
 from wpatch.rows import PairBatch, ResultRow
-from wpatch.text import ScoredWord, has_word, is_word
+from wpatch.text import ScoredWord, has_word, is_word, word_at
 
 
 def override(transcript: str, source_word: str) -> bool:
@@ -94,7 +96,9 @@ def result_rows(
         ld_source = decoded.logps[clean_source][source_word] - decoded.logps[clean_source][target_word]
         ld_target = decoded.logps[clean_target][source_word] - decoded.logps[clean_target][target_word]
         value, valid = effect(logp[source_word], logp[target_word], ld_source, ld_target, min_separation)
-        text = decoded.transcripts[f]
+        text, carrier = decoded.transcripts[f], batch["carrier"][b]
+        said, kept = word_at(text, carrier)  # the transcript's word where the carrier has it; the carrier kept
+        heard, heard_kept = word_at(decoded.transcripts[clean_source], carrier)
         languages = decoded.language_probs[f] if decoded.language_probs else None
         rows.append(
             ResultRow(
@@ -116,18 +120,24 @@ def result_rows(
                 donor=row.donor,
                 donor_word=batch[f"{row.donor}_word"][b],
                 transcript=text,
-                override=override(text, batch["source_word"][b]),
-                retained=retained(text, batch["target_word"][b]),
-                transfer=transfer(text, batch["source_word"][b]),
+                override=kept and override(said, batch["source_word"][b]),
+                retained=kept and retained(said, batch["target_word"][b]),
+                transfer=kept and transfer(said, batch["source_word"][b]),
                 logp_source=logp[source_word],
                 logp_target=logp[target_word],
                 score=score(logp[source_word], logp[target_word]),
                 p_source_language=p_source_language(languages, batch["source_lang"][b], batch["target_lang"][b]),
-                source_recognised=is_word(decoded.transcripts[clean_source], batch["source_word"][b]),
+                source_recognised=heard_kept and is_word(heard, batch["source_word"][b]),
                 ld_source_clean=ld_source,
                 ld_target_clean=ld_target,
                 effect=value,
                 effect_valid=valid,
+                source_speaker=batch["source_speaker"][b],
+                target_speaker=batch["target_speaker"][b],
+                corpus=batch["corpus"][b],
+                licence=batch["licence"][b],
+                carrier=carrier,
+                carrier_kept=kept,
             )
         )
     return rows

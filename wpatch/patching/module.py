@@ -22,7 +22,7 @@ from wpatch.patching.measures import result_rows, words_to_score
 from wpatch.patching.plan import check_patch_directions, patch_specs, plan_rows
 from wpatch.rows import PairBatch
 from wpatch.sites import BLOCK_OUT, SITES, SiteName
-from wpatch.text import ScoredWord, scored_word, tokenizer_for
+from wpatch.text import ScoredWord, before, scored_word, tokenizer_for
 
 __all__ = ["PatchingModule", "check_atp", "check_precision"]
 log = logging.getLogger(__name__)
@@ -163,11 +163,11 @@ class PatchingModule(L.LightningModule):
                 len(data.items),
             )
 
-    def scored_word(self, lang: str, forms: list[list[int]]) -> ScoredWord:
+    def scored_word(self, lang: str, forms: list[list[int]], carrier: str = "") -> ScoredWord:
         """A word of language `lang` as it is scored: after the run's forced transcript start (in the run's
-        language if it has one, else the word's own)."""
+        language if it has one, else the word's own) and, in a carrier sentence, the carrier's words before it."""
         hp = self.hparams
-        return scored_word(tokenizer_for(self.whisper.dims, hp.language or lang, hp.task), forms)
+        return scored_word(tokenizer_for(self.whisper.dims, hp.language or lang, hp.task), forms, before(carrier))
 
     def predict_step(self, batch: PairBatch, batch_idx: int = 0) -> list[dict] | dict:
         """One row per item and patch (`wpatch.rows.ResultRow`, as column -> value); with method atp, a dict of
@@ -175,7 +175,10 @@ class PatchingModule(L.LightningModule):
         hp, model = self.hparams, self.whisper
         languages = {"source": batch["source_lang"], "target": batch["target_lang"], "control": batch["source_lang"]}
         words = {
-            side: [self.scored_word(lang, forms) for lang, forms in zip(languages[side], batch[f"{side}_tokens"])]
+            side: [
+                self.scored_word(lang, forms, carrier)
+                for lang, forms, carrier in zip(languages[side], batch[f"{side}_tokens"], batch["carrier"])
+            ]
             for side in ("source", "target", "control")
         }
         plan = plan_rows(batch, self.specs, hp.directions, hp.control, model.dims.n_audio_ctx, words)

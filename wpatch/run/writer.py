@@ -223,6 +223,8 @@ class PatchingResultsWriter(BasePredictionWriter):
         if trainer.datamodule.screening:
             extra["screening"] = trainer.datamodule.screening
         extra["silent_clips"] = getattr(trainer.datamodule, "silent_clips", [])  # clips without speech, still run
+        if getattr(trainer.datamodule, "word_frames", None):  # how words in carrier sentences were found
+            extra["word_frames"] = trainer.datamodule.word_frames
         settings = summary_settings(trainer, pl_module)
         extra["environment"] = environment(trainer, settings["batch_size"])
         extra["model_card"] = asdict(model_card(settings["model"]))

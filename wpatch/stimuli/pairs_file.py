@@ -1,7 +1,10 @@
 """Pairs tables: read and check them, and turn each pair into patching items (source into target).
 
 A pairs file is a CSV with `word_a`, `word_b` and optionally `pair_id`, `category`, `audio_a`, `audio_b`
-(recordings, relative to the CSV's folder) and `lang_a`, `lang_b` (default `en`).
+(recordings, relative to the CSV's folder), `lang_a`, `lang_b` (default `en`), and for words cut from longer
+recordings (`wpatch stimuli` writes these): `start_a`, `end_a`, `start_b`, `end_b` (the word's span in its
+recording, seconds), `speaker_a`, `speaker_b`, `corpus` and `licence` (carried into every predictions row).
+`carrier` (e.g. `say {} again`) has synthesised words spoken inside that sentence (`wpatch.stimuli.carriers`).
 """
 
 import logging
@@ -33,6 +36,15 @@ ITEM_COLUMNS = [
     "target_lang",
     "source_audio",
     "target_audio",
+    "source_start",
+    "source_end",
+    "target_start",
+    "target_end",
+    "source_speaker",
+    "target_speaker",
+    "corpus",
+    "licence",
+    "carrier",
 ]
 
 
@@ -50,6 +62,47 @@ def recording_seconds(path: Path) -> float:
         return soundfile.info(str(path)).duration
     except Exception:
         return 0.0
+
+
+def check_span(path: Path, line: int, side: str, audio: Path, start: str, end: str, seconds: float) -> None:
+    """Refuse a word span that is not a number pair, is empty, lies outside its recording (`seconds` long, 0 when
+    it cannot be decoded) or is longer than Whisper hears."""
+    where = f"pairs file {path} line {line}: audio_{side} {audio}"
+    try:
+        begin, stop = float(start), float(end)
+    except ValueError:
+        raise WpatchError(
+            f"{where}: span start_{side}={start!r} end_{side}={end!r} is not two numbers; give both, in seconds"
+        ) from None
+    if not seconds:
+        raise WpatchError(f"{where} cannot be decoded; convert it to wav or flac (e.g. ffmpeg -i in.opus out.wav)")
+    if stop <= begin:
+        raise WpatchError(f"{where}: the span {begin:g}-{stop:g} s is empty; end_{side} must be after start_{side}")
+    if begin < 0 or stop > seconds + 1e-3:
+        raise WpatchError(
+            f"{where}: the span {begin:g}-{stop:g} s lies outside the recording (0-{seconds:.3f} s); fix the span"
+        )
+    if stop - begin > MAX_SECONDS:
+        raise WpatchError(
+            f"{where}: the span {begin:g}-{stop:g} s is longer than the {MAX_SECONDS:.0f} s Whisper hears; shorten it"
+        )
+
+
+def check_carrier(path: Path, line: int, row: pd.Series) -> None:
+    """Refuse a carrier sentence without exactly one `{}`, or given for a recorded word (a recording is spoken as
+    it is: give its span instead)."""
+    carrier = row["carrier"]
+    if not (carrier.count("{}") == carrier.count("{") == carrier.count("}") == 1):
+        raise WpatchError(
+            f"pairs file {path} line {line}: carrier {row['carrier']!r} needs exactly one {{}} where the word goes, "
+            "e.g. 'say {} again'"
+        )
+    for side in ("a", "b"):
+        if row[f"audio_{side}"]:
+            raise WpatchError(
+                f"pairs file {path} line {line}: a carrier sentence is spoken by the voice, but audio_{side} is a "
+                "recording; drop the carrier or the recording"
+            )
 
 
 def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.DataFrame:
@@ -83,6 +136,15 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
         ("audio_b", ""),
         ("lang_a", "en"),
         ("lang_b", "en"),
+        ("start_a", ""),
+        ("end_a", ""),
+        ("start_b", ""),
+        ("end_b", ""),
+        ("speaker_a", ""),
+        ("speaker_b", ""),
+        ("corpus", ""),
+        ("licence", ""),
+        ("carrier", ""),
     ):
         values = pairs[column].str.strip() if column in pairs.columns else pd.Series("", index=pairs.index)
         pairs[column] = values.replace("", default)
@@ -90,6 +152,8 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
         pairs["pair_id"] = [f"p{i:05d}" for i in range(len(pairs))]
     for index, row in pairs.iterrows():
         line = index + 2  # header is line 1
+        if row["carrier"]:
+            check_carrier(path, line, row)
         for side in ("a", "b"):
             if not row[f"word_{side}"]:
                 raise WpatchError(f"pairs file {path} line {line}: empty word_{side}; fill it in or drop the row")
@@ -98,6 +162,12 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
                     f"pairs file {path} line {line}: word_{side} {row[f'word_{side}']!r} has no letters or digits, so "
                     "no transcript can match it; give a word"
                 )
+            if row[f"start_{side}"] or row[f"end_{side}"]:
+                if not row[f"audio_{side}"]:
+                    raise WpatchError(
+                        f"pairs file {path} line {line}: start_{side}/end_{side} given without audio_{side}; a span "
+                        "is a word's place in a recording, so give the recording or drop the span"
+                    )
             if row[f"audio_{side}"]:
                 audio = Path(row[f"audio_{side}"])
                 audio = audio if audio.is_absolute() else path.parent / audio
@@ -112,13 +182,16 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
                         "it empty to synthesise"
                     )
                 seconds = recording_seconds(audio)
-                if seconds > MAX_SECONDS:
+                if row[f"start_{side}"] or row[f"end_{side}"]:
+                    check_span(path, line, side, audio, row[f"start_{side}"], row[f"end_{side}"], seconds)
+                elif seconds > MAX_SECONDS:
                     raise WpatchError(
                         f"pairs file {path} line {line}: audio_{side} {audio} is {seconds:.1f} s long and Whisper "
                         f"hears only the first {MAX_SECONDS:.0f} s; trim it to the word"
                     )
                 pairs.at[index, f"audio_{side}"] = str(audio.resolve())
-    stimulus = ["word_a", "word_b", "lang_a", "lang_b", "audio_a", "audio_b"]
+    stimulus = ["word_a", "word_b", "lang_a", "lang_b", "audio_a", "audio_b", "start_a", "end_a", "start_b", "end_b"]
+    stimulus.append("carrier")
     repeats = pairs.duplicated(stimulus)
     if repeats.any():
         index = repeats.idxmax()
@@ -136,12 +209,12 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
 log = logging.getLogger(__name__)
 
 
-def first_use(pairs: pd.DataFrame, word: str, lang: str, audio: str) -> tuple[int, str]:
-    """The pairs-file line and column where a clip is first used: its recording's audio_a / audio_b or, for a
-    synthesised clip, the word_a / word_b of that word and language without a recording."""
+def first_use(pairs: pd.DataFrame, word: str, lang: str, audio: str, start: str = "") -> tuple[int, str]:
+    """The pairs-file line and column where a clip is first used: its recording's (and span's) audio_a / audio_b
+    or, for a synthesised clip, the word_a / word_b of that word and language without a recording."""
     for index, row in pairs.iterrows():
         for side in ("a", "b"):
-            if audio and row[f"audio_{side}"] == audio:
+            if audio and (row[f"audio_{side}"], row[f"start_{side}"]) == (audio, start):
                 return index + 2, f"audio_{side}"
             if not audio and (row[f"word_{side}"], row[f"lang_{side}"], row[f"audio_{side}"]) == (word, lang, ""):
                 return index + 2, f"word_{side}"
@@ -150,13 +223,13 @@ def first_use(pairs: pd.DataFrame, word: str, lang: str, audio: str) -> tuple[in
 
 def silent_clips(pairs: pd.DataFrame, path, clips: list[tuple], reasons: list[str | None], tell: bool = True) -> list:
     """The clips without speech (`reasons[i]` from `audio.no_speech`; `clips[i]` is (word, lang, recording, voice,
-    file)), each with the pairs-file line and column that first uses it, and told (`tell`) in one warning
-    line each. Their items still run; the list goes to summary.json (`silent_clips`)."""
+    span start, span end, file)), each with the pairs-file line and column that first uses it, and told (`tell`) in
+    one warning line each. Their items still run; the list goes to summary.json (`silent_clips`)."""
     found = []
-    for (word, lang, audio, voice, file), reason in zip(clips, reasons):
+    for (word, lang, audio, voice, start, _, file), reason in zip(clips, reasons):
         if reason is None:
             continue
-        line, column = first_use(pairs, word, lang, audio)
+        line, column = first_use(pairs, word, lang, audio, start)
         found.append(
             {"file": str(file), "line": line, "column": column, "word": word, "voice": voice, "reason": reason}
         )
@@ -188,6 +261,15 @@ def patch_items(pairs: pd.DataFrame, bidirectional: bool = True) -> pd.DataFrame
                     "target_lang": pair[f"lang_{tgt}"],
                     "source_audio": pair[f"audio_{src}"],
                     "target_audio": pair[f"audio_{tgt}"],
+                    "source_start": pair[f"start_{src}"],
+                    "source_end": pair[f"end_{src}"],
+                    "target_start": pair[f"start_{tgt}"],
+                    "target_end": pair[f"end_{tgt}"],
+                    "source_speaker": pair[f"speaker_{src}"],
+                    "target_speaker": pair[f"speaker_{tgt}"],
+                    "corpus": pair["corpus"],
+                    "licence": pair["licence"],
+                    "carrier": pair["carrier"],
                 }
             )
     items = pd.DataFrame(rows)

@@ -17,20 +17,32 @@ from whisper.model import Whisper
 
 from wpatch.atomic import atomic_path
 from wpatch.patching.decoding import cross_attention_cache, greedy_transcripts, word_logprobs
-from wpatch.text import is_word, scored_word, tokenizer_for, word_tokens
+from wpatch.text import before, is_word, scored_word, tokenizer_for, word_at, word_tokens
 
 SCREEN_COLUMNS = ["word", "lang", "voice", "clip", "transcript", "heard", "logp"]
 
 
 @torch.no_grad()
 def screen_clips(
-    model: Whisper, mels: torch.Tensor, words: list[str], langs: list[str], max_tokens: int = 8, batch_size: int = 16
+    model: Whisper,
+    mels: torch.Tensor,
+    words: list[str],
+    langs: list[str],
+    max_tokens: int = 8,
+    batch_size: int = 16,
+    carriers: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Transcript, heard and logp of every clean clip: `mels` (N, n_mels, 3000) with each clip's word and language."""
+    """Transcript, heard and logp of every clean clip: `mels` (N, n_mels, 3000) with each clip's word and language,
+    and carrier sentence (`carriers`; none: words alone), where the word is heard at its place in the sentence
+    with the carrier's other words kept, and scored after the carrier's words before it."""
     device = next(model.parameters()).device
+    carriers = carriers or [""] * len(words)
     languages = [lang if model.is_multilingual else "en" for lang in langs]
     tokenizers = {lang: tokenizer_for(model.dims, lang) for lang in set(languages)}
-    asked = [scored_word(tokenizers[lang], word_tokens(tokenizers[lang], word)) for word, lang in zip(words, languages)]
+    asked = [
+        scored_word(tokenizers[lang], word_tokens(tokenizers[lang], word), before(carrier))
+        for word, lang, carrier in zip(words, languages, carriers)
+    ]
     transcripts, logps = [], []
     for start in range(0, len(words), batch_size):
         chunk = slice(start, start + batch_size)
@@ -45,10 +57,17 @@ def screen_clips(
             "word": words,
             "lang": langs,
             "transcript": transcripts,
-            "heard": [is_word(t, w) for t, w in zip(transcripts, words)],
+            "heard": [heard(t, w, c) for t, w, c in zip(transcripts, words, carriers)],
             "logp": logps,
         }
     )
+
+
+def heard(transcript: str, word: str, carrier: str = "") -> bool:
+    """The transcript has the word at the carrier's place (the whole transcript for a word alone), and the
+    carrier's other words unchanged."""
+    said, kept = word_at(transcript, carrier)
+    return kept and is_word(said, word)
 
 
 def screen_summary(screen: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
@@ -77,7 +96,13 @@ def clip_key(mel: torch.Tensor, lang: str) -> str:
 
 
 def cached_screen(
-    load: Callable[[], Whisper], spec: str, mels: torch.Tensor, words: list[str], langs: list[str], cache_dir: Path
+    load: Callable[[], Whisper],
+    spec: str,
+    mels: torch.Tensor,
+    words: list[str],
+    langs: list[str],
+    cache_dir: Path,
+    carriers: list[str] | None = None,
 ) -> pd.DataFrame:
     """`screen_clips` with every clip's result kept in `cache_dir/<model>.csv`, keyed by `clip_key`: the model is
     loaded (`load()`) and run only for clips never screened with it, so screening and later runs share the work."""
@@ -91,7 +116,8 @@ def cached_screen(
     screened = set(known["key"])
     todo = [i for i, key in enumerate(keys) if key not in screened]
     if todo:
-        fresh = screen_clips(load(), mels[todo], [words[i] for i in todo], [langs[i] for i in todo])
+        carried = [carriers[i] for i in todo] if carriers else None
+        fresh = screen_clips(load(), mels[todo], [words[i] for i in todo], [langs[i] for i in todo], carriers=carried)
         fresh.insert(0, "key", [keys[i] for i in todo])
         known = pd.concat([known, fresh], ignore_index=True).drop_duplicates("key", keep="last")
         path.parent.mkdir(parents=True, exist_ok=True)

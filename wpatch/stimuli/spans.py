@@ -1,0 +1,25 @@
+"""Words cut from longer recordings: a pairs row's span (`start_a`, `end_a`, seconds) becomes a clip of its own.
+
+The cut is a 16 kHz mono float wav under `<root>/<sha256 of the recording's bytes>/<start>-<end>.wav` (seconds),
+written once and read back on later runs, so the rest of a run (log-mels, screening, the word's frames) treats it
+like any other recording.
+"""
+
+from pathlib import Path
+
+import soundfile
+
+from wpatch.atomic import atomic_path
+from wpatch.stimuli.audio import SAMPLE_RATE, load_audio
+from wpatch.stimuli.melcache import clip_digest
+
+
+def cut_span(audio: Path, start: float, end: float, root: Path) -> Path:
+    """The clip holding seconds [start, end) of the recording `audio` (made if missing)."""
+    target = Path(root) / clip_digest(audio) / f"{start:.6f}-{end:.6f}.wav"
+    if not target.exists():
+        samples = load_audio(audio)[round(start * SAMPLE_RATE) : round(end * SAMPLE_RATE)]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as partial:
+            soundfile.write(str(partial), samples, SAMPLE_RATE, subtype="FLOAT", format="WAV")
+    return target

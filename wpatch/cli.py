@@ -1,5 +1,6 @@
 """The `wpatch` command: `wpatch predict` (run an experiment), `wpatch report RUN_DIR` (the analysis and figures
 again from a saved predictions.csv), `wpatch compare RUN_A RUN_B` (cell-by-cell differences with intervals),
+`wpatch merge SHARD_RUN... --out RUN` (the runs of a run's shards made into the whole run, `wpatch.run.merge`),
 `wpatch screen` (which clips a model hears) and `wpatch benchmark` (the checkout's scripts/benchmark.py).
 `python -m wpatch` is the same command.
 
@@ -212,7 +213,7 @@ def report(run_dir: str) -> dict:
     if not old and (folder / "run.json").exists():
         old = json.loads((folder / "run.json").read_text()).get("settings", {})
     settings = {k: v for k, v in old.items() if k not in SUMMARY_PARTS}
-    extra = {k: old[k] for k in ("wall_time_s", "clip_cache", "screening", "silent_clips") if k in old}
+    extra = {k: old[k] for k in ("wall_time_s", "clip_cache", "screening", "silent_clips", "shard_items") if k in old}
     return analyse(rows, folder, settings, extra)
 
 
@@ -279,14 +280,33 @@ def screen(args=None) -> None:
     )
 
 
+def merge_shards(args: list[str]) -> None:
+    """`wpatch merge SHARD_RUN... --out RUN` (see `wpatch.run.merge`)."""
+    from wpatch.run.merge import merge
+
+    parser = argparse.ArgumentParser(prog="wpatch merge", description="The runs of a run's shards as the whole run.")
+    parser.add_argument("shards", nargs="+", help="the finished run folders of shards 0/N .. N-1/N, in any order")
+    parser.add_argument("--out", required=True, help="the merged run's folder (new or empty)")
+    options = parser.parse_args(args)
+    try:
+        summary = merge(options.shards, options.out)
+    except WpatchError as error:
+        print(f"wpatch: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    items = summary["groups"]["all"]["items"]
+    print(f"{len(options.shards)} shards merged: {items} items; tables, figures and report.md in:")
+    print(Path(options.out).resolve())
+
+
 def main(argv: list[str] | None = None) -> None:
     """The `wpatch` console command."""
     argv = sys.argv[1:] if argv is None else list(argv)
     usage = (
-        "usage: wpatch {predict,report,compare,screen,benchmark} ...\n"
+        "usage: wpatch {predict,report,compare,merge,screen,benchmark} ...\n"
         "  predict [--config FILE] [--model.* --data.* --writer.* --trainer.*]  run an experiment\n"
         "  report RUN_DIR                 analysis, figures and summary again from RUN_DIR/predictions.csv\n"
         "  compare RUN_A RUN_B [--out F]  cell-by-cell differences of two runs, with 95% intervals\n"
+        "  merge SHARD_RUN... --out RUN   the finished runs of a run's shards (--data.shard I/N) as the whole run\n"
         "  screen ...                     which clean clips the model recognises (--help lists its options)\n"
         "  benchmark ...                  speed of the patching modes (scripts/benchmark.py)"
     )
@@ -305,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
         except WpatchError as error:
             print(f"wpatch: error: {error}", file=sys.stderr)
             sys.exit(2)
+    elif command == "merge":
+        merge_shards(rest)
     elif command == "screen":
         screen(rest)
     elif command == "benchmark":

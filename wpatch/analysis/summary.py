@@ -111,6 +111,7 @@ SUMMARY_PARTS = (
     "clip_cache",
     "screening",
     "silent_clips",
+    "shard_items",
     "groups",
     "conditions",
     "features",

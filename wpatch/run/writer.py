@@ -214,6 +214,9 @@ class PatchingResultsWriter(BasePredictionWriter):
         if trainer.datamodule.screening:
             extra["screening"] = trainer.datamodule.screening
         extra["silent_clips"] = getattr(trainer.datamodule, "silent_clips", [])  # clips without speech, still run
+        if getattr(trainer.datamodule, "shard", None) is not None:  # what `wpatch merge` checks the shards by
+            index, count = trainer.datamodule.shard
+            extra["shard_items"] = {"index": index, "count": count, "items_total": trainer.datamodule.items_total}
         settings = summary_settings(trainer, pl_module)
         extra["environment"] = environment(trainer, settings["batch_size"])
         summary = analyse(rows, self.output_dir, settings, extra)

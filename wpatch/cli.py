@@ -27,6 +27,7 @@ import lightning as L
 import torch
 import yaml
 from jsonargparse import ArgumentError
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
@@ -168,8 +169,11 @@ def patching_trainer(
     enable_model_summary: bool = False,
 ) -> L.Trainer:
     """The Trainer with only the options a patching run uses (no epochs, clipping or optimisers); fp32 unless
-    asked (`--trainer.precision`); progress in items and rows (`wpatch.run.progress.ItemProgressBar`)."""
+    asked (`--trainer.precision`); progress in items and rows (`wpatch.run.progress.ItemProgressBar`). Under
+    SLURM (srun), Lightning's auto-requeue is off: it would save a training checkpoint and requeue on SIGUSR1;
+    a run continues instead by starting it again with --writer.resume true (docs/clusters.md)."""
     callbacks = list(callbacks or [])
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(ItemProgressBar())
     try:
@@ -183,6 +187,7 @@ def patching_trainer(
             callbacks=callbacks,
             logger=logger,
             enable_model_summary=enable_model_summary,
+            plugins=plugins,
         )
     except ValueError as error:  # Lightning refuses an option's value (a strategy or accelerator name, num_nodes)
         raise WpatchError(str(error)) from error

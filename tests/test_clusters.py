@@ -1,6 +1,7 @@
 """Shards (`--data.shard I/N`) and `wpatch merge`: two shards merged equal the whole run byte for byte (rows,
 tables, figures, report), with the whole run's item ids and control donors; a gap, an overlap, a settings
-difference or an unfinished shard is one line naming the shard."""
+difference or an unfinished shard is one line naming the shard; under SLURM, Lightning's auto-requeue is off (a run
+continues with --writer.resume true instead)."""
 
 import json
 import shutil
@@ -94,3 +95,14 @@ def test_shards_are_balanced_by_source_clip_and_do_not_depend_on_each_other():
     for bad in ("8/8", "a/2", "1", "-1/2"):
         with pytest.raises(WpatchError, match="is not I/N with 0 <= I < N"):
             parse_shard(bad)
+
+
+def test_under_slurm_lightnings_auto_requeue_is_off(monkeypatch):
+    from wpatch.cli import patching_trainer
+
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "wpatch", "SLURM_NODELIST": "node1", "SLURM_PROCID": "0"}
+    for name, value in {**slurm, "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "7"}.items():
+        monkeypatch.setenv(name, value)
+    trainer = patching_trainer(accelerator="cpu", devices=1, enable_progress_bar=False)
+    environment = trainer._accelerator_connector.cluster_environment  # what the strategy would use
+    assert type(environment).__name__ == "SLURMEnvironment" and environment.auto_requeue is False

@@ -20,11 +20,11 @@ from torch.utils.data import DataLoader
 
 from wpatch.errors import WpatchError
 from wpatch.faults import fault_point
-from wpatch.models.loading import cache_root, load_model, model_dims, multilingual
+from wpatch.models.loading import cache_root, check_languages, load_model, model_dims, multilingual
 from wpatch.patching.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.rows import PairBatch
 from wpatch.stimuli.melcache import MelStore
-from wpatch.stimuli.pairs_file import check_languages, pairs_path, patch_items, read_pairs, silent_clips
+from wpatch.stimuli.pairs_file import pairs_path, patch_items, read_pairs, silent_clips
 from wpatch.stimuli.screening import SCREEN_COLUMNS, cached_screen
 from wpatch.stimuli.tts import ClipCache, make_backend, parse_speaker
 from wpatch.text import tokenizer_for, word_tokens

@@ -5,10 +5,10 @@
 Writes english_pairs.csv (869 pairs) and english_spanish_pairs.csv (162 pairs); the same installed
 sources give the same bytes (a test checks the shipped files against a rebuild).
 
-Word choice by what a model hears (three steps; see README, Stimulus sets):
+Word choice by what a model hears (three steps; see docs/stimuli.md):
 
     python scripts/build_stimuli.py --candidates runs/candidates.csv          # every word the builder may choose
-    python scripts/screen.py --pairs-file runs/candidates.csv --tts hibari --output-dir runs/screen_candidates
+    wpatch screen --pairs-file runs/candidates.csv --tts hibari --output-dir runs/screen_candidates
     python scripts/build_stimuli.py --heard runs/screen_candidates/screen.csv  # writes english_heard_pairs.csv
 
 The screening that english_heard_pairs.csv was chosen from ships as wpatch/data/curated/screen_tiny.en_hibari.csv

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,43 +22,19 @@ from tests.predict_run import main, predict_args
 from wpatch.analysis import read_matrix
 from wpatch.errors import WpatchError
 from wpatch.models.loading import load_model
+from wpatch.rows import ROW_COLUMNS
 from wpatch.run.writer import PatchingResultsWriter, write_part
 from wpatch.text import scoring_prefix, tokenizer_for, word_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = "word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\nship,sheep,vowel\n"
-COLUMNS = [  # predictions.csv's columns as README documents them, written out independently of the code
-    "item_id",
-    "pair_id",
-    "direction",
-    "category",
-    "voice",
-    "source_word",
-    "target_word",
-    "site",
-    "source_layer",
-    "target_layer",
-    "window",
-    "window_start",
-    "window_end",
-    "alpha",
-    "patch_direction",
-    "donor",
-    "donor_word",
-    "transcript",
-    "override",
-    "retained",
-    "transfer",
-    "logp_source",
-    "logp_target",
-    "score",
-    "p_source_language",
-    "source_recognised",
-    "ld_source_clean",
-    "ld_target_clean",
-    "effect",
-    "effect_valid",
-]
+
+
+def documented_columns() -> set[str]:
+    """The columns README.md documents under "Reading the measures" (read from its table, not from the code)."""
+    section = (ROOT / "README.md").read_text().split("## Reading the measures")[1].split("\n## ")[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`([a-z_]+)`", row)}
 
 
 def matrix_of(out, measure, group="all"):
@@ -80,7 +57,7 @@ def finished_run(tmp_path_factory, small_model_path):
 def test_table_has_one_row_per_item_and_layer_pair(finished_run):
     _, out = finished_run
     rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
-    assert list(rows.columns) == COLUMNS
+    assert list(rows.columns) == ROW_COLUMNS and set(ROW_COLUMNS) == documented_columns()
     assert len(rows) == 6 * 3 * 3  # 3 pairs x 2 directions, 3 encoder blocks
     assert not rows.duplicated(["item_id", "source_layer", "target_layer"]).any()
     assert rows["score"].between(0, 1).all()
@@ -121,7 +98,7 @@ def test_diagonal_rows_equal_an_unpatched_run_and_whisper_decode(finished_run, s
 
 
 def test_writer_refuses_a_table_with_missing_or_repeated_rows(tmp_path):
-    row = dict.fromkeys(COLUMNS, "") | {
+    row = dict.fromkeys(ROW_COLUMNS, "") | {
         "item_id": 0,
         "site": "block_out",
         "window": "all",

@@ -35,12 +35,12 @@ from lightning.pytorch.cli import LightningCLI
 from datamodules import PairDataModule
 from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
-from wpatch.models.loading import model_dims, multilingual
+from wpatch.models.loading import check_languages, model_dims, multilingual
 from wpatch.patching.module import PatchingModule, check_precision
 from wpatch.run.folder import RunStopped, check_writable
 from wpatch.run.progress import ItemProgressBar
 from wpatch.run.writer import PatchingResultsWriter
-from wpatch.stimuli.pairs_file import check_languages, pairs_path, read_pairs
+from wpatch.stimuli.pairs_file import pairs_path, read_pairs
 from wpatch.stimuli.screening import screen_summary
 
 

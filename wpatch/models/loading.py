@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pandas as pd
 import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper
@@ -190,3 +191,24 @@ def model_dims(spec: str) -> ModelDimensions:
         return ModelDimensions(**checkpoint["dims"])
     except Exception as error:
         raise _unreadable(spec, error) from None
+
+
+def check_languages(
+    model: str, multilingual: bool, language: str | None = None, pairs: pd.DataFrame | None = None, path=None
+) -> None:
+    """Refuse, before any work, a decoding language or words other than English for an English-only model: it
+    would decode them as English, and its measures would be silently wrong."""
+    if multilingual:
+        return
+    if language not in (None, "en"):
+        raise WpatchError(
+            f"model {model} is English-only, so it cannot decode in language {language!r}; use --model.language en "
+            "or a multilingual model (tiny, base, small, ...)"
+        )
+    for index, row in (pairs if pairs is not None else pd.DataFrame()).iterrows():
+        for side in ("a", "b"):
+            if row[f"lang_{side}"] != "en":
+                raise WpatchError(
+                    f"model {model} is English-only, but pairs file {path} line {index + 2} has lang_{side} "
+                    f"{row[f'lang_{side}']!r}; use a multilingual model (tiny, base, small, ...) or English pairs"
+                )

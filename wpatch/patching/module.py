@@ -12,14 +12,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from wpatch.errors import WpatchError
-from wpatch.models.loading import load_model
+from wpatch.models.loading import check_languages, load_model
 from wpatch.patching.decoder import decode_plan, decoding_plan
 from wpatch.patching.encoder import encode_plan, layer_pairs
 from wpatch.patching.measures import result_rows, words_to_score
 from wpatch.patching.plan import check_patch_directions, patch_specs, plan_rows
 from wpatch.rows import PairBatch
 from wpatch.sites import BLOCK_OUT, SITES, SiteName
-from wpatch.stimuli.pairs_file import check_languages
 from wpatch.text import ScoredWord, scored_word, tokenizer_for
 
 __all__ = ["PatchingModule", "check_precision"]

@@ -133,27 +133,6 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
     return pairs.reset_index(drop=True)
 
 
-def check_languages(
-    model: str, multilingual: bool, language: str | None = None, pairs: pd.DataFrame | None = None, path=None
-) -> None:
-    """Refuse, before any work, a decoding language or words other than English for an English-only model: it
-    would decode them as English, and its measures would be silently wrong."""
-    if multilingual:
-        return
-    if language not in (None, "en"):
-        raise WpatchError(
-            f"model {model} is English-only, so it cannot decode in language {language!r}; use --model.language en "
-            "or a multilingual model (tiny, base, small, ...)"
-        )
-    for index, row in (pairs if pairs is not None else pd.DataFrame()).iterrows():
-        for side in ("a", "b"):
-            if row[f"lang_{side}"] != "en":
-                raise WpatchError(
-                    f"model {model} is English-only, but pairs file {path} line {index + 2} has lang_{side} "
-                    f"{row[f'lang_{side}']!r}; use a multilingual model (tiny, base, small, ...) or English pairs"
-                )
-
-
 log = logging.getLogger(__name__)
 
 

@@ -1,0 +1,52 @@
+"""The package's layout (docs/architecture.md): every module imports only its own folder, the folders below it,
+and the ground floor; and no module grows past 500 lines."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOORS = [  # lowest first
+    {"wpatch.sites", "wpatch.rows", "wpatch.text", "wpatch.errors", "wpatch.atomic", "wpatch.faults"},
+    {"wpatch.models"},
+    {"wpatch.patching"},
+    {"wpatch.stimuli"},
+    {"wpatch.analysis"},
+    {"datamodules"},
+    {"wpatch.run"},
+    {"wpatch.cli", "wpatch", "wpatch.__main__"},
+]
+
+
+def floor_of(module: str) -> int:
+    """The floor of a dotted module name: that of its longest prefix listed in FLOORS."""
+    parts = module.split(".")
+    for length in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:length])
+        for floor, names in enumerate(FLOORS):
+            if prefix in names:
+                return floor
+    raise AssertionError(f"{module} is on no floor of tests/test_layout.py")
+
+
+def modules():
+    for path in sorted([*ROOT.glob("wpatch/**/*.py"), *ROOT.glob("datamodules/*.py")]):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        yield path, name
+
+
+def test_no_module_imports_a_folder_above_its_own():
+    for path, name in modules():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+        ours = {m for m in imported if m.split(".")[0] in ("wpatch", "datamodules")}
+        upward = sorted(m for m in ours if floor_of(m) > floor_of(name))
+        assert not upward, f"{name} imports {upward}, above its floor"
+
+
+def test_no_module_is_over_500_lines():
+    long = {name: n for path, name in modules() if (n := len(path.read_text().splitlines())) > 500}
+    assert not long, long

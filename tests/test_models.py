@@ -6,8 +6,8 @@ import torch
 from whisper.model import Whisper
 
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
-from wpatch import models
 from wpatch.errors import WpatchError
+from wpatch.models import loading as models
 from wpatch.models.ctranslate2 import convert, read_model_bin
 from wpatch.models.loading import load_model, model_dims
 

@@ -18,9 +18,10 @@ def predict_args(
     config: str = "experiment_a",
     batch_size: int = 2,
     max_tokens: int | None = None,
+    options: tuple[str, ...] = (),
 ) -> list[str]:
     """A run of `configs/<config>.yaml` on `model`: `pairs` written to folder/pairs.csv, clips cached in
-    folder/clips, output in `out` (default folder/out), no progress bar, then `extra`."""
+    folder/clips, then `options`, output in `out` (None: folder/out), no progress bar, then `extra`."""
     folder = Path(folder)
     (folder / "pairs.csv").write_text(pairs)
     return [
@@ -35,8 +36,9 @@ def predict_args(
         "--data.batch_size",
         str(batch_size),
         *(["--model.max_tokens", str(max_tokens)] if max_tokens else []),
+        *options,
         "--writer.output_dir",
-        str(out or folder / "out"),
+        str(folder / "out" if out is None else out),
         "--trainer.enable_progress_bar",
         "false",
         *extra,

@@ -80,6 +80,37 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
 
     refused("`--model.alphas '[nan]'`", lambda d: args(d, small_model_path, "--model.alphas", "[nan]"))
 
+    def hugging_face(config: dict, shards: int = 0):
+        """A Hugging Face checkpoint folder: `config`, and an index of `shards` shards of which only the first is
+        there (no shards: an empty model.safetensors)."""
+
+        def make(d):
+            (d / "hf").mkdir()
+            (d / "hf" / "config.json").write_text(json.dumps(config))
+            names = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
+            (d / "hf" / (names[0] if names else "model.safetensors")).write_bytes(b"")
+            if names:
+                index = {"weight_map": {f"tensor{i}": name for i, name in enumerate(names)}}
+                (d / "hf" / "model.safetensors.index.json").write_text(json.dumps(index))
+            return args(d, str(d / "hf"))
+
+        return make
+
+    refused("a Hugging Face folder of another model (`model_type` bert)", hugging_face({"model_type": "bert"}))
+    whisper_config = {
+        "model_type": "whisper",
+        **dict.fromkeys(["num_mel_bins", "max_source_positions", "d_model", "vocab_size", "max_target_positions"], 80),
+        **dict.fromkeys(["encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads"], 2),
+    }
+    refused("a Hugging Face folder with a shard missing", hugging_face(whisper_config, shards=2), expect="is missing")
+
+    def offline_hub(d):
+        monkeypatch.setenv("HF_HUB_CACHE", str(d / "hub"))
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+        return args(d, "someone/whisper-tiny-finetune")
+
+    refused("a hub id neither in the Hugging Face cache nor reachable", offline_hub, expect="unreachable")
+
     def with_file(name, text="", **kwargs):
         def make(d):
             (d / name).parent.mkdir(exist_ok=True)

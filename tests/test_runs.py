@@ -26,8 +26,8 @@ PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"  # 4 items, each its own source cli
 
 def args(tmp_path, model, out, *extra, pairs=PAIRS):
     """Two pairs, one item a batch (4 parts), layers 0 and 2, three tokens at most."""
-    layers = ["--model.source_layers", "[0, 2]", "--model.target_layers", "[0, 2]"]
-    return predict_args(tmp_path, model, out, *layers, *extra, pairs=pairs, batch_size=1, max_tokens=3)
+    layers = ("--model.source_layers", "[0, 2]", "--model.target_layers", "[0, 2]")
+    return predict_args(tmp_path, model, out, *extra, pairs=pairs, batch_size=1, max_tokens=3, options=layers)
 
 
 def script(arguments, fault=None, env=None, **popen):

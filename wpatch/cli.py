@@ -218,26 +218,49 @@ def report(run_dir: str) -> dict:
     if not old and (folder / "run.json").exists():
         old = json.loads((folder / "run.json").read_text()).get("settings", {})
     settings = {k: v for k, v in old.items() if k not in SUMMARY_PARTS}
-    extra = {k: old[k] for k in ("wall_time_s", "clip_cache", "screening", "silent_clips", "shard_items") if k in old}
+    extra = {
+        k: old[k]
+        for k in ("wall_time_s", "clip_cache", "screening", "silent_clips", "shard_items", "model_card")
+        if k in old
+    }
     return analyse(rows, folder, settings, extra)
 
 
 def analyse_again(command: str, rest: list[str]) -> None:
-    """`wpatch report RUN_DIR` or `wpatch compare RUN_A RUN_B [--out FILE]` (the arguments checked)."""
+    """`wpatch report RUN_DIR` or `wpatch compare RUN_A RUN_B [RUN ...] [--out FILE]` (the arguments checked)."""
     if command == "report":
         summary = report(rest[0])
         print(f"{len(summary.get('groups', {}))} groups summarised; {Path(rest[0]).resolve()}")
         return
-    from wpatch.analysis import compare_runs
+    from wpatch.analysis import compare_runs, depth_figure, depth_profiles
+    from wpatch.analysis.depth import run_model
+    from wpatch.analysis.figures import save_figure
 
-    table = compare_runs(rest[0], rest[1])
-    for difference in table.attrs.get("differences", []):
-        print(f"wpatch: note: the runs differ in {difference}", file=sys.stderr)
-    if len(rest) == 4:
+    runs, out = (rest[:-2], rest[-1]) if "--out" in rest else (rest, None)
+    models = [run_model(run) for run in runs]
+    depths = [" + ".join(f"{d} {stack}" for stack, d in depth.items()) for depth, _ in models]
+    if len(runs) == 2 and models[0][0] == models[1][0]:
+        table = compare_runs(runs[0], runs[1])
+        for difference in table.attrs.get("differences", []):
+            print(f"wpatch: note: the runs differ in {difference}", file=sys.stderr)
+    else:
+        table = depth_profiles(runs)
+        for label, run, (_, line) in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", runs, models):
+            print(f"wpatch: note: run {label} ({run}) patched {line}", file=sys.stderr)
+        why = f"the models differ in depth ({' and '.join(depths)} blocks)" if len(set(depths)) > 1 else None
+        print(
+            f"wpatch: note: {why or f'{len(runs)} runs'}: each run is placed on relative depth, layer / (depth - 1), "
+            "as diagonal and off-diagonal profiles of the effect with 95% intervals over pairs",
+            file=sys.stderr,
+        )
+        figure_path = Path(out).with_suffix(".png") if out else Path("relative_depth.png")
+        save_figure(depth_figure(table), figure_path)
+        print(f"wpatch: note: figure {figure_path.resolve()}", file=sys.stderr)
+    if out:
         try:
-            table.to_csv(rest[3], index=False)
+            table.to_csv(out, index=False)
         except OSError as error:
-            raise WpatchError(f"cannot write {rest[3]} ({error.strerror}); choose another --out") from None
+            raise WpatchError(f"cannot write {out} ({error.strerror}); choose another --out") from None
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
@@ -310,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         "usage: wpatch {predict,report,compare,merge,screen,benchmark} ...\n"
         "  predict [--config FILE] [--model.* --data.* --writer.* --trainer.*]  run an experiment\n"
         "  report RUN_DIR                 analysis, figures and summary again from RUN_DIR/predictions.csv\n"
-        "  compare RUN_A RUN_B [--out F]  cell-by-cell differences of two runs, with 95% intervals\n"
+        "  compare RUN_A RUN_B [RUN ...] [--out F]  cell-by-cell differences of two runs, with 95% intervals; runs\n"
+        "                                 of different depth (or more than two) on relative depth, with a figure\n"
         "  merge SHARD_RUN... --out RUN   the finished runs of a run's shards (--data.shard I/N) as the whole run\n"
         "  screen ...                     which clean clips the model recognises (--help lists its options)\n"
         "  benchmark ...                  speed of the patching modes (scripts/benchmark.py)"
@@ -321,8 +345,9 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command == "predict":
         predict(rest, ["wpatch", "predict"])
-    elif (command, len(rest)) in (("report", 1), ("compare", 2), ("compare", 4)):
-        if any(arg.startswith("-") for arg in rest[:2]) or (len(rest) == 4 and rest[2] != "--out"):
+    elif (command == "report" and len(rest) == 1) or (command == "compare" and len(rest) >= 2):
+        runs = rest[:-2] if command == "compare" and "--out" in rest else rest
+        if len(runs) < (1 if command == "report" else 2) or any(arg.startswith("-") for arg in runs):
             print(usage, file=sys.stderr)
             sys.exit(2)
         try:

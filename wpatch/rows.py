@@ -129,3 +129,45 @@ def with_sweep_start(rows):
     """`rows` (a DataFrame of predictions) with a `sweep_start` column: the window start of sweep rows, -1 for the
     others; with `CONDITION` and the layer pair it keys one cell of cells.csv and features.csv."""
     return rows.assign(sweep_start=rows["window_start"].where(rows["window"] == "sweep", -1))
+
+
+@dataclass(frozen=True)
+class AttributionRow:
+    """One row of attributions.csv (`--model.method atp`): the AtP estimate of patching the donor's `site` of
+    encoder block `layer` (s == t) on one window's frames, for one item and patch direction, and where it was
+    patched for real (`checked`: validate or verify), the real result beside it.
+
+    estimate / patched: the change of the recipient's logit difference logp_source - logp_target (nats), estimated
+    and real; estimate_effect / patched_effect: the patched logit difference normalised like `effect` (NaN where
+    the clean runs separate the words by less than min_separation); patched and patched_effect are NaN where the
+    cell was not patched for real."""
+
+    item_id: int
+    pair_id: str
+    direction: str
+    category: str
+    voice: str
+    source_word: str
+    target_word: str
+    patch_direction: str
+    site: str
+    layer: int
+    window: str  # "<start>-<end>" over the speech, or "rest" (every other frame)
+    window_start: int
+    window_end: int
+    frames: int  # how many frames the window holds
+    ld_source_clean: float
+    ld_target_clean: float
+    estimate: float
+    estimate_effect: float
+    graddrop: float  # --model.graddrop: mean over blocks l of |estimate with block l's gradient dropped|; else NaN
+    patched: float
+    patched_effect: float
+    checked: str  # "validate", "verify" or "" (not patched for real)
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in ATTRIBUTION_COLUMNS}
+
+
+ATTRIBUTION_COLUMNS = [f.name for f in fields(AttributionRow)]
+ATTRIBUTION_KEY = ["item_id", "patch_direction", "site", "layer", "window"]  # one row each

@@ -3,7 +3,10 @@ the phonetic features, sanity checks), with its images from `figures/`."""
 
 import pandas as pd
 
+from wpatch.analysis.attribution import atp_section
+from wpatch.analysis.depth import ModelCard
 from wpatch.analysis.figures import condition_title, figure_file, number
+from wpatch.analysis.lens import lens_section
 from wpatch.analysis.tables import condition_label
 from wpatch.rows import CONDITION, MEASURES
 from wpatch.sites import BLOCK_OUT
@@ -30,6 +33,8 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
     )
     lines = ["# wpatch run", "", "## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {summary[k]} |" for k in keys if k in summary]
+    if "model_card" in summary:
+        lines.insert(6 + int("model" in summary), f"| model card | {ModelCard(**summary['model_card']).line()} |")
     categories = ", ".join(f"{c or '(none)'}: {n}" for c, n in rows.groupby("category")["pair_id"].nunique().items())
     lines += [
         "",
@@ -79,6 +84,8 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
             lines.append(f"| {m} | " + " | ".join(cell) + " |")
     lines += condition_section(rows, summary)
     lines += feature_section(summary)
+    lines += lens_section(summary)
+    lines += atp_section(summary)
     lines += ["", "## Sanity checks", ""]
     primary = summary["primary_condition"]
     in_primary = (rows[CONDITION] == pd.Series(primary)).all(axis=1)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from wpatch.analysis.attribution import atp_validation
 from wpatch.analysis.features import feature_cells, run_features
 from wpatch.analysis.figures import condition_figures, feature_figures, file_suffix, group_title, heatmap, save_figure
+from wpatch.analysis.lens import lens_figure, lens_rows, lens_table
 from wpatch.analysis.report import report_markdown
 from wpatch.analysis.tables import (
     cell_table,
@@ -91,6 +93,20 @@ def analyse(
     }
     if not features.empty:
         summary["features"] = feature_figures(features, conditions, figures, board)
+    lens = lens_table(lens_rows(rows, settings), run_features(settings))
+    write_atomically(output_dir / "lens.csv", lens.to_csv(index=False))
+    if not lens.empty:
+        save_figure(lens_figure(lens), figures / "encoder_lens.png")
+    summary["encoder_lens"] = {
+        group: {
+            str(r.block): {"items": int(r.items), "recognised": float(r.recognised), "logp_word": float(r.logp_word)}
+            for r in frame.itertuples()
+        }
+        for group, frame in lens.groupby("group", sort=False)
+    }
+    validation = atp_validation(output_dir)
+    if validation is not None:
+        summary["atp_validation"] = validation
     if differences:
         summary["voice_differences_mean_abs"] = differences
         summary["voice_spread"] = voice_spread(groups, voices, measures)
@@ -115,7 +131,10 @@ SUMMARY_PARTS = (
     "groups",
     "conditions",
     "features",
+    "encoder_lens",
+    "atp_validation",
     "voice_differences_mean_abs",
     "voice_spread",
     "environment",
+    "model_card",
 )  # what `analyse` adds to the settings

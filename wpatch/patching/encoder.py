@@ -92,7 +92,7 @@ class Patch:
         return SITES[self.site].replaces_stream and self.start == 0 and self.end == n_ctx and self.alpha == 1.0
 
 
-def _site_module(block: ResidualAttentionBlock, site: str) -> torch.nn.Module:
+def site_module(block: ResidualAttentionBlock, site: str) -> torch.nn.Module:
     """The module whose output an encoder site is (the block itself for its output)."""
     hook = SITES[site].hook
     return block if hook == "output" else getattr(block, hook)
@@ -113,7 +113,7 @@ def site_patch(block: ResidualAttentionBlock, site: str, donor: Tensor, weight: 
     if SITES[site].hook == "input":
         handle = block.register_forward_pre_hook(lambda _m, args: (mix(args[0], donor, weight), *args[1:]))
     else:
-        handle = _site_module(block, site).register_forward_hook(lambda _m, _i, output: mix(output, donor, weight))
+        handle = site_module(block, site).register_forward_hook(lambda _m, _i, output: mix(output, donor, weight))
     try:
         yield
     finally:
@@ -141,7 +141,7 @@ def site_states(encoder: AudioEncoder, mel: Tensor, sites: set[str]) -> tuple[di
                 if SITES[site].hook == "input":
                     handle = block.register_forward_pre_hook(lambda _m, args, store=store: store.append(args[0]))
                 else:
-                    handle = _site_module(block, site).register_forward_hook(
+                    handle = site_module(block, site).register_forward_hook(
                         lambda _m, _i, output, store=store: store.append(
                             output[0] if isinstance(output, tuple) else output
                         )

@@ -6,13 +6,16 @@ transcripts, word log-probabilities, languages) and `measures` (the columns of e
 """
 
 import logging
+from typing import Literal
 
 import lightning as L
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 
 from wpatch.errors import WpatchError
 from wpatch.models.loading import check_languages, load_model
+from wpatch.patching.attribution_map import attribution_map
 from wpatch.patching.decoder import decode_plan, decoding_plan
 from wpatch.patching.encoder import encode_plan, layer_pairs
 from wpatch.patching.measures import result_rows, words_to_score
@@ -21,8 +24,22 @@ from wpatch.rows import PairBatch
 from wpatch.sites import BLOCK_OUT, SITES, SiteName
 from wpatch.text import ScoredWord, scored_word, tokenizer_for
 
-__all__ = ["PatchingModule", "check_precision"]
+__all__ = ["PatchingModule", "check_atp", "check_precision"]
 log = logging.getLogger(__name__)
+
+
+def check_atp(
+    method: str, atp_window: int, validate: bool, validate_sample: int, verify_top: int, graddrop: bool = False
+) -> None:
+    """Refuse attribution settings that mean nothing (validation without the map, an empty window)."""
+    if method != "atp" and (validate or verify_top or graddrop):
+        raise WpatchError(
+            "--model.validate, --model.verify_top and --model.graddrop need an attribution map; add --model.method atp"
+        )
+    if atp_window < 1:
+        raise WpatchError(f"atp_window {atp_window} holds no frame; give 1 or more frames per window")
+    if validate_sample < 0 or verify_top < 0:
+        raise WpatchError("validate_sample and verify_top count cells; give 0 or more")
 
 
 def check_precision(precision: str, on_gpu: bool) -> None:
@@ -64,6 +81,15 @@ class PatchingModule(L.LightningModule):
         max_tokens: greedy decoding stops after this many tokens (single words need few).
         decode_chunk: encoder outputs decoded together; bounds the decoder's cross-attention cache (about
             64 x 18 MB for tiny, 64 x 37 MB for base); raise it on a large GPU.
+        method: patch (the patches above, only) or atp: also the attribution-patching estimate of every encoder
+            site, block and frame (`wpatch.patching.attribution_map`), written to attributions.csv and .npz.
+        atp_window: frames per window of attributions.csv over the speech (the rest is one window).
+        validate: (atp) patch every window of the map for real beside its estimate (or a random sample of it).
+        validate_sample: (atp, validate) cells patched for real per item and patch direction, drawn at random
+            (seeded by the item); 0: every cell.
+        verify_top: (atp) patch for real the cells with the K largest estimates (absolute) per item and direction.
+        graddrop: (atp) AtP*'s GradDrop score beside each estimate (one more forward and backward pass per
+            encoder block): large where the estimate is small by cancellation.
     """
 
     def __init__(
@@ -82,6 +108,12 @@ class PatchingModule(L.LightningModule):
         task: str = "transcribe",
         max_tokens: int = 8,
         decode_chunk: int = 64,
+        method: Literal["patch", "atp"] = "patch",
+        atp_window: int = 5,
+        validate: bool = False,
+        validate_sample: int = 0,
+        verify_top: int = 0,
+        graddrop: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -113,6 +145,7 @@ class PatchingModule(L.LightningModule):
             raise WpatchError(
                 f"decode_chunk {decode_chunk} decodes nothing; give 1 or more encoder outputs per decoder pass"
             )
+        check_atp(method, atp_window, validate, validate_sample, verify_top, graddrop)
         self.rows_per_item = len(self.specs) * len(directions) * (2 if control else 1)
         # a sparse, non-persistent buffer (used only for word timestamps) that DDP cannot broadcast
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["whisper.alignment_heads"])
@@ -136,8 +169,9 @@ class PatchingModule(L.LightningModule):
         hp = self.hparams
         return scored_word(tokenizer_for(self.whisper.dims, hp.language or lang, hp.task), forms)
 
-    def predict_step(self, batch: PairBatch, batch_idx: int = 0) -> list[dict]:
-        """One row per item and patch (`wpatch.rows.ResultRow`, as column -> value)."""
+    def predict_step(self, batch: PairBatch, batch_idx: int = 0) -> list[dict] | dict:
+        """One row per item and patch (`wpatch.rows.ResultRow`, as column -> value); with method atp, a dict of
+        those `rows` and the batch's `attributions` (`wpatch.patching.attribution_map.AttributionMap`)."""
         hp, model = self.hparams, self.whisper
         languages = {"source": batch["source_lang"], "target": batch["target_lang"], "control": batch["source_lang"]}
         words = {
@@ -177,4 +211,20 @@ class PatchingModule(L.LightningModule):
         )
 
         rows = result_rows(batch, plan, decodings, decoded, source_words, target_words, hp.min_separation)
-        return [row.to_dict() for row in rows]
+        rows = [row.to_dict() for row in rows]
+        if hp.method == "patch":
+            return rows
+        with record_function("wpatch.attribution"):
+            found = attribution_map(
+                model,
+                batch,
+                words,
+                hp.directions,
+                hp.atp_window,
+                hp.min_separation,
+                hp.validate,
+                hp.validate_sample,
+                hp.verify_top,
+                hp.graddrop,
+            )
+        return {"rows": rows, "attributions": found}

@@ -105,7 +105,7 @@ def merged_summary(summaries: list[dict]) -> tuple[dict, dict]:
         "wall_time_s": round(sum(s["wall_time_s"] for s in summaries), 2),
         "clip_cache": {key: sum(s["clip_cache"][key] for s in summaries) for key in first["clip_cache"]},
     }
-    extra |= {key: first[key] for key in ("screening", "silent_clips", "environment") if key in first}
+    extra |= {key: first[key] for key in ("screening", "silent_clips", "environment", "model_card") if key in first}
     return settings, extra
 
 

@@ -10,6 +10,7 @@ into `predictions.csv` (checked: every item x patch exactly once) and hands the 
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -17,12 +18,14 @@ import pandas as pd
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from wpatch.analysis.console import console_table
+from wpatch.analysis.depth import model_card
 from wpatch.analysis.summary import analyse
 from wpatch.analysis.tables import ROW_KEY, read_rows
 from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
 from wpatch.faults import fault_point
 from wpatch.rows import ROW_COLUMNS
+from wpatch.run.attributions import merge_attributions, write_attribution_part
 from wpatch.run.folder import STOP, StopOnSignal, check_writable, claim_folder, record_run
 from wpatch.run.parts import finished_items, part_problem, verified_parts, write_part
 from wpatch.run.settings import environment, run_settings, session, summary_settings
@@ -130,8 +133,11 @@ class PatchingResultsWriter(BasePredictionWriter):
         if not prediction:
             return
         self.parts.mkdir(parents=True, exist_ok=True)
-        frame = pd.DataFrame(prediction, columns=ROW_COLUMNS)
+        found = prediction.get("attributions") if isinstance(prediction, dict) else None
+        frame = pd.DataFrame(prediction["rows"] if found else prediction, columns=ROW_COLUMNS)
         try:
+            if found:  # before the rows part, whose record marks the batch done
+                write_attribution_part(self.parts, int(frame["item_id"].min()), found)
             write_part(self.parts / f"items-{frame['item_id'].min():08d}.csv", frame, self.session_started)
         except OSError as error:
             raise self.not_written(error) from None
@@ -207,6 +213,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         with atomic_path(self.output_dir / "predictions.csv") as partial:
             rows.to_csv(partial, index=False)
             fault_point("merging")
+        merge_attributions(self.parts, self.output_dir, set(rows["item_id"].tolist()))
         fault_point("merged")
 
         clips = trainer.datamodule.clips.values()
@@ -225,6 +232,7 @@ class PatchingResultsWriter(BasePredictionWriter):
             extra["shard_items"] = {"index": index, "count": count, "items_total": trainer.datamodule.items_total}
         settings = summary_settings(trainer, pl_module)
         extra["environment"] = environment(trainer, settings["batch_size"])
+        extra["model_card"] = asdict(model_card(settings["model"]))
         summary = analyse(rows, self.output_dir, settings, extra)
         # printed by the command once the progress bar has closed (`wpatch.cli.predict`)
         self.closing = (

@@ -6,7 +6,7 @@ one a shard of the same N with every other setting of run.json equal (batch size
 settings may differ: they never change a row), each index 0..N-1 exactly once, no item in two shards, and all of
 them together holding every item of the run. The merged run's rows are the shards' rows in item order; its
 summary.json is the whole run's, with `shard` null, `wall_time_s` and `clip_cache` summed over the shards and the
-environment of the first; its run.json keeps every shard's sessions and names the shards (`merged_from`).
+environment and model card of the first; its run.json keeps every shard's sessions and names the shards (`merged_from`).
 """
 
 import json

@@ -58,6 +58,9 @@ class PairDataModule(L.LightningDataModule):
         require_heard: none (keep every item), source (keep items whose clean source clip the model hears) or
             both (source and target heard); screened with `wpatch.stimuli.screening` on `model` (loaded for it). The
             counts kept and dropped are in `self.screening` (and the run's summary.json).
+        shard: "I/N": run only shard I of N (0 <= I < N) of the items (`shard_of`): the items whose source clip
+            falls in it, with their item ids and control donors as in the whole run, so that `wpatch merge` of
+            the N shards' runs equals the whole run.
     """
 
     def __init__(
@@ -73,12 +76,14 @@ class PairDataModule(L.LightningDataModule):
         group_by_source: bool = True,
         num_workers: int = 0,
         require_heard: str = "none",
+        shard: str | None = None,
     ):
         super().__init__()
         if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
             raise WpatchError(f"batch_size {batch_size!r} is not a positive number of clips or auto")
         if num_workers < 0:
             raise WpatchError(f"num_workers {num_workers} is negative; give 0 (load in this process) or more")
+        self.shard = parse_shard(shard)
         self.save_hyperparameters()
         if require_heard not in REQUIRE_HEARD:
             raise WpatchError(
@@ -102,6 +107,7 @@ class PairDataModule(L.LightningDataModule):
         self.screening: dict = {}
         self.stop_check = None  # called before each clip is synthesised; raises to stop (the writer's signal check)
         self.control_fallbacks = 0  # items without an unrelated control donor, set by setup
+        self.items_total = None  # items of the whole run (all shards), set by setup
         self.silent_clips: list[
             dict
         ] = []  # clips without speech (`wpatch.stimuli.pairs_file.silent_clips`), set by setup
@@ -184,6 +190,15 @@ class PairDataModule(L.LightningDataModule):
         if self.hparams.require_heard != "none":
             items = self._keep_heard(items)
         items["control_clip"], items["control_word"] = control_clips(items)
+        self.items_total = len(items)
+        if self.shard is not None:  # after the control donors: they are drawn from every item of the whole run
+            mine = shard_of(items, *self.shard)
+            if not mine.any():
+                raise WpatchError(
+                    f"shard {self.hparams.shard} has no items: the run's {self.items_total} items have only "
+                    f"{items['source_clip'].nunique()} source clips to share out; use at most that many shards"
+                )
+            items = items[mine].reset_index(drop=True)
         # items whose control donor is their own source clip; the module says so when it patches from controls
         self.control_fallbacks = int((items["control_clip"] == items["source_clip"]).sum())
         tokenizers = {lang: tokenizer_for(dims, lang) for lang in set(items["source_lang"]) | set(items["target_lang"])}
@@ -321,6 +336,29 @@ class PairDataModule(L.LightningDataModule):
             num_workers=self.hparams.num_workers,
             pin_memory=torch.cuda.is_available(),
         )
+
+
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """ "I/N" as (I, N), checked (0 <= I < N); None stays None."""
+    if shard is None:
+        return None
+    index, _, count = str(shard).partition("/")
+    if not (index.strip().isdigit() and count.strip().isdigit() and int(index) < int(count)):
+        raise WpatchError(f"shard {shard!r} is not I/N with 0 <= I < N; e.g. --data.shard 0/8 (the first of 8)")
+    return int(index), int(count)
+
+
+def shard_of(items: pd.DataFrame, index: int, count: int) -> pd.Series:
+    """Which items are in shard `index` of `count`: every item of a source clip goes to the same shard (its
+    whole-block patch is computed once, as in the whole run); the clips are dealt largest first (ties: in clip
+    order) to the shard with the fewest items so far (ties: the lowest index). It depends only on the whole run's
+    items, never on the batch size or on what other shards did."""
+    sizes = items.groupby("source_clip").size()
+    load, shard = [0] * count, {}
+    for clip, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
+        chosen = min(range(count), key=lambda i: (load[i], i))
+        shard[clip], load[chosen] = chosen, load[chosen] + size
+    return items["source_clip"].map(shard) == index
 
 
 def control_clips(items: pd.DataFrame) -> tuple[list[int], list[str]]:

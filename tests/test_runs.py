@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,9 +30,10 @@ def args(tmp_path, model, out, *extra, pairs=PAIRS):
     return predict_args(tmp_path, model, out, *extra, pairs=pairs, batch_size=1, max_tokens=3, options=layers)
 
 
-def script(arguments, fault=None, **popen):
-    """scripts/predict.py in a new process (WPATCH_FAULT=fault makes it signal itself at that point)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)} | ({"WPATCH_FAULT": fault} if fault else {})
+def script(arguments, fault=None, env=None, **popen):
+    """scripts/predict.py in a new process (WPATCH_FAULT=fault makes it signal itself at that point; `env` adds
+    variables)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})} | ({"WPATCH_FAULT": fault} if fault else {})
     return subprocess.Popen(
         [sys.executable, str(ROOT / "scripts/predict.py"), *arguments],
         env=env,
@@ -263,3 +265,41 @@ def test_disk_full_while_finishing_says_which_file_then_resume_works(
     monkeypatch.undo()
     main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
     assert (out / "predictions.csv").read_bytes() == expected and (out / "summary.json").exists()
+
+
+def two_nodes(arguments, fault=None):
+    """Two processes as torchrun starts one per node (node ranks 0 and 1, one device each), meeting on 127.0.0.1;
+    node 0 gets `fault`."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    arguments = [*arguments, "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp"]
+    nodes = []
+    for rank in (0, 1):
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank)}
+        env |= {"GROUP_RANK": str(rank), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "TORCHELASTIC_RUN_ID": "test"}
+        nodes.append(script(arguments, fault=fault if rank == 0 else None, env=env, start_new_session=True))
+    return nodes
+
+
+def test_two_nodes_equal_one_process_and_sigterm_to_node_0_stops_both_then_resume(reference, small_model_path):
+    tmp_path, expected = reference
+    out = tmp_path / "nodes"
+    nodes = two_nodes(args(tmp_path, small_model_path, tmp_path / "nodes-whole"))
+    errors = [node.communicate(timeout=300)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    assert (tmp_path / "nodes-whole" / "predictions.csv").read_bytes() == expected
+    nodes = two_nodes(args(tmp_path, small_model_path, out), fault="part1:SIGTERM")  # the scheduler signals node 0
+    try:
+        errors = [node.communicate(timeout=120)[1] for node in nodes]
+    finally:
+        for node in nodes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+    assert [node.returncode for node in nodes] == [143, 0], errors[0][-2000:] + errors[1][-2000:]
+    assert "stopped by SIGTERM; every finished batch is kept; continue with: " in errors[0].strip().splitlines()[-1]
+    assert 1 <= len(parts(out)) < 4 and not (out / "summary.json").exists()
+    nodes = two_nodes(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    errors = [node.communicate(timeout=300)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    assert (out / "predictions.csv").read_bytes() == expected

@@ -1,5 +1,6 @@
 """The `wpatch` command: `wpatch predict` (run an experiment), `wpatch report RUN_DIR` (the analysis and figures
 again from a saved predictions.csv), `wpatch compare RUN_A RUN_B` (cell-by-cell differences with intervals),
+`wpatch merge SHARD_RUN... --out RUN` (the runs of a run's shards made into the whole run, `wpatch.run.merge`),
 `wpatch screen` (which clips a model hears), `wpatch stimuli CORPUS_DIR` (a pairs file from a speech corpus) and
 `wpatch benchmark` (the checkout's scripts/benchmark.py).
 `python -m wpatch` is the same command.
@@ -27,6 +28,7 @@ import lightning as L
 import torch
 import yaml
 from jsonargparse import ArgumentError
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
@@ -192,8 +194,11 @@ def patching_trainer(
     enable_model_summary: bool = False,
 ) -> L.Trainer:
     """The Trainer with only the options a patching run uses (no epochs, clipping or optimisers); fp32 unless
-    asked (`--trainer.precision`); progress in items and rows (`wpatch.run.progress.ItemProgressBar`)."""
+    asked (`--trainer.precision`); progress in items and rows (`wpatch.run.progress.ItemProgressBar`). Under
+    SLURM (srun), Lightning's auto-requeue is off: it would save a training checkpoint and requeue on SIGUSR1;
+    a run continues instead by starting it again with --writer.resume true (docs/clusters.md)."""
     callbacks = list(callbacks or [])
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(ItemProgressBar())
     try:
@@ -207,6 +212,7 @@ def patching_trainer(
             callbacks=callbacks,
             logger=logger,
             enable_model_summary=enable_model_summary,
+            plugins=plugins,
         )
     except ValueError as error:  # Lightning refuses an option's value (a strategy or accelerator name, num_nodes)
         raise WpatchError(str(error)) from error
@@ -237,7 +243,7 @@ def report(run_dir: str) -> dict:
     if not old and (folder / "run.json").exists():
         old = json.loads((folder / "run.json").read_text()).get("settings", {})
     settings = {k: v for k, v in old.items() if k not in SUMMARY_PARTS}
-    extra_parts = ("wall_time_s", "clip_cache", "screening", "silent_clips", "word_frames", "model_card")
+    extra_parts = ("wall_time_s", "clip_cache", "screening", "silent_clips", "word_frames", "shard_items", "model_card")
     extra = {k: old[k] for k in extra_parts if k in old}
     return analyse(rows, folder, settings, extra)
 
@@ -360,15 +366,34 @@ def stimuli(args=None) -> None:
     print(f"{len(table)} pairs of {tokens.word.nunique()} words ({len(tokens)} spoken) from {name} written to {out}")
 
 
+def merge_shards(args: list[str]) -> None:
+    """`wpatch merge SHARD_RUN... --out RUN` (see `wpatch.run.merge`)."""
+    from wpatch.run.merge import merge
+
+    parser = argparse.ArgumentParser(prog="wpatch merge", description="The runs of a run's shards as the whole run.")
+    parser.add_argument("shards", nargs="+", help="the finished run folders of shards 0/N .. N-1/N, in any order")
+    parser.add_argument("--out", required=True, help="the merged run's folder (new or empty)")
+    options = parser.parse_args(args)
+    try:
+        summary = merge(options.shards, options.out)
+    except WpatchError as error:
+        print(f"wpatch: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    items = summary["groups"]["all"]["items"]
+    print(f"{len(options.shards)} shards merged: {items} items; tables, figures and report.md in:")
+    print(Path(options.out).resolve())
+
+
 def main(argv: list[str] | None = None) -> None:
     """The `wpatch` console command."""
     argv = sys.argv[1:] if argv is None else list(argv)
     usage = (
-        "usage: wpatch {predict,report,compare,screen,stimuli,benchmark} ...\n"
+        "usage: wpatch {predict,report,compare,merge,screen,stimuli,benchmark} ...\n"
         "  predict [--config FILE] [--model.* --data.* --writer.* --trainer.*]  run an experiment\n"
         "  report RUN_DIR                 analysis, figures and summary again from RUN_DIR/predictions.csv\n"
         "  compare RUN_A RUN_B [RUN ...] [--out F]  cell-by-cell differences of two runs, with 95% intervals; runs\n"
         "                                 of different depth (or more than two) on relative depth, with a figure\n"
+        "  merge SHARD_RUN... --out RUN   the finished runs of a run's shards (--data.shard I/N) as the whole run\n"
         "  screen ...                     which clean clips the model recognises (--help lists its options)\n"
         "  stimuli CORPUS_DIR --out F     a pairs file from a corpus folder or aligned recordings (--help)\n"
         "  benchmark ...                  speed of the patching modes (scripts/benchmark.py)"
@@ -389,6 +414,8 @@ def main(argv: list[str] | None = None) -> None:
         except WpatchError as error:
             print(f"wpatch: error: {error}", file=sys.stderr)
             sys.exit(2)
+    elif command == "merge":
+        merge_shards(rest)
     elif command == "screen":
         screen(rest)
     elif command == "stimuli":

@@ -130,6 +130,7 @@ SUMMARY_PARTS = (
     "screening",
     "silent_clips",
     "word_frames",
+    "shard_items",
     "groups",
     "conditions",
     "features",

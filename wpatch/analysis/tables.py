@@ -48,14 +48,15 @@ def cell_table(groups: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(cells)
 
 
-def read_rows(path) -> pd.DataFrame:
+def read_rows(path, **options) -> pd.DataFrame:
     """A rows CSV as written: text columns stay strings (even "", "NaN" or "1"), p_source_language and effect
-    may be empty (NaN)."""
+    may be empty (NaN); `options` go to `pandas.read_csv`."""
     return pd.read_csv(
         path,
         keep_default_na=False,
         na_values={column: [""] for column in BLANK_IS_NAN},
         dtype={column: str for column in TEXT_COLUMNS},
+        **options,
     )
 
 

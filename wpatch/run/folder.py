@@ -9,7 +9,9 @@
   settings is refused, naming the first difference. Each start appends a session (time, code version,
   accelerator, devices, batch size), recorded but never compared.
 - `StopOnSignal`: the first SIGTERM or SIGINT asks the run to stop before its next batch (or clip, while
-  clips are synthesised); a second one ends the process (and the DDP processes it launched) at once.
+  clips are synthesised); a second one ends the process (and the DDP processes it launched) at once. A process
+  that stops leaves `<folder>/.stop` (the signal's number), which every other rank, on this node or another,
+  reads before its next batch and stops too; the next start of the run removes it.
 """
 
 import errno
@@ -31,6 +33,7 @@ from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 
 LOCK = ".lock"
+STOP = ".stop"  # left by a rank that stopped on a signal: every other rank stops too
 RUN_MARKS = ("run.json", "summary.json")  # a folder holding either is a wpatch run's (summary.json: a finished one)
 
 
@@ -164,6 +167,7 @@ class StopOnSignal:
         self.children: list = []  # subprocess.Popen objects (Lightning's DDP launcher's)
         self.resume_command = ""  # printed when a second signal ends the process
         self.previous: dict = {}
+        self.flag: Path | None = None  # the run's stop file (`STOP`), shared by every rank of the run
 
     def install(self) -> None:
         for signum in self.SIGNALS:
@@ -195,6 +199,11 @@ class StopOnSignal:
         os._exit(128 + signum)
 
     def check(self) -> None:
-        """Raise RunStopped if a signal came."""
+        """Raise RunStopped if a signal came to this process (leaving the stop file for the other ranks) or
+        another rank of the run stopped (its stop file is there)."""
+        if self.signum is None and self.flag is not None and self.flag.exists():
+            self.signum = int(self.flag.read_text() or signal.SIGTERM)
         if self.signum is not None:
+            if self.flag is not None and not self.flag.exists():
+                write_atomically(self.flag, str(int(self.signum)))
             raise RunStopped(self.signum)

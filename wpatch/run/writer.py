@@ -27,7 +27,7 @@ from wpatch.faults import fault_point
 from wpatch.rows import ROW_COLUMNS
 from wpatch.run.attributions import merge_attributions, write_attribution_part
 from wpatch.run.clips import copy_clips
-from wpatch.run.folder import StopOnSignal, check_writable, claim_folder, record_run
+from wpatch.run.folder import STOP, StopOnSignal, check_writable, claim_folder, record_run
 from wpatch.run.parts import finished_items, part_problem, verified_parts, write_part
 from wpatch.run.settings import environment, run_settings, session, summary_settings
 
@@ -80,6 +80,7 @@ class PatchingResultsWriter(BasePredictionWriter):
                     f"output directory {self.output_dir} holds an unfinished run ({len(done)} items); add "
                     "--writer.resume true to continue it, or choose another directory"
                 )
+            (self.output_dir / STOP).unlink(missing_ok=True)  # an earlier session's stop, not this one's
             for folder in (self.output_dir, self.parts, self.output_dir / "figures", self.output_dir / "clips"):
                 for stale in folder.glob(".*.partial"):  # left by a killed process; the lock says none is writing
                     shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
@@ -111,6 +112,7 @@ class PatchingResultsWriter(BasePredictionWriter):
             trainer.datamodule.skip(done)
         self.session_started = trainer.strategy.broadcast(self.session_started, src=0)
         self.stop.children = getattr(trainer.strategy.launcher, "procs", [])  # DDP processes this one launched
+        self.stop.flag = self.output_dir / STOP  # a rank that stops tells the others, on any node, through it
         if len(done) == len(
             trainer.datamodule.items
         ):  # nothing left to predict (Lightning skips the loop): finish here
@@ -145,7 +147,11 @@ class PatchingResultsWriter(BasePredictionWriter):
             fault_point(f"part{self.parts_written}")
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.strategy.barrier()
+        try:
+            trainer.strategy.barrier()
+        except RuntimeError:  # a rank ended while this one waited: if it stopped on a signal, stop too
+            self.stop.check()
+            raise
         if trainer.is_global_zero:
             self.finish(trainer, pl_module)
         trainer.strategy.barrier()
@@ -225,6 +231,9 @@ class PatchingResultsWriter(BasePredictionWriter):
         extra["silent_clips"] = getattr(trainer.datamodule, "silent_clips", [])  # clips without speech, still run
         if getattr(trainer.datamodule, "word_frames", None):  # how words in carrier sentences were found
             extra["word_frames"] = trainer.datamodule.word_frames
+        if getattr(trainer.datamodule, "shard", None) is not None:  # what `wpatch merge` checks the shards by
+            index, count = trainer.datamodule.shard
+            extra["shard_items"] = {"index": index, "count": count, "items_total": trainer.datamodule.items_total}
         settings = summary_settings(trainer, pl_module)
         extra["environment"] = environment(trainer, settings["batch_size"])
         extra["model_card"] = asdict(model_card(settings["model"]))

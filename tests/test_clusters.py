@@ -1,0 +1,108 @@
+"""Shards (`--data.shard I/N`) and `wpatch merge`: two shards merged equal the whole run byte for byte (rows,
+tables, figures, report), with the whole run's item ids and control donors; a gap, an overlap, a settings
+difference or an unfinished shard is one line naming the shard; under SLURM, Lightning's auto-requeue is off (a run
+continues with --writer.resume true instead)."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from datamodules.pairs import parse_shard, shard_of
+from tests.predict_run import main, predict_args
+from wpatch.cli import main as wpatch
+from wpatch.errors import WpatchError
+
+PAIRS = "word_a,word_b\nbat,pat\nhot,cold\nsun,moon\n"  # 6 items on 6 source clips
+SAME_BYTES = ["predictions.csv", "cells.csv", "matrices.csv", "report.md"]
+PER_RUN = ("wall_time_s", "clip_cache", "environment")  # summary.json parts that differ between any two runs
+
+
+def args(tmp_path, model, out, *extra, batch_size=2):
+    """Three pairs, layers 0 and 2, three tokens at most, real and control donors."""
+    layers = ["--model.source_layers", "[0, 2]", "--model.target_layers", "[0, 2]", "--model.control", "true"]
+    return predict_args(tmp_path, model, out, *layers, *extra, pairs=PAIRS, batch_size=batch_size, max_tokens=3)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, small_model_path):
+    """The whole run, and its two shards (the second with another batch size)."""
+    tmp_path = tmp_path_factory.mktemp("shards")
+    main(args(tmp_path, small_model_path, tmp_path / "whole"))
+    main(args(tmp_path, small_model_path, tmp_path / "s0", "--data.shard", "0/2"))
+    main(args(tmp_path, small_model_path, tmp_path / "s1", "--data.shard", "1/2", batch_size=1))
+    return tmp_path
+
+
+def test_two_shards_merged_equal_the_whole_run_byte_for_byte(runs, capsys):
+    whole, merged = runs / "whole", runs / "merged"
+    items = [set(pd.read_csv(runs / s / "predictions.csv")["item_id"]) for s in ("s0", "s1")]
+    assert items[0] and items[1] and not items[0] & items[1] and items[0] | items[1] == set(range(6))
+    wpatch(["merge", str(runs / "s1"), str(runs / "s0"), "--out", str(merged)])  # in any order
+    assert capsys.readouterr().out.startswith("2 shards merged: 6 items")
+    for name in SAME_BYTES + sorted(p.relative_to(whole).as_posix() for p in (whole / "figures").iterdir()):
+        assert (merged / name).read_bytes() == (whole / name).read_bytes(), name
+    summaries = [json.loads((folder / "summary.json").read_text()) for folder in (whole, merged)]
+    kept = [{k: v for k, v in s.items() if k not in PER_RUN} for s in summaries]
+    assert kept[0] == kept[1]
+    assert list(summaries[0]) == list(summaries[1])  # the same parts in the same order
+    assert (
+        json.loads((merged / "run.json").read_text())["settings"]
+        == json.loads((whole / "run.json").read_text())["settings"]
+    )
+    wpatch(["report", str(merged)])  # a merged run is a run
+    assert (merged / "cells.csv").read_bytes() == (whole / "cells.csv").read_bytes()
+
+
+def problem(capsys, *arguments) -> str:
+    with pytest.raises(SystemExit) as refused:
+        wpatch(["merge", *map(str, arguments)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert refused.value.code == 2 and len(err) == 1, err
+    return err[0]
+
+
+def test_a_gap_an_overlap_other_settings_or_an_unfinished_shard_is_one_line(runs, capsys):
+    s0, s1, out = runs / "s0", runs / "s1", runs / "refused"
+    assert "shard 1/2 is missing (a gap: 1 of 2 shards given)" in problem(capsys, s0, "--out", out)
+    assert f"shards {s0} and {s0} are both shard 0/2 (an overlap)" in problem(capsys, s0, s0, "--out", out)
+    other = runs / "other"
+    shutil.copytree(s1, other)
+    run = json.loads((other / "run.json").read_text())
+    run["settings"]["min_separation"] = 2.0
+    (other / "run.json").write_text(json.dumps(run))
+    line = problem(capsys, s0, other, "--out", out)
+    assert f"shard {other} differs from {s0} in min_separation: 2.0, not 1.0" in line
+    (other / "summary.json").unlink()
+    assert f"shard {other} is not finished (no summary.json)" in problem(capsys, s0, other, "--out", out)
+    assert f"{runs / 'whole'} is not a shard" in problem(capsys, s0, runs / "whole", "--out", out)
+    assert not out.exists()  # nothing written
+
+
+def test_shards_are_balanced_by_source_clip_and_do_not_depend_on_each_other():
+    clips = [0, 0, 0, 1, 1, 2, 3, 4, 5, 5]  # items per source clip: 3, 2, 1, 1, 1, 2
+    items = pd.DataFrame({"source_clip": clips})
+    shards = [shard_of(items, i, 3) for i in range(3)]
+    assert sum(s.astype(int) for s in shards).eq(1).all()  # every item in exactly one shard
+    assert sorted(int(s.sum()) for s in shards) == [3, 3, 4]  # clip 0 (3) alone; 5+1 and 1+2+1 share the rest
+    for shard in shards:  # a source clip's items stay together
+        assert (
+            items[shard].groupby("source_clip").size().to_dict()
+            == items[items["source_clip"].isin(items[shard]["source_clip"])].groupby("source_clip").size().to_dict()
+        )
+    assert parse_shard("3/8") == (3, 8) and parse_shard(None) is None
+    for bad in ("8/8", "a/2", "1", "-1/2"):
+        with pytest.raises(WpatchError, match="is not I/N with 0 <= I < N"):
+            parse_shard(bad)
+
+
+def test_under_slurm_lightnings_auto_requeue_is_off(monkeypatch):
+    from wpatch.cli import patching_trainer
+
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "wpatch", "SLURM_NODELIST": "node1", "SLURM_PROCID": "0"}
+    for name, value in {**slurm, "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "7"}.items():
+        monkeypatch.setenv(name, value)
+    trainer = patching_trainer(accelerator="cpu", devices=1, enable_progress_bar=False)
+    environment = trainer._accelerator_connector.cluster_environment  # what the strategy would use
+    assert type(environment).__name__ == "SLURMEnvironment" and environment.auto_requeue is False

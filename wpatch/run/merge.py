@@ -1,0 +1,141 @@
+"""`wpatch merge SHARD_RUN... --out RUN`: the finished runs of a run's shards (`--data.shard I/N`) made into the
+whole run, with the same predictions.csv, tables, figures and report as one run of the same settings.
+
+The shards are checked first, each problem one line naming the shard: every one finished (summary.json), every
+one a shard of the same N with every other setting of run.json equal (batch size, devices and other `MAY_CHANGE`
+settings may differ: they never change a row), each index 0..N-1 exactly once, no item in two shards, and all of
+them together holding every item of the run. The merged run's rows are the shards' rows in item order; its
+summary.json is the whole run's, with `shard` null, `wall_time_s` and `clip_cache` summed over the shards and the
+environment and model card of the first; its run.json keeps every shard's sessions and names the shards (`merged_from`).
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from wpatch.analysis.summary import SUMMARY_PARTS, analyse
+from wpatch.analysis.tables import read_rows
+from wpatch.atomic import atomic_path, write_atomically
+from wpatch.errors import WpatchError
+from wpatch.run.folder import LOCK, claim_folder
+
+
+def read_shard(folder: Path) -> tuple[dict, dict]:
+    """A finished shard's run.json and summary.json, or one line saying why it is not one."""
+    if not (folder / "run.json").is_file():
+        raise WpatchError(f"{folder} is not a wpatch run (no run.json); merge takes the run folders of the shards")
+    run = json.loads((folder / "run.json").read_text())
+    if not (folder / "summary.json").is_file():
+        raise WpatchError(
+            f"shard {folder} is not finished (no summary.json); continue it with its command and "
+            "--writer.resume true, then merge"
+        )
+    summary = json.loads((folder / "summary.json").read_text())
+    if not run["settings"].get("shard") or "shard_items" not in summary:
+        raise WpatchError(f"{folder} is not a shard (it ran without --data.shard); merge takes the runs of shards")
+    return run, summary
+
+
+def check_shards(folders: list[Path], runs: list[dict], summaries: list[dict]) -> None:
+    """Raise (one line naming the shard) unless the shards are all N of one run's: same settings, each index once."""
+    first, reference = folders[0], runs[0]["settings"]
+    for folder, run in zip(folders[1:], runs[1:]):
+        settings = run["settings"]
+        for key in dict.fromkeys([*reference, *settings]):
+            if key != "shard" and reference.get(key) != settings.get(key):
+                raise WpatchError(
+                    f"shard {folder} differs from {first} in {key}: {settings.get(key)!r}, not "
+                    f"{reference.get(key)!r}; merge only the shards of one run (the same settings)"
+                )
+    shards = [s["shard_items"] for s in summaries]
+    count = shards[0]["count"]
+    for folder, shard in zip(folders, shards):
+        if shard["count"] != count:
+            raise WpatchError(
+                f"shard {folder} is shard {shard['index']}/{shard['count']}, not one of {count} like {first}; "
+                "merge the shards of one split"
+            )
+    seen = {}
+    for folder, shard in zip(folders, shards):
+        if shard["index"] in seen:
+            raise WpatchError(
+                f"shards {seen[shard['index']]} and {folder} are both shard {shard['index']}/{count} (an overlap); "
+                "give each shard once"
+            )
+        seen[shard["index"]] = folder
+    missing = [f"{i}/{count}" for i in range(count) if i not in seen]
+    if missing:
+        raise WpatchError(
+            f"shard {missing[0]} is missing (a gap: {len(seen)} of {count} shards given); run it with "
+            f"--data.shard {missing[0]} and merge every shard"
+        )
+
+
+def shard_rows(folders: list[Path], summaries: list[dict]) -> pd.DataFrame:
+    """Every shard's rows, in item order, checked: no item in two shards, every item of the run in one."""
+    frames, owner = [], {}
+    for folder in folders:
+        # round trip: each number read back is exactly the one the shard wrote, so it is written with the same text
+        rows = read_rows(folder / "predictions.csv", float_precision="round_trip")
+        for item in rows["item_id"].unique():
+            if item in owner:
+                raise WpatchError(
+                    f"item {item} is in shards {owner[item]} and {folder} (an overlap); merge the shards of one split"
+                )
+            owner[item] = folder
+        frames.append(rows)
+    total = summaries[0]["shard_items"]["items_total"]
+    if len(owner) != total:
+        raise WpatchError(
+            f"the shards hold {len(owner)} items, the run has {total}; each shard must be finished with every "
+            "item (wpatch report on a shard lists its items)"
+        )
+    return pd.concat(frames, ignore_index=True).sort_values("item_id", kind="stable").reset_index(drop=True)
+
+
+def merged_summary(summaries: list[dict]) -> tuple[dict, dict]:
+    """The whole run's settings (the first shard's, `shard` null) and the extra parts of its summary."""
+    first = summaries[0]
+    settings = {key: value for key, value in first.items() if key not in SUMMARY_PARTS}
+    settings["shard"] = None
+    settings["hparams"]["data"]["shard"] = None
+    extra = {
+        "wall_time_s": round(sum(s["wall_time_s"] for s in summaries), 2),
+        "clip_cache": {key: sum(s["clip_cache"][key] for s in summaries) for key in first["clip_cache"]},
+    }
+    extra |= {key: first[key] for key in ("screening", "silent_clips", "environment", "model_card") if key in first}
+    return settings, extra
+
+
+def merge(shards: list[str], out: str) -> dict:
+    """Check the shards' runs and write the whole run into `out` (a new or empty folder); returns its summary."""
+    folders = [Path(folder) for folder in shards]
+    runs, summaries = zip(*(read_shard(folder) for folder in folders))
+    check_shards(folders, list(runs), list(summaries))
+    order = sorted(range(len(folders)), key=lambda i: summaries[i]["shard_items"]["index"])
+    folders, runs, summaries = [folders[i] for i in order], [runs[i] for i in order], [summaries[i] for i in order]
+    rows = shard_rows(folders, summaries)
+    output = Path(out)
+    if output.is_dir() and any(path.name != LOCK for path in output.iterdir()):
+        raise WpatchError(f"output directory {output} is not empty; choose a new or empty folder for --out")
+    lock = claim_folder(output)
+    try:
+        settings, extra = merged_summary(summaries)
+        record = {
+            "settings": {**runs[0]["settings"], "shard": None},
+            "sessions": [session for run in runs for session in run["sessions"]],
+            "merged_from": [str(folder) for folder in folders],
+        }
+        write_atomically(output / "run.json", json.dumps(record, indent=2, default=str) + "\n")
+        config = folders[0] / "config.yaml"
+        if config.is_file():
+            text = re.sub(r"(?m)^(\s*shard:).*$", r"\1 null", config.read_text(), count=1)
+            text = re.sub(r"(?m)^(\s*output_dir:).*$", rf"\1 {json.dumps(str(output))}", text, count=1)
+            write_atomically(output / "config.yaml", text)
+        with atomic_path(output / "predictions.csv") as partial:
+            rows.to_csv(partial, index=False)
+        return analyse(rows, output, settings, extra)
+    finally:
+        lock.close()

@@ -50,7 +50,7 @@ class Site:
 
 
 RESID_PRE = Site(
-    "resid_pre", "encoder", "frames", True, "input", "the donor clip's encoder, block *s*", "block *t*'s input"
+    "resid_pre", "encoder", "frames", True, "input", "donor clip's encoder, block *s*", "block *t*'s input"
 )
 ATTN_OUT = Site(
     "attn_out",
@@ -58,8 +58,8 @@ ATTN_OUT = Site(
     "frames",
     True,
     "attn",
-    "the donor clip's encoder, block *s*",
-    "what block *t*'s self-attention adds to the residual stream",
+    "donor clip's encoder, block *s*",
+    "what block *t*'s self-attention adds",
 )
 MLP_OUT = Site(
     "mlp_out",
@@ -67,8 +67,8 @@ MLP_OUT = Site(
     "frames",
     True,
     "mlp",
-    "the donor clip's encoder, block *s*",
-    "what block *t*'s MLP adds to the residual stream",
+    "donor clip's encoder, block *s*",
+    "what block *t*'s MLP adds",
 )
 BLOCK_OUT = Site(
     "block_out",
@@ -76,8 +76,8 @@ BLOCK_OUT = Site(
     "frames",
     True,
     "output",
-    "the donor clip's encoder, block *s*",
-    "block *t*'s output (the original's whole-block patch, on all 1500 frames)",
+    "donor clip's encoder, block *s*",
+    "block *t*'s output (the original's patch)",
 )
 DEC_RESID = Site(
     "dec_resid",
@@ -85,8 +85,8 @@ DEC_RESID = Site(
     "tokens",
     True,
     "block output",
-    "the donor decoder run, block *s*",
-    "decoder block *t*'s output (the residual stream after it)",
+    "donor decoder run, block *s*",
+    "decoder block *t*'s output",
 )
 DEC_ATTN_OUT = Site(
     "dec_attn_out",
@@ -94,8 +94,8 @@ DEC_ATTN_OUT = Site(
     "tokens",
     True,
     "self-attention output",
-    "the donor decoder run, block *s*",
-    "what decoder block *t*'s self-attention adds to the residual stream",
+    "donor decoder run, block *s*",
+    "what decoder block *t*'s self-attention adds",
 )
 DEC_MLP_OUT = Site(
     "dec_mlp_out",
@@ -103,8 +103,8 @@ DEC_MLP_OUT = Site(
     "tokens",
     True,
     "MLP output",
-    "the donor decoder run, block *s*",
-    "what decoder block *t*'s MLP adds to the residual stream",
+    "donor decoder run, block *s*",
+    "what decoder block *t*'s MLP adds",
 )
 DEC_CROSS_OUT = Site(
     "dec_cross_out",
@@ -112,8 +112,8 @@ DEC_CROSS_OUT = Site(
     "tokens",
     True,
     "cross-attention output",
-    "the donor decoder run, block *s*",
-    "what decoder block *t*'s cross-attention adds to the residual stream",
+    "donor decoder run, block *s*",
+    "what decoder block *t*'s cross-attention adds",
 )
 ENC_TO_DEC = Site(
     "enc_to_dec",
@@ -121,8 +121,8 @@ ENC_TO_DEC = Site(
     "frames",
     False,
     "cross-attention keys and values",
-    "the donor clip's encoder output",
-    "the encoder output that decoder block *t*'s cross-attention reads: the donor clip's instead of the recipient's",
+    "donor clip's encoder output",
+    "the encoder output decoder block *t*'s cross-attention reads",
 )
 
 SITES: dict[str, Site] = {
@@ -152,7 +152,7 @@ def site_named(name: str) -> Site:
 def sites_table() -> str:
     """The README's table of sites, in Markdown."""
     lines = [
-        "| site | stack | positions | source layer | what it patches | the donor's activation comes from |",
+        "| site | stack | positions | source layer | what it patches | donor activation from |",
         "|---|---|---|---|---|---|",
     ]
     for s in SITES.values():

@@ -10,6 +10,7 @@ import wpatch.run.writer  # noqa: F401 (importing a submodule of wpatch.run must
 from tests.predict_run import main, predict_args
 from wpatch.errors import WpatchError
 from wpatch.models import loading
+from wpatch.rows import ROW_COLUMNS
 
 PAIRS = pd.DataFrame({"word_a": ["bat", "hot"], "word_b": ["pat", "cold"], "category": ["consonant", "semantic"]})
 
@@ -44,7 +45,7 @@ def test_run_is_the_command_and_keeps_the_model(tmp_path, small_model_path, clip
     second = python_run(small_model_path, clip_dir, tmp_path / "b")
     assert loads == [small_model_path], "the second run must not load the model again"
     # 2 pairs x 2 directions x 2 sites x 2 source layers x 3 target layers
-    assert first.rows.shape == (2 * 2 * 2 * 2 * 3, 30)
+    assert first.rows.shape == (2 * 2 * 2 * 2 * 3, len(ROW_COLUMNS))
     pd.testing.assert_frame_equal(first.rows, second.rows)
     # the command with the same settings: the same rows and config.yaml (but for the folder and the pairs file)
     args = predict_args(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from wpatch.rows import ROW_COLUMNS
+
 ROOT = Path(__file__).resolve().parents[1]
 LIGHTNING_LINES = ("GPU available", "TPU available", "LOCAL_RANK", "Tip:", "💡", "Predicting DataLoader")
 
@@ -27,7 +29,9 @@ def test_quick_start_notebook_runs_and_says_what_it_should(tmp_path, monkeypatch
         return "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in cell.outputs)
 
     everything = "".join(text(cell) for cell in code)
-    assert "rows: (32, 30)" in text(code[0])  # 1 pair x 2 directions x 16 layer pairs, the default settings
+    assert f"rows: (32, {len(ROW_COLUMNS)})" in text(
+        code[0]
+    )  # 1 pair x 2 directions x 16 layer pairs, the default settings
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in code[0].outputs), (
         "a notebook progress bar"
     )

@@ -329,8 +329,15 @@ class PairDataModule(L.LightningDataModule):
             self.resolved_batch_size = (
                 auto_batch(trainer.lightning_module, self, trainer.precision)[0] if trainer else DEFAULT_BATCH
             )
+        pending = [g for g in range(len(self.groups)) if self.pending(g)]
+        processes = self.trainer.world_size if self.trainer else 1
+        if 0 < len(pending) < processes:  # a process with no batch would leave the others waiting at the end
+            raise WpatchError(
+                f"{len(pending)} source clips are left to patch, fewer than the run's {processes} processes; continue "
+                f"with at most {len(pending)} (--trainer.devices / --trainer.num_nodes)"
+            )
         return DataLoader(
-            [g for g in range(len(self.groups)) if self.pending(g)],
+            pending,
             batch_size=self.resolved_batch_size,
             collate_fn=self.collate,
             num_workers=self.hparams.num_workers,

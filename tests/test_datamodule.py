@@ -1,4 +1,5 @@
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -127,3 +128,15 @@ def test_clips_without_speech_are_told_with_the_line_that_uses_them(tmp_path, ca
     assert caplog.messages[1].startswith(
         f"wpatch: warning: pairs file {csv} line 3: audio_b {quiet} has no speech: it is silent;"
     )
+
+
+def test_a_resume_with_fewer_clips_left_than_processes_is_refused(tmp_path, small_model_path):
+    """Each process must get a batch (one without would leave the others waiting at the end of the run)."""
+    csv = write_csv(tmp_path / "pairs.csv", "word_a,word_b\nbat,pat\n")
+    dm = PairDataModule(pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"), batch_size=1)
+    dm.setup()
+    dm.trainer = types.SimpleNamespace(world_size=2)
+    assert len(dm.predict_dataloader()) == 2  # two source clips for two processes
+    dm.skip({0})
+    with pytest.raises(WpatchError, match="1 source clips are left to patch, fewer than the run's 2 processes"):
+        dm.predict_dataloader()

@@ -282,14 +282,17 @@ def two_nodes(arguments, fault=None):
     return nodes
 
 
-def test_two_nodes_equal_one_process_and_sigterm_to_node_0_stops_both_then_resume(reference, small_model_path):
-    tmp_path, expected = reference
+def test_two_nodes_equal_one_process_and_sigterm_to_node_0_stops_both_then_resume(tmp_path, small_model_path):
+    """Three pairs (6 source clips): a stop after node 0's first part leaves at least one clip per node to resume."""
+    pairs = PAIRS + "ship,sheep\n"
+    main(args(tmp_path, small_model_path, tmp_path / "one", pairs=pairs))
+    expected = (tmp_path / "one" / "predictions.csv").read_bytes()
     out = tmp_path / "nodes"
-    nodes = two_nodes(args(tmp_path, small_model_path, tmp_path / "nodes-whole"))
+    nodes = two_nodes(args(tmp_path, small_model_path, tmp_path / "nodes-whole", pairs=pairs))
     errors = [node.communicate(timeout=300)[1] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
     assert (tmp_path / "nodes-whole" / "predictions.csv").read_bytes() == expected
-    nodes = two_nodes(args(tmp_path, small_model_path, out), fault="part1:SIGTERM")  # the scheduler signals node 0
+    nodes = two_nodes(args(tmp_path, small_model_path, out, pairs=pairs), fault="part1:SIGTERM")  # node 0 signalled
     try:
         errors = [node.communicate(timeout=120)[1] for node in nodes]
     finally:
@@ -298,8 +301,8 @@ def test_two_nodes_equal_one_process_and_sigterm_to_node_0_stops_both_then_resum
                 os.killpg(node.pid, signal.SIGKILL)
     assert [node.returncode for node in nodes] == [143, 0], errors[0][-2000:] + errors[1][-2000:]
     assert "stopped by SIGTERM; every finished batch is kept; continue with: " in errors[0].strip().splitlines()[-1]
-    assert 1 <= len(parts(out)) < 4 and not (out / "summary.json").exists()
-    nodes = two_nodes(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
+    assert 1 <= len(parts(out)) <= 4 and not (out / "summary.json").exists()
+    nodes = two_nodes(args(tmp_path, small_model_path, out, "--writer.resume", "true", pairs=pairs))
     errors = [node.communicate(timeout=300)[1] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
     assert (out / "predictions.csv").read_bytes() == expected

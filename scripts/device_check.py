@@ -152,8 +152,8 @@ def pack(bundle: Path, python: str | None = DEVICE_PYTHON) -> dict:
         print(f"{call} carries {sizes[call] / 2**20:.1f} MiB of the {LIMIT / 2**20:.0f} MiB a call may carry")
         if sizes[call] > LIMIT:
             fail(
-                f"{call} would carry {sizes[call] / 2**20:.1f} MiB, over the device tool's 64 MiB; shrink the repo or "
-                "the bundle"
+                f"{call} would carry {sizes[call] / 2**20:.1f} MiB, over the 64 MiB one copy may carry; shrink the "
+                "repo or the bundle"
             )
     print(json.dumps({k: f"{v / 2**20:.2f} MiB" for k, v in sizes.items()}))
     return sizes
@@ -271,10 +271,7 @@ def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
     started = time.perf_counter()
     missing = [name for name in NEEDED_THERE if importlib.util.find_spec(name) is None]
     if missing:
-        fail(
-            f"this machine lacks {', '.join(missing)}; add their wheels to .device/wheels (see the device tool's "
-            "README)"
-        )
+        fail(f"this machine lacks {', '.join(missing)}; add their wheels to .device/wheels (docs/device_check.md)")
     site, work = machine / "site", machine / "work"
     model = work / "tiny.en"
     digest = restore(machine / "stage" / "model.bin.part1", bundle / "part2", model)

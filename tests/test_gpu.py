@@ -1,6 +1,6 @@
 """On a CUDA GPU: the fast path equals the hook path in fp32, mixed precision runs, the writer's rows are complete,
 and the automatic batch fits, log-mels load into pinned memory. Skipped without CUDA (run by
-scripts/device_check.py on a lent GPU)."""
+scripts/device_check.py on a GPU machine)."""
 
 import math
 

@@ -185,3 +185,11 @@ class AttributionRow:
 
 ATTRIBUTION_COLUMNS = [f.name for f in fields(AttributionRow)]
 ATTRIBUTION_KEY = ["item_id", "patch_direction", "site", "layer", "window"]  # one row each
+
+
+ITEM_FIELDS = ("pair_id", "direction", "category", "voice", "source_word", "target_word")
+
+
+def item_fields(batch: PairBatch, b: int) -> dict:
+    """Item `b`'s identity as the batch carries it: the fields every row of that item repeats."""
+    return {name: batch[name][b] for name in ITEM_FIELDS}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from wpatch.patching.attribution import ENCODER_SITES, Cell, attribute, real_deltas
-from wpatch.rows import AttributionRow, PairBatch
+from wpatch.rows import AttributionRow, PairBatch, item_fields
 from wpatch.text import ScoredWord
 
 
@@ -117,12 +117,7 @@ def attribution_map(
             table.append(
                 AttributionRow(
                     item_id=item_id,
-                    pair_id=batch["pair_id"][b],
-                    direction=batch["direction"][b],
-                    category=batch["category"][b],
-                    voice=batch["voice"][b],
-                    source_word=batch["source_word"][b],
-                    target_word=batch["target_word"][b],
+                    **item_fields(batch, b),
                     patch_direction=d,
                     site=site,
                     layer=layer,

@@ -12,7 +12,7 @@ import math
 from wpatch.patching.decoder import DecodingPlan
 from wpatch.patching.decoding import Decoded
 from wpatch.patching.plan import PlannedRow
-from wpatch.rows import PairBatch, ResultRow
+from wpatch.rows import PairBatch, ResultRow, item_fields
 from wpatch.text import ScoredWord, has_word, is_word, word_at
 
 
@@ -103,12 +103,7 @@ def result_rows(
         rows.append(
             ResultRow(
                 item_id=int(batch["item_id"][b]),
-                pair_id=batch["pair_id"][b],
-                direction=batch["direction"][b],
-                category=batch["category"][b],
-                voice=batch["voice"][b],
-                source_word=batch["source_word"][b],
-                target_word=batch["target_word"][b],
+                **item_fields(batch, b),
                 site=patch.site,
                 source_layer=patch.source_layer,
                 target_layer=patch.target_layer,

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import lightning as L
 import pandas as pd
@@ -25,6 +25,7 @@ from wpatch.patching.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.rows import PairBatch
 from wpatch.stimuli.audio import load_audio
 from wpatch.stimuli.carriers import ALIGNMENT, sentence, word_frames
+from wpatch.stimuli.contexts import RECORDED, recorded_frames
 from wpatch.stimuli.melcache import MelStore
 from wpatch.stimuli.pairs_file import pairs_path, patch_items, read_pairs, silent_clips
 from wpatch.stimuli.screening import SCREEN_COLUMNS, cached_screen
@@ -34,6 +35,23 @@ from wpatch.text import tokenizer_for, word_tokens
 
 log = logging.getLogger(__name__)
 REQUIRE_HEARD = ("none", "source", "both")
+
+
+class ClipKey(NamedTuple):
+    """What makes a clip: its word and language, the recording (or "" and the voice that speaks it), the word's
+    span in the recording ("" for a whole recording or a synthesised clip), the text it is heard in (`carrier`: the
+    carrier sentence, or a recorded word's context, `{}` for the word; "" alone) and, for a recorded word in its
+    context, the clip around it (seconds of the recording; "" otherwise)."""
+
+    word: str
+    lang: str
+    audio: str
+    voice: str
+    start: str
+    end: str
+    carrier: str
+    context_start: str
+    context_end: str
 
 
 class PairDataModule(L.LightningDataModule):
@@ -111,24 +129,26 @@ class PairDataModule(L.LightningDataModule):
         self.silent_clips: list[
             dict
         ] = []  # clips without speech (`wpatch.stimuli.pairs_file.silent_clips`), set by setup
-        self.word_frames: dict = {}  # how the word frames of carrier sentences were found, set by setup
+        self.word_frames: dict = {}  # how the word frames of words heard in context were found, set by setup
 
-    def _clip_keys(self, items):
-        """(word, lang, recording path, voice, span start, span end, carrier) of every source and target clip, in
-        item order (the span is empty for a whole recording or a synthesised clip, the carrier for a word alone)."""
+    def _clip_keys(self, items) -> list[list["ClipKey"]]:
+        """The `ClipKey` of every source and target clip, in item order."""
         voice = lambda side: items["voice"].where(items[f"{side}_audio"] == "", "")  # noqa: E731 (a recording has no voice)
         return [
-            list(
-                zip(
+            [
+                ClipKey(*key)
+                for key in zip(
                     items[f"{side}_word"],
                     items[f"{side}_lang"],
                     items[f"{side}_audio"],
                     voice(side),
                     items[f"{side}_start"],
                     items[f"{side}_end"],
-                    items["carrier"],
+                    items[f"{side}_context"].where(items[f"{side}_context"] != "", items["carrier"]),
+                    items[f"{side}_context_start"],
+                    items[f"{side}_context_end"],
                 )
-            )
+            ]
             for side in ("source", "target")
         ]
 
@@ -139,24 +159,26 @@ class PairDataModule(L.LightningDataModule):
         items["item_id"] = range(len(items))
         return items
 
-    def _clip(self, word: str, lang: str, audio: str, voice: str, start: str, end: str, carrier: str) -> Path:
-        if start:
-            return cut_span(Path(audio), float(start), float(end), self.span_root)
-        return Path(audio) if audio else self.clips[voice].get(sentence(carrier, word), lang)
+    def _clip(self, key: "ClipKey") -> Path:
+        if key.context_start:  # a recorded word in its context: the clip around it
+            return cut_span(Path(key.audio), float(key.context_start), float(key.context_end), self.span_root)
+        if key.start:
+            return cut_span(Path(key.audio), float(key.start), float(key.end), self.span_root)
+        return Path(key.audio) if key.audio else self.clips[key.voice].get(sentence(key.carrier, key.word), key.lang)
 
     def prepare_data(self):
         """Synthesise every clip that is not cached yet (runs once, on one process). `stop_check`, when set, is
         called before each clip: a run asked to stop (SIGTERM) stops between two clips, not after all of them."""
         items = self._read_items()
-        unique = sorted({key for side in self._clip_keys(items) for key in side if not key[2]})
-        for lang, voice in sorted({(lang, voice) for _, lang, _, voice, *_ in unique}):
+        unique = sorted({key for side in self._clip_keys(items) for key in side if not key.audio})
+        for lang, voice in sorted({(key.lang, key.voice) for key in unique}):
             self.clips[voice].backend.check_voice(self.clips[voice].voice(lang))
         start = time.perf_counter()
         made = 0
         for key in unique:
             if self.stop_check is not None:
                 self.stop_check()
-            self._clip(*key)
+            self._clip(key)
             if sum(cache.synthesized for cache in self.clips.values()) > made:
                 made += 1
                 fault_point(f"synthesis{made}")
@@ -175,8 +197,8 @@ class PairDataModule(L.LightningDataModule):
         source_keys, target_keys = self._clip_keys(items)
         unique = list(dict.fromkeys(source_keys + target_keys))
         index = {key: i for i, key in enumerate(unique)}
-        self.clip_keys = unique  # (word, lang, recording, voice, start, end, carrier) of each row of self.mels
-        self.clip_paths = [self._clip(*key) for key in unique]  # the audio behind each row of self.mels
+        self.clip_keys = unique  # the `ClipKey` of each row of self.mels
+        self.clip_paths = [self._clip(key) for key in unique]  # the audio behind each row of self.mels
         self.mel_store = MelStore(cache_root() / "mels")
         self.mels, self.spans = self.mel_store.table(
             self.clip_paths, dims.n_mels, dims.n_audio_ctx, pin=torch.cuda.is_available()
@@ -220,29 +242,39 @@ class PairDataModule(L.LightningDataModule):
         self.items = items
 
     def _align_carriers(self, dims) -> None:
-        """The word frames of clips spoken in a carrier sentence, from Whisper's alignment with the run's model
-        (`wpatch.stimuli.carriers`); how they were found goes to `self.word_frames` (and summary.json)."""
-        carried = [i for i, key in enumerate(self.clip_keys) if key[6]]
+        """The word frames of clips heard in context: a recorded word's from its aligned span
+        (`wpatch.stimuli.contexts.recorded_frames`), a word spoken in a carrier sentence's from Whisper's alignment
+        with the run's model (`wpatch.stimuli.carriers`); how they were found goes to `self.word_frames` (and
+        summary.json)."""
+        recorded = [i for i, key in enumerate(self.clip_keys) if key.context_start]
+        for i in recorded:
+            key = self.clip_keys[i]
+            frames = recorded_frames(float(key.start), float(key.end), float(key.context_start), dims.n_audio_ctx)
+            self.spans[i] = torch.tensor(frames)
+        if recorded:
+            self.word_frames["recorded"] = {"method": RECORDED, "clips": len(recorded)}
+            log.info("word frames of %d recorded words in context: %s", len(recorded), RECORDED)
+        carried = [i for i, key in enumerate(self.clip_keys) if key.carrier and not key.audio]
         if not carried:
             return
         model = load_model(self.hparams.model)
         tokenizers = {}
         for i in carried:
-            word, lang, *_, carrier = self.clip_keys[i]
+            word, lang, carrier = self.clip_keys[i].word, self.clip_keys[i].lang, self.clip_keys[i].carrier
             tokenizer = tokenizers.setdefault(lang, tokenizer_for(dims, lang))
             samples = len(load_audio(self.clip_paths[i]))
             self.spans[i] = torch.tensor(word_frames(model, tokenizer, self.mels[i], samples, carrier, word))
-        self.word_frames = {"method": ALIGNMENT, "model": self.hparams.model, "clips": len(carried)}
+        self.word_frames |= {"method": ALIGNMENT, "model": self.hparams.model, "clips": len(carried)}
         log.info("word frames of %d clips in carrier sentences: %s", len(carried), ALIGNMENT)
 
     def screen(self) -> pd.DataFrame:
         """Every clean clip screened with the run's model (see `wpatch.stimuli.screening`): one row per clip, in clip
         order."""
         spec = self.hparams.model
-        words, langs = [k[0] for k in self.clip_keys], [k[1] for k in self.clip_keys]
-        carriers = [k[6] for k in self.clip_keys]
+        words, langs = [k.word for k in self.clip_keys], [k.lang for k in self.clip_keys]
+        carriers = [k.carrier for k in self.clip_keys]
         screen = cached_screen(lambda: load_model(spec), spec, self.mels, words, langs, self.screening_cache, carriers)
-        screen.insert(2, "voice", [k[3] or "recording" for k in self.clip_keys])
+        screen.insert(2, "voice", [k.voice or "recording" for k in self.clip_keys])
         screen.insert(3, "clip", [str(path) for path in self.clip_paths])
         return screen[SCREEN_COLUMNS]
 
@@ -295,7 +327,6 @@ class PairDataModule(L.LightningDataModule):
             "target_speaker",
             "corpus",
             "licence",
-            "carrier",
         )
         return PairBatch(
             item_id=torch.tensor(rows["item_id"].to_numpy()),
@@ -306,6 +337,7 @@ class PairDataModule(L.LightningDataModule):
             target_tokens=[self.target_tokens[i] for i in indices],
             control_tokens=[self.control_tokens[i] for i in indices],
             **{column: rows[column].tolist() for column in metadata},
+            **{f"{side}_carrier": [self.clip_keys[i].carrier for i in clip.tolist()] for side, clip in clips.items()},
         )
 
     def skip(self, item_ids: set[int]) -> None:

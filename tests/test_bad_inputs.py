@@ -225,6 +225,48 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         expect="line 3: carrier 'say it' needs exactly one {}",
     )
 
+    def in_context(columns: str, values: str, seconds: float = 1.0):
+        def make(d):
+            soundfile.write(d / "take.wav", np.zeros(round(seconds * 16000), np.float32), 16000)
+            pairs = f"word_a,word_b,audio_a,start_a,end_a,{columns}\nbat,pat,,,,\nhi,yo,take.wav,0.1,0.5,{values}\n"
+            return args(d, small_model_path, pairs=pairs)
+
+        return make
+
+    refused(
+        "a recorded word's context without `{}`",
+        in_context("context_a", "hi there"),
+        expect="line 3: context_a 'hi there' needs exactly one {}",
+    )
+    refused(
+        "a context clip that does not hold the word's span",
+        in_context("context_a,context_start_a,context_end_a", "{} there,0.3,0.9"),
+        expect="line 3: context_a '{} there': the clip 0.3-0.9 s must hold the word's span 0.1-0.5 s",
+    )
+    refused(
+        "a context clip longer than 30 s",
+        in_context("context_a,context_start_a,context_end_a", "{} there,0,31", seconds=40),
+        expect="the clip 0-31 s is longer than the 30 s Whisper hears",
+    )
+    refused(
+        "a context without its clip in a recording longer than 30 s",
+        in_context("context_a", "{} there", seconds=40),
+        expect="the recording is 40.0 s long and Whisper hears only 30 s; give context_start_a/context_end_a",
+    )
+
+    def long_word(d):
+        (d / "corpus").mkdir()
+        soundfile.write(d / "corpus" / "take.wav", np.zeros(40 * 16000, np.float32), 16000)
+        (d / "corpus" / "take.ctm").write_text("take 1 0.5 31.0 bed\ntake 1 32.0 0.3 bird\n")
+        return ["stimuli", str(d / "corpus"), "--out", str(d / "pairs.csv")]
+
+    refused(
+        "`wpatch stimuli`: an aligned word that no 30 s clip can hold",
+        long_word,
+        expect="the word 'bed' at 0.5-31.5 s cannot be heard in context",
+        command=wpatch,
+    )
+
     def corpus(d):
         (d / "corpus" / "notes").mkdir(parents=True)
         return ["stimuli", str(d / "corpus"), "--out", str(d / "pairs.csv")]

@@ -216,3 +216,41 @@ def test_bad_corpora_and_spans_say_what_is_wrong_in_one_line(tmp_path, capsys):
     (tmp_path / "sc" / "bed" / "x_nohash_0.wav").write_bytes(b"RIFF broken")
     with pytest.raises(WpatchError, match=r"audio file .*x_nohash_0.wav cannot be decoded"):
         read_corpus(tmp_path / "sc")
+
+
+def test_mswc_speakers_come_from_its_splits_table_else_from_the_file_name(tmp_path, caplog):
+    clips = {"cat": ["common_voice_en_1", "common_voice_en_2"], "dog": ["common_voice_en_3", "common_voice_en_4"]}
+    for word, stems in clips.items():
+        (tmp_path / "mswc" / "en" / "clips" / word).mkdir(parents=True)
+        for stem in stems:
+            soundfile.write(tmp_path / "mswc" / "en" / "clips" / word / f"{stem}.wav", spoken(word, "en-us+m3"), 16000)
+    tokens = read_corpus(tmp_path / "mswc")
+    assert tokens.speaker.tolist() == [s for stems in clips.values() for s in stems]  # no table: the file names
+    assert "no en_splits.csv" in caplog.text and "speaker is its file name" in caplog.text
+
+    (tmp_path / "mswc" / "en" / "en_splits.csv").write_text(
+        "SET,LINK,WORD,VALID,SPEAKER,GENDER\n"
+        "TRAIN,cat/common_voice_en_1.opus,cat,True,spk_a,MALE\n"
+        "TRAIN,cat/common_voice_en_2.opus,cat,True,spk_b,FEMALE\n"
+        "DEV,dog/common_voice_en_3.opus,dog,True,spk_a,MALE\n"
+    )
+    tokens = read_corpus(tmp_path / "mswc")
+    assert tokens.speaker.tolist() == ["spk_a", "spk_b", "spk_a", "common_voice_en_4"]  # en_4 is not in the table
+    pairs = build(tmp_path / "mswc", tmp_path / "pairs.csv", "--same-speaker")
+    assert pairs[["word_a", "word_b", "speaker_a", "speaker_b"]].values.tolist() == [["cat", "dog", "spk_a", "spk_a"]]
+
+
+def test_a_recording_is_hashed_once_for_all_the_words_cut_from_it(tmp_path, monkeypatch):
+    from wpatch.stimuli import spans as module
+
+    hashed = []
+    monkeypatch.setattr(module, "clip_digest", lambda path: hashed.append(path) or f"digest{len(hashed)}")
+    module._digest.cache_clear()
+    samples = np.linspace(-0.5, 0.5, 16000, dtype=np.float32)
+    soundfile.write(tmp_path / "rec.wav", samples, SAMPLE_RATE, subtype="FLOAT")
+    cuts = [cut_span(tmp_path / "rec.wav", start, start + 0.1, tmp_path / "spans") for start in (0.1, 0.3, 0.5)]
+    assert len(hashed) == 1 and len({cut.parent for cut in cuts}) == 1
+    assert np.array_equal(load_audio(cuts[1]), samples[4800:6400])
+    soundfile.write(tmp_path / "rec.wav", samples[:8000], SAMPLE_RATE, subtype="FLOAT")  # replaced: hashed again
+    assert cut_span(tmp_path / "rec.wav", 0.1, 0.2, tmp_path / "spans").parent != cuts[0].parent
+    assert len(hashed) == 2

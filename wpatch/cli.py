@@ -343,13 +343,20 @@ def stimuli(args=None) -> None:
     parser.add_argument("--same-speaker", action="store_true", help="both words of a row from one speaker")
     parser.add_argument("--per-pair", type=int, default=1, help="rows (token pairs) per word pair")
     parser.add_argument("--words", default=None, help="only these words, comma-separated (default: every word)")
+    parser.add_argument(
+        "--context",
+        choices=("recording", "word"),
+        default="recording",
+        help="a word of an aligned recording heard in its recording (up to 30 s around it, default) or cut to its span",
+    )
     options = parser.parse_args(args)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from wpatch.stimuli.corpora import read_corpus
     from wpatch.stimuli.corpus_pairs import corpus_pairs, keep_words
 
     out = Path(options.out)
     try:
-        tokens = read_corpus(options.corpus_dir, options.lang)
+        tokens = read_corpus(options.corpus_dir, options.lang, options.context)
         if options.words:
             tokens = keep_words(tokens, [w.strip().lower() for w in options.words.split(",")], options.corpus_dir)
         name = options.corpus or Path(options.corpus_dir).resolve().name

@@ -47,7 +47,11 @@ class PairBatch(TypedDict):
     target_speaker: list[str]
     corpus: list[str]
     licence: list[str]
-    carrier: list[str]  # the sentence the words are spoken in, `{}` for the word ("": the word alone)
+    # the text each side's clip is heard in, `{}` for its word: the carrier sentence, a recorded word's context in
+    # its recording ("": the word alone)
+    source_carrier: list[str]
+    target_carrier: list[str]
+    control_carrier: list[str]
 
 
 @dataclass(frozen=True)
@@ -119,8 +123,9 @@ class ResultRow:
     target_speaker: str = column()
     corpus: str = column()
     licence: str = column()
-    # the carrier sentence ("" for a word alone); whether the transcript kept its other words (a row counts for
-    # override, retained and transfer only if so; always true for a word alone)
+    # the text the row's transcript is read in, `{}` for the word: the carrier sentence, or for a recorded word in
+    # its context the recipient clip's words ("" for a word alone); whether the transcript kept its other words (a
+    # row counts for override, retained and transfer only if so; always true for a word alone)
     carrier: str = column()
     carrier_kept: bool = column()
 

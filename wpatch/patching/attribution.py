@@ -133,11 +133,14 @@ def attribute(
     donor_mels: Tensor,
     words: list[tuple[ScoredWord, ScoredWord]],
     graddrop: bool = False,
+    donor_words: list[tuple[ScoredWord, ScoredWord]] | None = None,
 ) -> Attribution:
     """AtP of every encoder site, block and frame: row i patches donor clip i into recipient clip i, scored on
-    `words[i]` (source word, target word). Float32, autocast off, gradients on even inside inference mode.
+    `words[i]` (source word, target word; on the donor's own run `donor_words[i]`, default the same). Float32,
+    autocast off, gradients on even inside inference mode.
     `graddrop` costs one more forward and backward pass per block."""
     frames, metrics, donor_metrics, dropped = [], [], [], []
+    donor_words = donor_words or words
     device_type = recipient_mels.device.type
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device_type, enabled=False):
         for start in range(0, len(words), MAX_ROWS_PER_PASS):
@@ -146,7 +149,7 @@ def attribute(
             metric, kept, grads = _grad_pass(model, recipients, words[part])
             with torch.no_grad():
                 donor_states, donor_final = site_states(model.encoder, donors, set(ENCODER_SITES))
-                donor_metrics.append(read_metric(model, donor_final, words[part]))
+                donor_metrics.append(read_metric(model, donor_final, donor_words[part]))
                 frames.append(_products(donor_states, kept, grads))
             if graddrop:
                 drops = [

@@ -70,7 +70,7 @@ def cells_to_patch(estimates: list[float], validate: bool, sample: int, verify_t
 def attribution_map(
     model,
     batch: PairBatch,
-    words: dict[str, list[ScoredWord]],
+    read: dict[str, tuple[list[ScoredWord], list[ScoredWord]]],
     directions,
     width: int,
     min_separation: float,
@@ -82,14 +82,17 @@ def attribution_map(
     """The attribution rows of every item x patch direction of `batch` (denoising: the source clip's activations
         into the target clip's run; noising: the reverse), normalised like `effect`; with `graddrop`, each cell's
     GradDrop score (AtP*: the mean over blocks l of |the estimate with the gradient through block l's attention and
-    MLP dropped|)."""
+    MLP dropped|). `read[side]`: the item's (source word, target word) read in that side's clip's text (each run is
+    read in its own clip's)."""
     n_ctx = model.dims.n_audio_ctx
     jobs = [(b, d) for b in range(len(batch["item_id"])) for d in directions]
     sides = {d: ("source", "target") if d == "denoising" else ("target", "source") for d in directions}
     donors = torch.stack([batch[f"{sides[d][0]}_mel"][b] for b, d in jobs])
     recipients = torch.stack([batch[f"{sides[d][1]}_mel"][b] for b, d in jobs])
-    pairs = [(words["source"][b], words["target"][b]) for b, _ in jobs]
-    found = attribute(model, recipients, donors, pairs, graddrop)
+    donor_words, recipient_words = (
+        [(read[sides[d][k]][0][b], read[sides[d][k]][1][b]) for b, d in jobs] for k in (0, 1)
+    )
+    found = attribute(model, recipients, donors, recipient_words, graddrop, donor_words)
     table, cells, frames = [], [], {}
     for j, (b, d) in enumerate(jobs):
         source_span, target_span = batch["source_span"][b], batch["target_span"][b]
@@ -135,7 +138,7 @@ def attribution_map(
                     checked=chosen.get(k, ""),
                 )
             )
-    deltas = real_deltas(model, recipients, donors, pairs, [cell for _, cell in cells])
+    deltas = real_deltas(model, recipients, donors, recipient_words, [cell for _, cell in cells])
     for (at, _), delta in zip(cells, deltas.tolist()):
         row = table[at]
         effect = normalised(delta, row.ld_source_clean, row.ld_target_clean, row.patch_direction, min_separation)

@@ -4,14 +4,16 @@ them to every planned row of a batch (README: "Columns of predictions.csv").
 Transcript measures compare normalised text (`wpatch.text.normalise`): the whole transcript for a word alone, the
 word at the carrier's `{}` for a word in a sentence (and then only where the carrier's other words were kept:
 `wpatch.text.word_at`); log-probability measures read log P(word | encoder output, the transcript up to
-the word) of the source and target words (`wpatch.text.ScoredWord`, `wpatch.patching.decoding`).
+the word) of the source and target words (`wpatch.text.ScoredWord`, `wpatch.patching.decoding`). Each decoding
+is read in the text of the clip it decodes (a patched run in its recipient's): for a carrier sentence both clips
+share it, for recorded words in their contexts each clip has its own.
 """
 
 import math
 
 from wpatch.patching.decoder import DecodingPlan
 from wpatch.patching.decoding import Decoded
-from wpatch.patching.plan import PlannedRow
+from wpatch.patching.plan import PlannedRow, recipient_side
 from wpatch.rows import PairBatch, ResultRow, item_fields
 from wpatch.text import ScoredWord, has_word, is_word, word_at
 
@@ -59,21 +61,25 @@ def p_source_language(language_probs: dict[str, float] | None, source_lang: str,
     return p_source / (p_source + p_target) if p_source + p_target > 0 else float("nan")
 
 
-def words_to_score(
-    plan: list[PlannedRow],
-    decodings: DecodingPlan,
-    batch: PairBatch,
-    source_words: list[ScoredWord],
-    target_words: list[ScoredWord],
-) -> list[dict[ScoredWord, None]]:
+Read = dict[str, tuple[list[ScoredWord], list[ScoredWord]]]  # side -> (source words, target words) in its text
+
+
+def read_in(plan_row: PlannedRow, decodings: DecodingPlan, batch: PairBatch) -> list[tuple[int, str]]:
+    """The decodings a row reads and whose text each is read in: the patched run in its recipient clip's, the
+    clean source and target runs in their own."""
+    b = plan_row.item
+    clean = [(decodings.clean[int(batch[f"{side}_clip"][b])], side) for side in ("source", "target")]
+    return [(decodings.row[plan_row.run], recipient_side(plan_row.patch_direction)), *clean]
+
+
+def words_to_score(plan: list[PlannedRow], decodings: DecodingPlan, batch: PairBatch, read: Read) -> list[dict]:
     """For each decoding, the words whose log-probability the rows need (ordered, without repeats): both words of
-    an item on its patched decoding and on the clean decodings of its source and target clips."""
+    an item, read in the decoded clip's text (`read[side]`), on its patched decoding and on the clean decodings
+    of its source and target clips."""
     asked = [{} for _ in range(len(decodings.decodings))]
     for row in plan:
-        b = row.item
-        clean_source, clean_target = (decodings.clean[int(batch[f"{side}_clip"][b])] for side in ("source", "target"))
-        for f in (decodings.row[row.run], clean_source, clean_target):
-            asked[f].update(dict.fromkeys((source_words[b], target_words[b])))
+        for f, side in read_in(row, decodings, batch):
+            asked[f].update(dict.fromkeys((read[side][0][row.item], read[side][1][row.item])))
     return asked
 
 
@@ -82,23 +88,24 @@ def result_rows(
     plan: list[PlannedRow],
     decodings: DecodingPlan,
     decoded: Decoded,
-    source_words: list[ScoredWord],
-    target_words: list[ScoredWord],
+    read: Read,
     min_separation: float,
 ) -> list[ResultRow]:
-    """Every planned row with its measures, read off the decoded outputs."""
+    """Every planned row with its measures, read off the decoded outputs, each decoding in its clip's text."""
     rows = []
     for row in plan:
-        b, patch, f = row.item, row.run.patch, decodings.row[row.run]
-        source_word, target_word = source_words[b], target_words[b]
+        b, patch = row.item, row.run.patch
+        (f, recipient), (clean_source, _), (clean_target, _) = read_in(row, decodings, batch)
+        gap = {  # logp(source word) - logp(target word) on a decoding, read in that clip's text
+            side: decoded.logps[g][read[side][0][b]] - decoded.logps[g][read[side][1][b]]
+            for g, side in ((clean_source, "source"), (clean_target, "target"))
+        }
+        source_word, target_word = read[recipient][0][b], read[recipient][1][b]
         logp = decoded.logps[f]
-        clean_source, clean_target = (decodings.clean[int(batch[f"{side}_clip"][b])] for side in ("source", "target"))
-        ld_source = decoded.logps[clean_source][source_word] - decoded.logps[clean_source][target_word]
-        ld_target = decoded.logps[clean_target][source_word] - decoded.logps[clean_target][target_word]
-        value, valid = effect(logp[source_word], logp[target_word], ld_source, ld_target, min_separation)
-        text, carrier = decoded.transcripts[f], batch["carrier"][b]
+        value, valid = effect(logp[source_word], logp[target_word], gap["source"], gap["target"], min_separation)
+        text, carrier = decoded.transcripts[f], batch[f"{recipient}_carrier"][b]
         said, kept = word_at(text, carrier)  # the transcript's word where the carrier has it; the carrier kept
-        heard, heard_kept = word_at(decoded.transcripts[clean_source], carrier)
+        heard, heard_kept = word_at(decoded.transcripts[clean_source], batch["source_carrier"][b])
         languages = decoded.language_probs[f] if decoded.language_probs else None
         rows.append(
             ResultRow(
@@ -123,8 +130,8 @@ def result_rows(
                 score=score(logp[source_word], logp[target_word]),
                 p_source_language=p_source_language(languages, batch["source_lang"][b], batch["target_lang"][b]),
                 source_recognised=heard_kept and is_word(heard, batch["source_word"][b]),
-                ld_source_clean=ld_source,
-                ld_target_clean=ld_target,
+                ld_source_clean=gap["source"],
+                ld_target_clean=gap["target"],
                 effect=value,
                 effect_valid=valid,
                 source_speaker=batch["source_speaker"][b],

@@ -174,13 +174,14 @@ class PatchingModule(L.LightningModule):
         those `rows` and the batch's `attributions` (`wpatch.patching.attribution_map.AttributionMap`)."""
         hp, model = self.hparams, self.whisper
         languages = {"source": batch["source_lang"], "target": batch["target_lang"], "control": batch["source_lang"]}
-        words = {
-            side: [
-                self.scored_word(lang, forms, carrier)
-                for lang, forms, carrier in zip(languages[side], batch[f"{side}_tokens"], batch["carrier"])
-            ]
-            for side in ("source", "target", "control")
-        }
+        # both words of the item read in the text each side's clip is heard in (a decoding of a clip is read in
+        # its own text), and each donor's own word in its clip's text (decoder-site donor runs read it)
+        scored = lambda word, side: [  # noqa: E731
+            self.scored_word(lang, forms, carrier)
+            for lang, forms, carrier in zip(languages[word], batch[f"{word}_tokens"], batch[f"{side}_carrier"])
+        ]
+        read = {side: (scored("source", side), scored("target", side)) for side in ("source", "target")}
+        words = {"source": read["source"][0], "target": read["target"][1], "control": scored("control", "control")}
         plan = plan_rows(batch, self.specs, hp.directions, hp.control, model.dims.n_audio_ctx, words)
 
         mels = {}
@@ -196,8 +197,7 @@ class PatchingModule(L.LightningModule):
         outputs = encode_plan(model.encoder, mels, encoder_runs, clean_clips)
         decodings = decoding_plan(outputs, runs)
 
-        source_words, target_words = words["source"], words["target"]
-        asked = words_to_score(plan, decodings, batch, source_words, target_words)
+        asked = words_to_score(plan, decodings, batch, read)
         crosses_languages = any(a != b for a, b in zip(batch["source_lang"], batch["target_lang"]))
         detect = model.is_multilingual and (hp.language is None or crosses_languages)
         decoded = decode_plan(
@@ -213,7 +213,7 @@ class PatchingModule(L.LightningModule):
             detect,
         )
 
-        rows = result_rows(batch, plan, decodings, decoded, source_words, target_words, hp.min_separation)
+        rows = result_rows(batch, plan, decodings, decoded, read, hp.min_separation)
         rows = [row.to_dict() for row in rows]
         if hp.method == "patch":
             return rows
@@ -221,7 +221,7 @@ class PatchingModule(L.LightningModule):
             found = attribution_map(
                 model,
                 batch,
-                words,
+                read,
                 hp.directions,
                 hp.atp_window,
                 hp.min_separation,

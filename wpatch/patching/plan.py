@@ -108,6 +108,11 @@ def donor_run_tokens(word: ScoredWord) -> tuple[tuple[int, ...], tuple[int, int]
     return (*word.prefix, *form), (len(word.prefix) - 1, len(word.prefix) - 1 + len(form))
 
 
+def recipient_side(patch_direction: str) -> str:
+    """Whose clip's run is patched: the target's when denoising, the source's when noising."""
+    return "target" if patch_direction == "denoising" else "source"
+
+
 def plan_rows(
     batch: PairBatch,
     specs: list[PatchSpec],
@@ -128,7 +133,8 @@ def plan_rows(
         word_frames = (int(min(source_span[0], target_span[0])), int(max(source_span[1], target_span[1])))
         for spec in specs:
             for patch_direction in patch_directions:
-                recipient, real_donor = ("target", "source") if patch_direction == "denoising" else ("source", "target")
+                recipient = recipient_side(patch_direction)
+                real_donor = "source" if recipient == "target" else "target"
                 for kind in donor_kinds:
                     donor = real_donor if kind == "source" else "control"
                     by_token = SITES[spec.site].positions == "tokens"

@@ -2,8 +2,10 @@
 
 Folder-per-word corpora (the clip is the word):
 - Speech Commands: `WORD/SPEAKER_nohash_N.wav` (folders starting with `_`, such as `_background_noise_`, skipped);
-- Multilingual Spoken Words: `LANG/clips/WORD/*.opus` (or `.wav`); the speaker is the file name's stem (MSWC
-  names a clip after its Common Voice recording; its speaker table is a separate download).
+- Multilingual Spoken Words: `LANG/clips/WORD/*.opus` (or `.wav`); the speaker from MSWC's splits table
+  `LANG_splits.csv` (in `LANG/` or the corpus folder; columns SET, LINK, WORD, VALID, SPEAKER, GENDER) where it is
+  there and names the clip, else the file name's stem (MSWC names a clip after its Common Voice recording), with a
+  note.
 Long recordings with word alignments (the word is a span of the recording):
 - Praat TextGrid (what the Montreal Forced Aligner writes): `NAME.TextGrid` beside its recording `NAME.wav` (or
   .flac, .opus, ...), words from the tier named `words` (else the first interval tier), speaker = the folder
@@ -11,16 +13,22 @@ Long recordings with word alignments (the word is a span of the recording):
 - CTM: lines `RECORDING CHANNEL START DURATION WORD [CONFIDENCE]`, the recording `RECORDING.wav` (or another
   extension) beside the .ctm file, speaker = the recording's name up to its first `-` (LibriSpeech's
   `SPEAKER-CHAPTER-UTTERANCE`).
+A word of an aligned recording is heard in its recording's context (`wpatch.stimuli.contexts`) unless the caller
+asks for it cut to its span (`context="word"`).
 """
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 import soundfile
 
 from wpatch.errors import WpatchError
+from wpatch.stimuli.contexts import with_context
 
 TOKEN_COLUMNS = ["word", "lang", "audio", "start", "end", "speaker"]
+CONTEXT_COLUMNS = ["context", "context_start", "context_end"]  # a word heard in its recording ("": alone)
+CONTEXTS = ("recording", "word")  # how a word of an aligned recording is heard: in its recording, or cut out
 AUDIO_SUFFIXES = (".wav", ".flac", ".opus", ".ogg", ".mp3")
 LAYOUTS = (
     "Speech Commands (WORD/SPEAKER_nohash_N.wav)",
@@ -28,6 +36,7 @@ LAYOUTS = (
     "Praat TextGrids beside their recordings (NAME.TextGrid + NAME.wav)",
     "CTM files beside their recordings (NAME.ctm + RECORDING.wav)",
 )
+log = logging.getLogger(__name__)
 SILENCE = {"", "sp", "sil", "<eps>", "<unk>", "spn"}  # aligner labels that are not words
 
 
@@ -54,15 +63,42 @@ def speech_commands(root: Path, lang: str) -> list[dict]:
     ]
 
 
+def mswc_speakers(root: Path, lang: str) -> dict[str, str] | None:
+    """Clip name (stem) -> speaker from MSWC's own splits table of a language, `LANG_splits.csv` (columns SET, LINK,
+    WORD, VALID, SPEAKER, GENDER; LINK the clip's path under `clips/`) in `root/LANG/` or `root/`; None where
+    neither has it."""
+    for path in (root / lang / f"{lang}_splits.csv", root / f"{lang}_splits.csv"):
+        if path.is_file():
+            try:
+                table = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=["LINK", "SPEAKER"])
+            except Exception as error:
+                raise WpatchError(
+                    f"MSWC splits table {path} cannot be read ({error}); it needs columns LINK and SPEAKER, as MSWC "
+                    "ships it, or remove it to name speakers by their clips"
+                ) from None
+            return {Path(link).stem: speaker for link, speaker in zip(table.LINK, table.SPEAKER) if speaker.strip()}
+    return None
+
+
 def mswc(root: Path) -> list[dict]:
-    return [
-        whole_clip(folder.name, clips.parent.name, clip, clip.stem)
-        for clips in sorted(root.glob("*/clips"))
-        for folder in sorted(clips.iterdir())
-        if folder.is_dir()
-        for clip in sorted(folder.iterdir())
-        if clip.suffix in (".opus", ".wav")
-    ]
+    tokens = []
+    for clips in sorted(root.glob("*/clips")):
+        lang = clips.parent.name
+        speakers = mswc_speakers(root, lang)
+        if speakers is None:
+            log.warning(
+                f"wpatch: note: no {lang}_splits.csv in {clips.parent} or {root}: each {lang} clip's speaker is its "
+                "file name (one Common Voice recording), so no speaker says two words; put MSWC's splits table there "
+                "for its speakers"
+            )
+        tokens += [
+            whole_clip(folder.name, lang, clip, (speakers or {}).get(clip.stem, clip.stem))
+            for folder in sorted(clips.iterdir())
+            if folder.is_dir()
+            for clip in sorted(folder.iterdir())
+            if clip.suffix in (".opus", ".wav")
+        ]
+    return tokens
 
 
 def recording_beside(alignment: Path, name: str) -> Path:
@@ -135,21 +171,26 @@ def ctms(root: Path, lang: str) -> list[dict]:
     return tokens
 
 
-def read_corpus(root: str | Path, lang: str = "en") -> pd.DataFrame:
+def read_corpus(root: str | Path, lang: str = "en", context: str = "recording") -> pd.DataFrame:
     """Every spoken word of the corpus at `root` (`TOKEN_COLUMNS`; `lang` for layouts that do not name it), in
-    the first layout found."""
+    the first layout found; a word of an aligned recording with its context (`CONTEXT_COLUMNS`,
+    `wpatch.stimuli.contexts`) unless `context` is `word` (heard alone, cut to its span)."""
+    if context not in CONTEXTS:
+        raise WpatchError(f"context {context!r} is not one of {', '.join(CONTEXTS)}; give recording or word")
     root = Path(root)
     if not root.is_dir():
         raise WpatchError(f"corpus folder {root} does not exist or is not a folder; give the corpus's top folder")
-    for found in (
-        lambda: mswc(root) if any(root.glob("*/clips")) else [],
-        lambda: speech_commands(root, lang),
-        lambda: textgrids(root, lang),
-        lambda: ctms(root, lang),
+    for aligned, found in (
+        (False, lambda: mswc(root) if any(root.glob("*/clips")) else []),
+        (False, lambda: speech_commands(root, lang)),
+        (True, lambda: textgrids(root, lang)),
+        (True, lambda: ctms(root, lang)),
     ):
         tokens = found()
         if tokens:
             table = pd.DataFrame(tokens, columns=TOKEN_COLUMNS)
             table["audio"] = table["audio"].map(str)
-            return table
+            if aligned and context == "recording":
+                table = with_context(table, {audio: seconds(Path(audio)) for audio in table.audio.unique()})
+            return table.reindex(columns=TOKEN_COLUMNS + CONTEXT_COLUMNS).fillna("")
     raise WpatchError(f"corpus folder {root} is in none of the layouts understood: {'; '.join(LAYOUTS)}")

@@ -6,7 +6,9 @@ position and feature that `features.csv` groups by) among the corpus's English w
 whose both words it has; with Spanish words too, the curated English-Spanish cognates and non-cognates. Each word
 pair becomes up to `per_pair` rows, each with one spoken token of either word: from one speaker who says both
 (`same_speaker`), else from two speakers where the corpus has them (tokens in corpus order: speaker, file, time).
-`wpatch stimuli` is the command.
+Words heard in their recording's context (`wpatch.stimuli.contexts`) carry it into the row (`context_a`,
+`context_start_a`, `context_end_a`, ...), and a row never takes both from one recording. `wpatch stimuli` is the
+command.
 """
 
 import io
@@ -17,6 +19,7 @@ from wpatch.errors import WpatchError
 from wpatch.stimuli.sets import CURATED, minimal_pairs, pronunciations
 
 SPAN = ["audio", "start", "end", "speaker"]
+CONTEXT = ["context", "context_start", "context_end"]  # a word heard in its recording (`wpatch.stimuli.contexts`)
 FIRST = ["pair_id", "word_a", "word_b", "category", "lang_a", "lang_b"]
 INFO = ["corpus", "licence", "phoneme_a", "phoneme_b", "position", "feature", "relation", "pron_a", "pron_b"]
 
@@ -55,17 +58,34 @@ def keep_words(tokens: pd.DataFrame, words: list[str], corpus_dir) -> pd.DataFra
     return tokens[tokens.word.isin(words)]
 
 
+def apart(a: pd.Series, b: pd.Series) -> bool:
+    """Two tokens may form a row: not both heard in the context of the same recording (its clip would be patched
+    into itself)."""
+    return not (a.get("context") and b.get("context") and a.audio == b.audio)
+
+
 def other_speakers(a: pd.DataFrame, b: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
     """Each token of word A (in corpus order) with the first unused token of word B from another speaker, or of
-    the same speaker when no other is left."""
+    the same speaker when no other is left (never one of the same recording heard in context: `apart`)."""
     unused = [row for _, row in b.iterrows()]
     chosen = []
     for _, token in a.iterrows():
-        if not unused:
-            break
-        pick = next((row for row in unused if row.speaker != token.speaker), unused[0])
+        usable = [row for row in unused if apart(token, row)]
+        if not usable:
+            continue
+        pick = next((row for row in usable if row.speaker != token.speaker), usable[0])
         unused = [row for row in unused if row is not pick]
         chosen.append((token, pick))
+    return chosen
+
+
+def same_speaker_tokens(a: pd.DataFrame, b: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
+    """For each speaker who says both words (in order), their first tokens of either word that may form a row
+    (`apart`)."""
+    chosen = []
+    for speaker in sorted(set(a.speaker) & set(b.speaker)):
+        mine = [(x, y) for _, x in a[a.speaker == speaker].iterrows() for _, y in b[b.speaker == speaker].iterrows()]
+        chosen += [next((x, y) for x, y in mine if apart(x, y))] if any(apart(x, y) for x, y in mine) else []
     return chosen
 
 
@@ -75,27 +95,32 @@ def corpus_pairs(
     """The pairs file of a corpus (`tokens` from `wpatch.stimuli.corpora.read_corpus`), audio paths as given."""
     if per_pair < 1:
         raise WpatchError(f"per_pair {per_pair} keeps no pairs; give 1 or more rows per word pair")
+    in_context = "context" in tokens and bool((tokens.context != "").any())
     tokens = tokens.sort_values(["speaker", "audio", "start"], kind="stable")
     by_word = {key: group for key, group in tokens.groupby(["word", "lang"], sort=False)}
     rows = []
     for pair in word_pairs(tokens).itertuples(index=False):
         a, b = by_word[(pair.word_a, pair.lang_a)], by_word[(pair.word_b, pair.lang_b)]
-        if same_speaker:
-            both = sorted(set(a.speaker) & set(b.speaker))[:per_pair]
-            chosen = [(a[a.speaker == s].iloc[0], b[b.speaker == s].iloc[0]) for s in both]
-        else:
-            chosen = other_speakers(a, b)[:per_pair]
+        chosen = (same_speaker_tokens(a, b) if same_speaker else other_speakers(a, b))[:per_pair]
         for token_a, token_b in chosen:
             row = pair._asdict()
             for side, token in (("a", token_a), ("b", token_b)):
-                row |= {f"{column}_{side}": token[column] for column in SPAN}
+                row |= {f"{column}_{side}": token[column] for column in SPAN + CONTEXT if column in token}
             rows.append(row)
     if not rows:
         raise WpatchError(
             f"corpus {corpus!r} gives no pairs: none of its {tokens.word.nunique()} words form a minimal, semantic "
-            "or English-Spanish pair" + (" spoken by one speaker; drop --same-speaker" if same_speaker else "")
+            "or English-Spanish pair"
+            + (" spoken by one speaker" if same_speaker else "")
+            + (" in two recordings (heard in its recording's context, a row needs two)" if in_context else "")
+            + "; "
+            + " or ".join(
+                (["drop --same-speaker"] if same_speaker else []) + (["give --context word"] if in_context else [])
+                or ["give a corpus with such words"]
+            )
         )
     table = pd.DataFrame(rows).assign(corpus=corpus, licence=licence)
     table.insert(0, "pair_id", [f"c{i:05d}" for i in range(len(table))])
     spans = [f"{column}_{side}" for side in "ab" for column in SPAN]
-    return table.reindex(columns=FIRST + spans + INFO).fillna("")
+    heard_in = [f"{column}_{side}" for side in "ab" for column in CONTEXT] if in_context else []
+    return table.reindex(columns=FIRST + spans + heard_in + INFO).fillna("")

@@ -5,6 +5,9 @@ A pairs file is a CSV with `word_a`, `word_b` and optionally `pair_id`, `categor
 recordings (`wpatch stimuli` writes these): `start_a`, `end_a`, `start_b`, `end_b` (the word's span in its
 recording, seconds), `speaker_a`, `speaker_b`, `corpus` and `licence` (carried into every predictions row).
 `carrier` (e.g. `say {} again`) has synthesised words spoken inside that sentence (`wpatch.stimuli.carriers`).
+A recorded word heard in its recording's context (`wpatch.stimuli.contexts`; `wpatch stimuli` writes these):
+`context_a` (the clip's words, `{}` for the word: the carrier of natural speech), `context_start_a`,
+`context_end_a` (the clip: seconds of the recording around the span; empty: the whole recording), and for b.
 """
 
 import logging
@@ -45,7 +48,14 @@ ITEM_COLUMNS = [
     "corpus",
     "licence",
     "carrier",
+    "source_context",
+    "source_context_start",
+    "source_context_end",
+    "target_context",
+    "target_context_start",
+    "target_context_end",
 ]
+CONTEXT_COLUMNS = [f"{column}_{side}" for side in "ab" for column in ("context", "context_start", "context_end")]
 
 
 MAX_SECONDS = 30.0  # Whisper hears the first 30 s of a clip
@@ -88,11 +98,16 @@ def check_span(path: Path, line: int, side: str, audio: Path, start: str, end: s
         )
 
 
+def placeholder_once(text: str) -> bool:
+    """The text has exactly one `{}` and no other brace."""
+    return text.count("{}") == text.count("{") == text.count("}") == 1
+
+
 def check_carrier(path: Path, line: int, row: pd.Series) -> None:
     """Refuse a carrier sentence without exactly one `{}`, or given for a recorded word (a recording is spoken as
     it is: give its span instead)."""
     carrier = row["carrier"]
-    if not (carrier.count("{}") == carrier.count("{") == carrier.count("}") == 1):
+    if not placeholder_once(carrier):
         raise WpatchError(
             f"pairs file {path} line {line}: carrier {row['carrier']!r} needs exactly one {{}} where the word goes, "
             "e.g. 'say {} again'"
@@ -103,6 +118,48 @@ def check_carrier(path: Path, line: int, row: pd.Series) -> None:
                 f"pairs file {path} line {line}: a carrier sentence is spoken by the voice, but audio_{side} is a "
                 "recording; drop the carrier or the recording"
             )
+
+
+def check_context(path: Path, line: int, side: str, row: pd.Series, seconds: float) -> tuple[str, str]:
+    """Refuse a recorded word's context (`context_<side>`, `context_start_<side>`, `context_end_<side>`) without
+    its span, without exactly one `{}`, or whose clip is not two numbers, lies outside the recording (`seconds`
+    long), does not hold the span or is longer than Whisper hears; the clip's (start, end) as given, the whole
+    recording where both are empty."""
+    where = f"pairs file {path} line {line}: context_{side} {row[f'context_{side}']!r}"
+    if not row[f"start_{side}"]:
+        raise WpatchError(
+            f"{where} is a recording's words around its word, but audio_{side} has no span start_{side}/end_{side}; "
+            "give the word's span in the recording or drop the context"
+        )
+    if not placeholder_once(row[f"context_{side}"]):
+        raise WpatchError(f"{where} needs exactly one {{}} where the word is, e.g. 'the cat {{}} on the mat'")
+    start, end = row[f"context_start_{side}"], row[f"context_end_{side}"]
+    if not start and not end:
+        if seconds > MAX_SECONDS:
+            raise WpatchError(
+                f"{where}: the recording is {seconds:.1f} s long and Whisper hears only {MAX_SECONDS:.0f} s; give "
+                f"context_start_{side}/context_end_{side} (a clip of at most {MAX_SECONDS:.0f} s around the word)"
+            )
+        return "0", f"{seconds:.6f}"
+    try:
+        begin, stop = float(start), float(end)
+    except ValueError:
+        raise WpatchError(
+            f"{where}: context_start_{side}={start!r} context_end_{side}={end!r} is not two numbers; give both, in "
+            "seconds, or neither (the whole recording)"
+        ) from None
+    word = float(row[f"start_{side}"]), float(row[f"end_{side}"])
+    if begin < 0 or stop > seconds + 1e-3 or not (begin <= word[0] and word[1] <= stop):
+        raise WpatchError(
+            f"{where}: the clip {begin:g}-{stop:g} s must hold the word's span {word[0]:g}-{word[1]:g} s and lie in "
+            f"the recording (0-{seconds:.3f} s); fix context_start_{side}/context_end_{side}"
+        )
+    if stop - begin > MAX_SECONDS:
+        raise WpatchError(
+            f"{where}: the clip {begin:g}-{stop:g} s is longer than the {MAX_SECONDS:.0f} s Whisper hears; cut it at "
+            "word boundaries closer to the word"
+        )
+    return start, end
 
 
 def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.DataFrame:
@@ -145,6 +202,7 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
         ("corpus", ""),
         ("licence", ""),
         ("carrier", ""),
+        *((column, "") for column in CONTEXT_COLUMNS),
     ):
         values = pairs[column].str.strip() if column in pairs.columns else pd.Series("", index=pairs.index)
         pairs[column] = values.replace("", default)
@@ -161,6 +219,17 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
                 raise WpatchError(
                     f"pairs file {path} line {line}: word_{side} {row[f'word_{side}']!r} has no letters or digits, so "
                     "no transcript can match it; give a word"
+                )
+            heard_in = [c for c in ("context", "context_start", "context_end") if row[f"{c}_{side}"]]
+            if heard_in and not row[f"audio_{side}"]:
+                raise WpatchError(
+                    f"pairs file {path} line {line}: {heard_in[0]}_{side} given without audio_{side}; a context is "
+                    "the recording around a recorded word, so give the recording and the word's span or drop it"
+                )
+            if (row[f"context_start_{side}"] or row[f"context_end_{side}"]) and not row[f"context_{side}"]:
+                raise WpatchError(
+                    f"pairs file {path} line {line}: context_start_{side}/context_end_{side} given without "
+                    f"context_{side}; give the clip's words with {{}} for the word, or drop the clip's bounds"
                 )
             if row[f"start_{side}"] or row[f"end_{side}"]:
                 if not row[f"audio_{side}"]:
@@ -184,6 +253,9 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
                 seconds = recording_seconds(audio)
                 if row[f"start_{side}"] or row[f"end_{side}"]:
                     check_span(path, line, side, audio, row[f"start_{side}"], row[f"end_{side}"], seconds)
+                if row[f"context_{side}"]:
+                    clip = check_context(path, line, side, row, seconds)
+                    pairs.loc[index, [f"context_start_{side}", f"context_end_{side}"]] = clip
                 elif seconds > MAX_SECONDS:
                     raise WpatchError(
                         f"pairs file {path} line {line}: audio_{side} {audio} is {seconds:.1f} s long and Whisper "
@@ -191,7 +263,7 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
                     )
                 pairs.at[index, f"audio_{side}"] = str(audio.resolve())
     stimulus = ["word_a", "word_b", "lang_a", "lang_b", "audio_a", "audio_b", "start_a", "end_a", "start_b", "end_b"]
-    stimulus.append("carrier")
+    stimulus += ["carrier", *CONTEXT_COLUMNS]
     repeats = pairs.duplicated(stimulus)
     if repeats.any():
         index = repeats.idxmax()
@@ -270,6 +342,11 @@ def patch_items(pairs: pd.DataFrame, bidirectional: bool = True) -> pd.DataFrame
                     "corpus": pair["corpus"],
                     "licence": pair["licence"],
                     "carrier": pair["carrier"],
+                    **{
+                        f"{role}_{column}": pair[f"{column}_{side}"]
+                        for role, side in (("source", src), ("target", tgt))
+                        for column in ("context", "context_start", "context_end")
+                    },
                 }
             )
     items = pd.DataFrame(rows)

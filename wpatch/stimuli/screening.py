@@ -90,9 +90,11 @@ def screen_summary(screen: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
-def clip_key(mel: torch.Tensor, lang: str) -> str:
-    """A clip's identity for screening: its log-mel's content and the language it is decoded in."""
-    return hashlib.sha256(mel.numpy().tobytes() + lang.encode()).hexdigest()[:24]
+def clip_key(mel: torch.Tensor, lang: str, word: str = "", carrier: str = "") -> str:
+    """A clip's identity for screening: its log-mel's content and the language it is decoded in, and in a carrier
+    or a recording's context also the word and that text (one recording's clip holds several words)."""
+    heard_as = f"\0{word}\0{carrier}".encode() if carrier else b""
+    return hashlib.sha256(mel.numpy().tobytes() + lang.encode() + heard_as).hexdigest()[:24]
 
 
 def cached_screen(
@@ -107,7 +109,8 @@ def cached_screen(
     """`screen_clips` with every clip's result kept in `cache_dir/<model>.csv`, keyed by `clip_key`: the model is
     loaded (`load()`) and run only for clips never screened with it, so screening and later runs share the work."""
     path = Path(cache_dir) / (re.sub(r"[^\w.-]+", "_", spec) + ".csv")
-    keys = [clip_key(mel, lang) for mel, lang in zip(mels, langs)]
+    carriers = carriers or [""] * len(words)
+    keys = [clip_key(mel, lang, word, carrier) for mel, lang, word, carrier in zip(mels, langs, words, carriers)]
     known = (
         pd.read_csv(path, keep_default_na=False, dtype={"transcript": str, "heard": bool})
         if path.is_file()
@@ -116,7 +119,7 @@ def cached_screen(
     screened = set(known["key"])
     todo = [i for i, key in enumerate(keys) if key not in screened]
     if todo:
-        carried = [carriers[i] for i in todo] if carriers else None
+        carried = [carriers[i] for i in todo]
         fresh = screen_clips(load(), mels[todo], [words[i] for i in todo], [langs[i] for i in todo], carriers=carried)
         fresh.insert(0, "key", [keys[i] for i in todo])
         known = pd.concat([known, fresh], ignore_index=True).drop_duplicates("key", keep="last")

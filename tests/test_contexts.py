@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import soundfile
 import torch
+import whisper
 
 from datamodules import PairDataModule
 from tests.predict_run import ROOT
@@ -17,20 +18,31 @@ from wpatch.models.loading import load_model
 from wpatch.stimuli.audio import SAMPLE_RATE, load_audio
 from wpatch.stimuli.contexts import MAX_SECONDS, recorded_frames, segment
 from wpatch.stimuli.corpora import read_corpus
-from wpatch.text import before, scoring_prefix, tokenizer_for, word_tokens
+from wpatch.text import before, normalise, scoring_prefix, tokenizer_for, word_tokens
 
 FRAME = SAMPLE_RATE // 50  # samples per encoder frame (20 ms)
 ORDERS = {"m3": ["bed", "go", "cat", "bird", "no", "dog"], "f2": ["dog", "bird", "no", "bed", "cat", "go"]}
 
 
-def recording(folder, name: str, voice: str, words: list[str], gap: float = 0.3, pause: float = 0.0):
+def speech(clip: np.ndarray) -> tuple[int, int]:
+    """Samples [first, last) of a clip's speech: its 20 ms frames within 40 dB of its loudest (where an aligner
+    puts a word's boundaries, rather than at the synthesiser's silence around it)."""
+    n = len(clip) // FRAME
+    rms = np.sqrt((clip[: n * FRAME].reshape(n, FRAME).astype(np.float64) ** 2).mean(1) + 1e-20)
+    loud = np.flatnonzero(20 * np.log10(rms / rms.max()) > -40)
+    return int(loud[0]) * FRAME, (int(loud[-1]) + 1) * FRAME
+
+
+def recording(folder, name: str, voice: str, words: list[str], gap=0.3, pause=0.0, trim=False):
     """`words` spoken one after another, `gap` s of silence around each (and `pause` s more after the third), as
-    folder/name.wav with its TextGrid; each word's span in samples."""
+    folder/name.wav with its TextGrid; each word's span in samples: the synthesised clip's, or with `trim` its
+    speech's."""
     silence = np.zeros(round(gap * SAMPLE_RATE), np.float32)
     parts, spans, at = [silence], [], len(silence)
     for i, word in enumerate(words):
         clip = spoken(word, voice)
-        spans.append((word, at, at + len(clip)))
+        first, last = speech(clip) if trim else (0, len(clip))
+        spans.append((word, at + first, at + last))
         extra = np.zeros(round(pause * SAMPLE_RATE) if i == 2 else 0, np.float32)
         parts += [clip, silence, extra]
         at += len(clip) + len(silence) + len(extra)
@@ -209,3 +221,25 @@ def test_a_long_recordings_word_is_heard_in_a_segment_of_at_most_30_s(tmp_path, 
         assert tuple(data.spans[i].tolist()) == (word_start // FRAME, -(-word_end // FRAME))
         checked += 1
     assert checked >= 2 and len(pairs) == 3 and other
+
+
+@pytest.mark.real_weights
+def test_the_alignments_word_frames_against_whispers_own_word_timestamps_on_tiny_en(tmp_path):
+    """The frames an in-context run patches (the alignment file's, here each word's speech) and tiny.en's word
+    timestamps (`whisper.transcribe(word_timestamps=True)`) on the same recording: every word Whisper writes must
+    overlap its aligned frames, its start within 15 frames (0.3 s, the precision Whisper's cross-attention
+    timestamps are known for). Measured: docs/carriers.md."""
+    model = load_model("tiny.en")
+    compared = []
+    for speaker, words in ORDERS.items():
+        recording(tmp_path / speaker, "utt", SPEAKERS[speaker], words, trim=True)
+        tokens = read_corpus(tmp_path / speaker)
+        result = whisper.transcribe(model, load_audio(tmp_path / speaker / "utt.wav"), word_timestamps=True, fp16=False)
+        timed = {normalise(w["word"]): w for s in result["segments"] for w in s["words"]}
+        for token in tokens.itertuples():
+            first, last = recorded_frames(token.start, token.end, 0.0, 1500)
+            if token.word in timed:
+                start, end = round(timed[token.word]["start"] / 0.02), round(timed[token.word]["end"] / 0.02)
+                assert start < last and end > first and abs(start - first) <= 15, (token.word, first, last, start, end)
+                compared.append(token.word)
+    assert len(compared) >= 6

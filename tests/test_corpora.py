@@ -144,7 +144,7 @@ def test_a_textgrid_aligned_recording_is_cut_at_its_spans_and_runs(tmp_path, sma
     spans = long_recording(folder, "utt1", SPEAKERS["m3"])
     total = len(load_audio(folder / "utt1.wav")) / SAMPLE_RATE
     textgrid(folder / "utt1.TextGrid", spans, total)
-    pairs = build(tmp_path / "aligned", tmp_path / "tg.csv")
+    pairs = build(tmp_path / "aligned", tmp_path / "tg.csv", "--context", "word")
     assert len(pairs) == 3 and (pairs.speaker_a == "m3").all()
     where = {word: (start, end) for word, start, end in spans}
     for row in pairs.itertuples():
@@ -166,7 +166,7 @@ def test_a_ctm_aligned_recording_and_screening_of_its_words(tmp_path, small_mode
     (folder / "align.ctm").write_text("\n".join(lines + ["19-198-0001 1 9.0 0.1 <eps>"]) + "\n")
     tokens = read_corpus(folder)
     assert tokens.word.tolist() == WORDS and (tokens.speaker == "19").all()
-    pairs = build(folder, tmp_path / "ctm.csv", "--same-speaker")
+    pairs = build(folder, tmp_path / "ctm.csv", "--same-speaker", "--context", "word")
     assert len(pairs) == 3
 
     data = PairDataModule(pairs_file=str(tmp_path / "ctm.csv"), model=small_model_path, cache_dir=str(tmp_path / "c"))

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from whisper.model import ModelDimensions, Whisper
 
+from wpatch.models.random import random_whisper
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN = (
     "import resource, sys\nfrom wpatch.cli import predict\npredict(sys.argv[1:], ['wpatch', 'predict'])\n"
@@ -36,9 +38,7 @@ RUN = (
 
 def tiny_width(blocks: int) -> Whisper:
     """A random Whisper of tiny.en's width with `blocks` encoder blocks (seeded)."""
-    torch.manual_seed(0)
-    dims = ModelDimensions(80, 1500, 384, 6, blocks, 51864, 448, 384, 6, 4)
-    return Whisper(dims).eval()
+    return random_whisper(ModelDimensions(80, 1500, 384, 6, blocks, 51864, 448, 384, 6, 4))
 
 
 def models(options, root: Path) -> list[tuple[str, int]]:

@@ -1,11 +1,12 @@
 """Shared fixtures: a small randomly initialised Whisper saved as an openai-format checkpoint, and a clip cache."""
 
 import dataclasses
-import math
 
 import pytest
 import torch
 from whisper.model import ModelDimensions, Whisper
+
+from wpatch.models.random import random_whisper as seeded_whisper
 
 SMALL_DIMS = ModelDimensions(
     n_mels=80,
@@ -23,16 +24,7 @@ SMALL_DIMS = ModelDimensions(
 
 def random_whisper(dims: ModelDimensions = SMALL_DIMS, seed: int = 0) -> Whisper:
     """A Whisper of these dimensions with every parameter drawn from a seeded generator."""
-    generator = torch.Generator().manual_seed(seed)
-    model = Whisper(dims)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.dim() == 1:
-                base = 1.0 if "ln" in name and name.endswith("weight") else 0.0
-                parameter.copy_(base + 0.1 * torch.randn(parameter.shape, generator=generator))
-            else:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(parameter.shape[-1]))
-    return model.eval()
+    return seeded_whisper(dims, seed)
 
 
 def save_checkpoint(model: Whisper, path) -> str:

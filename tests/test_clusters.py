@@ -55,6 +55,31 @@ def test_two_shards_merged_equal_the_whole_run_byte_for_byte(runs, capsys):
     assert (merged / "cells.csv").read_bytes() == (whole / "cells.csv").read_bytes()
 
 
+ATP = ["--model.method", "atp", "--model.validate", "true", "--model.validate_sample", "4", "--model.verify_top", "2"]
+ATP_BYTES = ["attributions.csv", "attributions.npz", "atp_validation.csv", "predictions.csv", "report.md"]
+
+
+def test_shards_of_an_attribution_map_run_merged_equal_the_whole_run_byte_for_byte(tmp_path, small_model_path):
+    """`--model.method atp` (the map, real patching of a sample beside it, the validation): the merged shards'
+    attributions.csv, attributions.npz (its bytes: no time stamps), atp_validation.csv, figures and report are the
+    whole run's."""
+    whole, merged = tmp_path / "whole", tmp_path / "merged"
+    main(args(tmp_path, small_model_path, whole, *ATP))
+    main(
+        args(tmp_path, small_model_path, tmp_path / "s0", *ATP, "--data.shard", "0/2")
+    )  # report.md shows its batch size
+    main(args(tmp_path, small_model_path, tmp_path / "s1", *ATP, "--data.shard", "1/2", batch_size=3))
+    wpatch(["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(merged)])
+    figures = sorted(p.relative_to(whole).as_posix() for p in (whole / "figures").iterdir())
+    assert "figures/atp_validation_block_out.png" in figures
+    for name in ATP_BYTES + figures:
+        assert (merged / name).read_bytes() == (whole / name).read_bytes(), name
+    shards = [pd.read_csv(tmp_path / s / "attributions.csv")["item_id"] for s in ("s0", "s1")]
+    assert set(shards[0]) and set(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(6))
+    summaries = [json.loads((folder / "summary.json").read_text()) for folder in (whole, merged)]
+    assert summaries[0]["atp_validation"] and summaries[0]["atp_validation"] == summaries[1]["atp_validation"]
+
+
 def problem(capsys, *arguments) -> str:
     with pytest.raises(SystemExit) as refused:
         wpatch(["merge", *map(str, arguments)])

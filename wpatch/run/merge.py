@@ -1,5 +1,6 @@
 """`wpatch merge SHARD_RUN... --out RUN`: the finished runs of a run's shards (`--data.shard I/N`) made into the
-whole run, with the same predictions.csv, tables, figures and report as one run of the same settings.
+whole run, with the same predictions.csv, tables, figures and report as one run of the same settings (and, for
+`--model.method atp`, the same attributions.csv, attributions.npz and atp_validation.csv).
 
 The shards are checked first, each problem one line naming the shard: every one finished (summary.json), every
 one a shard of the same N with every other setting of run.json equal (batch size, devices and other `MAY_CHANGE`
@@ -19,6 +20,7 @@ from wpatch.analysis.summary import SUMMARY_PARTS, analyse
 from wpatch.analysis.tables import read_rows
 from wpatch.atomic import atomic_path, write_atomically
 from wpatch.errors import WpatchError
+from wpatch.run.attributions import merge_shard_attributions
 from wpatch.run.folder import LOCK, claim_folder
 
 
@@ -136,6 +138,7 @@ def merge(shards: list[str], out: str) -> dict:
             write_atomically(output / "config.yaml", text)
         with atomic_path(output / "predictions.csv") as partial:
             rows.to_csv(partial, index=False)
+        merge_shard_attributions(folders, output)  # an attribution-map run's (`--model.method atp`)
         return analyse(rows, output, settings, extra)
     finally:
         lock.close()

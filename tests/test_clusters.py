@@ -59,7 +59,7 @@ ATP = ["--model.method", "atp", "--model.validate", "true", "--model.validate_sa
 ATP_BYTES = ["attributions.csv", "attributions.npz", "atp_validation.csv", "predictions.csv", "report.md"]
 
 
-def test_shards_of_an_attribution_map_run_merged_equal_the_whole_run_byte_for_byte(tmp_path, small_model_path):
+def test_shards_of_an_attribution_map_run_merged_equal_the_whole_run_byte_for_byte(tmp_path, small_model_path, capsys):
     """`--model.method atp` (the map, real patching of a sample beside it, the validation): the merged shards'
     attributions.csv, attributions.npz (its bytes: no time stamps), atp_validation.csv, figures and report are the
     whole run's."""
@@ -78,6 +78,13 @@ def test_shards_of_an_attribution_map_run_merged_equal_the_whole_run_byte_for_by
     assert set(shards[0]) and set(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(6))
     summaries = [json.loads((folder / "summary.json").read_text()) for folder in (whole, merged)]
     assert summaries[0]["atp_validation"] and summaries[0]["atp_validation"] == summaries[1]["atp_validation"]
+    lost = tmp_path / "lost"  # a shard whose map is gone: refused before anything is written
+    shutil.copytree(tmp_path / "s1", lost)
+    (lost / "attributions.npz").unlink()
+    capsys.readouterr()
+    line = problem(capsys, tmp_path / "s0", lost, "--out", tmp_path / "refused")
+    assert f"shard {lost} has no attributions.npz (the other shards have an attribution map)" in line
+    assert not (tmp_path / "refused").exists()
 
 
 def problem(capsys, *arguments) -> str:

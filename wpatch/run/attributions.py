@@ -62,23 +62,28 @@ def merge_attributions(parts: Path, output_dir: Path, items: set[int]) -> bool:
     return True
 
 
-def merge_shard_attributions(folders: list[Path], output_dir: Path) -> bool:
-    """The whole run's attributions.csv and attributions.npz from its shards' (each shard's items its own);
-    False where the shards have none. Each number is read back exactly as the shard wrote it (round trip), so it is
-    written with the same text."""
+def shard_maps(folders: list[Path]) -> list[Path]:
+    """The shards' attributions.csv files (each beside its attributions.npz), [] where the shards have no
+    attribution map; one line naming a shard that lacks its map while the others have theirs."""
     tables = [folder / "attributions.csv" for folder in folders]
     if not any(table.is_file() for table in tables):
-        return False
+        return []
     for table in tables:
-        if not (table.is_file() and table.with_suffix(".npz").is_file()):
-            raise WpatchError(
-                f"shard {table.parent} lacks {table.name if not table.is_file() else 'attributions.npz'} (the other "
-                "shards have an attribution map); run that shard again into a new folder, then merge"
-            )
+        for name in (table, table.with_suffix(".npz")):
+            if not name.is_file():
+                raise WpatchError(
+                    f"shard {table.parent} has no {name.name} (the other shards have an attribution map); run that "
+                    "shard again into a new folder, then merge"
+                )
+    return tables
+
+
+def merge_shard_attributions(tables: list[Path], output_dir: Path) -> None:
+    """The whole run's attributions.csv and attributions.npz from its shards' (`shard_maps`; each shard's items its
+    own). Each number is read back exactly as the shard wrote it (round trip), so it is written with the same text."""
     rows = pd.concat([read_table(table, float_precision="round_trip") for table in tables], ignore_index=True)
     arrays = {}
     for table in tables:
         with np.load(table.with_suffix(".npz")) as shard:
             arrays.update({key: shard[key] for key in shard.files if key != "sites"})
     write_attributions(rows, arrays, output_dir)
-    return True

@@ -20,7 +20,7 @@ from wpatch.analysis.summary import SUMMARY_PARTS, analyse
 from wpatch.analysis.tables import read_rows
 from wpatch.atomic import atomic_path, write_atomically
 from wpatch.errors import WpatchError
-from wpatch.run.attributions import merge_shard_attributions
+from wpatch.run.attributions import merge_shard_attributions, shard_maps
 from wpatch.run.folder import LOCK, claim_folder
 
 
@@ -119,6 +119,7 @@ def merge(shards: list[str], out: str) -> dict:
     order = sorted(range(len(folders)), key=lambda i: summaries[i]["shard_items"]["index"])
     folders, runs, summaries = [folders[i] for i in order], [runs[i] for i in order], [summaries[i] for i in order]
     rows = shard_rows(folders, summaries)
+    maps = shard_maps(folders)  # an attribution-map run's (`--model.method atp`)
     output = Path(out)
     if output.is_dir() and any(path.name != LOCK for path in output.iterdir()):
         raise WpatchError(f"output directory {output} is not empty; choose a new or empty folder for --out")
@@ -138,7 +139,8 @@ def merge(shards: list[str], out: str) -> dict:
             write_atomically(output / "config.yaml", text)
         with atomic_path(output / "predictions.csv") as partial:
             rows.to_csv(partial, index=False)
-        merge_shard_attributions(folders, output)  # an attribution-map run's (`--model.method atp`)
+        if maps:
+            merge_shard_attributions(maps, output)
         return analyse(rows, output, settings, extra)
     finally:
         lock.close()

@@ -212,8 +212,9 @@ def formats_and_methods(report: dict, check, work: Path, model: Path, limit: int
             and hf["same_missing"]
             and hf["max_abs_difference"] <= hf["tolerance"],
             f"tiny.en written as model.safetensors ({hf['safetensors_mib']} MiB) loads bit for bit "
-            f"({hf['weights_equal']}); {hf['rows']} rows: transcripts identical {hf['texts_identical']}, max |diff| "
-            f"{hf['max_abs_difference']:.2e} (tolerance {hf['tolerance']:.0e}); predict s {hf['seconds']}",
+            f"({hf['weights_equal']}); {hf['rows']} rows: transcripts identical {hf['texts_identical']}, largest "
+            f"number difference {hf['max_abs_difference']:.2e} (tolerance {hf['tolerance']:.0e}); predict s "
+            + ", ".join(f"{s} ({name})" for name, s in hf["seconds"].items()),
         )
     except (Exception, SystemExit) as error:
         check("huggingface checkpoint", False, f"{type(error).__name__}: {error}"[:300])

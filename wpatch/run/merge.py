@@ -1,6 +1,7 @@
 """`wpatch merge SHARD_RUN... --out RUN`: the finished runs of a run's shards (`--data.shard I/N`) made into the
 whole run, with the same predictions.csv, tables, figures and report as one run of the same settings (and, for
-`--model.method atp`, the same attributions.csv, attributions.npz and atp_validation.csv).
+`--model.method atp`, the same attributions.csv, attributions.npz and atp_validation.csv, byte for byte where the
+map's passes are the same: see docs/clusters.md).
 
 The shards are checked first, each problem one line naming the shard: every one finished (summary.json), every
 one a shard of the same N with every other setting of run.json equal (batch size, devices and other `MAY_CHANGE`

@@ -35,6 +35,7 @@ from wpatch.text import tokenizer_for, word_tokens
 
 log = logging.getLogger(__name__)
 REQUIRE_HEARD = ("none", "source", "both")
+PADDING = -1  # a source-clip group of no items: the empty batch of a process left without clips (a late resume)
 
 
 class ClipKey(NamedTuple):
@@ -309,8 +310,8 @@ class PairDataModule(L.LightningDataModule):
 
     def collate(self, groups: list[int]) -> PairBatch:
         """A batch of the items in these groups (`wpatch.rows.PairBatch`): per side log-mels, clip indices and word
-        frames; token ids; metadata."""
-        indices = [i for g in groups for i in self.pending(g)]
+        frames; token ids; metadata. `PADDING` adds no item (a batch of only padding is empty)."""
+        indices = [i for g in groups if g != PADDING for i in self.pending(g)]
         rows = self.items.iloc[indices]
         clips = {side: torch.tensor(rows[f"{side}_clip"].to_numpy()) for side in ("source", "target", "control")}
         metadata = (
@@ -363,11 +364,8 @@ class PairDataModule(L.LightningDataModule):
             )
         pending = [g for g in range(len(self.groups)) if self.pending(g)]
         processes = self.trainer.world_size if self.trainer else 1
-        if 0 < len(pending) < processes:  # a process with no batch would leave the others waiting at the end
-            raise WpatchError(
-                f"{len(pending)} source clips are left to patch, fewer than the run's {processes} processes; continue "
-                f"with at most {len(pending)} (--trainer.devices / --trainer.num_nodes)"
-            )
+        if pending:  # every process needs a batch (one without skips the run's end, where the others wait for it)
+            pending += [PADDING] * (processes - len(pending))
         return DataLoader(
             pending,
             batch_size=self.resolved_batch_size,

@@ -7,11 +7,13 @@
 
 A call carries at most 64 MiB with the repo; tiny.en's model.bin is 75.5 MB of fp16 values that no lossless
 coder brings under about 62 MB, leaving too little room for the wheels (openai-whisper, more-itertools,
-espeakng-loader, soundfile, cffi, pycparser: 12.6 MB). So model.bin travels as two plain halves: call 1 leaves the
-first on the machine's disk (a machine stays warm 30 s after a call, with its files), call 2 brings the second and the
-wheels, joins and verifies the sha256, and runs: the benchmark on all of Experiment A in fp32, bf16-mixed and
-16-mixed (with each one's agreement with fp32 and the original's way on a sample of rows), the automatic
-batch size, the peak memory of the fixed default batch, and the GPU-marked tests. It writes report.json,
+espeakng-loader, soundfile, cffi, pycparser, safetensors: about 13 MB). So model.bin travels as two plain halves:
+call 1 leaves the first on the machine's disk (a machine stays warm 30 s after a call, with its files), call 2 brings
+the second and the wheels, joins and verifies the sha256, and runs: the benchmark on all of Experiment A in fp32,
+bf16-mixed and 16-mixed (with each one's agreement with fp32 and the original's way on a sample of rows), the automatic
+batch size, the peak memory of the fixed default batch, tiny.en from a Hugging Face-format checkpoint beside the
+bundle's, the attribution method (a validated run, the map's time per item; `scripts.device_checks`), and the
+GPU-marked tests. It writes report.json,
 summary.md and gpu_tests.xml to $OUT, prints the summary table last and exits 1 if a check failed.
 Only the standard library is imported before the wheels are installed.
 """
@@ -26,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / ".device"
 MACHINE_DIR = Path("/tmp/wpatch-device")  # on the device: outside $OUT, kept while the machine stays warm
 LIMIT = 64 * 2**20  # what one device call may carry, the repo included
-WHEELS = ("openai-whisper", "more-itertools", "espeakng-loader", "soundfile", "cffi", "pycparser")
+WHEELS = ("openai-whisper", "more-itertools", "espeakng-loader", "soundfile", "cffi", "pycparser", "safetensors")
 DEVICE_PYTHON = "3.12"
 PLATFORMS = (
     "manylinux_2_28_x86_64",
@@ -215,57 +216,6 @@ def synthesise(pairs_file: str, limit: int, root: Path) -> tuple[int, int]:
     return len(words), sum(cache.path(w, lang).is_file() for w, lang in words)
 
 
-def default_batch_peaks(model: str, pairs_file: str, limit: int, precisions: list[str]) -> tuple[dict[str, int], int]:
-    """Peak CUDA bytes of the fixed default batch (16 source clips, decode chunk 64) on the costliest 16 clips,
-    per precision, and the GPU's memory."""
-    import torch
-
-    from datamodules import PairDataModule
-    from wpatch.patching.autobatch import DEFAULT_BATCH, largest_groups, peak_memory
-    from wpatch.patching.module import PatchingModule
-
-    dm = PairDataModule(pairs_file=pairs_file, limit=limit, model=model, tts="espeak")
-    dm.setup("predict")
-    module = PatchingModule(model=model).to("cuda")
-    return {
-        p: peak_memory(module, dm, largest_groups(dm, DEFAULT_BATCH), p) for p in precisions
-    }, torch.cuda.get_device_properties(0).total_memory
-
-
-def gpu_tests(out: Path, env: dict) -> dict:
-    """The GPU-marked tests, counted from their JUnit report."""
-    xml = out / "gpu_tests.xml"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-m",
-            "gpu",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/test_gpu.py",
-            f"--junitxml={xml}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    print(done.stdout[-3000:], done.stderr[-2000:])
-    if not xml.is_file():
-        return {"tests": 0, "failures": 0, "errors": 1, "skipped": 0, "passed": 0, "returncode": done.returncode}
-    suite = ET.parse(xml).getroot()
-    suite = suite if suite.tag == "testsuite" else suite[0]
-    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    return counts | {
-        "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
-        "returncode": done.returncode,
-    }
-
-
 def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
     """Device call 2 (or the dry run's second step): install, restore, run every check, write $OUT."""
     started = time.perf_counter()
@@ -315,6 +265,7 @@ def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
     save()
 
     from scripts.benchmark import main as benchmark
+    from scripts.device_checks import default_batch_peaks, formats_and_methods, gpu_tests
 
     # the CPU dry run keeps to fp32 and the batch-1 decode baseline: the CPU's bfloat16 and `transcribe`'s
     # temperature fallback take minutes there, and their GPU paths (autocast on CUDA, fp16) cannot run on it
@@ -375,6 +326,9 @@ def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
         except Exception as error:
             check("default batch on 16 GB", False, f"{type(error).__name__}: {error}"[:300])
         save()
+
+    formats_and_methods(report, check, work, model, limit, cpu)
+    save()
 
     tests = gpu_tests(out, env)
     report["gpu_tests"] = tests

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -339,6 +340,69 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         command=wpatch,
         expect="D/nowhere does not exist",
     )
+
+    # the attribution method's settings
+    for label, extra, expect in (
+        (
+            "`--model.validate true` without `--model.method atp`",
+            ["--model.validate", "true"],
+            "add --model.method atp",
+        ),
+        ("`--model.verify_top 3` without `--model.method atp`", ["--model.verify_top", "3"], "add --model.method atp"),
+        (
+            "`--model.graddrop true` without `--model.method atp`",
+            ["--model.graddrop", "true"],
+            "add --model.method atp",
+        ),
+        ("`--model.atp_window 0`", ["--model.method", "atp", "--model.atp_window", "0"], "holds no frame"),
+        (
+            "`--model.validate_sample -1`",
+            ["--model.method", "atp", "--model.validate", "true", "--model.validate_sample", "-1"],
+            "give 0 or more",
+        ),
+    ):
+        refused(label, lambda d, extra=extra: args(d, small_model_path, *extra), expect=expect)
+
+    # shards (`--data.shard I/N`) and `wpatch merge`
+    for shard in ("8/8", "2"):
+        refused(
+            f"`--data.shard {shard}`",
+            lambda d, shard=shard: args(d, small_model_path, "--data.shard", shard),
+            expect="is not I/N with 0 <= I < N",
+        )
+    refused(
+        "`--data.shard 4/5` (more shards than the run has source clips)",
+        lambda d: args(d, small_model_path, "--data.shard", "4/5"),
+        expect="has no items",
+    )
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for name, extra in (
+        ("s0", ["--data.shard", "0/2"]),
+        ("s1", ["--data.shard", "1/2"]),
+        ("other", ["--data.shard", "1/2", "--model.min_separation", "2"]),
+        ("whole", []),
+    ):
+        main(args(shards, small_model_path, *extra, out=shards / name))
+    shutil.copytree(shards / "s1", shards / "unfinished")
+    (shards / "unfinished" / "summary.json").unlink()
+    capsys.readouterr()
+    for label, given, out, expect in (
+        ("`wpatch merge` without one of the shards (a gap)", ["s0"], "all", "shard 1/2 is missing"),
+        ("`wpatch merge` with a shard given twice (an overlap)", ["s0", "s0"], "all", "(an overlap)"),
+        ("`wpatch merge` of shards with other settings", ["s0", "other"], "all", "differs from D/s0 in min_separation"),
+        ("`wpatch merge` of an unfinished shard", ["s0", "unfinished"], "all", "is not finished"),
+        ("`wpatch merge` of a run made without `--data.shard`", ["s0", "whole"], "all", "D/whole is not a shard"),
+        ("`wpatch merge` into a folder that is not empty", ["s0", "s1"], "whole", "is not empty"),
+    ):
+        refused(
+            label,
+            lambda d, given=given, out=out: ["merge", *[str(d / g) for g in given], "--out", str(d / out)],
+            at=shards,
+            command=wpatch,
+            expect=expect,
+        )
+    assert not (shards / "all").exists()
 
     # warnings: the run goes on, and says what it used
     d = tmp_path / "warned"

@@ -130,13 +130,18 @@ def test_clips_without_speech_are_told_with_the_line_that_uses_them(tmp_path, ca
     )
 
 
-def test_a_resume_with_fewer_clips_left_than_processes_is_refused(tmp_path, small_model_path):
-    """Each process must get a batch (one without would leave the others waiting at the end of the run)."""
+def test_a_resume_with_fewer_clips_left_than_processes_gives_every_process_a_batch(tmp_path, small_model_path):
+    """Each process must get a batch (one without would skip the run's end, where the others wait for it): a
+    process left without source clips gets an empty one."""
     csv = write_csv(tmp_path / "pairs.csv", "word_a,word_b\nbat,pat\n")
     dm = PairDataModule(pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"), batch_size=1)
     dm.setup()
-    dm.trainer = types.SimpleNamespace(world_size=2)
-    assert len(dm.predict_dataloader()) == 2  # two source clips for two processes
+    dm.trainer = types.SimpleNamespace(world_size=3)
+    assert [b["item_id"].tolist() for b in dm.predict_dataloader()] == [[0], [1], []]  # two source clips
     dm.skip({0})
-    with pytest.raises(WpatchError, match="1 source clips are left to patch, fewer than the run's 2 processes"):
-        dm.predict_dataloader()
+    loader = dm.predict_dataloader()
+    assert len(loader) == 3 and [b["item_id"].tolist() for b in loader] == [[1], [], []]
+    empty = list(loader)[1]
+    assert empty["source_mel"].shape[0] == 0 and empty["pair_id"] == [] and empty["source_tokens"] == []
+    dm.skip({0, 1})
+    assert len(dm.predict_dataloader()) == 0  # nothing left: no batch at all

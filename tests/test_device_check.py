@@ -8,8 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from scripts.device_check import LIMIT, restore, stage
+from scripts.device_checks import ATP_SAMPLE, write_huggingface
+from tests.conftest import random_whisper
+from wpatch.models.huggingface import name_map
+from wpatch.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,11 +38,36 @@ def test_dry_run_packs_a_bundle_that_fits_and_runs_the_check_on_the_cpu(tmp_path
         "clips",
         "rows 32-true",
         "fp32 vs original-decode",
+        "huggingface checkpoint",
+        "atp validated run",
+        "atp map time",
         "gpu tests",
     }
     assert all(c["ok"] for c in report["checks"]) and report["benchmark"]["rows"] == 2 * 2 * 16
+    hf, atp = report["huggingface"], report["atp"]
+    assert hf["weights_equal"] and hf["rows"] == 2 * 16 and hf["max_abs_difference"] <= hf["tolerance"]
+    assert atp["maps"] == atp["maps_expected"] == 2 * 4 * 4 and atp["sampled_per_item"] == [ATP_SAMPLE]
+    assert report["atp_timing"]["items"] == 2 and report["atp_timing"]["atp_seconds_per_item"] > 0
     summary = (out / "summary.md").read_text()
     assert "| weights | PASS |" in summary and "| wpatch 32-true |" in summary and summary in done.stdout
+
+
+def test_the_checks_huggingface_folder_is_what_transformers_reads(tmp_path):
+    """The check writes its Hugging Face-format checkpoint without transformers (the GPU machine may lack it):
+    transformers' own `from_pretrained` reads it as the same model, and wpatch reads it back bit for bit."""
+    transformers = pytest.importorskip("transformers")
+    model = random_whisper()
+    folder = write_huggingface(model, tmp_path / "hf")
+    hf = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    theirs, ours = hf.state_dict(), model.state_dict()
+    for key, name in name_map(model.dims.n_audio_layer, model.dims.n_text_layer).items():
+        assert torch.equal(theirs[f"model.{name}"], ours[key]), key
+    assert torch.equal(hf.proj_out.weight, ours["decoder.token_embedding.weight"])  # tied
+    heads = model.alignment_heads.to_dense().nonzero().tolist()
+    assert heads and hf.generation_config.alignment_heads == heads
+    back = load_model(str(folder))
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in ours.items())
+    assert torch.equal(back.alignment_heads.to_dense(), model.alignment_heads.to_dense())
 
 
 def parts(tmp_path, data: bytes):

@@ -195,6 +195,28 @@ def test_two_process_ddp_run_gives_the_same_rows(finished_run, small_model_path)
     assert pd.read_csv(ddp_out / "predictions.csv").equals(pd.read_csv(out / "predictions.csv"))
 
 
+def test_a_resume_with_fewer_clips_left_than_processes_finishes_with_the_same_bytes(finished_run, small_model_path):
+    """Two source clips left for three processes: the third gets an empty batch, so it too reaches the run's end
+    (where the others wait for it), and the resumed run is the uninterrupted one."""
+    tmp_path, out = finished_run
+    late = tmp_path / "late"
+    shutil.copytree(out, late)
+    (late / "summary.json").unlink()
+    last = sorted((late / "parts").glob("items-*.csv"))[-1]
+    assert pd.read_csv(last)["item_id"].nunique() == 2  # two items, each on its own source clip
+    last.unlink()
+    args = run(tmp_path, small_model_path, late, "--trainer.devices", "3", "--trainer.strategy", "ddp")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/predict.py"), *args, "--writer.resume", "true"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (late / "predictions.csv").read_bytes() == (out / "predictions.csv").read_bytes()
+
+
 def test_decoding_in_small_chunks_gives_the_same_rows(finished_run, small_model_path):
     tmp_path, out = finished_run
     chunked = tmp_path / "chunked"

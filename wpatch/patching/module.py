@@ -172,6 +172,8 @@ class PatchingModule(L.LightningModule):
     def predict_step(self, batch: PairBatch, batch_idx: int = 0) -> list[dict] | dict:
         """One row per item and patch (`wpatch.rows.ResultRow`, as column -> value); with method atp, a dict of
         those `rows` and the batch's `attributions` (`wpatch.patching.attribution_map.AttributionMap`)."""
+        if not len(batch["item_id"]):  # a process's padding batch: fewer source clips were left than processes
+            return []
         hp, model = self.hparams, self.whisper
         languages = {"source": batch["source_lang"], "target": batch["target_lang"], "control": batch["source_lang"]}
         # both words of the item read in the text each side's clip is heard in (a decoding of a clip is read in

@@ -1,5 +1,7 @@
 """`wpatch merge SHARD_RUN... --out RUN`: the finished runs of a run's shards (`--data.shard I/N`) made into the
-whole run, with the same predictions.csv, tables, figures and report as one run of the same settings.
+whole run, with the same predictions.csv, tables, figures and report as one run of the same settings (and, for
+`--model.method atp`, the same attributions.csv, attributions.npz and atp_validation.csv, byte for byte where the
+map's passes are the same: see docs/clusters.md).
 
 The shards are checked first, each problem one line naming the shard: every one finished (summary.json), every
 one a shard of the same N with every other setting of run.json equal (batch size, devices and other `MAY_CHANGE`
@@ -19,6 +21,7 @@ from wpatch.analysis.summary import SUMMARY_PARTS, analyse
 from wpatch.analysis.tables import read_rows
 from wpatch.atomic import atomic_path, write_atomically
 from wpatch.errors import WpatchError
+from wpatch.run.attributions import merge_shard_attributions, shard_maps
 from wpatch.run.folder import LOCK, claim_folder
 
 
@@ -117,6 +120,7 @@ def merge(shards: list[str], out: str) -> dict:
     order = sorted(range(len(folders)), key=lambda i: summaries[i]["shard_items"]["index"])
     folders, runs, summaries = [folders[i] for i in order], [runs[i] for i in order], [summaries[i] for i in order]
     rows = shard_rows(folders, summaries)
+    maps = shard_maps(folders)  # an attribution-map run's (`--model.method atp`)
     output = Path(out)
     if output.is_dir() and any(path.name != LOCK for path in output.iterdir()):
         raise WpatchError(f"output directory {output} is not empty; choose a new or empty folder for --out")
@@ -136,6 +140,8 @@ def merge(shards: list[str], out: str) -> dict:
             write_atomically(output / "config.yaml", text)
         with atomic_path(output / "predictions.csv") as partial:
             rows.to_csv(partial, index=False)
+        if maps:
+            merge_shard_attributions(maps, output)
         return analyse(rows, output, settings, extra)
     finally:
         lock.close()

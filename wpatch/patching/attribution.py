@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from whisper.model import AudioEncoder, Whisper
 
+from wpatch.patching.attribution_qk import qk_correction
 from wpatch.patching.decoding import cross_attention_cache, word_logprobs
 from wpatch.patching.encoder import fast_patched_run, site_module, site_states
 from wpatch.sites import RESID_PRE, SITES
@@ -119,7 +120,8 @@ class Attribution:
     """The AtP estimates of a batch of recipients: `frames` (N, sites, blocks, n_ctx), the estimate of patching
     each site of each block on that frame alone (donor into recipient, alpha 1; sum frames for a window);
     `metric` (N,) M of each recipient's clean run and `donor_metric` (N,) of each donor's; `dropped`, with
-    GradDrop, the same estimates with the gradient through each block's attention and MLP dropped in turn."""
+    GradDrop, the same estimates with the gradient through each block's attention and MLP dropped in turn.
+    With the QK fix, `frames` are AtP*'s (`wpatch.patching.attribution_qk`); `dropped` stays linear."""
 
     frames: Tensor
     metric: Tensor
@@ -133,10 +135,12 @@ def attribute(
     donor_mels: Tensor,
     words: list[tuple[ScoredWord, ScoredWord]],
     graddrop: bool = False,
+    qk_fix: bool = False,
 ) -> Attribution:
     """AtP of every encoder site, block and frame: row i patches donor clip i into recipient clip i, scored on
     `words[i]` (source word, target word). Float32, autocast off, gradients on even inside inference mode.
-    `graddrop` costs one more forward and backward pass per block."""
+    `graddrop` costs one more forward and backward pass per block; `qk_fix` (AtP*: the attention pattern that a
+    patch's new query and key make, recomputed) one (heads, frames, frames) pass per site and block."""
     frames, metrics, donor_metrics, dropped = [], [], [], []
     device_type = recipient_mels.device.type
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device_type, enabled=False):
@@ -147,7 +151,10 @@ def attribute(
             with torch.no_grad():
                 donor_states, donor_final = site_states(model.encoder, donors, set(ENCODER_SITES))
                 donor_metrics.append(read_metric(model, donor_final, words[part]))
-                frames.append(_products(donor_states, kept, grads))
+                found = _products(donor_states, kept, grads)
+            if qk_fix:
+                found += qk_correction(model.encoder, ENCODER_SITES, kept, donor_states, grads)
+            frames.append(found)
             if graddrop:
                 drops = [
                     _grad_pass(model, recipients, words[part], block)[2] for block in range(len(model.encoder.blocks))

@@ -78,18 +78,19 @@ def attribution_map(
     sample: int = 0,
     verify_top: int = 0,
     graddrop: bool = False,
+    qk_fix: bool = False,
 ) -> AttributionMap:
     """The attribution rows of every item x patch direction of `batch` (denoising: the source clip's activations
         into the target clip's run; noising: the reverse), normalised like `effect`; with `graddrop`, each cell's
     GradDrop score (AtP*: the mean over blocks l of |the estimate with the gradient through block l's attention and
-    MLP dropped|)."""
+    MLP dropped|); with `qk_fix`, the estimates are AtP*'s (the attention pattern recomputed)."""
     n_ctx = model.dims.n_audio_ctx
     jobs = [(b, d) for b in range(len(batch["item_id"])) for d in directions]
     sides = {d: ("source", "target") if d == "denoising" else ("target", "source") for d in directions}
     donors = torch.stack([batch[f"{sides[d][0]}_mel"][b] for b, d in jobs])
     recipients = torch.stack([batch[f"{sides[d][1]}_mel"][b] for b, d in jobs])
     pairs = [(words["source"][b], words["target"][b]) for b, _ in jobs]
-    found = attribute(model, recipients, donors, pairs, graddrop)
+    found = attribute(model, recipients, donors, pairs, graddrop, qk_fix)
     table, cells, frames = [], [], {}
     for j, (b, d) in enumerate(jobs):
         source_span, target_span = batch["source_span"][b], batch["target_span"][b]

@@ -30,16 +30,19 @@ from wpatch.sites import SITES
 @dataclass
 class Pattern:
     """One recipient's clean self-attention of one block, per head (heads, T, ...): queries and keys (T, d_head)
-    scaled by d_head^-1/4 each as Whisper does, logits L, pattern A, log(A / (1 - A)), S, on each row i and column
-    f `contrast` = S_if - (sum_{j != f} A_ij S_ij) / (1 - A_if) (0 at the row's largest entry), and each row's
-    largest entry (`top`, (heads, T, 1)); `grad_q`, `grad_k` (T, d): dM/dq and dM/dk."""
+    scaled by d_head^-1/4 each as Whisper does, logits L, pattern A, 1 - A, log(A / (1 - A)), S, the row sums
+    of A S (`row`, (heads, T, 1)), on each row i and column f `contrast` = S_if - (sum_{j != f} A_ij S_ij) /
+    (1 - A_if) (0 at the row's largest entry), and each row's largest entry (`top`, (heads, T, 1)); `grad_q`,
+    `grad_k` (T, d): dM/dq and dM/dk."""
 
     q: Tensor
     k: Tensor
     logits: Tensor
     a: Tensor
+    rest_a: Tensor
     log_odds: Tensor
     s: Tensor
+    row: Tensor
     contrast: Tensor
     top: Tensor
     grad_q: Tensor
@@ -62,16 +65,18 @@ def clean_pattern(block: ResidualAttentionBlock, x: Tensor, grad_out: Tensor) ->
     q, k, v = (_heads(proj(h), n_head) for proj in (attn.query, attn.key, attn.value))
     q, k = q * scale, k * scale
     logits = q @ k.transpose(-1, -2)
-    a, log_a = logits.softmax(-1), logits.log_softmax(-1)
+    a = logits.softmax(-1)
+    rest_a = 1 - a
     s = _heads(grad_out @ attn.out.weight, n_head) @ v.transpose(-1, -2)
     row = (a * s).sum(-1, keepdim=True)
     top = a.argmax(-1, keepdim=True)
-    contrast = (s - (row - a * s) / (1 - a)).scatter_(-1, top, 0.0)
+    contrast = (s - (row - a * s) / rest_a).scatter_(-1, top, 0.0)
     grad_logits = a * (s - row)
     # dM/dq and dM/dk of the unscaled projections: L = (scale q) . (scale k)
     grad_q = (grad_logits @ k * scale).transpose(0, 1).reshape(x.shape)
     grad_k = (grad_logits.transpose(-1, -2) @ q * scale).transpose(0, 1).reshape(x.shape)
-    return Pattern(q, k, logits, a, log_a - torch.log1p(-a), s, contrast, top, grad_q, grad_k)
+    log_odds = logits.log_softmax(-1).sub_(rest_a.log())
+    return Pattern(q, k, logits, a, rest_a, log_odds, s, row, contrast, top, grad_q, grad_k)
 
 
 @torch.no_grad()
@@ -85,17 +90,16 @@ def pattern_change(p: Pattern, delta_q: Tensor, delta_k: Tensor) -> Tensor:
     exact at d = 0). Where A_if is the row's largest entry (it may round to 1 and the rest of the row to 0), row
     i is recomputed with the softmax instead: one (heads, T, T) pass for all of them. Row f: recomputed."""
     d = p.q @ delta_k.transpose(-1, -2)  # d[h, i, f]: logit (i, f) moved by frame f's new key
-    moved = torch.sigmoid(d + p.log_odds)
-    shrink = torch.expm1(-d.abs())
-    share = shrink * torch.where(d >= 0, -moved * (1 - p.a), p.a * (1 - moved))  # A'_if - A_if
-    rows = share * p.contrast
-    moved_top = p.logits.scatter_add(-1, p.top, d.gather(-1, p.top)).softmax(-1)
-    rows.scatter_(-1, p.top, ((moved_top - p.a) * p.s).sum(-1, keepdim=True))
+    at_top, rising = d.gather(-1, p.top), d >= 0
+    moved = (d + p.log_odds).sigmoid_()  # A'_if
+    rows = torch.where(rising, moved.mul(p.rest_a).neg_(), moved.neg_().add_(1).mul_(p.a))
+    rows.mul_(d.abs_().neg_().expm1_()).mul_(p.contrast)  # (A'_if - A_if) contrast_if
+    top_rows = p.logits.scatter_add(-1, p.top, at_top).softmax(-1).mul_(p.s).sum(-1, keepdim=True)
+    rows.scatter_(-1, p.top, top_rows.sub_(p.row))
     rows.diagonal(dim1=-2, dim2=-1).zero_()  # row f is recomputed whole below
-    q_new = p.q + delta_q
-    row_logits = p.logits + delta_q @ p.k.transpose(-1, -2)  # row f: frame f's new query against every key ...
-    row_logits.diagonal(dim1=-2, dim2=-1).add_((q_new * delta_k).sum(-1))  # ... and its own new key
-    own_row = ((row_logits.softmax(-1) - p.a) * p.s).sum(-1)
+    row_logits = torch.baddbmm(p.logits, delta_q, p.k.transpose(-1, -2))  # row f: its new query, every key ...
+    row_logits.diagonal(dim1=-2, dim2=-1).add_(((p.q + delta_q) * delta_k).sum(-1))  # ... and its own new key
+    own_row = row_logits.softmax(-1).mul_(p.s).sum(-1).sub_(p.row[..., 0])
     return (rows.sum(-2) + own_row).sum(0)
 
 

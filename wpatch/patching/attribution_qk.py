@@ -26,6 +26,8 @@ from whisper.model import AudioEncoder, ResidualAttentionBlock
 
 from wpatch.sites import SITES
 
+ROWS_PER_PASS = 128  # query rows of the (heads, T, T) tensors computed together
+
 
 @dataclass
 class Pattern:
@@ -89,18 +91,24 @@ def pattern_change(p: Pattern, delta_q: Tensor, delta_k: Tensor) -> Tensor:
     A'_if - A_if = A'_if (1 - A_if) (1 - e^-d) = -A_if (1 - A'_if) (1 - e^d) (the form that cannot overflow,
     exact at d = 0). Where A_if is the row's largest entry (it may round to 1 and the rest of the row to 0), row
     i is recomputed with the softmax instead: one (heads, T, T) pass for all of them. Row f: recomputed."""
-    d = p.q @ delta_k.transpose(-1, -2)  # d[h, i, f]: logit (i, f) moved by frame f's new key
-    at_top, rising = d.gather(-1, p.top), d >= 0
-    moved = (d + p.log_odds).sigmoid_()  # A'_if
-    rows = torch.where(rising, moved.mul(p.rest_a).neg_(), moved.neg_().add_(1).mul_(p.a))
-    rows.mul_(d.abs_().neg_().expm1_()).mul_(p.contrast)  # (A'_if - A_if) contrast_if
-    top_rows = p.logits.scatter_add(-1, p.top, at_top).softmax(-1).mul_(p.s).sum(-1, keepdim=True)
-    rows.scatter_(-1, p.top, top_rows.sub_(p.row))
-    rows.diagonal(dim1=-2, dim2=-1).zero_()  # row f is recomputed whole below
-    row_logits = torch.baddbmm(p.logits, delta_q, p.k.transpose(-1, -2))  # row f: its new query, every key ...
-    row_logits.diagonal(dim1=-2, dim2=-1).add_(((p.q + delta_q) * delta_k).sum(-1))  # ... and its own new key
-    own_row = row_logits.softmax(-1).mul_(p.s).sum(-1).sub_(p.row[..., 0])
-    return (rows.sum(-2) + own_row).sum(0)
+    total = torch.zeros(p.q.shape[1], device=p.q.device)
+    own_key = ((p.q + delta_q) * delta_k).sum(-1)  # (heads, T): row f's logit at its own new key
+    for start in range(0, p.q.shape[1], ROWS_PER_PASS):  # rows i (and f) a slice at a time: it stays in cache
+        i = slice(start, start + ROWS_PER_PASS)
+        d = p.q[:, i] @ delta_k.transpose(-1, -2)  # d[h, i, f]: logit (i, f) moved by frame f's new key
+        top = p.top[:, i]
+        at_top, rising = d.gather(-1, top), d >= 0
+        moved = (d + p.log_odds[:, i]).sigmoid_()  # A'_if
+        rows = torch.where(rising, moved.mul(p.rest_a[:, i]).neg_(), moved.neg_().add_(1).mul_(p.a[:, i]))
+        rows.mul_(d.abs_().neg_().expm1_()).mul_(p.contrast[:, i])  # (A'_if - A_if) contrast_if
+        top_rows = p.logits[:, i].scatter_add(-1, top, at_top).softmax(-1).mul_(p.s[:, i]).sum(-1, keepdim=True)
+        rows.scatter_(-1, top, top_rows.sub_(p.row[:, i]))
+        rows.diagonal(start, dim1=-2, dim2=-1).zero_()  # row f is recomputed whole below
+        total += rows.sum((0, 1))
+        row_logits = torch.baddbmm(p.logits[:, i], delta_q[:, i], p.k.transpose(-1, -2))  # row f: new query ...
+        row_logits.diagonal(start, dim1=-2, dim2=-1).add_(own_key[:, i])  # ... and its own new key
+        total[i] += row_logits.softmax(-1).mul_(p.s[:, i]).sum(-1).sub_(p.row[:, i, 0]).sum(0)
+    return total
 
 
 def reader(site: str, layer: int) -> int:

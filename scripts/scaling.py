@@ -1,10 +1,12 @@
 """How a run's cost grows with the work: rows per second and peak memory as pairs and layer pairs grow.
 
-    python scripts/scaling.py [--pairs 4 16 64] [--blocks 6 12] [--out runs/scaling] [--json-out scaling.json]
+    python scripts/scaling.py --model tiny.en --pairs 16 64 256 869   # pairs grow, a real model
+    python scripts/scaling.py --blocks 4 6 12 --pairs 4               # layer pairs grow, random models
 
 Each point is one `wpatch predict` in a fresh process (encoder `block_out`, window all, denoising, fp32, CPU, the
-`english` pairs with hibari) on a randomly initialised Whisper of tiny's width (384 wide, 6 heads, 4 decoder
-blocks) with `--blocks` encoder blocks, so layer pairs grow as blocks squared. The clips are synthesised before
+`english` pairs with hibari), either on `--model` (a name or checkpoint `wpatch predict` takes) or on a randomly
+initialised Whisper of tiny's width (384 wide, 6 heads, 4 decoder blocks) with each of `--blocks` encoder blocks,
+so layer pairs grow as blocks squared. The clips are synthesised before
 the clock starts. Rows per second counts from the run claiming its folder to its last part written (the log-mels
 and every batch; Python's start, model loading and the analysis left out); CPU seconds and peak memory (resident
 set) are the whole process's. A random model never ends its transcript early, so every row decodes `max_tokens`
@@ -39,7 +41,22 @@ def tiny_width(blocks: int) -> Whisper:
     return Whisper(dims).eval()
 
 
-def point(checkpoint: Path, pairs: int, out: Path, batch_size: int) -> dict:
+def models(options, root: Path) -> list[tuple[str, int]]:
+    """(model argument, encoder blocks) of each model measured: `--model`, or a random checkpoint per `--blocks`."""
+    if options.model:
+        from wpatch.models.loading import model_dims
+
+        return [(options.model, model_dims(options.model).n_audio_layer)]
+    found = []
+    for blocks in options.blocks:
+        checkpoint = root / f"random-{blocks}.pt"
+        model = tiny_width(blocks)
+        torch.save({"dims": model.dims.__dict__, "model_state_dict": model.state_dict()}, checkpoint)
+        found.append((str(checkpoint), blocks))
+    return found
+
+
+def point(checkpoint: str, pairs: int, out: Path, batch_size: int) -> dict:
     """One run: rows, the process's seconds, rows/s, the process's CPU seconds and peak resident memory (MiB)."""
     arguments = [
         *("--model.model", str(checkpoint), "--data.pairs_file", "english", "--data.limit", str(pairs)),
@@ -73,7 +90,8 @@ def point(checkpoint: Path, pairs: int, out: Path, batch_size: int) -> dict:
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, nargs="+", default=[4, 16, 64])
-    parser.add_argument("--blocks", type=int, nargs="+", default=[6, 12])
+    parser.add_argument("--blocks", type=int, nargs="+", default=[6, 12], help="random models' encoder blocks")
+    parser.add_argument("--model", default=None, help="a real model instead of the random ones (--blocks unused)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--out", default=None, help="where the runs go (default: a temporary folder)")
     parser.add_argument("--json-out", default=None)
@@ -82,16 +100,14 @@ def main(argv=None) -> list[dict]:
     root.mkdir(parents=True, exist_ok=True)
     from datamodules import PairDataModule
 
-    data = PairDataModule(pairs_file="english", limit=max(options.pairs))
+    data = PairDataModule(pairs_file="english", limit=max(options.pairs), model=options.model or "tiny.en")
     data.prepare_data()  # every clip synthesised before any clock starts
     results = []
-    for blocks in options.blocks:
-        checkpoint = root / f"random-{blocks}.pt"
-        model = tiny_width(blocks)
-        torch.save({"dims": model.dims.__dict__, "model_state_dict": model.state_dict()}, checkpoint)
+    for name, blocks in models(options, root):
         for pairs in options.pairs:
-            result = {"blocks": blocks, "layer_pairs": blocks**2, "pairs": pairs, "items": 2 * pairs}
-            result |= point(checkpoint, pairs, root / f"b{blocks}-p{pairs}", options.batch_size)
+            label = Path(name).name.removesuffix(".pt")
+            result = {"model": label, "blocks": blocks, "layer_pairs": blocks**2, "pairs": pairs, "items": 2 * pairs}
+            result |= point(name, pairs, root / f"{label}-p{pairs}", options.batch_size)
             results.append(result)
             print(json.dumps(result), flush=True)
     per_clip = mel_bytes_per_clip(data)

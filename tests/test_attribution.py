@@ -14,6 +14,7 @@ from wpatch.patching.decoding import cross_attention_cache, word_logprobs
 from wpatch.text import scored_word, tokenizer_for, word_tokens
 
 ALPHA = 0.1
+EPS32 = torch.finfo(torch.float32).eps
 # M is a difference of two log-probabilities of about -11 nats: float32 rounds each to 2^-20, so a real patch's
 # change of M is known to about 2 * 2^-20, its finite difference to that over alpha
 ROUNDING = 2 * 2.0**-20 / ALPHA
@@ -108,3 +109,22 @@ def test_normalised_like_effect():
     # noising: the recipient is the source's clean run (1); moving it back by the gap reaches 0
     assert normalised(-2.0, 3.0, 1.0, "noising", 1.0) == pytest.approx(0.0)
     assert math.isnan(normalised(0.1, 1.2, 1.0, "denoising", 1.0))
+
+
+def test_rows_sharing_clips_equal_rows_alone():
+    """A pair's two directions (one row's donor is the other's recipient) and a donor shared by two rows are read
+    from one clean run; every row's estimates, M and donor M equal that row attributed on its own."""
+    model = random_whisper()
+    tokenizer = tokenizer_for(model.dims)
+    word = {w: scored_word(tokenizer, word_tokens(tokenizer, w)) for w in ("bat", "pat", "cat")}
+    a, b, c = torch.randn(3, 80, 3000, generator=torch.Generator().manual_seed(2))
+    recipients, donors = torch.stack([b, a, c, a]), torch.stack([a, b, a, a])  # a->b, b->a, a->c, a->a
+    words = [(word["bat"], word["pat"]), (word["pat"], word["bat"]), (word["bat"], word["cat"])]
+    words.append((word["bat"], word["cat"]))
+    together = attribute(model, recipients, donors, words)
+    for row in range(4):
+        alone = attribute(model, recipients[row : row + 1], donors[row : row + 1], words[row : row + 1])
+        # a pass of 4 rows sums in another float32 order than a pass of 1: a few rounding units of the largest value
+        for field in ("frames", "metric", "donor_metric"):
+            got, want = getattr(together, field)[row], getattr(alone, field)[0]
+            torch.testing.assert_close(got, want, rtol=0, atol=16 * EPS32 * float(want.abs().max()))

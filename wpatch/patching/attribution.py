@@ -21,7 +21,7 @@ from whisper.model import AudioEncoder, Whisper
 
 from wpatch.patching.attribution_qk import qk_correction
 from wpatch.patching.decoding import cross_attention_cache, word_logprobs
-from wpatch.patching.encoder import fast_patched_run, site_module, site_states
+from wpatch.patching.encoder import fast_patched_run, site_states
 from wpatch.sites import RESID_PRE, SITES
 from wpatch.text import ScoredWord
 
@@ -64,15 +64,6 @@ def read_metric(model: Whisper, features: Tensor, words: list[tuple[ScoredWord, 
     return torch.tensor([lp[source] - lp[target] for lp, (source, target) in zip(logps, words)])
 
 
-def _keep_site(block, site: str, store: list):
-    """A hook on `block` that appends the site's activation (kept in the graph) to `store`."""
-    if SITES[site].hook == "input":
-        return block.register_forward_pre_hook(lambda _m, args: store.append(args[0]))
-    return site_module(block, site).register_forward_hook(
-        lambda _m, _i, output: store.append(output[0] if isinstance(output, tuple) else output)
-    )
-
-
 def _cut(_module, _inputs, output):
     """GradDrop: the branch's output as a leaf (its value, the gradient stops there), so that the gradient reaches
     earlier activations through the residual stream only."""
@@ -81,21 +72,27 @@ def _cut(_module, _inputs, output):
     return output.detach().requires_grad_()
 
 
-def _grad_pass(
-    model: Whisper, mels: Tensor, words, drop: int | None = None
-) -> tuple[Tensor, dict[str, list[Tensor]], dict[str, list[Tensor]]]:
-    """M of each recipient's clean run, its activations at every encoder site and block, and dM/d(activation);
-    with `drop`, the gradient through block `drop`'s attention and MLP is dropped (AtP*'s GradDrop)."""
+@dataclass
+class GradPass:
+    """One differentiated clean run of a pass's recipients: M (N,), the activations at every encoder site and block
+    (site -> list over blocks of (N, frames, d)), dM/d(activation) in the same shape, and the encoder output."""
+
+    metric: Tensor
+    kept: dict[str, list[Tensor]]
+    grads: dict[str, list[Tensor]]
+    final: Tensor
+
+
+def _grad_pass(model: Whisper, mels: Tensor, words, drop: int | None = None) -> GradPass:
+    """The recipients' clean run and its gradients; with `drop`, the gradient through block `drop`'s attention and
+    MLP is dropped (AtP*'s GradDrop)."""
     encoder: AudioEncoder = model.encoder
-    kept: dict[str, list[Tensor]] = {site: [] for site in ENCODER_SITES}
     with ExitStack() as stack:
         if drop is not None:  # before the hooks that keep the sites, so that they keep the cut outputs
             for branch in (encoder.blocks[drop].attn, encoder.blocks[drop].mlp):
                 stack.callback(branch.register_forward_hook(_cut).remove)
-        for block in encoder.blocks:
-            for site in ENCODER_SITES:
-                stack.callback(_keep_site(block, site, kept[site]).remove)
-        metric = word_metric(model, encoder(mels), words)
+        kept, final = site_states(encoder, mels, set(ENCODER_SITES))
+    metric = word_metric(model, final, words)
     flat = [a for site in ENCODER_SITES for a in kept[site]]
     grads = torch.autograd.grad(metric.sum(), flat, allow_unused=True)
     n = len(encoder.blocks)
@@ -103,7 +100,8 @@ def _grad_pass(
         site: [g if g is not None else torch.zeros_like(a) for g, a in zip(grads[i * n : (i + 1) * n], kept[site])]
         for i, site in enumerate(ENCODER_SITES)
     }
-    return metric.detach(), {s: [a.detach() for a in v] for s, v in kept.items()}, grad_of
+    detached = {site: [a.detach() for a in kept[site]] for site in ENCODER_SITES}
+    return GradPass(metric.detach(), detached, grad_of, final.detach())
 
 
 def _products(donor_states, kept, grads) -> Tensor:
@@ -141,29 +139,87 @@ def attribute(
     `words[i]` (source word, target word). Float32, autocast off, gradients on even inside inference mode.
     `graddrop` costs one more forward and backward pass per block; `qk_fix` (AtP*: the attention pattern that a
     patch's new query and key make, recomputed) one (heads, frames, frames) pass per site and block."""
-    frames, metrics, donor_metrics, dropped = [], [], [], []
+    recipient_ids, donor_ids = _clip_ids(recipient_mels, donor_mels)
+    found: dict[int, tuple] = {}  # row -> (frames, metric, donor metric, dropped)
     device_type = recipient_mels.device.type
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device_type, enabled=False):
-        for start in range(0, len(words), MAX_ROWS_PER_PASS):
-            part = slice(start, start + MAX_ROWS_PER_PASS)
-            recipients, donors = recipient_mels[part].clone().float(), donor_mels[part].clone().float()
-            metric, kept, grads = _grad_pass(model, recipients, words[part])
+        for rows in _passes(recipient_ids, donor_ids):
+            recipients = recipient_mels[rows].clone().float()
+            clean = _grad_pass(model, recipients, [words[r] for r in rows])
             with torch.no_grad():
-                donor_states, donor_final = site_states(model.encoder, donors, set(ENCODER_SITES))
-                donor_metrics.append(read_metric(model, donor_final, words[part]))
-                found = _products(donor_states, kept, grads)
+                donor_states, donor_final = _donor_states(model, donor_mels, rows, recipient_ids, donor_ids, clean)
+                donor_metric = read_metric(model, donor_final, [words[r] for r in rows])
+                frames = _products(donor_states, clean.kept, clean.grads)
             if qk_fix:
-                found += qk_correction(model.encoder, ENCODER_SITES, kept, donor_states, grads)
-            frames.append(found)
+                frames += qk_correction(model.encoder, ENCODER_SITES, clean.kept, donor_states, clean.grads)
+            drops = None
             if graddrop:
                 drops = [
-                    _grad_pass(model, recipients, words[part], block)[2] for block in range(len(model.encoder.blocks))
+                    _grad_pass(model, recipients, [words[r] for r in rows], block).grads
+                    for block in range(len(model.encoder.blocks))
                 ]
-                dropped.append(torch.stack([_products(donor_states, kept, g) for g in drops], dim=1))
-            metrics.append(metric)
+                drops = torch.stack([_products(donor_states, clean.kept, g) for g in drops], dim=1)
+            for k, row in enumerate(rows):
+                found[row] = (frames[k], clean.metric[k], donor_metric[k], None if drops is None else drops[k])
+    frames, metrics, donor_metrics, dropped = zip(*(found[row] for row in range(len(words))))
     return Attribution(
-        torch.cat(frames), torch.cat(metrics), torch.cat(donor_metrics), torch.cat(dropped) if dropped else None
+        torch.stack(frames),
+        torch.stack(metrics),
+        torch.stack(donor_metrics),
+        torch.stack(dropped) if graddrop else None,
     )
+
+
+def _clip_ids(recipient_mels: Tensor, donor_mels: Tensor) -> tuple[list[int], list[int]]:
+    """A number per distinct clip (equal log-mels, equal number) for each row's recipient and donor."""
+    clips: list[Tensor] = []
+
+    def number(mel: Tensor) -> int:
+        for k, clip in enumerate(clips):
+            if torch.equal(clip, mel):
+                return k
+        clips.append(mel)
+        return len(clips) - 1
+
+    return [number(mel) for mel in recipient_mels], [number(mel) for mel in donor_mels]
+
+
+def _passes(recipient_ids: list[int], donor_ids: list[int]) -> list[list[int]]:
+    """The rows in passes of at most MAX_ROWS_PER_PASS, the two directions of a pair (one row's donor clip is the
+    other's recipient) in the same pass, so that the donor's clean run is read from the recipient's."""
+    paired, single, placed = [], [], set()
+    for i, donor in enumerate(donor_ids):
+        if i in placed:
+            continue
+        placed.add(i)
+        partner = next((j for j, r in enumerate(recipient_ids) if j not in placed and r == donor), None)
+        if partner is None:
+            single.append(i)
+        else:
+            placed.add(partner)
+            paired += [i, partner]
+    order = paired + single  # pairs first: with an even pass size no pair is split
+    return [order[k : k + MAX_ROWS_PER_PASS] for k in range(0, len(order), MAX_ROWS_PER_PASS)]
+
+
+def _donor_states(
+    model: Whisper, donor_mels: Tensor, rows: list[int], recipient_ids, donor_ids, clean: GradPass
+) -> tuple[dict[str, list[Tensor]], Tensor]:
+    """The donors' activations and encoder outputs for `rows`: a donor clip that is one of the pass's recipients
+    is read from its clean run, the others run once per distinct clip."""
+    in_pass = {recipient_ids[r]: k for k, r in enumerate(rows)}
+    fresh = list(dict.fromkeys(donor_ids[r] for r in rows if donor_ids[r] not in in_pass))
+    first_row = {donor_ids[r]: r for r in reversed(rows)}
+    states, final = clean.kept, clean.final
+    if fresh:
+        mels = donor_mels[[first_row[clip] for clip in fresh]].clone().float()
+        run_states, run_final = site_states(model.encoder, mels, set(ENCODER_SITES))
+        states = {
+            site: [torch.cat([a, b]) for a, b in zip(clean.kept[site], run_states[site])] for site in ENCODER_SITES
+        }
+        final = torch.cat([clean.final, run_final])
+    at = [in_pass[donor_ids[r]] if donor_ids[r] in in_pass else len(rows) + fresh.index(donor_ids[r]) for r in rows]
+    return {site: [a[at] for a in states[site]] for site in ENCODER_SITES}, final[at]
 
 
 @dataclass(frozen=True)

@@ -129,10 +129,9 @@ def window_weights(patches: list[Patch], n_ctx: int, device=None) -> Tensor:
     return (((frames >= starts) & (frames < ends)) * alphas)[..., None]
 
 
-@torch.no_grad()
 def site_states(encoder: AudioEncoder, mel: Tensor, sites: set[str]) -> tuple[dict[str, list[Tensor]], Tensor]:
     """The activations at each of `sites` for every block (site -> list over blocks of (B, frames, d)), and
-    the final encoder output, from one forward pass."""
+    the final encoder output, from one forward pass (in the graph if the caller's context records one)."""
     states: dict[str, list[Tensor]] = {site: [] for site in sites}
     with ExitStack() as stack:
         for block in encoder.blocks:

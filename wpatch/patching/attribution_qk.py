@@ -12,10 +12,11 @@ the output projection) and S = G V^T (S_ij = G_i . v_j), the change of M through
 
 where A' is the pattern with q_f, k_f replaced: on rows i != f only logit (i, f) moves, by
 d_if = q_i . (k'_f - k_f) / sqrt(d_head), so Z'_i = 1 - A_if + A_if e^d_if and the row changes by
-(1/Z'_i - 1)(sum_{j != f} A_ij S_ij) + (A'_if - A_if) S_if; row f is recomputed with the softmax. Every (i, f) at
-once as (heads, T, T) tensors. The AtP* estimate is AtP's minus the part of it that flows through those queries
-and keys (the vjp of q_f, k_f with respect to the site's activation, with the cotangents dM/dq_f, dM/dk_f, dotted
-with the patch), plus that exact change. Values, the MLP and every later attention stay linearised, as in AtP*.
+(1/Z'_i - 1)(sum_{j != f} A_ij S_ij) + (A'_if - A_if) S_if (`pattern_change` computes it in a form that neither
+overflows nor cancels); row f is recomputed with the softmax. Every (i, f) at once as (heads, T, T) tensors.
+The AtP* estimate is AtP's minus the part of it that flows through those queries and keys (the vjp of q_f, k_f
+with respect to the site's activation, with the cotangents dM/dq_f, dM/dk_f, dotted with the patch), plus that
+exact change. Values, the MLP and every later attention stay linearised, as in AtP*.
 """
 
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 from whisper.model import AudioEncoder, ResidualAttentionBlock
 
-from wpatch.sites import SITES
+from wpatch.sites import ATTN_OUT, RESID_PRE, SITES
 
 ROWS_PER_PASS = 128  # query rows of the (heads, T, T) tensors computed together
 
@@ -123,9 +124,9 @@ def _stream(encoder: AudioEncoder, site: str, layer: int, kept: dict[str, list[T
     if hook in ("input", "output"):
         return a
     if hook == "mlp":
-        return kept["resid_pre"][layer] + kept["attn_out"][layer] + a
+        return kept[RESID_PRE.name][layer] + kept[ATTN_OUT.name][layer] + a
     block = encoder.blocks[layer]
-    middle = kept["resid_pre"][layer] + a
+    middle = kept[RESID_PRE.name][layer] + a
     return middle + block.mlp(block.mlp_ln(middle))
 
 
@@ -169,7 +170,7 @@ def qk_correction(
     for row in range(first.shape[0]):
         mine = {site: [a[row] for a in kept[site]] for site in kept}
         for m in range(n_layer):
-            p = clean_pattern(encoder.blocks[m], mine["resid_pre"][m], grads["attn_out"][m][row])
+            p = clean_pattern(encoder.blocks[m], mine[RESID_PRE.name][m], grads[ATTN_OUT.name][m][row])
             done = {}
             for i, site, layer in cells:
                 if reader(site, layer) == m:

@@ -45,18 +45,17 @@ def arguments() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
-    quiet_lightning()
-    args = arguments().parse_args(argv)
-    device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
+def starter_items(args, device):
+    """The patching module, and each item's recipient (target) and donor (source) log-mels, (source word, target
+    word) and speech span (the frames where either word is spoken), from `args` (model, pairs file, limit, voice,
+    batch size)."""
     dm = PairDataModule(
         pairs_file=args.pairs_file, limit=args.limit, model=args.model, tts=args.tts, batch_size=args.batch_size
     )
     dm.prepare_data()
     dm.setup("predict")
     module = PatchingModule(model=args.model).to(device)
-    model = module.whisper
-    recipients, donors, words = [], [], []
+    recipients, donors, words, spans = [], [], [], []
     for batch in dm.predict_dataloader():
         for b in range(len(batch["item_id"])):
             recipients.append(batch["target_mel"][b])
@@ -67,6 +66,17 @@ def main(argv: list[str] | None = None) -> dict:
                     for side in ("source", "target")
                 )
             )
+            source, target = batch["source_span"][b], batch["target_span"][b]
+            spans.append((int(min(source[0], target[0])), int(max(source[1], target[1]))))
+    return module, recipients, donors, words, spans
+
+
+def main(argv: list[str] | None = None) -> dict:
+    quiet_lightning()
+    args = arguments().parse_args(argv)
+    device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
+    module, recipients, donors, words, _ = starter_items(args, device)
+    model = module.whisper
     n = min(args.items or len(words), len(words))
     recipients, donors = torch.stack(recipients[:n]).to(device), torch.stack(donors[:n]).to(device)
     words = words[:n]
@@ -106,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "model": args.model,
         "items": n,
-        "items_in_set": len(dm.items),
+        "items_in_set": len(words),
         "map_cells": grid,
         "atp_seconds": round(atp_seconds, 2),
         "atp_seconds_per_item": round(atp_seconds / n, 3),

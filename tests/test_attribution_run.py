@@ -35,6 +35,8 @@ COLUMNS = [  # attributions.csv's columns as the docs list them, written out ind
     "checked",
 ]
 SAMPLE, TOP = 6, 3
+QK_RUN = ("--model.method", "atp", "--model.directions", "[denoising, noising]", "--model.atp_window", "10")
+QK_RUN += ("--model.min_separation", "0")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,36 @@ def atp_run(tmp_path_factory, small_model_path):
     )
     main(args)
     return folder / "out"
+
+
+@pytest.fixture(scope="module")
+def qk_run(tmp_path_factory, small_model_path):
+    """The map of `atp_run` (same items, patch directions and windows) with AtP*'s QK fix, nothing else."""
+    folder = tmp_path_factory.mktemp("qk")
+    main(predict_args(folder, small_model_path, None, *QK_RUN, "--model.qk_fix", "true"))
+    return folder
+
+
+def test_qk_fix_run(qk_run, atp_run, small_model_path, capsys):
+    """`--model.qk_fix true`: the same rows as without; the estimates differ where a later self-attention reads
+    the patch and are AtP's to the bit where none does (attn_out, mlp_out, block_out of the last block); the
+    setting is in run.json, and a resume without it is refused naming it."""
+    key = ["item_id", "patch_direction", "site", "layer", "window"]
+    fixed = pd.read_csv(qk_run / "out" / "attributions.csv")
+    plain = pd.read_csv(atp_run / "attributions.csv")
+    assert list(fixed.columns) == COLUMNS and len(fixed) == len(plain)
+    fixed, plain = fixed.set_index(key), plain.set_index(key)
+    assert sorted(fixed.index) == sorted(plain.index)
+    plain = plain.loc[fixed.index]
+    last = (fixed.index.get_level_values("layer") == 2) & (fixed.index.get_level_values("site") != "resid_pre")
+    assert (fixed["estimate"][last] == plain["estimate"][last]).all()
+    assert (fixed["estimate"][~last] != plain["estimate"][~last]).mean() > 0.9
+    assert json.loads((qk_run / "out" / "run.json").read_text())["settings"]["qk_fix"] is True
+    (qk_run / "out" / "summary.json").unlink()  # unfinished again, so that it may be resumed
+    with pytest.raises(SystemExit) as exit_info:
+        main(predict_args(qk_run, small_model_path, None, *QK_RUN, "--writer.resume", "true"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "qk_fix=True, not False" in err[-1], err
 
 
 def test_attributions_table_and_arrays(atp_run):
@@ -129,6 +161,7 @@ def test_encoder_lens(atp_run):
     "extra, message",
     [
         (["--model.validate", "true"], "add --model.method atp"),
+        (["--model.qk_fix", "true"], "--model.qk_fix need an attribution map; add --model.method atp"),
         (["--model.method", "atp", "--model.atp_window", "0"], "atp_window 0"),
     ],
 )

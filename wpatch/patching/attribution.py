@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from whisper.model import AudioEncoder, Whisper
 
+from wpatch.patching.attribution_qk import qk_correction
 from wpatch.patching.decoding import cross_attention_cache, word_logprobs
 from wpatch.patching.encoder import fast_patched_run, site_states
 from wpatch.sites import RESID_PRE, SITES
@@ -117,7 +118,8 @@ class Attribution:
     """The AtP estimates of a batch of recipients: `frames` (N, sites, blocks, n_ctx), the estimate of patching
     each site of each block on that frame alone (donor into recipient, alpha 1; sum frames for a window);
     `metric` (N,) M of each recipient's clean run and `donor_metric` (N,) of each donor's; `dropped`, with
-    GradDrop, the same estimates with the gradient through each block's attention and MLP dropped in turn."""
+    GradDrop, the same estimates with the gradient through each block's attention and MLP dropped in turn.
+    With the QK fix, `frames` are AtP*'s (`wpatch.patching.attribution_qk`); `dropped` stays linear."""
 
     frames: Tensor
     metric: Tensor
@@ -132,11 +134,13 @@ def attribute(
     words: list[tuple[ScoredWord, ScoredWord]],
     graddrop: bool = False,
     donor_words: list[tuple[ScoredWord, ScoredWord]] | None = None,
+    qk_fix: bool = False,
 ) -> Attribution:
     """AtP of every encoder site, block and frame: row i patches donor clip i into recipient clip i, scored on
     `words[i]` (source word, target word; on the donor's own run `donor_words[i]`, default the same). Float32,
     autocast off, gradients on even inside inference mode.
-    `graddrop` costs one more forward and backward pass per block."""
+    `graddrop` costs one more forward and backward pass per block; `qk_fix` (AtP*: the attention pattern that a
+    patch's new query and key make, recomputed) one (heads, frames, frames) pass per site and block."""
     donor_words = donor_words or words
     recipient_ids, donor_ids = _clip_ids(recipient_mels, donor_mels)
     found: dict[int, tuple] = {}  # row -> (frames, metric, donor metric, dropped)
@@ -149,6 +153,8 @@ def attribute(
                 donor_states, donor_final = _donor_states(model, donor_mels, rows, recipient_ids, donor_ids, clean)
                 donor_metric = read_metric(model, donor_final, [donor_words[r] for r in rows])
                 frames = _products(donor_states, clean.kept, clean.grads)
+            if qk_fix:
+                frames += qk_correction(model.encoder, ENCODER_SITES, clean.kept, donor_states, clean.grads)
             drops = None
             if graddrop:
                 drops = [

@@ -78,12 +78,13 @@ def attribution_map(
     sample: int = 0,
     verify_top: int = 0,
     graddrop: bool = False,
+    qk_fix: bool = False,
 ) -> AttributionMap:
     """The attribution rows of every item x patch direction of `batch` (denoising: the source clip's activations
         into the target clip's run; noising: the reverse), normalised like `effect`; with `graddrop`, each cell's
     GradDrop score (AtP*: the mean over blocks l of |the estimate with the gradient through block l's attention and
-    MLP dropped|). `read[side]`: the item's (source word, target word) read in that side's clip's text (each run is
-    read in its own clip's)."""
+    MLP dropped|); with `qk_fix`, the estimates are AtP*'s (the attention pattern recomputed). `read[side]`: the
+    item's (source word, target word) read in that side's clip's text (each run is read in its own clip's)."""
     n_ctx = model.dims.n_audio_ctx
     jobs = [(b, d) for b in range(len(batch["item_id"])) for d in directions]
     sides = {d: ("source", "target") if d == "denoising" else ("target", "source") for d in directions}
@@ -92,7 +93,7 @@ def attribution_map(
     donor_words, recipient_words = (
         [(read[sides[d][k]][0][b], read[sides[d][k]][1][b]) for b, d in jobs] for k in (0, 1)
     )
-    found = attribute(model, recipients, donors, recipient_words, graddrop, donor_words)
+    found = attribute(model, recipients, donors, recipient_words, graddrop, donor_words, qk_fix)
     table, cells, frames = [], [], {}
     for j, (b, d) in enumerate(jobs):
         source_span, target_span = batch["source_span"][b], batch["target_span"][b]

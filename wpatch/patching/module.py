@@ -29,12 +29,19 @@ log = logging.getLogger(__name__)
 
 
 def check_atp(
-    method: str, atp_window: int, validate: bool, validate_sample: int, verify_top: int, graddrop: bool = False
+    method: str,
+    atp_window: int,
+    validate: bool,
+    validate_sample: int,
+    verify_top: int,
+    graddrop: bool = False,
+    qk_fix: bool = False,
 ) -> None:
     """Refuse attribution settings that mean nothing (validation without the map, an empty window)."""
-    if method != "atp" and (validate or verify_top or graddrop):
+    if method != "atp" and (validate or verify_top or graddrop or qk_fix):
         raise WpatchError(
-            "--model.validate, --model.verify_top and --model.graddrop need an attribution map; add --model.method atp"
+            "--model.validate, --model.verify_top, --model.graddrop and --model.qk_fix need an attribution map; add "
+            "--model.method atp"
         )
     if atp_window < 1:
         raise WpatchError(f"atp_window {atp_window} holds no frame; give 1 or more frames per window")
@@ -90,6 +97,9 @@ class PatchingModule(L.LightningModule):
         verify_top: (atp) patch for real the cells with the K largest estimates (absolute) per item and direction.
         graddrop: (atp) AtP*'s GradDrop score beside each estimate (one more forward and backward pass per
             encoder block): large where the estimate is small by cancellation.
+        qk_fix: (atp) AtP*'s QK fix: the estimates recompute the attention pattern that a patch's new queries and
+            keys make instead of linearising it (`wpatch.patching.attribution_qk`; one (heads, frames, frames)
+            pass per site and block).
     """
 
     def __init__(
@@ -114,6 +124,7 @@ class PatchingModule(L.LightningModule):
         validate_sample: int = 0,
         verify_top: int = 0,
         graddrop: bool = False,
+        qk_fix: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -145,7 +156,7 @@ class PatchingModule(L.LightningModule):
             raise WpatchError(
                 f"decode_chunk {decode_chunk} decodes nothing; give 1 or more encoder outputs per decoder pass"
             )
-        check_atp(method, atp_window, validate, validate_sample, verify_top, graddrop)
+        check_atp(method, atp_window, validate, validate_sample, verify_top, graddrop, qk_fix)
         self.rows_per_item = len(self.specs) * len(directions) * (2 if control else 1)
         # a sparse, non-persistent buffer (used only for word timestamps) that DDP cannot broadcast
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["whisper.alignment_heads"])
@@ -231,5 +242,6 @@ class PatchingModule(L.LightningModule):
                 hp.validate_sample,
                 hp.verify_top,
                 hp.graddrop,
+                hp.qk_fix,
             )
         return {"rows": rows, "attributions": found}

@@ -19,6 +19,7 @@ import torch
 from scripts.benchmark_atp import starter_items
 from wpatch.cli import quiet_lightning
 from wpatch.patching.attribution import ENCODER_SITES, Cell, attribute, real_deltas
+from wpatch.sites import BLOCK_OUT, RESID_PRE
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -42,12 +43,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         star = attribute(model, recipients, donors, words, qk_fix=True).frames
     rng, found = random.Random(0), []
     for s, site in enumerate(ENCODER_SITES):
-        if site == "block_out":  # block_out of block l is resid_pre of block l+1
+        if site == BLOCK_OUT.name:  # block_out of block l is resid_pre of block l+1
             continue
         for choice in ("largest difference", "random speech frames"):
             cells, at = [], []
             for n in range(len(words)):
-                for layer in range(model.dims.n_audio_layer - (site != "resid_pre")):
+                for layer in range(model.dims.n_audio_layer - (site != RESID_PRE.name)):
                     if choice == "largest difference":
                         frames = (star[n, s, layer] - atp[n, s, layer]).abs().topk(args.frames).indices.tolist()
                     else:

@@ -170,3 +170,25 @@ def test_figures_share_a_fixed_labelled_scale_per_measure_and_readable_titles():
         {"site": "block_out", "window": "all", "alpha": 1.0, "patch_direction": "denoising"} | {"donor": "source"}
     )
     assert title == "block_out, whole clip, alpha 1, denoising, donor: source word" and "_a1_" not in title
+
+
+def test_compare_matches_word_windows_that_start_where_each_clip_s_word_does():
+    """A `word` window starts at each clip's word (a word alone at frame 5, in a sentence at frame 30): the same
+    cell in both runs. Sweep windows are still told apart by their start."""
+    from wpatch.analysis.compare import shared_part
+
+    def rows(word_start):
+        base = {"site": "block_out", "alpha": 1.0, "patch_direction": "denoising", "donor": "source"}
+        item = {"pair_id": "p0", "direction": "a->b", "source_word": "bat", "target_word": "pat", "voice": "hibari"}
+        return pd.DataFrame(
+            [
+                {**base, **item, "window": "word", "window_start": word_start, "source_layer": 0, "target_layer": 0},
+                {**base, **item, "window": "sweep", "window_start": 20, "source_layer": 0, "target_layer": 0},
+            ]
+        )
+
+    a, b, differences = shared_part(rows(5), rows(30))
+    assert len(a) == len(b) == 2 and differences == []
+    other_sweep = rows(30).assign(window_start=[30, 40])
+    a, b, differences = shared_part(rows(5), other_sweep)
+    assert len(a) == len(b) == 1 and any("sweep window starts" in line for line in differences)

@@ -6,7 +6,7 @@ import pandas as pd
 from wpatch.analysis.stats import bootstrap_interval
 from wpatch.analysis.tables import load_run, row_groups
 from wpatch.errors import WpatchError
-from wpatch.rows import CONDITION, MEASURES
+from wpatch.rows import CONDITION, MEASURES, with_sweep_start
 
 COMPARED = {  # what two compared runs may differ in: name -> the row columns that tell it
     "sites": ["site"],
@@ -15,7 +15,7 @@ COMPARED = {  # what two compared runs may differ in: name -> the row columns th
     "patch directions": ["patch_direction"],
     "donors": ["donor"],
     "layer pairs": ["source_layer", "target_layer"],
-    "window starts": ["window_start"],
+    "sweep window starts": ["sweep_start"],
 }
 
 
@@ -23,10 +23,13 @@ def shared_part(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> tuple[pd.DataFram
     """The rows of two runs restricted to the cells (condition, layer pair, window start) and items both have,
     and one line per way they differ (`COMPARED`, then items and cells) with what is shared and what only one
     has. An item is a pair, direction and words (and voice, when the runs share a voice; else the runs are
-    two speakers of the same items). Refused when they share no cell or no item."""
+    two speakers of the same items). A cell's window start is the sweep's (`with_sweep_start`): a `word` window
+    starts where each clip's word does, which differs between, e.g., a word alone and in a sentence. Refused when
+    they share no cell or no item."""
+    rows_a, rows_b = with_sweep_start(rows_a), with_sweep_start(rows_b)
     voices = set(rows_a["voice"]) & set(rows_b["voice"])
     item = ["pair_id", "direction", "source_word", "target_word", *(["voice"] if voices else [])]
-    cell = [*CONDITION, "source_layer", "target_layer", "window_start"]
+    cell = [*CONDITION, "source_layer", "target_layer", "sweep_start"]
     differences = []
 
     def keys(rows, columns):
@@ -70,7 +73,7 @@ def compare_runs(run_a, run_b, group: str = "all") -> pd.DataFrame:
     rows_b, _ = load_run(run_b)
     rows_a, rows_b, differences = shared_part(rows_a, rows_b)
     rows_a, rows_b = (row_groups(r).get(group, r.iloc[:0]) for r in (rows_a, rows_b))
-    key = [*CONDITION, "source_layer", "target_layer", "window_start"]
+    key = [*CONDITION, "source_layer", "target_layer", "sweep_start"]
     measures = [m for m in MEASURES if rows_a[m].notna().any() or rows_b[m].notna().any()]
     means_a = rows_a.groupby(key)[measures].mean()
     means_b = rows_b.groupby(key)[measures].mean()

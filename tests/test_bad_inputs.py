@@ -52,10 +52,12 @@ def hold_lock(folder: Path) -> subprocess.Popen:
 
 
 def table_row(label: str, code: int, seen: str, d: Path, model: str = "") -> str:
-    """A markdown row; paths that differ between machines are written D (the probe's folder), MODEL, python and ."""
+    """A markdown row; what differs between machines is written as a name: paths D (the probe's folder), MODEL,
+    python and ., a pid N, and byte counts (a float's printed length depends on the CPU's kernels) N and M."""
     for path, name in ((str(d), "D"), (model or "MODEL", "MODEL"), (sys.executable, "python"), (str(ROOT), ".")):
         seen = seen.replace(path, name)
     seen = re.sub(r"\(pid \d+\)", "(pid N)", seen)
+    seen = re.sub(r"is \d+ bytes, not the \d+", "is N bytes, not the M", seen)
     return f"| {label} | {code} | `` {seen} `` |" if "`" in seen else f"| {label} | {code} | `{seen}` |"
 
 

@@ -223,12 +223,17 @@ def test_a_long_recordings_word_is_heard_in_a_segment_of_at_most_30_s(tmp_path, 
     assert checked >= 2 and len(pairs) == 3 and other
 
 
+# Whisper's timestamps come from cross-attention and dynamic time warping over 20 ms tokens, coarse by a few hundred
+# ms; the bound is the largest start difference seen on any CPU (16 frames) with a 50 % margin: 24 frames, 0.48 s
+START_BOUND = 24
+
+
 @pytest.mark.real_weights
 def test_the_alignments_word_frames_against_whispers_own_word_timestamps_on_tiny_en(tmp_path):
     """The frames an in-context run patches (the alignment file's, here each word's speech) and tiny.en's word
     timestamps (`whisper.transcribe(word_timestamps=True)`) on the same recording: every word Whisper writes must
-    overlap its aligned frames, its start within 15 frames (0.3 s, the precision Whisper's cross-attention
-    timestamps are known for). Measured: docs/carriers.md."""
+    overlap its aligned frames, its start within START_BOUND frames. Measured (docs/carriers.md): at most 11 frames
+    with AVX-512 kernels, 16 with AVX2 ones (another transcript, another attention pattern)."""
     model = load_model("tiny.en")
     compared = []
     for speaker, words in ORDERS.items():
@@ -240,6 +245,7 @@ def test_the_alignments_word_frames_against_whispers_own_word_timestamps_on_tiny
             first, last = recorded_frames(token.start, token.end, 0.0, 1500)
             if token.word in timed:
                 start, end = round(timed[token.word]["start"] / 0.02), round(timed[token.word]["end"] / 0.02)
-                assert start < last and end > first and abs(start - first) <= 15, (token.word, first, last, start, end)
+                seen = (token.word, first, last, start, end)
+                assert start < last and end > first and abs(start - first) <= START_BOUND, seen
                 compared.append(token.word)
     assert len(compared) >= 6

@@ -12,10 +12,12 @@ import re
 import shutil
 from pathlib import Path
 
+import markdown
 import pandas as pd
 import pytest
 
 import wpatch
+from wpatch.analysis.markdown_html import markdown_html
 from wpatch.analysis.tables import read_matrix
 
 PAIRS = pd.DataFrame({"word_a": ["bat", "hot"], "word_b": ["pat", "cold"], "category": ["consonant", "semantic"]})
@@ -83,6 +85,13 @@ def test_clips_are_in_the_folder_by_content_hash(small_run):
         for side in ("source", "target"):
             word = by_item.loc[row.item_id, f"{side}_word"]
             assert clip_of.setdefault(word, getattr(row, f"{side}_clip")) == getattr(row, f"{side}_clip")
+
+
+def test_the_report_renders_as_plain_markdown_when_it_holds_no_html(small_run):
+    """The report part of the page is markdown's own rendering (tables, headings, figures), only without raw HTML."""
+    text = (small_run.path / "report.md").read_text()
+    assert "<table>" in markdown_html(text) and "<h2>" in markdown_html(text)
+    assert markdown_html(text) == markdown.markdown(text, extensions=["tables"])
 
 
 def test_run_again_writes_the_page_again(small_run):

@@ -4,23 +4,30 @@ The main layer matrices are plotly heatmaps (hover: mean, 95% interval, n; measu
 clicking a cell lists its items (words, transcript, measures, recognised) with an audio player and the log-mel
 spectrogram of each clip, the patched window marked (clips from `clips/`, see `wpatch.run.clips`); below, report.md
 (settings, every condition, the phonetic-feature maps, sanity checks). The page is a jinja2 template
-(`templates/report.html.j2`); plotly's script is written beside it (`plotly.min.js`), so nothing is fetched.
+(`templates/report.html.j2`, with its style and script `report.css`, `report.js`); plotly's script is written
+beside it (`plotly.min.js`), so nothing is fetched.
+
+Nothing from the data runs: values reach the page as escaped text (the template escapes, its data is JSON with `<`
+escaped, the script sets only `textContent`), report.md is rendered without raw HTML (`markdown_html`), and the
+page's Content-Security-Policy lets only its own files and its own inline style and script (by hash) load or run.
 
 The page holds aggregates and compact columns, not one element per row: the cells' rows are arrays (item,
 transcript number, window, measures) that the page turns into table rows only for the clicked cell.
 """
 
+import base64
+import hashlib
 import json
 import math
 from pathlib import Path
 
-import markdown
 import numpy as np
 import pandas as pd
 import plotly
 import plotly.graph_objects as go
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from wpatch.analysis.markdown_html import markdown_html
 from wpatch.analysis.tables import primary_condition, row_groups
 from wpatch.atomic import write_atomically
 from wpatch.rows import CONDITION, MEASURE_NAMES, MEASURES, SCALES
@@ -123,6 +130,11 @@ def page_data(rows: pd.DataFrame, matrices: pd.DataFrame, clips: pd.DataFrame | 
     }
 
 
+def csp_hash(text: str) -> str:
+    """The Content-Security-Policy source that allows an inline script or style whose text is `text`."""
+    return "sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
 def report_html(folder: Path, rows: pd.DataFrame, summary: dict) -> str:
     """The page for the run in `folder` (its matrices.csv, clips/index.csv and report.md, when there)."""
     folder = Path(folder)
@@ -130,6 +142,7 @@ def report_html(folder: Path, rows: pd.DataFrame, summary: dict) -> str:
     clips = pd.read_csv(folder / INDEX) if (folder / INDEX).exists() else None
     report = (folder / "report.md").read_text() if (folder / "report.md").exists() else ""
     environment = Environment(loader=PackageLoader("wpatch.analysis"), autoescape=select_autoescape(["j2"]))
+    environment.filters["csp_hash"] = csp_hash
     data = page_data(rows, matrices, clips, summary) if not matrices.empty else None
     groups = list(data["traces"]) if data else []
     return environment.get_template("report.html.j2").render(
@@ -138,7 +151,7 @@ def report_html(folder: Path, rows: pd.DataFrame, summary: dict) -> str:
         groups=groups,
         measures=dict(data["measures"]) if data else {},
         has_clips=clips is not None,
-        report=markdown.markdown(report, extensions=["tables"]),
+        report=markdown_html(report),
         plotly_js=PLOTLY_JS,
     )
 

@@ -1,0 +1,63 @@
+// glue: menus -> heatmap, click -> the cell's items (built only for the clicked cell)
+const D = JSON.parse(document.getElementById("wpatch-data").textContent);
+const measure = document.getElementById("measure"), group = document.getElementById("group");
+const plot = document.getElementById("matrix"), out = document.getElementById("cell");
+const layout = {xaxis: {title: {text: "target layer (recipient block)"}, dtick: 1},
+  yaxis: {title: {text: "source layer (donor block)"}, dtick: 1, autorange: "reversed"}, margin: {t: 30}};
+function draw() {
+  const trace = (D.traces[group.value] || {})[measure.value];
+  Plotly.react(plot, trace ? [trace] : [], layout);
+}
+function cellText(tag, text) { const e = document.createElement(tag); e.textContent = text; return e; }
+function clip(name, frames, window) {
+  const box = document.createElement("td");
+  if (!name) return box;
+  const audio = document.createElement("audio");
+  audio.controls = true; audio.preload = "none"; audio.src = "clips/" + name;
+  const mel = document.createElement("div"); mel.className = "mel";
+  const img = document.createElement("img"); img.loading = "lazy";
+  img.src = "clips/" + name.replace(/\.[^.]+$/, ".png"); mel.appendChild(img);
+  if (window) {  // encoder frames are 20 ms, log-mel frames 10 ms
+    const mark = document.createElement("span"); mark.className = "window";
+    mark.style.left = Math.min(100, 200 * window[0] / frames) + "%";
+    mark.style.width = Math.max(0, Math.min(100, 200 * window[1] / frames) - 200 * window[0] / frames) + "%";
+    mel.appendChild(mark);
+  }
+  box.append(audio, mel);
+  return box;
+}
+function showCell(s, t, all) {
+  const cell = D.cells[s + "," + t];
+  out.replaceChildren();
+  if (!cell) return;
+  const members = group.value === "all" ? null : new Set(D.groups[group.value] || []);
+  const picked = cell.item.map((item, k) => k).filter(k => !members || members.has(cell.item[k]));
+  const shown = all ? picked : picked.slice(0, D.shown_first);
+  document.getElementById("cell-title").textContent =
+    `source layer ${s} → target layer ${t}, group ${group.value}: ${picked.length} items`;
+  const table = document.createElement("table"), head = document.createElement("tr");
+  const names = D.measures.map(m => m[0]);
+  ["item", "source word", "target word", "voice", "recognised", "transcript", ...names, "source clip", "target clip"]
+    .forEach(n => head.appendChild(cellText("th", n)));
+  table.appendChild(head);
+  const I = D.items;
+  for (const k of shown) {
+    const i = cell.item[k], row = document.createElement("tr");
+    [I.item_id[i], I.source_word[i], I.target_word[i], I.voice[i], I.recognised[i] ? "yes" : "no",
+     D.transcripts[cell.transcript[k]], ...names.map(m => cell[m][k] === null ? "" : cell[m][k])]
+      .forEach(v => row.appendChild(cellText("td", v)));
+    const window = cell.window ? cell.window[k] : null;
+    if (I.source_clip) row.append(clip(I.source_clip[i], I.source_frames[i], window),
+                                  clip(I.target_clip[i], I.target_frames[i], window));
+    table.appendChild(row);
+  }
+  out.appendChild(table);
+  if (shown.length < picked.length) {
+    const more = cellText("button", `show all ${picked.length} items`);
+    more.onclick = () => showCell(s, t, true);
+    out.appendChild(more);
+  }
+}
+measure.onchange = draw; group.onchange = draw;
+draw();
+plot.on("plotly_click", event => showCell(event.points[0].y, event.points[0].x, false));

@@ -66,7 +66,6 @@ def test_wpatch_command_predict_report_compare_and_help(tmp_path, small_model_pa
     out = tmp_path / "out"
     wpatch(["predict", *args(tmp_path, small_model_path, out)])
     before = json.loads((out / "summary.json").read_text())
-    (out / "summary.json").unlink()
     (out / "cells.csv").unlink()
     wpatch(["report", str(out)])
     after = json.loads((out / "summary.json").read_text())

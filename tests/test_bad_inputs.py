@@ -406,6 +406,53 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         )
     assert not (shards / "all").exists()
 
+    # provenance: a table edited since its run wrote it, a folder that is no finished run
+    edited = shards / "edited"
+    shutil.copytree(shards / "s1", edited)
+    table = (edited / "predictions.csv").read_text().splitlines(keepends=True)
+    (edited / "predictions.csv").write_text("".join([*table[:2], table[2].replace(",False,", ",True,", 1), *table[3:]]))
+    deleted = shards / "deleted"
+    shutil.copytree(shards / "s1", deleted)
+    (deleted / "predictions.csv").write_text("".join([*table[:2], *table[3:]]))
+    (shards / "whole" / "summary.json").unlink()  # as if killed while its tables were written
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wpatch",
+            "merge",
+            str(shards / "s0"),
+            str(shards / "s1"),
+            "--out",
+            str(shards / "half"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "WPATCH_FAULT": "tables:SIGKILL"},
+        capture_output=True,
+    )
+    assert killed.returncode == -9 and (shards / "half" / "predictions.csv").exists()
+    for label, arguments, expect in (
+        ("`wpatch report` on a run whose predictions.csv has a value changed", ["report", "edited"], "row 2 (line 3"),
+        ("`wpatch report` on a run whose predictions.csv lost a row", ["report", "deleted"], "row 2 is missing"),
+        ("`wpatch compare` with a run whose predictions.csv was edited", ["compare", "s0", "edited"], "row 2"),
+        (
+            "`wpatch merge` of a shard whose predictions.csv was edited",
+            ["merge", "s0", "edited", "--out", "m"],
+            "row 2",
+        ),
+        ("`wpatch report` on a run killed while its tables were written", ["report", "whole"], "resume"),
+        ("`wpatch report` on a merge killed midway", ["report", "half"], "finish it with wpatch merge"),
+    ):
+        refused(
+            label,
+            lambda d, arguments=arguments: [
+                a if a in ("report", "compare", "merge", "--out") else str(d / a) for a in arguments
+            ],
+            at=shards,
+            command=wpatch,
+            expect=expect,
+        )
+    assert not (shards / "m").exists() and not (shards / "half" / "summary.json").exists()
+
     # warnings: the run goes on, and says what it used
     d = tmp_path / "warned"
     d.mkdir()
@@ -448,6 +495,8 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
     out, notes = capsys.readouterr()
     notes = notes.strip().splitlines()
     assert notes == [
+        f"wpatch: note: {other}/predictions.csv cannot be checked for edits: the run kept no record of it "
+        "(predictions.json; runs made before it was kept have none)",
         "wpatch: note: the runs differ in layer pairs: 8 shared, 1 only in A (2->2), 0 only in B; comparing the "
         "shared ones",
         "wpatch: note: the runs differ in items: 1 shared, 1 only in A (p00000 b->a yellow->hello hibari), 0 only "
@@ -455,7 +504,12 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         "wpatch: note: the runs differ in cells: 8 shared, 1 only in A, 0 only in B; comparing the shared ones",
     ], notes
     assert len(out.strip().splitlines()) == 1 + 8  # header and the shared cells
-    rows += [table_row("`wpatch compare` on runs of other layer pairs or items (exit 0)", 0, n, d) for n in notes]
+    rows.append(
+        table_row(
+            "`wpatch compare` of a table no run recorded (made by hand, or before runs recorded it)", 0, notes[0], d
+        )
+    )
+    rows += [table_row("`wpatch compare` on runs of other layer pairs or items (exit 0)", 0, n, d) for n in notes[1:]]
 
     cache = ClipCache(tmp_path / "cache", make_backend("espeak"))
     clip = cache.get("bat", "en")

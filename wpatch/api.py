@@ -185,13 +185,15 @@ def read_table(path: Path) -> pd.DataFrame:
 @dataclass
 class Run:
     """A run read back: `rows` (predictions.csv), `summary` (summary.json), `matrices` (matrices.csv: group,
-    measure, s, t, mean, low, high, n), `cells` (cells.csv) and its `path`. `rows, summary = run` still works."""
+    measure, s, t, mean, low, high, n), `cells` (cells.csv), its `path`, and `edited` (what differs from the table
+    the run wrote, when it was loaded with `allow_edited=True`; else None). `rows, summary = run` still works."""
 
     path: Path
     rows: pd.DataFrame = field(repr=False)
     summary: dict = field(repr=False)
     matrices: pd.DataFrame = field(repr=False)
     cells: pd.DataFrame = field(repr=False)
+    edited: str | None = None
 
     def __iter__(self):
         """The older `(rows, summary)` form of `load_run`."""
@@ -217,10 +219,15 @@ class Run:
         return write_report_html(self.path, self.rows, self.summary)
 
 
-def load_run(folder) -> Run:
-    """A run read back as a `Run`; a folder that holds none is refused (`WpatchError`, saying what it is)."""
+def load_run(folder, allow_edited: bool = False) -> Run:
+    """A run read back as a `Run`; a folder that holds none is refused (`WpatchError`, saying what it is), and so
+    is a predictions.csv edited since the run wrote it (naming the first row that differs), unless `allow_edited`
+    (then `Run.edited` says what differs). A run made before its table was recorded loads with a note that it
+    cannot be checked."""
     from wpatch.analysis.tables import load_run as rows_and_summary
+    from wpatch.run.table import check_table
 
     folder = Path(folder)
+    edited = check_table(folder, allow_edited, allow="allow_edited=True")
     rows, summary = rows_and_summary(folder)
-    return Run(folder, rows, summary, read_table(folder / "matrices.csv"), read_table(folder / "cells.csv"))
+    return Run(folder, rows, summary, read_table(folder / "matrices.csv"), read_table(folder / "cells.csv"), edited)

@@ -38,8 +38,9 @@ from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 from wpatch.models.loading import check_languages, model_dims, multilingual
 from wpatch.patching.module import PatchingModule, check_precision
-from wpatch.run.folder import RunStopped, check_writable
+from wpatch.run.folder import RunStopped, check_writable, code_version
 from wpatch.run.progress import ItemProgressBar
+from wpatch.run.table import check_table
 from wpatch.run.writer import PatchingResultsWriter
 from wpatch.stimuli.pairs_file import pairs_path, read_pairs
 from wpatch.stimuli.screening import screen_summary
@@ -232,26 +233,31 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def report(run_dir: str) -> dict:
-    """`wpatch report RUN_DIR`: the analysis and figures again from the run's predictions.csv (the settings kept
-    from its summary.json, or run.json when it has none); returns the summary."""
-    from wpatch.analysis.summary import SUMMARY_PARTS, analyse
-    from wpatch.analysis.tables import load_run
+def report(run_dir: str, allow_edited: bool = False) -> dict:
+    """`wpatch report RUN_DIR`: the analysis and figures again from a finished run's predictions.csv, checked
+    against what the run wrote (`wpatch.run.table`; an edited table only with `allow_edited`, and then the summary
+    and report say so), the settings and everything the run recorded kept from its summary.json, with
+    `reanalysed` (code version, time) added; returns the summary. A folder that is not a finished run (no
+    summary.json) is refused: its run or merge finishes it."""
+    from wpatch.analysis.summary import RUN_PARTS, SUMMARY_PARTS, analyse
+    from wpatch.analysis.tables import load_run, not_a_run
 
     folder = Path(run_dir)
+    if not (folder / "summary.json").is_file():
+        raise WpatchError(not_a_run(folder))
+    edited = check_table(folder, allow_edited)
     rows, old = load_run(folder)
-    if not old and (folder / "run.json").exists():
-        old = json.loads((folder / "run.json").read_text()).get("settings", {})
     settings = {k: v for k, v in old.items() if k not in SUMMARY_PARTS}
-    extra_parts = ("wall_time_s", "clip_cache", "screening", "silent_clips", "word_frames", "shard_items", "model_card")
-    extra = {k: old[k] for k in extra_parts if k in old}
-    return analyse(rows, folder, settings, extra)
+    extra = {k: v for k, v in old.items() if k in RUN_PARTS}
+    extra["reanalysed"] = {"code_version": code_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return analyse(rows, folder, {"edited": edited, **settings} if edited else settings, extra)
 
 
-def analyse_again(command: str, rest: list[str]) -> None:
-    """`wpatch report RUN_DIR` or `wpatch compare RUN_A RUN_B [RUN ...] [--out FILE]` (the arguments checked)."""
+def analyse_again(command: str, rest: list[str], allow_edited: bool = False) -> None:
+    """`wpatch report RUN_DIR` or `wpatch compare RUN_A RUN_B [RUN ...] [--out FILE]` (the arguments checked), each
+    table checked against what its run wrote (an edited one only with `allow_edited`)."""
     if command == "report":
-        summary = report(rest[0])
+        summary = report(rest[0], allow_edited)
         print(f"{len(summary.get('groups', {}))} groups summarised; {Path(rest[0]).resolve()}")
         return
     from wpatch.analysis import compare_runs, depth_figure, depth_profiles
@@ -259,6 +265,9 @@ def analyse_again(command: str, rest: list[str]) -> None:
     from wpatch.analysis.figures import save_figure
 
     runs, out = (rest[:-2], rest[-1]) if "--out" in rest else (rest, None)
+    for run in runs:
+        if edited := check_table(run, allow_edited):
+            print(f"wpatch: note: compared as edited (--allow-edited): {edited}", file=sys.stderr)
     models = [run_model(run) for run in runs]
     depths = [" + ".join(f"{d} {stack}" for stack, d in depth.items()) for depth, _ in models]
     if len(runs) == 2 and models[0][0] == models[1][0]:
@@ -379,10 +388,11 @@ def merge_shards(args: list[str]) -> None:
 
     parser = argparse.ArgumentParser(prog="wpatch merge", description="The runs of a run's shards as the whole run.")
     parser.add_argument("shards", nargs="+", help="the finished run folders of shards 0/N .. N-1/N, in any order")
-    parser.add_argument("--out", required=True, help="the merged run's folder (new or empty)")
+    parser.add_argument("--out", required=True, help="the merged run's folder (new or empty, or its own to finish)")
+    parser.add_argument("--allow-edited", action="store_true", help="merge shards whose tables were edited (say so)")
     options = parser.parse_args(args)
     try:
-        summary = merge(options.shards, options.out)
+        summary = merge(options.shards, options.out, options.allow_edited)
     except WpatchError as error:
         print(f"wpatch: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -401,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
         "  compare RUN_A RUN_B [RUN ...] [--out F]  cell-by-cell differences of two runs, with 95% intervals; runs\n"
         "                                 of different depth (or more than two) on relative depth, with a figure\n"
         "  merge SHARD_RUN... --out RUN   the finished runs of a run's shards (--data.shard I/N) as the whole run\n"
+        "  (report, compare, merge: --allow-edited analyses a predictions.csv edited since its run wrote it)\n"
         "  screen ...                     which clean clips the model recognises (--help lists its options)\n"
         "  stimuli CORPUS_DIR --out F     a pairs file from a corpus folder or aligned recordings (--help)\n"
         "  benchmark ...                  speed of the patching modes (scripts/benchmark.py)"
@@ -409,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
         print(usage)
         return
     command, rest = argv[0], argv[1:]
+    allow_edited = command in ("report", "compare") and "--allow-edited" in rest
+    if allow_edited:
+        rest = [arg for arg in rest if arg != "--allow-edited"]
     if command == "predict":
         predict(rest, ["wpatch", "predict"])
     elif (command == "report" and len(rest) == 1) or (command == "compare" and len(rest) >= 2):
@@ -417,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
             print(usage, file=sys.stderr)
             sys.exit(2)
         try:
-            analyse_again(command, rest)
+            analyse_again(command, rest, allow_edited)
         except WpatchError as error:
             print(f"wpatch: error: {error}", file=sys.stderr)
             sys.exit(2)

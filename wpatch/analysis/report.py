@@ -14,7 +14,8 @@ from wpatch.sites import BLOCK_OUT
 
 def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
     """A one-page report of a run (`report.md`, images from `figures/`): settings, data card, recognition, the
-    main matrices side by side on shared colour scales, sanity checks."""
+    main matrices side by side on shared colour scales, sanity checks; its first line says so when the table was
+    edited after the run wrote it (`edited`)."""
     groups = summary["groups"]
     keys = (
         "model",
@@ -107,7 +108,12 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
         f"- effect defined (clean runs separate the words by min_separation) on "
         f"{rows['effect_valid'].mean():.0%} of rows"
     )
-    return "\n".join(lines) + "\n"
+    notice = (
+        [f"> **Not the run's table**: `{summary['edited']}`; analysed as edited (`--allow-edited`).", ""]
+        if summary.get("edited")
+        else []
+    )
+    return "\n".join(notice + lines) + "\n"
 
 
 def condition_section(rows: pd.DataFrame, summary: dict) -> list[str]:

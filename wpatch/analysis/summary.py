@@ -140,4 +140,17 @@ SUMMARY_PARTS = (
     "voice_spread",
     "environment",
     "model_card",
+    "reanalysed",
+    "edited",
 )  # what `analyse` adds to the settings
+# what the run recorded besides its settings, kept by `wpatch report` (which adds `reanalysed`)
+RUN_PARTS = (
+    "wall_time_s",
+    "clip_cache",
+    "screening",
+    "silent_clips",
+    "word_frames",
+    "shard_items",
+    "environment",
+    "model_card",
+)

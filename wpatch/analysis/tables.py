@@ -159,15 +159,29 @@ def read_matrix(matrices: pd.DataFrame, measure: str, group: str = "all", value:
 
 
 def not_a_run(folder: Path) -> str:
-    """Why `folder` holds no run to read back (it has no predictions.csv), and the way out."""
+    """Why `folder` holds no finished run (it has no predictions.csv, or no summary.json: the run or merge did not
+    finish), and the way out."""
     if not folder.exists():
         return f"run folder {folder} does not exist; give the --writer.output_dir of a finished run"
     if not folder.is_dir():
         return f"{folder} is a file, not a run folder; give the --writer.output_dir of a finished run"
+    missing = "no summary.json" if (folder / "predictions.csv").is_file() else "no predictions.csv yet"
+    try:
+        merged_from = json.loads((folder / "run.json").read_text()).get("merged_from")
+    except (OSError, ValueError, AttributeError):
+        merged_from = None
+    if merged_from:
+        shards = " ".join(map(str, merged_from))
+        return (
+            f"run folder {folder} holds an unfinished merge ({missing}); finish it with wpatch merge {shards} --out "
+            f"{folder}"
+        )
     if (folder / "run.json").exists() or (folder / "parts").is_dir():
         config = folder / "config.yaml"
         how = f"wpatch predict --config {config} --writer.resume true" if config.exists() else "--writer.resume true"
-        return f"run folder {folder} holds an unfinished run (no predictions.csv yet); finish it with {how}"
+        return f"run folder {folder} holds an unfinished run ({missing}); finish it with {how}"
+    if (folder / "predictions.csv").is_file():
+        return f"{folder} holds no finished run (no summary.json, no run.json); give the --writer.output_dir of one"
     return f"{folder} is not a wpatch run (no predictions.csv); give the --writer.output_dir of a finished run"
 
 

@@ -20,6 +20,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,6 +108,14 @@ def claim_folder(folder: Path):
     lock.write(str(os.getpid()))
     lock.flush()
     return lock
+
+
+def remove_partials(*folders: Path) -> None:
+    """Remove what a killed process left half-written (`.*.partial`, see `wpatch.atomic`) in `folders`; only for
+    the holder of the folder's lock, which says that no other process is writing."""
+    for folder in folders:
+        for stale in folder.glob(".*.partial"):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
 def file_sha256(path: Path) -> str:

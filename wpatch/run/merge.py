@@ -6,9 +6,12 @@ map's passes are the same: see docs/clusters.md).
 The shards are checked first, each problem one line naming the shard: every one finished (summary.json), every
 one a shard of the same N with every other setting of run.json equal (batch size, devices and other `MAY_CHANGE`
 settings may differ: they never change a row), each index 0..N-1 exactly once, no item in two shards, and all of
-them together holding every item of the run. The merged run's rows are the shards' rows in item order; its
+them together holding every item of the run, and each shard's predictions.csv as the shard wrote it
+(`wpatch.run.table`). The merged run's rows are the shards' rows in item order; its
 summary.json is the whole run's, with `shard` null, `wall_time_s` and `clip_cache` summed over the shards and the
 environment and model card of the first; its run.json keeps every shard's sessions and names the shards (`merged_from`).
+The merged run's run.json is written first: a merge stopped midway is started again by the same merge into its
+folder (`own_folder`), and until its summary.json is written the folder is no finished run.
 """
 
 import json
@@ -22,7 +25,8 @@ from wpatch.analysis.tables import read_rows
 from wpatch.atomic import atomic_path, write_atomically
 from wpatch.errors import WpatchError
 from wpatch.run.attributions import merge_shard_attributions, shard_maps
-from wpatch.run.folder import LOCK, claim_folder
+from wpatch.run.folder import LOCK, claim_folder, remove_partials
+from wpatch.run.table import check_table, record_table
 
 
 def read_shard(folder: Path) -> tuple[dict, dict]:
@@ -112,27 +116,51 @@ def merged_summary(summaries: list[dict]) -> tuple[dict, dict]:
     return settings, extra
 
 
-def merge(shards: list[str], out: str) -> dict:
-    """Check the shards' runs and write the whole run into `out` (a new or empty folder); returns its summary."""
+def own_folder(output: Path, folders: list[Path]) -> bool:
+    """Whether `output` may take the merge of `folders`: it is new, empty (but for a lock), or this merge's own
+    unfinished folder (its run.json, written first, names these shards and it has no summary.json yet: the
+    merge was stopped and starts again). Any other folder with files is refused."""
+    if not output.is_dir() or not any(path.name != LOCK for path in output.iterdir()):
+        return True
+    try:
+        merged_from = json.loads((output / "run.json").read_text())["merged_from"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if sorted(Path(name).resolve() for name in merged_from) != sorted(folder.resolve() for folder in folders):
+        return False
+    if (output / "summary.json").exists():
+        raise WpatchError(
+            f"output directory {output} already holds the finished merge of these shards; choose a new or empty "
+            "folder for --out"
+        )
+    return True
+
+
+def merge(shards: list[str], out: str, allow_edited: bool = False) -> dict:
+    """Check the shards' runs (and their tables against what each wrote: an edited one is refused unless
+    `allow_edited`) and write the whole run into `out` (a new or empty folder, or this merge's own unfinished
+    one, which it starts again); returns its summary."""
     folders = [Path(folder) for folder in shards]
     runs, summaries = zip(*(read_shard(folder) for folder in folders))
     check_shards(folders, list(runs), list(summaries))
     order = sorted(range(len(folders)), key=lambda i: summaries[i]["shard_items"]["index"])
     folders, runs, summaries = [folders[i] for i in order], [runs[i] for i in order], [summaries[i] for i in order]
+    edits = [edit for folder in folders if (edit := check_table(folder, allow_edited))]
     rows = shard_rows(folders, summaries)
     maps = shard_maps(folders)  # an attribution-map run's (`--model.method atp`)
     output = Path(out)
-    if output.is_dir() and any(path.name != LOCK for path in output.iterdir()):
+    if not own_folder(output, folders):
         raise WpatchError(f"output directory {output} is not empty; choose a new or empty folder for --out")
     lock = claim_folder(output)
     try:
+        remove_partials(output, output / "figures")  # a stopped merge's, started again
         settings, extra = merged_summary(summaries)
         record = {
             "settings": {**runs[0]["settings"], "shard": None},
             "sessions": [session for run in runs for session in run["sessions"]],
             "merged_from": [str(folder) for folder in folders],
         }
-        write_atomically(output / "run.json", json.dumps(record, indent=2, default=str) + "\n")
+        write_atomically(output / "run.json", json.dumps(record, indent=2, default=str) + "\n")  # first: the mark
         config = folders[0] / "config.yaml"
         if config.is_file():
             text = re.sub(r"(?m)^(\s*shard:).*$", r"\1 null", config.read_text(), count=1)
@@ -140,8 +168,10 @@ def merge(shards: list[str], out: str) -> dict:
             write_atomically(output / "config.yaml", text)
         with atomic_path(output / "predictions.csv") as partial:
             rows.to_csv(partial, index=False)
+        edited = "; ".join(edits) or None
+        record_table(output, edited)
         if maps:
             merge_shard_attributions(maps, output)
-        return analyse(rows, output, settings, extra)
+        return analyse(rows, output, {"edited": edited, **settings} if edited else settings, extra)
     finally:
         lock.close()

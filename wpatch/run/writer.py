@@ -7,7 +7,6 @@ into `predictions.csv` (checked: every item x patch exactly once) and hands the 
 `wpatch.analysis.analyse` (matrices, heatmaps, `cells.csv`, TensorBoard, `report.md`, then `summary.json`).
 """
 
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -27,9 +26,10 @@ from wpatch.faults import fault_point
 from wpatch.rows import ROW_COLUMNS
 from wpatch.run.attributions import merge_attributions, write_attribution_part
 from wpatch.run.clips import copy_clips
-from wpatch.run.folder import STOP, StopOnSignal, check_writable, claim_folder, record_run
+from wpatch.run.folder import STOP, StopOnSignal, check_writable, claim_folder, record_run, remove_partials
 from wpatch.run.parts import finished_items, part_problem, verified_parts, write_part
 from wpatch.run.settings import environment, run_settings, session, summary_settings
+from wpatch.run.table import record_table
 
 
 class PatchingResultsWriter(BasePredictionWriter):
@@ -81,9 +81,7 @@ class PatchingResultsWriter(BasePredictionWriter):
                     "--writer.resume true to continue it, or choose another directory"
                 )
             (self.output_dir / STOP).unlink(missing_ok=True)  # an earlier session's stop, not this one's
-            for folder in (self.output_dir, self.parts, self.output_dir / "figures", self.output_dir / "clips"):
-                for stale in folder.glob(".*.partial"):  # left by a killed process; the lock says none is writing
-                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            remove_partials(self.output_dir, self.parts, self.output_dir / "figures", self.output_dir / "clips")
             settings = run_settings(pl_module, datamodule, trainer.precision)
             record_run(self.output_dir, settings, session(trainer, pl_module, datamodule, len(done)), self.resume)
             verified_parts(self.parts, repair=True)
@@ -214,6 +212,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         with atomic_path(self.output_dir / "predictions.csv") as partial:
             rows.to_csv(partial, index=False)
             fault_point("merging")
+        record_table(self.output_dir)  # what `wpatch report` and `load_run` check the table against
         merge_attributions(self.parts, self.output_dir, set(rows["item_id"].tolist()))
         fault_point("merged")
 

@@ -11,6 +11,7 @@ A recorded word heard in its recording's context (`wpatch.stimuli.contexts`; `wp
 """
 
 import logging
+import math
 from importlib.resources import files
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pandas as pd
 import soundfile
 
 from wpatch.errors import WpatchError
-from wpatch.text import normalise
+from wpatch.text import before, normalise, scored_word, tokenizer_for, word_tokens
 
 DATA = Path(str(files("wpatch") / "data"))
 PACKAGED = {  # names that --data.pairs_file accepts besides paths
@@ -74,20 +75,22 @@ def recording_seconds(path: Path) -> float:
         return 0.0
 
 
-def check_span(path: Path, line: int, side: str, audio: Path, start: str, end: str, seconds: float) -> None:
-    """Refuse a word span that is not a number pair, is empty, lies outside its recording (`seconds` long, 0 when
-    it cannot be decoded) or is longer than Whisper hears."""
-    where = f"pairs file {path} line {line}: audio_{side} {audio}"
+def check_span(where: str, start: str | float, end: str | float, seconds: float, names=("start", "end")) -> None:
+    """Refuse a word span (`names`: what the file calls its start and end) that is not two finite numbers, is
+    empty, lies outside its recording (`seconds` long, 0 when it cannot be decoded) or is longer than Whisper hears;
+    `where` names the file, line and recording."""
     try:
         begin, stop = float(start), float(end)
     except ValueError:
+        begin = stop = math.nan
+    if not (math.isfinite(begin) and math.isfinite(stop)):
         raise WpatchError(
-            f"{where}: span start_{side}={start!r} end_{side}={end!r} is not two numbers; give both, in seconds"
-        ) from None
+            f"{where}: span {names[0]}={start!r} {names[1]}={end!r} is not two numbers; give both, in seconds"
+        )
     if not seconds:
         raise WpatchError(f"{where} cannot be decoded; convert it to wav or flac (e.g. ffmpeg -i in.opus out.wav)")
     if stop <= begin:
-        raise WpatchError(f"{where}: the span {begin:g}-{stop:g} s is empty; end_{side} must be after start_{side}")
+        raise WpatchError(f"{where}: the span {begin:g}-{stop:g} s is empty; {names[1]} must be after {names[0]}")
     if begin < 0 or stop > seconds + 1e-3:
         raise WpatchError(
             f"{where}: the span {begin:g}-{stop:g} s lies outside the recording (0-{seconds:.3f} s); fix the span"
@@ -252,7 +255,9 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
                     )
                 seconds = recording_seconds(audio)
                 if row[f"start_{side}"] or row[f"end_{side}"]:
-                    check_span(path, line, side, audio, row[f"start_{side}"], row[f"end_{side}"], seconds)
+                    where = f"pairs file {path} line {line}: audio_{side} {audio}"
+                    names = (f"start_{side}", f"end_{side}")
+                    check_span(where, row[f"start_{side}"], row[f"end_{side}"], seconds, names)
                 if row[f"context_{side}"]:
                     clip = check_context(path, line, side, row, seconds)
                     pairs.loc[index, [f"context_start_{side}", f"context_end_{side}"]] = clip
@@ -276,6 +281,35 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
         dup = pairs["pair_id"][pairs["pair_id"].duplicated()].iloc[0]
         raise WpatchError(f"pairs file {path}: pair_id {dup!r} appears twice; make pair ids unique")
     return pairs.reset_index(drop=True)
+
+
+def check_word_tokens(pairs: pd.DataFrame, dims, path, language: str | None = None) -> None:
+    """Refuse a row whose word, read as the decoder scores it (after the forced transcript start and, in a
+    carrier sentence or a recording's context, the words before it: `wpatch.text.scored_word`), passes the
+    decoder's `dims.n_text_ctx`-token context; each side's word is read in both sides' texts. `language`: the
+    run's decoding language (None: each word's own)."""
+    tokenizers, lengths = {}, {}
+
+    def length(lang: str, text: str, context: str) -> int:
+        if (lang, text, context) not in lengths:
+            if lang not in tokenizers:
+                tokenizers[lang] = tokenizer_for(dims, language or lang)
+            word = scored_word(tokenizers[lang], word_tokens(tokenizers[lang], text), before(context))
+            lengths[lang, text, context] = len(word.prefix) + max(map(len, word.forms))
+        return lengths[lang, text, context]
+
+    for index, row in pairs.iterrows():
+        contexts = [row[f"context_{side}"] or row["carrier"] for side in "ab"]
+        for side in "ab":
+            word = row[f"word_{side}"]
+            longest = max(length(row[f"lang_{side}"], word, context) for context in contexts)
+            if longest > dims.n_text_ctx:
+                shown = repr(word) if len(word) <= 40 else f"{word[:40]!r}... ({len(word)} characters)"
+                raise WpatchError(
+                    f"pairs file {path} line {index + 2}: word_{side} {shown} is read as {longest} tokens (with the "
+                    f"transcript start and the words before it), more than the decoder's {dims.n_text_ctx}-token "
+                    "context; give a word (or carrier) that fits"
+                )
 
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from wpatch.errors import WpatchError
+from wpatch.errors import WpatchError, inline
 
 RESAVE = "save it from Praat or the aligner again"
 TOKEN = re.compile(r'"(?:[^"]|"")*"|"|<[^<>\s]*>|![^\n]*|[^\s"]+')
@@ -114,7 +114,7 @@ class Reader:
 
 def shown(token: Token) -> str:
     """A token as the file has it, shortened."""
-    text = f"{token.value:g}" if token.kind == "number" else token.value
+    text = f"{token.value:g}" if token.kind == "number" else inline(token.value)
     text = text if len(text) <= 40 else text[:40] + "..."
     return f'"{text}"' if token.kind == "string" else text
 

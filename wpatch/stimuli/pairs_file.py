@@ -12,13 +12,14 @@ A recorded word heard in its recording's context (`wpatch.stimuli.contexts`; `wp
 
 import logging
 import math
+import warnings
 from importlib.resources import files
 from pathlib import Path
 
 import pandas as pd
 import soundfile
 
-from wpatch.errors import WpatchError
+from wpatch.errors import WpatchError, inline
 from wpatch.text import before, normalise, scored_word, tokenizer_for, word_tokens
 
 DATA = Path(str(files("wpatch") / "data"))
@@ -60,6 +61,15 @@ CONTEXT_COLUMNS = [f"{column}_{side}" for side in "ab" for column in ("context",
 
 
 MAX_SECONDS = 30.0  # Whisper hears the first 30 s of a clip
+
+
+def readable_path(path: Path) -> bool:
+    """The system can look the path up (not too long, no character it refuses)."""
+    try:
+        path.exists()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def pairs_path(path: str | Path | None) -> Path:
@@ -165,6 +175,25 @@ def check_context(path: Path, line: int, side: str, row: pd.Series, seconds: flo
     return start, end
 
 
+def csv_cells(path: Path) -> pd.DataFrame:
+    """A pairs CSV's cells as text; a first row with more fields than the header is refused (pandas would take its
+    first fields for an index and shift the rest into the wrong columns), and so is any CSV pandas cannot read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
+        except pd.errors.ParserWarning:
+            raise WpatchError(
+                f"pairs file {path}: its first row has more fields than its header; quote a value that holds a "
+                "comma, or name every column in the header"
+            ) from None
+        except Exception as error:
+            raise WpatchError(
+                f"pairs file {path} is not a readable CSV ({' '.join(str(error).split())}); save it as "
+                "comma-separated UTF-8"
+            ) from None
+
+
 def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.DataFrame:
     """The checked pairs table, first `limit` rows; `path` is a CSV or a packaged set's name (None: starter)."""
     path = pairs_path(path)
@@ -172,12 +201,7 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
         raise WpatchError(
             f"pairs file {path} does not exist; pass a CSV with columns word_a,word_b or one of {', '.join(PACKAGED)}"
         )
-    try:
-        pairs = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except Exception as error:
-        raise WpatchError(
-            f"pairs file {path} is not a readable CSV ({error}); save it as comma-separated UTF-8"
-        ) from None
+    pairs = csv_cells(path)
     missing = [c for c in REQUIRED if c not in pairs.columns]
     if missing:
         raise WpatchError(f"pairs file {path} lacks column {missing[0]!r}; its header must name word_a and word_b")
@@ -243,27 +267,28 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
             if row[f"audio_{side}"]:
                 audio = Path(row[f"audio_{side}"])
                 audio = audio if audio.is_absolute() else path.parent / audio
+                if not readable_path(audio):
+                    raise WpatchError(
+                        f"pairs file {path} line {line}: audio_{side} {inline(row[f'audio_{side}'][:60])} is no path "
+                        "this system can open (too long, or a character it refuses); give the recording's path"
+                    )
+                named = f"pairs file {path} line {line}: audio_{side} {inline(str(audio))}"
                 if audio.is_dir():
                     raise WpatchError(
-                        f"pairs file {path} line {line}: audio_{side} {audio} is a directory, not an audio file; give "
-                        "the recording's own path (wav, flac or mp3)"
+                        f"{named} is a directory, not an audio file; give the recording's own path (wav, flac or mp3)"
                     )
                 if not audio.is_file():
-                    raise WpatchError(
-                        f"pairs file {path} line {line}: audio_{side} {audio} does not exist; fix the path or leave "
-                        "it empty to synthesise"
-                    )
+                    raise WpatchError(f"{named} does not exist; fix the path or leave it empty to synthesise")
                 seconds = recording_seconds(audio)
                 if row[f"start_{side}"] or row[f"end_{side}"]:
-                    where = f"pairs file {path} line {line}: audio_{side} {audio}"
                     names = (f"start_{side}", f"end_{side}")
-                    check_span(where, row[f"start_{side}"], row[f"end_{side}"], seconds, names)
+                    check_span(named, row[f"start_{side}"], row[f"end_{side}"], seconds, names)
                 if row[f"context_{side}"]:
                     clip = check_context(path, line, side, row, seconds)
                     pairs.loc[index, [f"context_start_{side}", f"context_end_{side}"]] = clip
                 elif seconds > MAX_SECONDS:
                     raise WpatchError(
-                        f"pairs file {path} line {line}: audio_{side} {audio} is {seconds:.1f} s long and Whisper "
+                        f"{named} is {seconds:.1f} s long and Whisper "
                         f"hears only the first {MAX_SECONDS:.0f} s; trim it to the word"
                     )
                 pairs.at[index, f"audio_{side}"] = str(audio.resolve())
@@ -275,7 +300,7 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
         first = pairs.index[(pairs[stimulus] == pairs.loc[index, stimulus]).all(axis=1)][0]
         raise WpatchError(
             f"pairs file {path} line {index + 2} repeats line {first + 2} "
-            f"({pairs.at[index, 'word_a']},{pairs.at[index, 'word_b']}); drop the duplicate row"
+            f"({inline(pairs.at[index, 'word_a'])},{inline(pairs.at[index, 'word_b'])}); drop the duplicate row"
         )
     if pairs["pair_id"].duplicated().any():
         dup = pairs["pair_id"][pairs["pair_id"].duplicated()].iloc[0]

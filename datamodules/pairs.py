@@ -27,7 +27,7 @@ from wpatch.stimuli.audio import load_audio
 from wpatch.stimuli.carriers import ALIGNMENT, sentence, word_frames
 from wpatch.stimuli.contexts import RECORDED, recorded_frames
 from wpatch.stimuli.melcache import MelStore
-from wpatch.stimuli.pairs_file import pairs_path, patch_items, read_pairs, silent_clips
+from wpatch.stimuli.pairs_file import check_word_tokens, pairs_path, patch_items, read_pairs, silent_clips
 from wpatch.stimuli.screening import SCREEN_COLUMNS, cached_screen
 from wpatch.stimuli.spans import cut_span
 from wpatch.stimuli.tts import ClipCache, make_backend, parse_speaker
@@ -154,8 +154,11 @@ class PairDataModule(L.LightningDataModule):
         ]
 
     def _read_items(self):
-        """The patching items, repeated once per voice, numbered 0..n-1."""
-        items = patch_items(read_pairs(self.hparams.pairs_file, self.hparams.limit), self.hparams.bidirectional)
+        """The patching items, repeated once per voice, numbered 0..n-1; a word the model's decoder cannot read
+        is refused before any clip is made."""
+        pairs = read_pairs(self.hparams.pairs_file, self.hparams.limit)
+        check_word_tokens(pairs, model_dims(self.hparams.model), pairs_path(self.hparams.pairs_file))
+        items = patch_items(pairs, self.hparams.bidirectional)
         items = pd.concat([items.assign(voice=name) for name in self.clips], ignore_index=True)
         items["item_id"] = range(len(items))
         return items

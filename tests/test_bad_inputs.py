@@ -266,7 +266,7 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
     refused(
         "`wpatch stimuli`: an aligned word that no 30 s clip can hold",
         long_word,
-        expect="the word 'bed' at 0.5-31.5 s cannot be heard in context",
+        expect="CTM D/corpus/take.ctm line 1: word 'bed' in D/corpus/take.wav: the span 0.5-31.5 s is longer than",
         command=wpatch,
     )
 
@@ -285,6 +285,61 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
     refused(
         "`wpatch stimuli --words` with a word the alignments lack", corpus_word, expect="no word 'bard'", command=wpatch
     )
+
+    # stimuli: alignment files that do not parse completely, spans no clip can hold, words the decoder cannot read
+    def aligned(name: str, text: str | bytes, seconds: float = 2.0):
+        def make(d):
+            (d / "corpus").mkdir()
+            soundfile.write(d / "corpus" / "take.wav", np.zeros(round(seconds * 16000), np.float32), 16000)
+            (d / "corpus" / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+            return ["stimuli", str(d / "corpus"), "--out", str(d / "pairs.csv")]
+
+        return make
+
+    grid = (
+        'File type = "ooTextFile"\nObject class = "TextGrid"\n\nxmin = 0\nxmax = 2\ntiers? <exists>\nsize = 1\n'
+        'item []:\n    item [1]:\n        class = "IntervalTier"\n        name = "words"\n        xmin = 0\n'
+        "        xmax = 2\n        intervals: size = 3\n"
+        + "".join(
+            f"        intervals [{i}]:\n            xmin = {a}\n            xmax = {b}\n            text = {t}\n"
+            for i, (a, b, t) in enumerate([(0, 0.5, '"bed"'), (0.5, 1, '"bird"'), (1, 2, '""')], 1)
+        )
+    )
+    for label, make, expect in (
+        (
+            "`wpatch stimuli`: a TextGrid cut short",
+            aligned("take.TextGrid", grid[: grid.index("            xmax = 2")]),
+            "TextGrid D/corpus/take.TextGrid ends at line 24 where an interval's end should follow: it is cut short",
+        ),
+        (
+            "`wpatch stimuli`: an aligned word with a negative start",
+            aligned("take.ctm", "take 1 0.1 0.3 bed\ntake 1 -0.5 0.3 bird\n"),
+            "line 2: word 'bird' in D/corpus/take.wav: the span -0.5--0.2 s lies outside the recording (0-2.000 s)",
+        ),
+        (
+            "`wpatch stimuli`: an aligned word past its recording's end",
+            aligned("take.ctm", "take 1 0.1 0.3 bed\ntake 1 1.8 0.4 bird\n"),
+            "line 2: word 'bird' in D/corpus/take.wav: the span 1.8-2.2 s lies outside the recording",
+        ),
+        (
+            "`wpatch stimuli`: an aligned word 600 s long",
+            aligned("take.ctm", "take 1 0.1 0.3 bed\ntake 1 1 600 bird\n", seconds=700),
+            "line 2: word 'bird' in D/corpus/take.wav: the span 1-601 s is longer than the 30 s Whisper hears",
+        ),
+        (
+            "`wpatch stimuli`: a CTM saved in Latin-1",
+            aligned("take.ctm", "take 1 0.1 0.3 bed\ntake 1 0.5 0.3 café\n".encode("latin-1")),
+            "CTM D/corpus/take.ctm line 2 is not UTF-8 text (byte 0xe9); save it as UTF-8",
+        ),
+    ):
+        d = refused(label, make, expect=expect, command=wpatch)
+        assert not (d / "pairs.csv").exists()
+    d = refused(
+        "a 9,000-character word (more tokens than the decoder's context)",
+        lambda d: args(d, small_model_path, pairs=PAIRS + f"{'ba' * 4500},cold\n"),
+        expect="line 4: word_a 'babababababababababababababababababababa'... (9000 characters) is read as",
+    )
+    assert not (d / "out").exists()
     refused(
         "`--data.tts kokoro:nonexistent` (a voice that does not exist)",
         lambda d: args(d, small_model_path, "--data.tts", "kokoro:nonexistent"),

@@ -254,3 +254,70 @@ def test_a_recording_is_hashed_once_for_all_the_words_cut_from_it(tmp_path, monk
     soundfile.write(tmp_path / "rec.wav", samples[:8000], SAMPLE_RATE, subtype="FLOAT")  # replaced: hashed again
     assert cut_span(tmp_path / "rec.wav", 0.1, 0.2, tmp_path / "spans").parent != cuts[0].parent
     assert len(hashed) == 2
+
+
+def aligned_corpus(tmp_path: Path, seconds: float = 2.0) -> Path:
+    """A folder holding one silent recording, take.wav, `seconds` long, for alignment files to be put beside."""
+    (tmp_path / "corpus").mkdir(exist_ok=True)
+    soundfile.write(tmp_path / "corpus" / "take.wav", np.zeros(round(seconds * SAMPLE_RATE), np.float32), SAMPLE_RATE)
+    return tmp_path / "corpus"
+
+
+def test_a_textgrid_cut_short_anywhere_is_refused_naming_its_last_line(tmp_path):
+    corpus = aligned_corpus(tmp_path)
+    spans = [("bed", 0.1, 0.5), ("bird", 0.7, 1.1), ("cat", 1.3, 1.7)]
+    textgrid(corpus / "take.TextGrid", spans, 2.0)
+    lines = (corpus / "take.TextGrid").read_text().splitlines(keepends=True)
+    assert read_corpus(corpus, context="word").word.tolist() == ["bed", "bird", "cat"]
+    for kept in range(1, len(lines)):
+        (corpus / "take.TextGrid").write_text("".join(lines[:kept]))
+        last = len("".join(lines[:kept]).rstrip().splitlines())
+        with pytest.raises(WpatchError, match=rf"TextGrid .*take.TextGrid ends at line {last} where .* should follow"):
+            read_corpus(corpus, context="word")
+    (corpus / "take.TextGrid").write_text("".join(lines).replace('"BIRD"', '"BIRD'))
+    with pytest.raises(WpatchError, match=r"take.TextGrid line \d+: a string opened here is never closed"):
+        read_corpus(corpus, context="word")
+
+
+def test_textgrids_in_short_format_utf16_or_written_by_praatio_are_read_alike(tmp_path):
+    from praatio import textgrid as praatio
+
+    corpus = aligned_corpus(tmp_path)
+    grid = praatio.Textgrid()
+    grid.addTier(praatio.IntervalTier("phones", [(0.1, 0.2, "b")], 0, 2.0))
+    grid.addTier(praatio.IntervalTier("words", [(0.1, 0.5, "bed"), (0.7, 1.1, 'say "été"')], 0, 2.0))
+    expected = ["bed", 'say "été"']
+    for form in ("long_textgrid", "short_textgrid"):
+        grid.save(str(corpus / "take.TextGrid"), format=form, includeBlankSpaces=True)
+        assert read_corpus(corpus, context="word").word.tolist() == expected, form
+    (corpus / "take.TextGrid").write_text((corpus / "take.TextGrid").read_text(), encoding="utf-16")  # as Praat saves
+    assert read_corpus(corpus, context="word").word.tolist() == expected
+
+
+def test_alignment_spans_no_clip_can_hold_are_refused_naming_file_line_and_word(tmp_path):
+    corpus = aligned_corpus(tmp_path)
+    for line, message in (
+        ("take 1 -0.5 0.3 bed", r"line 2: word 'bed' in .*take.wav: the span -0.5--0.2 s lies outside the recording"),
+        ("take 1 1.5 1.0 bed", r"line 2: word 'bed' in .*take.wav: the span 1.5-2.5 s lies outside the recording"),
+        ("take 1 0.5 600 bed", r"line 2: word 'bed' .*: the span 0.5-600.5 s lies outside the recording"),
+        ("take 1 0.5 0 bed", r"line 2: word 'bed' .*: the span 0.5-0.5 s is empty; its end must be after its start"),
+        ("take 1 nan 0.3 bed", r"line 2: word 'bed' .*: span its start=nan its end=nan is not two numbers"),
+    ):
+        (corpus / "take.ctm").write_text(f"take 1 0.1 0.3 bird\n{line}\n")
+        for context in ("word", "recording"):
+            with pytest.raises(WpatchError, match=rf"CTM .*take.ctm {message}"):
+                read_corpus(corpus, context=context)
+    (corpus / "take.ctm").unlink()
+    aligned_corpus(tmp_path, seconds=700)
+    textgrid(corpus / "take.TextGrid", [("bed", 0.1, 0.5), ("bird", 1.0, 601.0)], 700)
+    with pytest.raises(WpatchError, match=r"TextGrid .* line \d+: word 'BIRD' .*longer than the 30 s Whisper hears"):
+        read_corpus(corpus, context="word")
+
+
+def test_an_alignment_file_that_is_not_utf8_is_refused_naming_the_line_and_the_way_out(tmp_path):
+    corpus = aligned_corpus(tmp_path)
+    (corpus / "take.ctm").write_bytes("take 1 0.1 0.3 bird\ntake 1 0.5 0.3 café\n".encode("latin-1"))
+    with pytest.raises(WpatchError, match=r"CTM .*take.ctm line 2 is not UTF-8 text \(byte 0xe9\); save it as UTF-8"):
+        read_corpus(corpus)
+    (corpus / "take.ctm").write_text("take 1 0.1 0.3 bird\ntake 1 0.5 0.3 café\n")
+    assert read_corpus(corpus, context="word").word.tolist() == ["bird", "café"]

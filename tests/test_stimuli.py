@@ -1,11 +1,17 @@
 """The packaged stimulus sets: rebuilt byte for byte from the installed sources, and what they promise."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from scripts.build_stimuli import SETS, build
-from wpatch.stimuli.pairs_file import PACKAGED, read_pairs
+from tests.conftest import SMALL_DIMS, random_whisper
+from wpatch.errors import WpatchError
+from wpatch.patching.decoding import cross_attention_cache, word_logprobs
+from wpatch.stimuli.pairs_file import PACKAGED, check_word_tokens, read_pairs
 from wpatch.stimuli.sets import (
     CONSONANTS,
     FEATURES,
@@ -17,6 +23,7 @@ from wpatch.stimuli.sets import (
     pronunciations,
 )
 from wpatch.stimuli.tts import ClipCache, make_backend
+from wpatch.text import before, scored_word, tokenizer_for, word_tokens
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +137,37 @@ def test_heard_set_keeps_the_kinds_and_is_heard_on_the_shipped_screening():
     slots = pd.concat([heard_set.word_a, heard_set.word_b]).map(shares)
     assert slots.notna().all(), "every word of the heard set was screened"
     assert slots.mean() >= 0.9 > pd.concat([original.word_a, original.word_b]).map(shares).mean()
+
+
+def test_a_word_is_refused_exactly_where_the_decoder_could_not_read_it(tmp_path):
+    """The check of a pairs file's words against the decoder's context agrees with the decoder itself, alone and
+    in a carrier sentence, on both sides of the limit (a small context keeps it quick)."""
+    dims = dataclasses.replace(SMALL_DIMS, n_text_ctx=16)
+    model = random_whisper(dims)
+    tokenizer = tokenizer_for(dims)
+    cross = cross_attention_cache(model, model.encoder(torch.zeros(1, dims.n_mels, 3000)))
+    path = tmp_path / "pairs.csv"
+
+    def accepted(word: str, carrier: str) -> bool:
+        path.write_text(f"word_a,word_b,carrier\ncat,{word},{carrier}\n")
+        try:
+            check_word_tokens(read_pairs(path), dims, path)
+        except WpatchError as error:
+            assert "line 2: word_b 'cat cat" in str(error) and "decoder's 16-token context" in str(error)
+            return False
+        return True
+
+    def decoded(word: str, carrier: str) -> bool:
+        try:
+            word_logprobs(model, cross, [[scored_word(tokenizer, word_tokens(tokenizer, word), before(carrier))]])
+        except RuntimeError:
+            return False
+        return True
+
+    for carrier in ("", "say {} again"):
+        outcomes = []
+        for n in range(10, 18):  # " cat" is one token: with the transcript start the context's 16 are reached
+            word = " ".join(["cat"] * n)
+            outcomes.append(accepted(word, carrier))
+            assert outcomes[-1] == decoded(word, carrier), (n, carrier)
+        assert set(outcomes) == {True, False}, carrier

@@ -42,7 +42,7 @@ from wpatch.run.folder import RunStopped, check_writable, code_version
 from wpatch.run.progress import ItemProgressBar
 from wpatch.run.table import check_table
 from wpatch.run.writer import PatchingResultsWriter
-from wpatch.stimuli.pairs_file import pairs_path, read_pairs
+from wpatch.stimuli.pairs_file import check_word_tokens, pairs_path, read_pairs
 from wpatch.stimuli.screening import screen_summary
 
 
@@ -53,15 +53,15 @@ class PatchingCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Cheap checks of the inputs, before the model loads: precision, pairs file, languages the model knows,
-        output folder."""
+        words that fit its decoder's context, output folder."""
         trainer = self.config.trainer
         on_gpu = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
         check_precision(trainer.precision, on_gpu)
         data, spec = self.config.data, self.config.model.model
         pairs = read_pairs(data.pairs_file, data.limit)
-        check_languages(
-            spec, multilingual(model_dims(spec)), self.config.model.language, pairs, pairs_path(data.pairs_file)
-        )
+        dims, path = model_dims(spec), pairs_path(data.pairs_file)
+        check_languages(spec, multilingual(dims), self.config.model.language, pairs, path)
+        check_word_tokens(pairs, dims, path, self.config.model.language)
         check_writable(self.config.writer.output_dir)
 
 

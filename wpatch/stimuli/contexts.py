@@ -13,7 +13,6 @@ import math
 
 import pandas as pd
 
-from wpatch.errors import WpatchError
 from wpatch.stimuli.audio import SAMPLE_RATE
 
 MAX_SECONDS = 30.0  # Whisper hears the first 30 s of a clip
@@ -72,7 +71,8 @@ def context_text(words: list[str], index: int) -> str:
 def with_context(tokens: pd.DataFrame, durations: dict[str, float]) -> pd.DataFrame:
     """`tokens` (`wpatch.stimuli.corpora.TOKEN_COLUMNS`, words of aligned recordings) with each word's context:
     `context` (the clip's words, `{}` for the word), `context_start` and `context_end` (the clip, seconds in the
-    recording; `durations`: each recording's length)."""
+    recording; `durations`: each recording's length; every span already checked to fit in 30 s, as
+    `wpatch.stimuli.corpora` checks them)."""
     tokens = tokens.copy()
     tokens[["context", "context_start", "context_end"]] = pd.DataFrame(
         {"context": "", "context_start": 0.0, "context_end": 0.0}, index=tokens.index
@@ -81,13 +81,7 @@ def with_context(tokens: pd.DataFrame, durations: dict[str, float]) -> pd.DataFr
         words = words.sort_values("start", kind="stable")
         spans = list(zip(words.start, words.end))
         for i, row in enumerate(words.itertuples()):
-            try:
-                start, end, lo, hi = segment(spans, i, durations[audio])
-            except ValueError as error:
-                raise WpatchError(
-                    f"recording {audio}: the word {row.word!r} at {row.start:g}-{row.end:g} s cannot be heard in "
-                    f"context ({error}); fix its alignment, or give --context word"
-                ) from None
+            start, end, lo, hi = segment(spans, i, durations[audio])
             tokens.loc[row.Index, ["context", "context_start", "context_end"]] = (
                 context_text(list(words.word.iloc[lo:hi]), i - lo),
                 start,

@@ -13,6 +13,8 @@ Long recordings with word alignments (the word is a span of the recording):
 - CTM: lines `RECORDING CHANNEL START DURATION WORD [CONFIDENCE]`, the recording `RECORDING.wav` (or another
   extension) beside the .ctm file, speaker = the recording's name up to its first `-` (LibriSpeech's
   `SPEAKER-CHAPTER-UTTERANCE`).
+Alignment files are read strictly (`wpatch.stimuli.alignments`: one that does not parse completely is refused,
+naming its line), and a word whose span no clip can hold is refused, naming the file, line and word.
 A word of an aligned recording is heard in its recording's context (`wpatch.stimuli.contexts`) unless the caller
 asks for it cut to its span (`context="word"`).
 """
@@ -24,7 +26,9 @@ import pandas as pd
 import soundfile
 
 from wpatch.errors import WpatchError
+from wpatch.stimuli.alignments import Word, ctm_lines, textgrid_tiers
 from wpatch.stimuli.contexts import with_context
+from wpatch.stimuli.pairs_file import check_span
 
 TOKEN_COLUMNS = ["word", "lang", "audio", "start", "end", "speaker"]
 CONTEXT_COLUMNS = ["context", "context_start", "context_end"]  # a word heard in its recording ("": alone)
@@ -112,37 +116,28 @@ def recording_beside(alignment: Path, name: str) -> Path:
     )
 
 
-def textgrids(root: Path, lang: str) -> list[dict]:
-    paths = sorted(root.rglob("*.TextGrid"))
-    if not paths:
-        return []
-    try:
-        from praatio import textgrid
-    except ImportError:
-        raise WpatchError("reading TextGrids needs praatio; pip install -e '.[corpora]'") from None
+def aligned_token(kind: str, path: Path, word: Word, audio: Path, seconds: float, lang: str, speaker: str) -> dict:
+    """A word of an alignment file as a token, its span refused (naming the file, line and word) where no clip
+    could hold it: `wpatch.stimuli.pairs_file.check_span`, the check `wpatch predict` makes of a pairs file."""
+    where = f"{kind} {path} line {word.line}: word {word.label!r} in {audio}"
+    check_span(where, word.start, word.end, seconds, ("its start", "its end"))
+    return {"word": word.label.lower(), "lang": lang, "audio": audio, "start": word.start, "end": word.end} | {
+        "speaker": speaker
+    }
 
+
+def textgrids(root: Path, lang: str) -> list[dict]:
     tokens = []
-    for path in paths:
-        try:
-            grid = textgrid.openTextgrid(str(path), includeEmptyIntervals=False)
-        except Exception as error:
-            raise WpatchError(f"TextGrid {path} cannot be read ({error}); save it from Praat or the aligner again")
-        tiers = [grid.getTier(name) for name in grid.tierNames if isinstance(grid.getTier(name), textgrid.IntervalTier)]
+    for path in sorted(root.rglob("*.TextGrid")):
+        tiers = textgrid_tiers(path)
         if not tiers:
             raise WpatchError(f"TextGrid {path} has no interval tier; it needs a tier of words (MFA's `words`)")
-        tier = next((t for t in tiers if t.name.split(" - ")[-1] == "words"), tiers[0])
+        words = next((t for name, t in tiers.items() if name.split(" - ")[-1] == "words"), next(iter(tiers.values())))
         audio = recording_beside(path, path.stem)
         tokens += [
-            {
-                "word": label.lower(),
-                "lang": lang,
-                "audio": audio,
-                "start": start,
-                "end": end,
-                "speaker": path.parent.name,
-            }
-            for start, end, label in tier.entries
-            if label.strip().lower() not in SILENCE
+            aligned_token("TextGrid", path, word, audio, seconds(audio), lang, path.parent.name)
+            for word in words
+            if word.label.strip().lower() not in SILENCE
         ]
     return tokens
 
@@ -150,24 +145,12 @@ def textgrids(root: Path, lang: str) -> list[dict]:
 def ctms(root: Path, lang: str) -> list[dict]:
     tokens = []
     for path in sorted(root.rglob("*.ctm")):
-        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            fields = line.split()
-            if not fields or line.startswith(";;"):
-                continue
-            try:
-                name, _, start, duration, word = fields[:5]
-                start, duration = float(start), float(duration)
-            except ValueError:
-                raise WpatchError(
-                    f"CTM {path} line {line_number} is not RECORDING CHANNEL START DURATION WORD; fix the line"
-                ) from None
-            if word.lower() not in SILENCE:
+        lengths = {}
+        for name, word in ctm_lines(path):
+            if word.label.lower() not in SILENCE:
                 audio = recording_beside(path, name)
-                speaker = name.split("-")[0]
-                tokens.append(
-                    {"word": word.lower(), "lang": lang, "audio": audio, "start": start, "end": start + duration}
-                    | {"speaker": speaker}
-                )
+                lengths.setdefault(audio, seconds(audio))
+                tokens.append(aligned_token("CTM", path, word, audio, lengths[audio], lang, name.split("-")[0]))
     return tokens
 
 

@@ -11,14 +11,16 @@ A recorded word heard in its recording's context (`wpatch.stimuli.contexts`; `wp
 """
 
 import logging
+import math
+import warnings
 from importlib.resources import files
 from pathlib import Path
 
 import pandas as pd
 import soundfile
 
-from wpatch.errors import WpatchError
-from wpatch.text import normalise
+from wpatch.errors import WpatchError, inline
+from wpatch.text import before, normalise, scored_word, tokenizer_for, word_tokens
 
 DATA = Path(str(files("wpatch") / "data"))
 PACKAGED = {  # names that --data.pairs_file accepts besides paths
@@ -61,6 +63,15 @@ CONTEXT_COLUMNS = [f"{column}_{side}" for side in "ab" for column in ("context",
 MAX_SECONDS = 30.0  # Whisper hears the first 30 s of a clip
 
 
+def readable_path(path: Path) -> bool:
+    """The system can look the path up (not too long, no character it refuses)."""
+    try:
+        path.exists()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def pairs_path(path: str | Path | None) -> Path:
     """The CSV behind a --data.pairs_file value: a path or a packaged set's name (None: starter)."""
     return PACKAGED.get(str(path), Path(path)) if path else PACKAGED["starter"]
@@ -74,20 +85,22 @@ def recording_seconds(path: Path) -> float:
         return 0.0
 
 
-def check_span(path: Path, line: int, side: str, audio: Path, start: str, end: str, seconds: float) -> None:
-    """Refuse a word span that is not a number pair, is empty, lies outside its recording (`seconds` long, 0 when
-    it cannot be decoded) or is longer than Whisper hears."""
-    where = f"pairs file {path} line {line}: audio_{side} {audio}"
+def check_span(where: str, start: str | float, end: str | float, seconds: float, names=("start", "end")) -> None:
+    """Refuse a word span (`names`: what the file calls its start and end) that is not two finite numbers, is
+    empty, lies outside its recording (`seconds` long, 0 when it cannot be decoded) or is longer than Whisper hears;
+    `where` names the file, line and recording."""
     try:
         begin, stop = float(start), float(end)
     except ValueError:
+        begin = stop = math.nan
+    if not (math.isfinite(begin) and math.isfinite(stop)):
         raise WpatchError(
-            f"{where}: span start_{side}={start!r} end_{side}={end!r} is not two numbers; give both, in seconds"
-        ) from None
+            f"{where}: span {names[0]}={start!r} {names[1]}={end!r} is not two numbers; give both, in seconds"
+        )
     if not seconds:
         raise WpatchError(f"{where} cannot be decoded; convert it to wav or flac (e.g. ffmpeg -i in.opus out.wav)")
     if stop <= begin:
-        raise WpatchError(f"{where}: the span {begin:g}-{stop:g} s is empty; end_{side} must be after start_{side}")
+        raise WpatchError(f"{where}: the span {begin:g}-{stop:g} s is empty; {names[1]} must be after {names[0]}")
     if begin < 0 or stop > seconds + 1e-3:
         raise WpatchError(
             f"{where}: the span {begin:g}-{stop:g} s lies outside the recording (0-{seconds:.3f} s); fix the span"
@@ -162,6 +175,25 @@ def check_context(path: Path, line: int, side: str, row: pd.Series, seconds: flo
     return start, end
 
 
+def csv_cells(path: Path) -> pd.DataFrame:
+    """A pairs CSV's cells as text; a first row with more fields than the header is refused (pandas would take its
+    first fields for an index and shift the rest into the wrong columns), and so is any CSV pandas cannot read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
+        except pd.errors.ParserWarning:
+            raise WpatchError(
+                f"pairs file {path}: its first row has more fields than its header; quote a value that holds a "
+                "comma, or name every column in the header"
+            ) from None
+        except Exception as error:
+            raise WpatchError(
+                f"pairs file {path} is not a readable CSV ({' '.join(str(error).split())}); save it as "
+                "comma-separated UTF-8"
+            ) from None
+
+
 def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.DataFrame:
     """The checked pairs table, first `limit` rows; `path` is a CSV or a packaged set's name (None: starter)."""
     path = pairs_path(path)
@@ -169,12 +201,7 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
         raise WpatchError(
             f"pairs file {path} does not exist; pass a CSV with columns word_a,word_b or one of {', '.join(PACKAGED)}"
         )
-    try:
-        pairs = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except Exception as error:
-        raise WpatchError(
-            f"pairs file {path} is not a readable CSV ({error}); save it as comma-separated UTF-8"
-        ) from None
+    pairs = csv_cells(path)
     missing = [c for c in REQUIRED if c not in pairs.columns]
     if missing:
         raise WpatchError(f"pairs file {path} lacks column {missing[0]!r}; its header must name word_a and word_b")
@@ -240,25 +267,28 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
             if row[f"audio_{side}"]:
                 audio = Path(row[f"audio_{side}"])
                 audio = audio if audio.is_absolute() else path.parent / audio
+                if not readable_path(audio):
+                    raise WpatchError(
+                        f"pairs file {path} line {line}: audio_{side} {inline(row[f'audio_{side}'][:60])} is no path "
+                        "this system can open (too long, or a character it refuses); give the recording's path"
+                    )
+                named = f"pairs file {path} line {line}: audio_{side} {inline(str(audio))}"
                 if audio.is_dir():
                     raise WpatchError(
-                        f"pairs file {path} line {line}: audio_{side} {audio} is a directory, not an audio file; give "
-                        "the recording's own path (wav, flac or mp3)"
+                        f"{named} is a directory, not an audio file; give the recording's own path (wav, flac or mp3)"
                     )
                 if not audio.is_file():
-                    raise WpatchError(
-                        f"pairs file {path} line {line}: audio_{side} {audio} does not exist; fix the path or leave "
-                        "it empty to synthesise"
-                    )
+                    raise WpatchError(f"{named} does not exist; fix the path or leave it empty to synthesise")
                 seconds = recording_seconds(audio)
                 if row[f"start_{side}"] or row[f"end_{side}"]:
-                    check_span(path, line, side, audio, row[f"start_{side}"], row[f"end_{side}"], seconds)
+                    names = (f"start_{side}", f"end_{side}")
+                    check_span(named, row[f"start_{side}"], row[f"end_{side}"], seconds, names)
                 if row[f"context_{side}"]:
                     clip = check_context(path, line, side, row, seconds)
                     pairs.loc[index, [f"context_start_{side}", f"context_end_{side}"]] = clip
                 elif seconds > MAX_SECONDS:
                     raise WpatchError(
-                        f"pairs file {path} line {line}: audio_{side} {audio} is {seconds:.1f} s long and Whisper "
+                        f"{named} is {seconds:.1f} s long and Whisper "
                         f"hears only the first {MAX_SECONDS:.0f} s; trim it to the word"
                     )
                 pairs.at[index, f"audio_{side}"] = str(audio.resolve())
@@ -270,12 +300,41 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
         first = pairs.index[(pairs[stimulus] == pairs.loc[index, stimulus]).all(axis=1)][0]
         raise WpatchError(
             f"pairs file {path} line {index + 2} repeats line {first + 2} "
-            f"({pairs.at[index, 'word_a']},{pairs.at[index, 'word_b']}); drop the duplicate row"
+            f"({inline(pairs.at[index, 'word_a'])},{inline(pairs.at[index, 'word_b'])}); drop the duplicate row"
         )
     if pairs["pair_id"].duplicated().any():
         dup = pairs["pair_id"][pairs["pair_id"].duplicated()].iloc[0]
         raise WpatchError(f"pairs file {path}: pair_id {dup!r} appears twice; make pair ids unique")
     return pairs.reset_index(drop=True)
+
+
+def check_word_tokens(pairs: pd.DataFrame, dims, path, language: str | None = None) -> None:
+    """Refuse a row whose word, read as the decoder scores it (after the forced transcript start and, in a
+    carrier sentence or a recording's context, the words before it: `wpatch.text.scored_word`), passes the
+    decoder's `dims.n_text_ctx`-token context; each side's word is read in both sides' texts. `language`: the
+    run's decoding language (None: each word's own)."""
+    tokenizers, lengths = {}, {}
+
+    def length(lang: str, text: str, context: str) -> int:
+        if (lang, text, context) not in lengths:
+            if lang not in tokenizers:
+                tokenizers[lang] = tokenizer_for(dims, language or lang)
+            word = scored_word(tokenizers[lang], word_tokens(tokenizers[lang], text), before(context))
+            lengths[lang, text, context] = len(word.prefix) + max(map(len, word.forms))
+        return lengths[lang, text, context]
+
+    for index, row in pairs.iterrows():
+        contexts = [row[f"context_{side}"] or row["carrier"] for side in "ab"]
+        for side in "ab":
+            word = row[f"word_{side}"]
+            longest = max(length(row[f"lang_{side}"], word, context) for context in contexts)
+            if longest > dims.n_text_ctx:
+                shown = repr(word) if len(word) <= 40 else f"{word[:40]!r}... ({len(word)} characters)"
+                raise WpatchError(
+                    f"pairs file {path} line {index + 2}: word_{side} {shown} is read as {longest} tokens (with the "
+                    f"transcript start and the words before it), more than the decoder's {dims.n_text_ctx}-token "
+                    "context; give a word (or carrier) that fits"
+                )
 
 
 log = logging.getLogger(__name__)

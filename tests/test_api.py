@@ -1,6 +1,9 @@
 """`wpatch.run` / `wpatch.load_run` / `Run`: the same run as `wpatch predict`, the model loaded once per process,
 bad input as one-line errors."""
 
+import signal
+import threading
+
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
@@ -112,3 +115,63 @@ def test_a_new_folder_by_default(tmp_path, monkeypatch):
     (tmp_path / first).mkdir(parents=True)
     second = new_folder()
     assert first.startswith("runs/run-") and second == first + "-2"
+
+
+def test_a_run_from_another_thread_works_and_a_second_at_once_is_refused(
+    tmp_path, small_model_path, clip_dir, monkeypatch, capsys
+):
+    """Signal handlers can only be set in the main thread: a run in another thread goes without them and says so.
+    Runs share the kept model, so a second run while the first is going is refused in one line."""
+    started, go, found = threading.Event(), threading.Event(), {}
+    write = wpatch.api.pairs_file
+
+    def held(pairs):  # the thread's run, started, waits here until the main thread has tried its own
+        started.set()
+        go.wait(60)
+        return write(pairs)
+
+    def in_thread():
+        try:
+            found["run"] = python_run(small_model_path, clip_dir, tmp_path / "a")
+        except BaseException as error:  # shown by the assertion below
+            found["error"] = error
+
+    monkeypatch.setattr(wpatch.api, "pairs_file", held)
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    assert started.wait(60)
+    monkeypatch.setattr(wpatch.api, "pairs_file", write)
+    with pytest.raises(WpatchError, match=r"^wpatch.run is already running in this process \(in another thread\)"):
+        python_run(small_model_path, clip_dir, tmp_path / "b")
+    go.set()
+    thread.join(600)
+    assert "error" not in found, repr(found.get("error"))
+    assert len(found["run"].rows) == 2 * 2 * 2 * 2 * 3 and not (tmp_path / "b").exists()
+    assert "wpatch: note: this run is outside the main thread" in capsys.readouterr().err
+
+
+def test_ctrl_c_raises_run_interrupted_saying_how_to_continue_from_python(
+    tmp_path, small_model_path, clip_dir, monkeypatch
+):
+    monkeypatch.setenv("WPATCH_FAULT", "part1:SIGINT")  # Ctrl-C after the first batch
+    out = tmp_path / "a"
+    with pytest.raises(wpatch.RunInterrupted) as stopped:
+        python_run(small_model_path, clip_dir, out)
+    assert isinstance(stopped.value, KeyboardInterrupt) and stopped.value.output_dir == str(out)
+    assert str(stopped.value) == (
+        f"stopped by SIGINT; every finished batch is kept; continue with wpatch.run(...) with the same arguments, "
+        f"output_dir='{out}' and resume=True"
+    )
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+    monkeypatch.delenv("WPATCH_FAULT")
+    assert len(python_run(small_model_path, clip_dir, out, resume=True).rows) == 2 * 2 * 2 * 2 * 3
+
+
+def test_a_dataframe_of_pairs_is_named_as_given(tmp_path, small_model_path):
+    with pytest.raises(WpatchError, match=r"^the DataFrame given as pairs lacks column 'word_b'; give it columns"):
+        wpatch.run(PAIRS.drop(columns="word_b"), model=small_model_path, output_dir=tmp_path / "x")
+    with pytest.raises(
+        WpatchError, match=r"^the DataFrame given as pairs \(written to .*\.csv\) line 3: empty word_a; fill it in"
+    ):
+        wpatch.run(PAIRS.assign(word_a=["bat", ""]), model=small_model_path, output_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists()

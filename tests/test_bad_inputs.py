@@ -16,11 +16,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile
+import torch
 
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from tests.predict_run import main, predict_args
+from tests.test_huggingface_files import write_checkpoint
+from wpatch import api as wpatch_api
 from wpatch.analysis import read_rows
 from wpatch.cli import main as wpatch
+from wpatch.errors import RunInterrupted, WpatchError
 from wpatch.stimuli.tts import ClipCache, make_backend
 from wpatch.text import has_word, is_word
 
@@ -102,7 +106,8 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
     refused("a Hugging Face folder of another model (`model_type` bert)", hugging_face({"model_type": "bert"}))
     whisper_config = {
         "model_type": "whisper",
-        **dict.fromkeys(["num_mel_bins", "max_source_positions", "d_model", "max_target_positions"], 80),
+        **dict.fromkeys(["num_mel_bins", "d_model", "max_target_positions"], 80),
+        "max_source_positions": 1500,
         "vocab_size": 51864,  # an English-only vocabulary: the folder is refused for its missing shard alone
         **dict.fromkeys(["encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads"], 2),
     }
@@ -194,6 +199,122 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err[-1].startswith("wpatch: error: could not write"), err
     rows.append(table_row("no space left on the disk while the run is merged", 2, err[-1], stopped, small_model_path))
+
+    # huggingface and python: Hugging Face folders checked whole before any folder is made; wpatch.run's own words
+    def read_only(*_args, **_kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", read_only)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args(stopped, small_model_path, "--writer.resume", "true"))
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        exit_info.value.code == 2
+        and "(Read-only file system); every finished part is kept; its file system is "
+        "read-only: remount it read-write, then continue with"
+        in err[-1]
+    ), err
+    rows.append(table_row("the disk turned read-only while the run is merged", 2, err[-1], stopped, small_model_path))
+
+    def checkpoint(damage, **tensors):
+        def make(d):
+            damage(write_checkpoint(d / "hf", **tensors))
+            return args(d, str(d / "hf"))
+
+        return make
+
+    def edit_config(**changes):
+        return lambda hf: (hf / "config.json").write_text(
+            json.dumps({**json.loads((hf / "config.json").read_text()), **changes})
+        )
+
+    def cut(hf):
+        (hf / "model.safetensors").write_bytes((hf / "model.safetensors").read_bytes()[:-1000])
+
+    def index(text):
+        def damage(hf):
+            (hf / "model.safetensors").rename(hf / "model-00001-of-00001.safetensors")
+            (hf / "model.safetensors.index.json").write_text(text)
+
+        return damage
+
+    for label, make, expect in (
+        ("a Hugging Face `model.safetensors` cut short", checkpoint(cut), "model.safetensors is cut short"),
+        (
+            "a Hugging Face config.json whose `d_model` the weights do not have",
+            checkpoint(edit_config(d_model=16, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+            "but config.json's d_model (16) makes it [16, 80, 3]",
+        ),
+        (
+            "Hugging Face weights of 1000 encoder positions (config.json: `max_source_positions` 1500)",
+            checkpoint(lambda hf: None, **{"model.encoder.embed_positions.weight": torch.zeros(1000, 8)}),
+            "config.json's max_source_positions (1500) makes it [1500, 8]",
+        ),
+        (
+            'a Hugging Face config.json with `"num_mel_bins": "80"`',
+            checkpoint(edit_config(num_mel_bins="80")),
+            "config.json key num_mel_bins is '80', not a whole number",
+        ),
+        (
+            "a Hugging Face config.json that is a list",
+            checkpoint(lambda hf: (hf / "config.json").write_text("[]")),
+            "config.json holds [], not an object",
+        ),
+        (
+            "a Hugging Face config.json with `encoder_attention_heads` 5 (not dividing `d_model`)",
+            checkpoint(edit_config(encoder_attention_heads=5)),
+            "config.json key encoder_attention_heads is 5, which does not divide d_model 8",
+        ),
+        (
+            "a Hugging Face weight index that is not JSON",
+            checkpoint(index("{")),
+            "model.safetensors.index.json is not readable JSON",
+        ),
+        (
+            "a Hugging Face weight index without `weight_map`",
+            checkpoint(index('{"metadata": {}}')),
+            "model.safetensors.index.json has no weight_map",
+        ),
+    ):
+        assert not (refused(label, make, expect=expect) / "out").exists()
+
+    def python(label, call, expect):
+        """A row for what `wpatch.run` raises: its type and one-line message."""
+        with pytest.raises((WpatchError, RunInterrupted)) as raised:
+            call()
+        rows.append(table_row(label, "-", f"{type(raised.value).__name__}: {raised.value}", stopped, small_model_path))
+        assert expect in rows[-1] and "\n" not in rows[-1], rows[-1]
+
+    python(
+        "`wpatch.run(pairs=DataFrame)` without a `word_b` column",
+        lambda: wpatch_api.run(pd.DataFrame({"word_a": ["bat"]}), model=small_model_path, output_dir=stopped / "df"),
+        "WpatchError: the DataFrame given as pairs lacks column 'word_b'",
+    )
+    with wpatch_api.ONE_RUN:  # as while another thread's run is going
+        python(
+            "`wpatch.run` while another thread's run is going",
+            lambda: wpatch_api.run(model=small_model_path, output_dir=stopped / "second"),
+            "WpatchError: wpatch.run is already running in this process",
+        )
+    monkeypatch.setenv("WPATCH_FAULT", "part1:SIGINT")
+    python(
+        "Ctrl-C (SIGINT) during `wpatch.run`",
+        lambda: wpatch_api.run(
+            stopped / "pairs.csv",
+            model=small_model_path,
+            config=ROOT / "configs/experiment_a.yaml",
+            cache_dir=stopped / "clips",
+            batch_size=1,
+            max_tokens=3,
+            output_dir=stopped / "interrupted",
+            progress=False,
+        ),
+        "RunInterrupted: stopped by SIGINT; every finished batch is kept; continue with wpatch.run(...) with the same "
+        "arguments, output_dir='D/interrupted' and resume=True",
+    )
+    monkeypatch.setenv("WPATCH_FAULT", "")
+    capsys.readouterr()
     refused("a word that is only punctuation (`!!!`)", lambda d: args(d, small_model_path, pairs=PAIRS + "!!!,cat\n"))
     refused("the same pair twice", lambda d: args(d, small_model_path, pairs=PAIRS + "bat,pat\n"))
 

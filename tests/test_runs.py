@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.predict_run import main, predict_args
-from wpatch.run.folder import claim_folder
+from wpatch.errors import WpatchError
+from wpatch.run.folder import check_writable, claim_folder
 from wpatch.run.writer import PatchingResultsWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,6 +222,19 @@ def test_an_empty_or_foreign_output_folder_is_refused_and_left_as_it_was(
         assert refused.value.code == 2 and len(err) == 1 and message in err[0], err
         assert "choose another --writer.output_dir" in err[0]
         assert {p.name: p.read_text() for p in mine.iterdir()} == files  # nothing written, nothing overwritten
+
+
+def test_a_read_only_file_system_is_named_with_its_way_out(tmp_path, monkeypatch):
+    def read_only(*_args, **_kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr("tempfile.TemporaryFile", read_only)
+    with pytest.raises(WpatchError) as refused:
+        check_writable(tmp_path / "out")
+    assert str(refused.value) == (
+        f"output directory {tmp_path / 'out'} is not writable (Read-only file system); choose another "
+        "--writer.output_dir or remount its file system read-write"
+    )
 
 
 @pytest.mark.parametrize("target", ["predictions.csv", "matrices.csv", "figures/score_matrix.png"])

@@ -33,13 +33,15 @@ Glossary (names in the code follow it):
 
 From Python (`wpatch.api`): `wpatch.run(pairs=..., ...)` runs an experiment and returns a `Run`;
 `wpatch.load_run(folder)` reads one back (`rows, summary = wpatch.load_run(folder)` still works);
-`wpatch.patch(model, donor, recipient, ...)` patches one clip into another.
+`wpatch.patch(model, donor, recipient, ...)` patches one clip into another. Bad input raises `wpatch.WpatchError`
+(one line); Ctrl-C during a run raises `wpatch.RunInterrupted` (a KeyboardInterrupt saying how to continue it).
 """
 
 import types
 
 from wpatch import api, run
 from wpatch.api import Run, load_run
+from wpatch.errors import RunInterrupted, WpatchError
 
 
 class _RunPackage(types.ModuleType):
@@ -50,7 +52,7 @@ class _RunPackage(types.ModuleType):
 
 
 run.__class__ = _RunPackage
-__all__ = ["Run", "load_run", "patch", "run"]
+__all__ = ["Run", "RunInterrupted", "WpatchError", "load_run", "patch", "run"]
 
 
 def __getattr__(name: str):

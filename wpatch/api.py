@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import json
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +20,15 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from wpatch.errors import WpatchError
+from wpatch.errors import RunInterrupted, WpatchError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 # run()'s own names for options whose `wpatch predict` name differs
 RENAMED = {"pairs": "pairs_file"}
+GIVEN_PAIRS = "the DataFrame given as pairs"
+ONE_RUN = threading.Lock()  # held by the run in progress: runs share the kept model, so one runs at a time
 # options a run from Python leaves to the command (Lightning's plumbing, set by the command itself)
 NOT_OPTIONS = {"callbacks", "logger", "enable_model_summary", "self", "args", "kwargs"}
 
@@ -63,13 +66,21 @@ def option_value(value) -> str:
 
 
 def pairs_file(pairs) -> str:
-    """A pairs file name for `pairs`: a packaged set's name or a CSV path as given; a DataFrame written once to the
-    cache (`<cache>/pairs/<sha256>.csv`), so the run's config.yaml names a file that holds it."""
+    """A pairs file name for `pairs`: a packaged set's name or a CSV path as given; a DataFrame (refused without
+    the columns a pairs file needs) written once to the cache (`<cache>/pairs/<sha256>.csv`), so the run's
+    config.yaml names a file that holds it."""
     if not isinstance(pairs, pd.DataFrame):
         return str(pairs)
     from wpatch.atomic import write_atomically
     from wpatch.models.loading import cache_root
+    from wpatch.stimuli.pairs_file import REQUIRED
 
+    missing = [column for column in REQUIRED if column not in pairs.columns]
+    if missing:
+        raise WpatchError(
+            f"{GIVEN_PAIRS} lacks column {missing[0]!r}; give it columns word_a and word_b (and any other column of a "
+            "pairs file, docs/stimuli.md)"
+        )
     text = pairs.to_csv(index=False)
     path = cache_root() / "pairs" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.csv"
     if not path.exists():
@@ -141,15 +152,9 @@ def run(
     configs/experiment_a.yaml), the keyword arguments on top. Every other `wpatch predict` option is a keyword by
     its last name (`batch_size=4`, `control=True`, `accelerator="gpu"`, `precision="bf16-mixed"`, `resume=True`);
     None keeps an option's default. Bad input raises `WpatchError` with the command's one line; nothing is
-    printed but the progress bar and wpatch's own notes."""
-    from jsonargparse import ArgumentError
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    from wpatch.cli import one_line, run_predict
-    from wpatch.models.loading import keep_models
-    from wpatch.run.progress import ItemProgressBar
-
-    output_dir = str(output_dir) if output_dir is not None else new_folder()
+    printed but the progress bar and wpatch's own notes. Ctrl-C (or SIGTERM) stops the run before its next batch
+    and raises `RunInterrupted`, which says how to continue it. One run at a time per process: a call while
+    another thread's run is going is refused (`WpatchError`)."""
     given = dict(
         model=model,
         sites=sites,
@@ -159,19 +164,53 @@ def run(
         alphas=alphas,
         tts=tts,
         limit=limit,
-        output_dir=output_dir,
+        output_dir=str(output_dir) if output_dir is not None else new_folder(),
     )
-    args = predict_args(config, pairs=pairs_file(pairs), **given, **options)
+    if not ONE_RUN.acquire(blocking=False):
+        raise WpatchError(
+            "wpatch.run is already running in this process (in another thread), and runs share the kept model; "
+            "wait for it to return, or start this one in another process"
+        )
+    try:
+        return _run(pairs, config, progress, given, options)
+    finally:
+        ONE_RUN.release()
+
+
+def _run(pairs, config, progress: bool, given: dict, options: dict) -> "Run":
+    """`run` with its named options in `given` (`output_dir` chosen), holding the one-run lock. What it says
+    names the pairs as the DataFrame given (not the file it is written to) and continues with a Python call."""
+    from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from wpatch.cli import one_line, run_predict
+    from wpatch.models.loading import keep_models
+    from wpatch.run.folder import RunStopped
+    from wpatch.run.progress import ItemProgressBar
+
+    path = pairs_file(pairs)
+    args = predict_args(config, pairs=path, **given, **options)
     if "verbose" not in options:
         args += ["--writer.verbose", "false"]
     if not progress:
         args += ["--trainer.enable_progress_bar", "false"]
     bar = ItemProgressBar(notebook_bar()) if progress and notebook_bar() else None
+    go_on = f"wpatch.run(...) with the same arguments, output_dir={given['output_dir']!r} and resume=True"
     try:
         with keep_models():
-            writer = run_predict(args, ["wpatch", "predict"], progress=bar)
+            writer = run_predict(args, progress=bar, go_on=go_on)
     except (MisconfigurationException, ArgumentError) as error:
         raise WpatchError(one_line(error, args)) from None
+    except WpatchError as error:
+        if not isinstance(pairs, pd.DataFrame):
+            raise
+        raise WpatchError(str(error).replace(f"pairs file {path}", f"{GIVEN_PAIRS} (written to {path})")) from None
+    except RunStopped as stop:
+        for child in stop.writer.stop.children:  # DDP processes this one launched
+            child.kill()
+        raise RunInterrupted(
+            f"{stop}; every finished batch is kept; continue with {go_on}", stop.signum, given["output_dir"]
+        ) from None
     finally:
         gc.collect()  # the Trainer, module and data of this run: memory stays flat over many runs
     return load_run(writer.output_dir)

@@ -88,10 +88,13 @@ def resume_command(args: list[str], program: list[str] | None = None) -> str:
     return shlex.join([*program, *kept, "--writer.resume", "true"])
 
 
-def run_predict(args, program: list[str] | None = None, progress: ProgressBar | None = None) -> PatchingResultsWriter:
+def run_predict(
+    args, program: list[str] | None = None, progress: ProgressBar | None = None, go_on: str | None = None
+) -> PatchingResultsWriter:
     """Parse `args` (a list of `wpatch predict` options), run the experiment and return its writer; bad input
     raises (`WpatchError`, or the parser's and Lightning's own errors), a signal raises `RunStopped`. `progress`
-    replaces the command's progress bar (e.g. a notebook's)."""
+    replaces the command's progress bar (e.g. a notebook's); `go_on` replaces the command that continues a stopped
+    run (`resume_command`) in what the run says (e.g. the Python call)."""
     quiet_lightning()
     writer = None
     trainer_defaults = {"logger": False, "enable_model_summary": False}
@@ -111,7 +114,7 @@ def run_predict(args, program: list[str] | None = None, progress: ProgressBar | 
         )
         writer = next(c for c in cli.trainer.callbacks if isinstance(c, PatchingResultsWriter))
         writer.stop.install()
-        writer.stop.resume_command = resume_command(args, program)
+        writer.stop.resume_command = go_on or resume_command(args, program)
         if starts_the_run(cli.trainer):
             writer.claim(cli.trainer, cli.model, cli.datamodule)
             write_atomically(writer.output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))

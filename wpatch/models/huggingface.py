@@ -3,7 +3,9 @@ Hugging Face cache, downloaded when online) into openai-whisper's `Whisper`, exa
 
 A folder holds config.json and the weights: model.safetensors or pytorch_model.bin, or shards listed in
 model.safetensors.index.json / pytorch_model.bin.index.json. Parameter names are mapped one to one
-(`name_map`); stored fp16 / bf16 values are widened to fp32 exactly.
+(`name_map`); stored fp16 / bf16 values are widened to fp32 exactly. The whole folder is checked before any
+tensor data is read (`check_checkpoint`: config.json, the index, every weight file's header, each tensor's shape
+against config.json); each problem is one line naming the file and the key.
 """
 
 import json
@@ -14,13 +16,14 @@ import urllib.request
 from pathlib import Path
 
 import torch
+from whisper.audio import N_FRAMES
 from whisper.model import ModelDimensions, Whisper
 
 from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
 from wpatch.models.ctranslate2 import set_alignment_heads
+from wpatch.models.weight_files import WEIGHTS, Stored, read_index, read_tensors, shown, stored_tensors, weight_files
 
-WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # preferred first, as transformers reads them
 DIMENSIONS = {  # openai-whisper dimension -> transformers config key
     "n_mels": "num_mel_bins",
     "n_audio_ctx": "max_source_positions",
@@ -34,6 +37,7 @@ DIMENSIONS = {  # openai-whisper dimension -> transformers config key
     "n_text_layer": "decoder_layers",
 }
 VOCABULARIES = (51864, 51865, 51866)  # English-only, multilingual, large-v3: each has its openai-whisper tokenizer
+LARGEST = 1 << 16  # no Whisper dimension comes near (the largest: 51866 tokens); a bound for hostile configs
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -45,33 +49,63 @@ def is_checkpoint(directory: Path) -> bool:
 
 
 def read_config(directory: Path) -> dict:
-    """config.json of a Whisper checkpoint, refused (one line) when it is not one."""
+    """config.json of a Whisper checkpoint that openai-whisper can run, refused (one line naming the key) when it
+    is not one: every dimension a whole number, the vocabulary one of openai-whisper's tokenizers, 80 or 128 mel
+    bins, 1500 encoder positions (30 s), an even d_model that the attention heads divide."""
     try:
         config = json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise WpatchError(f"{directory}: unreadable config.json ({type(error).__name__}); re-save the model") from None
+    if not isinstance(config, dict):
+        raise WpatchError(
+            f"{directory}: config.json holds {shown(config, 30)}, not an object of settings; re-save the model"
+        )
     kind = config.get("model_type")
     if kind != "whisper":
         raise WpatchError(
-            f"{directory}: config.json says model_type {kind!r}, not 'whisper'; point --model.model at a Whisper "
+            f"{directory}: config.json says model_type {shown(kind)}, not 'whisper'; point --model.model at a Whisper "
             "checkpoint"
         )
-    if config.get("activation_function", "gelu") != "gelu" or config.get("scale_embedding", False):
+    activation, scaled = config.get("activation_function", "gelu"), config.get("scale_embedding", False)
+    if activation != "gelu" or scaled:
         raise WpatchError(
-            f"{directory}: a Whisper variant openai-whisper cannot represent (activation "
-            f"{config.get('activation_function')!r}, scale_embedding {config.get('scale_embedding')}); use a "
-            "standard Whisper checkpoint"
+            f"{directory}: a Whisper variant openai-whisper cannot represent (activation {shown(activation)}, "
+            f"scale_embedding {shown(scaled)}); use a standard Whisper checkpoint"
         )
     missing = [key for key in DIMENSIONS.values() if key not in config]
     if missing:
         raise WpatchError(f"{directory}: config.json lacks {missing[0]}, which a Whisper config has; re-save the model")
+    for key in (*DIMENSIONS.values(), "encoder_ffn_dim", "decoder_ffn_dim"):
+        value = config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LARGEST:
+            raise WpatchError(
+                f"{directory}: config.json key {key} is {shown(value)}, not a whole number from 1 to {LARGEST}; "
+                "re-save the model"
+            )
     if config["vocab_size"] not in VOCABULARIES:
         raise WpatchError(
             f"{directory}: vocabulary of {config['vocab_size']} tokens, none of openai-whisper's tokenizers "
             f"({', '.join(map(str, VOCABULARIES))}); a fine-tune with added tokens is not supported"
         )
-    width = 4 * config["d_model"]
-    if {config.get("encoder_ffn_dim", width), config.get("decoder_ffn_dim", width)} != {width}:
+    for key, allowed, why in (
+        ("num_mel_bins", (80, 128), "openai-whisper's log-mel has 80 or 128 bins"),
+        ("max_source_positions", (N_FRAMES // 2,), "Whisper's 30 s input fills 1500 encoder positions"),
+    ):
+        if config[key] not in allowed:
+            raise WpatchError(f"{directory}: config.json key {key} is {config[key]}, but {why}; re-save the model")
+    width = config["d_model"]
+    if width % 2:
+        raise WpatchError(
+            f"{directory}: config.json key d_model is {width}, but the encoder's sinusoidal positions need an even "
+            "width; re-save the model"
+        )
+    for key in ("encoder_attention_heads", "decoder_attention_heads"):
+        if width % config[key]:
+            raise WpatchError(
+                f"{directory}: config.json key {key} is {config[key]}, which does not divide d_model {width} into "
+                "equal heads; fix the config or re-save the model"
+            )
+    if {config.get("encoder_ffn_dim", 4 * width), config.get("decoder_ffn_dim", 4 * width)} != {4 * width}:
         raise WpatchError(
             f"{directory}: feed-forward width is not 4 x d_model, which openai-whisper assumes; not supported"
         )
@@ -115,65 +149,136 @@ def name_map(n_audio_layer: int, n_text_layer: int) -> dict[str, str]:
     return names
 
 
-def _read_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-
-
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint folder, by its transformers name, in its stored dtype; shards are read from
-    the index, and a shard the index lists but the folder lacks is refused."""
-    for name in WEIGHTS:
-        index = directory / f"{name}.index.json"
-        if index.exists():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            missing = [s for s in shards if not (directory / s).exists()]
-            if missing:
-                raise WpatchError(
-                    f"{directory}: shard {missing[0]} listed in {index.name} is missing ({len(missing)} of "
-                    f"{len(shards)} missing); copy or download the whole checkpoint"
-                )
-            return {k: v for shard in shards for k, v in _read_file(directory / shard).items()}
-        if (directory / name).exists():
-            return _read_file(directory / name)
-    raise WpatchError(f"{directory}: config.json but no {' or '.join(WEIGHTS)} (or index); re-save the model")
+def expected_axes(key: str) -> tuple[str | int, ...]:
+    """The shape of openai-whisper parameter `key` (or transformers' `proj_out.weight`), each axis named by the
+    config.json key that sets its size (a number where none does)."""
+    part, name = key.split(".")[0], key.split(".")[-2]
+    if name in ("conv1", "conv2"):
+        return ("d_model", "num_mel_bins" if name == "conv1" else "d_model", 3)[: 3 if key.endswith("weight") else 1]
+    if key.endswith("positional_embedding"):
+        return ("max_source_positions" if part == "encoder" else "max_target_positions", "d_model")
+    if name == "token_embedding" or key == "proj_out.weight":
+        return ("vocab_size", "d_model")
+    if name in ("0", "2"):  # the MLP's two layers
+        ffn = f"{part}_ffn_dim"
+        if key.endswith("bias"):
+            return (ffn if name == "0" else "d_model",)
+        return (ffn, "d_model") if name == "0" else ("d_model", ffn)
+    if name in ("query", "key", "value", "out") and key.endswith("weight"):
+        return ("d_model", "d_model")
+    return ("d_model",)  # biases and layer norms
 
 
-def convert(config: dict, weights: dict[str, torch.Tensor]) -> tuple[ModelDimensions, dict[str, torch.Tensor]]:
-    """openai-whisper dims and state dict from a transformers config and its tensors (any dtype kept). Refused:
-    a missing tensor, a tensor with no counterpart, and an output projection not tied to the token embedding."""
+def size(config: dict, axis: str | int) -> int:
+    """The size of one axis of `expected_axes` under a checked config (a feed-forward width 4 x d_model unless set)."""
+    return config.get(axis, 4 * config["d_model"]) if isinstance(axis, str) else axis
+
+
+def _disagreement(directory: Path, config: dict, name: str, stored: Stored, axes: tuple) -> WpatchError:
+    """A tensor whose shape config.json does not give, named with the config keys behind the sizes that differ."""
+    differing = [a for a, seen in zip(axes, stored.shape) if size(config, a) != seen]
+    if len(stored.shape) != len(axes):
+        differing = list(axes)
+    keys = [f"{a} ({size(config, a)})" for a in dict.fromkeys(differing) if isinstance(a, str)]
+    given = f"config.json's {', '.join(keys)}" if keys else "a Whisper checkpoint"
+    return WpatchError(
+        f"{directory}: tensor {name} in {stored.file} has shape {list(stored.shape)}, but {given} makes it "
+        f"{[size(config, a) for a in axes]}; the weights and config.json disagree: re-save the model"
+    )
+
+
+def check_checkpoint(directory: Path) -> ModelDimensions:
+    """The dimensions of a checkpoint folder, once config.json, the index and every weight file's header are
+    checked against one another, reading no tensor data: every tensor openai-whisper needs is there with the
+    shape config.json gives, and none other (but a tied output projection)."""
+    config = read_config(directory)
     dims = dimensions(config)
-    prefix = "model." if any(k.startswith("model.") for k in weights) else ""
-    names = name_map(dims.n_audio_layer, dims.n_text_layer)
-    missing = [hf for hf in names.values() if prefix + hf not in weights]
+    stored: dict[str, Stored] = {}
+    for path in weight_files(directory):
+        for name, tensor in stored_tensors(path).items():
+            if name in stored:
+                raise WpatchError(
+                    f"{directory}: tensor {shown(name)} is in both {stored[name].file} and {path.name}; re-save the "
+                    "model"
+                )
+            stored[name] = tensor
+    prefix = "model." if any(k.startswith("model.") for k in stored) else ""
+    for part, key in (("encoder", "encoder_layers"), ("decoder", "decoder_layers")):
+        found = {int(m[1]) for k in stored if (m := re.match(rf"{prefix}{part}\.layers\.(\d{{1,6}})\.", k))}
+        if len(found) != config[key] or found != set(range(config[key])):
+            raise WpatchError(
+                f"{directory}: config.json key {key} is {config[key]}, but the weights hold {len(found)} {part} "
+                "layers; the weights and config.json disagree: re-save the model"
+            )
+    names = {key: prefix + hf for key, hf in name_map(dims.n_audio_layer, dims.n_text_layer).items()}
+    missing = [hf for hf in names.values() if hf not in stored]
     if missing:
-        raise WpatchError(f"checkpoint lacks {prefix}{missing[0]} ({len(missing)} tensors missing); re-save the model")
-    state = {key: weights[prefix + hf] for key, hf in names.items()}
+        raise WpatchError(
+            f"{directory}: checkpoint lacks {missing[0]} ({len(missing)} tensors missing); re-save the model"
+        )
+    unused = sorted(k for k in stored if k not in {*names.values(), "proj_out.weight"})
+    if unused:
+        raise WpatchError(
+            f"{directory}: checkpoint has tensors with no openai-whisper counterpart: {shown(unused[:3])}; not "
+            "supported"
+        )
+    for key, name in [*names.items(), ("proj_out.weight", "proj_out.weight")]:
+        axes = expected_axes(key)
+        if name in stored and stored[name].shape != tuple(size(config, a) for a in axes):
+            raise _disagreement(directory, config, name, stored[name], axes)
+    alignment_heads(directory, dims)
+    return dims
+
+
+def alignment_heads(directory: Path, dims: ModelDimensions) -> list | None:
+    """The (decoder layer, head) pairs generation_config.json names as alignment heads, if the folder has one."""
+    path = directory / "generation_config.json"
+    if not path.exists():
+        return None
+    try:
+        generation = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as error:
+        raise WpatchError(
+            f"{directory}: unreadable generation_config.json ({type(error).__name__}); re-save the model or delete it"
+        ) from None
+    heads = generation.get("alignment_heads") if isinstance(generation, dict) else generation
+    if heads is None:
+        return None
+    limits = (dims.n_text_layer, dims.n_text_head)
+    if not isinstance(heads, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(type(i) is int and 0 <= i < n for i, n in zip(pair, limits))
+        for pair in heads
+    ):
+        raise WpatchError(
+            f"{directory}: generation_config.json key alignment_heads is {shown(heads)}, not [decoder layer, head] "
+            f"pairs of this model ({limits[0]} layers of {limits[1]} heads); fix the file or delete it"
+        )
+    return heads
+
+
+def convert(dims: ModelDimensions, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """openai-whisper's state dict from a checked checkpoint's tensors (any dtype kept); refused: an output
+    projection not tied to the token embedding."""
+    prefix = "model." if any(k.startswith("model.") for k in weights) else ""
+    state = {key: weights[prefix + hf] for key, hf in name_map(dims.n_audio_layer, dims.n_text_layer).items()}
     projection = weights.get("proj_out.weight")
     if projection is not None and not torch.equal(projection, state["decoder.token_embedding.weight"]):
         raise WpatchError(
             "checkpoint has an output projection (proj_out) different from the token embedding, which "
             "openai-whisper ties; only tied Whisper checkpoints load"
         )
-    known = {prefix + hf for hf in names.values()} | {"proj_out.weight"}
-    unused = sorted(k for k in weights if k not in known)
-    if unused:
-        raise WpatchError(f"checkpoint has tensors with no openai-whisper counterpart: {unused[:3]}; not supported")
-    return dims, state
+    return state
 
 
 def load_huggingface(directory: str | Path) -> Whisper:
-    """An openai-whisper model (fp32) holding exactly the weights of a transformers Whisper checkpoint folder."""
+    """An openai-whisper model (fp32) holding exactly the weights of a transformers Whisper checkpoint folder,
+    checked whole (`check_checkpoint`) before its data is read."""
     directory = Path(directory)
-    dims, state = convert(read_config(directory), read_weights(directory))
+    dims = check_checkpoint(directory)
+    weights = {k: v for path in weight_files(directory) for k, v in read_tensors(path).items()}
     model = Whisper(dims)
-    model.load_state_dict(state, strict=True)
-    generation = directory / "generation_config.json"
-    if generation.exists():
-        set_alignment_heads(model, json.loads(generation.read_text()).get("alignment_heads"))
+    model.load_state_dict(convert(dims, weights), strict=True)
+    set_alignment_heads(model, alignment_heads(directory, dims))
     return model.eval()
 
 
@@ -238,8 +343,7 @@ def download(repo: str) -> Path:
     _fetch(repo, "generation_config.json", snapshot / "generation_config.json")
     for name in WEIGHTS:
         if _fetch(repo, f"{name}.index.json", snapshot / f"{name}.index.json"):
-            index = json.loads((snapshot / f"{name}.index.json").read_text())
-            for shard in sorted(set(index["weight_map"].values())):
+            for shard in sorted(set(read_index(snapshot / f"{name}.index.json").values())):
                 _fetch(repo, shard, snapshot / shard)
             break
         if _fetch(repo, name, snapshot / name):

@@ -211,10 +211,11 @@ def multilingual(dims: ModelDimensions) -> bool:
 def model_dims(spec: str) -> ModelDimensions:
     """The dimensions of the model behind `spec`, read from the file's header: a checkpoint's `dims` entry (its
     tensors memory-mapped, never read) or a CTranslate2 file's variable shapes (its weights skipped). Only a
-    model that must be downloaded first is loaded whole; a Hugging Face checkpoint's come from its config.json."""
+    model that must be downloaded first is loaded whole; a Hugging Face checkpoint's come from its config.json, checked
+    against its weight files' headers."""
     kind, where = locate(spec)
     if kind == "huggingface":
-        return huggingface.dimensions(huggingface.read_config(Path(where)))
+        return huggingface.check_checkpoint(Path(where))
     if kind == "ctranslate2":
         return dimensions(read_model_bin(Path(where) / "model.bin", shapes_only=True))
     if kind == "download":

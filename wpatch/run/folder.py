@@ -11,7 +11,8 @@
 - `StopOnSignal`: the first SIGTERM or SIGINT asks the run to stop before its next batch (or clip, while
   clips are synthesised); a second one ends the process (and the DDP processes it launched) at once. A process
   that stops leaves `<folder>/.stop` (the signal's number), which every other rank, on this node or another,
-  reads before its next batch and stops too; the next start of the run removes it.
+  reads before its next batch and stops too; the next start of the run removes it. Signal handlers can only be
+  set in the main thread: a run in another thread keeps the caller's, and says so.
 """
 
 import errno
@@ -25,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -46,10 +48,21 @@ class RunStopped(Exception):
         self.signum = signum
 
 
+def way_out(error: OSError) -> str:
+    """What to do about a write that failed in a run's folder, by its cause."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "make room"
+    if error.errno == errno.EROFS:
+        return "its file system is read-only: remount it read-write"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return "fix the folder's permissions"
+    return "fix what stopped the write"
+
+
 def not_writable(folder: Path, error: OSError) -> WpatchError:
+    fix = "remount its file system read-write" if error.errno == errno.EROFS else "fix its permissions"
     return WpatchError(
-        f"output directory {folder} is not writable ({error.strerror}); choose another --writer.output_dir or fix its "
-        "permissions"
+        f"output directory {folder} is not writable ({error.strerror}); choose another --writer.output_dir or {fix}"
     )
 
 
@@ -177,8 +190,20 @@ class StopOnSignal:
         self.resume_command = ""  # printed when a second signal ends the process
         self.previous: dict = {}
         self.flag: Path | None = None  # the run's stop file (`STOP`), shared by every rank of the run
+        self.noted = False  # whether the note on a run outside the main thread was given
 
     def install(self) -> None:
+        """Take SIGTERM and SIGINT, where Python lets a handler be set: in the main thread. Elsewhere (a run started
+        from another thread) the signals stay with the caller's handlers, and a note says so, once."""
+        if threading.current_thread() is not threading.main_thread():
+            if not self.noted:
+                self.noted = True
+                tqdm.write(
+                    "wpatch: note: this run is outside the main thread, where Python cannot catch signals: Ctrl-C and "
+                    "SIGTERM do not stop it between batches (start it from the main thread for that)",
+                    file=sys.stderr,
+                )
+            return
         for signum in self.SIGNALS:
             previous = signal.signal(signum, self.handle)
             self.previous.setdefault(signum, previous)

@@ -26,7 +26,7 @@ from wpatch.faults import fault_point
 from wpatch.rows import ROW_COLUMNS
 from wpatch.run.attributions import merge_attributions, write_attribution_part
 from wpatch.run.clips import copy_clips
-from wpatch.run.folder import STOP, StopOnSignal, check_writable, claim_folder, record_run, remove_partials
+from wpatch.run.folder import STOP, StopOnSignal, check_writable, claim_folder, record_run, remove_partials, way_out
 from wpatch.run.parts import finished_items, part_problem, verified_parts, write_part
 from wpatch.run.settings import environment, run_settings, session, summary_settings
 from wpatch.run.table import record_table
@@ -184,11 +184,11 @@ class PatchingResultsWriter(BasePredictionWriter):
             raise self.not_written(error) from None
 
     def not_written(self, error: OSError) -> WpatchError:
-        """One line for a file the run could not write (a full disk, say): which file, why, what is kept, and the
-        command that continues the run."""
+        """One line for a file the run could not write (a full disk, a file system gone read-only): which file, why,
+        what is kept, what to do about it (`way_out`) and the command that continues the run."""
         return WpatchError(
             f"could not write {error.filename or 'a file of the run'} ({error.strerror or error}); every finished "
-            f"part is kept; make room, then continue with: {self.go_on()}"
+            f"part is kept; {way_out(error)}, then continue with: {self.go_on()}"
         )
 
     def go_on(self) -> str:

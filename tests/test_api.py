@@ -1,6 +1,7 @@
 """`wpatch.run` / `wpatch.load_run` / `Run`: the same run as `wpatch predict`, the model loaded once per process,
 bad input as one-line errors."""
 
+import inspect
 import signal
 import threading
 
@@ -9,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import wpatch
-import wpatch.run.writer  # noqa: F401 (importing a submodule of wpatch.run must leave wpatch.run callable)
+import wpatch.run_folder.writer  # noqa: F401 (the run folder's package is imported, as any run does)
 from tests.predict_run import main, predict_args
 from wpatch.errors import WpatchError
 from wpatch.models import loading
@@ -41,6 +42,13 @@ def python_run(small_model_path, clip_dir, out, **extra):
         progress=False,
         **extra,
     )
+
+
+def test_run_is_a_plain_function_with_its_own_signature_and_docstring():
+    """`wpatch.run?` in a notebook shows the function's signature and docstring, not a package's."""
+    assert inspect.isfunction(wpatch.run) and wpatch.run is wpatch.api.run
+    assert list(inspect.signature(wpatch.run).parameters)[:3] == ["pairs", "model", "sites"]
+    assert wpatch.run.__doc__.startswith("Run a patching experiment")
 
 
 def test_run_is_the_command_and_keeps_the_model(tmp_path, small_model_path, clip_dir, loads):

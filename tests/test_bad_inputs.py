@@ -43,7 +43,7 @@ def hold_lock(folder: Path) -> subprocess.Popen:
         [
             sys.executable,
             "-c",
-            f"from pathlib import Path; from wpatch.run.folder import claim_folder; "
+            f"from pathlib import Path; from wpatch.run_folder.folder import claim_folder; "
             f"lock = claim_folder(Path({str(folder)!r})); print(flush=True); input()",
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},

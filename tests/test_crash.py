@@ -4,7 +4,7 @@ report and the finish mark (summary.json, written last) and after it. Each is re
 summary.json but for timing and environment, report.md, report.html and clips/) must then be byte for byte the
 uninterrupted run's, with one TensorBoard file and nothing half-written left. A part damaged on disk (cut short, a
 byte flipped, emptied, or without its record) is computed again, alone, with a warning that names it. The runs
-signal themselves at named points (WPATCH_FAULT, `wpatch.run.folder.fault_point`)."""
+signal themselves at named points (WPATCH_FAULT, `wpatch.run_folder.folder.fault_point`)."""
 
 import json
 import shutil

@@ -15,7 +15,7 @@ from tests.test_patching import assert_fast_path_equals_hooks, mels_of
 from wpatch.patching.autobatch import SHARE, largest_groups, peak_memory
 from wpatch.patching.module import PatchingModule
 from wpatch.rows import ROW_COLUMNS
-from wpatch.run.writer import PatchingResultsWriter
+from wpatch.run_folder.writer import PatchingResultsWriter
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 PAIRS = "word_a,word_b,category\nbat,pat,consonant\nhot,cold,semantic\nship,sheep,vowel\n"

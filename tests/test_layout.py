@@ -12,7 +12,7 @@ FLOORS = [  # lowest first
     {"wpatch.stimuli"},
     {"wpatch.analysis"},
     {"datamodules"},
-    {"wpatch.run"},
+    {"wpatch.run_folder"},
     {"wpatch.cli", "wpatch", "wpatch.__main__", "wpatch.api", "wpatch.one_off"},
 ]
 

@@ -23,7 +23,7 @@ from wpatch.analysis import read_matrix
 from wpatch.errors import WpatchError
 from wpatch.models.loading import load_model
 from wpatch.rows import ROW_COLUMNS
-from wpatch.run.writer import PatchingResultsWriter, write_part
+from wpatch.run_folder.writer import PatchingResultsWriter, write_part
 from wpatch.text import scoring_prefix, tokenizer_for, word_tokens
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,8 +18,8 @@ import pytest
 
 from tests.predict_run import main, predict_args
 from wpatch.errors import WpatchError
-from wpatch.run.folder import check_writable, claim_folder
-from wpatch.run.writer import PatchingResultsWriter
+from wpatch.run_folder.folder import check_writable, claim_folder
+from wpatch.run_folder.writer import PatchingResultsWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"  # 4 items, each its own source clip: 4 batches of 1
@@ -134,7 +134,8 @@ def test_ddp_sigterm_stops_every_rank_then_resume(reference, small_model_path):
 
 def test_second_signal_stops_at_once():
     code = (
-        "import os, signal, time\nfrom wpatch.run.folder import StopOnSignal\nstop = StopOnSignal(); stop.install()\n"
+        "import os, signal, time\nfrom wpatch.run_folder.folder import StopOnSignal\n"
+        "stop = StopOnSignal(); stop.install()\n"
         "os.kill(os.getpid(), signal.SIGINT)\nassert stop.signum == signal.SIGINT\n"
         "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(60)\n"
     )
@@ -157,7 +158,7 @@ def test_folder_in_use_is_refused_and_a_killed_holder_leaves_it_free(reference, 
         [
             sys.executable,
             "-c",
-            f"from pathlib import Path; from wpatch.run.folder import claim_folder; "
+            f"from pathlib import Path; from wpatch.run_folder.folder import claim_folder; "
             f"lock = claim_folder(Path({str(out)!r})); print('locked', flush=True); input()",
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -2,8 +2,8 @@
 
 The package by concern (docs/architecture.md follows one row through it): `models` (which Whisper, offline
 weights), `stimuli` (pairs files, speech synthesis, recordings, log-mels, screening, the packaged sets),
-`patching` (the plan of a batch, the encoder and decoder engines, the measures, the LightningModule), `run` (the
-run folder, the prediction writer, the settings a run records), `analysis` (tables, figures, report.md,
+`patching` (the plan of a batch, the encoder and decoder engines, the measures, the LightningModule), `run_folder`
+(the run folder, the prediction writer, the settings a run records), `analysis` (tables, figures, report.md,
 TensorBoard, comparisons); beneath them the names every part shares: `sites` (the site registry), `rows` (the
 batch, the result row and its measure schema), `text` (how a word is normalised and scored), `errors`, `atomic`,
 `faults`; and `cli` (the `wpatch` command). The DataModules live in the top-level `datamodules` package.
@@ -37,21 +37,9 @@ From Python (`wpatch.api`): `wpatch.run(pairs=..., ...)` runs an experiment and 
 (one line); Ctrl-C during a run raises `wpatch.RunInterrupted` (a KeyboardInterrupt saying how to continue it).
 """
 
-import types
-
-from wpatch import api, run
-from wpatch.api import Run, load_run
+from wpatch.api import Run, load_run, run
 from wpatch.errors import RunInterrupted, WpatchError
 
-
-class _RunPackage(types.ModuleType):
-    """The package wpatch/run (the run folder's code), callable as `wpatch.api.run`: importing a submodule such as
-    `wpatch.run.writer` sets the attribute `wpatch.run` to the package, so the package itself is made callable."""
-
-    __call__ = staticmethod(api.run)
-
-
-run.__class__ = _RunPackage
 __all__ = ["Run", "RunInterrupted", "WpatchError", "load_run", "patch", "run"]
 
 

@@ -39,7 +39,7 @@ def option_names() -> dict[str, str]:
     from datamodules import PairDataModule
     from wpatch.cli import patching_trainer
     from wpatch.patching.module import PatchingModule
-    from wpatch.run.writer import PatchingResultsWriter
+    from wpatch.run_folder.writer import PatchingResultsWriter
 
     names = {}
     for group, target in (
@@ -185,8 +185,8 @@ def _run(pairs, config, progress: bool, given: dict, options: dict) -> "Run":
 
     from wpatch.cli import one_line, run_predict
     from wpatch.models.loading import keep_models
-    from wpatch.run.folder import RunStopped
-    from wpatch.run.progress import ItemProgressBar
+    from wpatch.run_folder.folder import RunStopped
+    from wpatch.run_folder.progress import ItemProgressBar
 
     path = pairs_file(pairs)
     args = predict_args(config, pairs=path, **given, **options)
@@ -264,7 +264,7 @@ def load_run(folder, allow_edited: bool = False) -> Run:
     (then `Run.edited` says what differs). A run made before its table was recorded loads with a note that it
     cannot be checked."""
     from wpatch.analysis.tables import load_run as rows_and_summary
-    from wpatch.run.table import check_table
+    from wpatch.run_folder.table import check_table
 
     folder = Path(folder)
     edited = check_table(folder, allow_edited, allow="allow_edited=True")

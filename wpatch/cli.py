@@ -1,6 +1,6 @@
 """The `wpatch` command: `wpatch predict` (run an experiment), `wpatch report RUN_DIR` (the analysis and figures
 again from a saved predictions.csv), `wpatch compare RUN_A RUN_B` (cell-by-cell differences with intervals),
-`wpatch merge SHARD_RUN... --out RUN` (the runs of a run's shards made into the whole run, `wpatch.run.merge`),
+`wpatch merge SHARD_RUN... --out RUN` (the runs of a run's shards made into the whole run, `wpatch.run_folder.merge`),
 `wpatch screen` (which clips a model hears), `wpatch stimuli CORPUS_DIR` (a pairs file from a speech corpus) and
 `wpatch benchmark` (the checkout's scripts/benchmark.py).
 `python -m wpatch` is the same command.
@@ -38,10 +38,10 @@ from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 from wpatch.models.loading import check_languages, model_dims, multilingual
 from wpatch.patching.module import PatchingModule, check_precision
-from wpatch.run.folder import RunStopped, check_writable, code_version
-from wpatch.run.progress import ItemProgressBar
-from wpatch.run.table import check_table
-from wpatch.run.writer import PatchingResultsWriter
+from wpatch.run_folder.folder import RunStopped, check_writable, code_version
+from wpatch.run_folder.progress import ItemProgressBar
+from wpatch.run_folder.table import check_table
+from wpatch.run_folder.writer import PatchingResultsWriter
 from wpatch.stimuli.pairs_file import check_word_tokens, pairs_path, read_pairs
 from wpatch.stimuli.screening import screen_summary
 
@@ -198,7 +198,7 @@ def patching_trainer(
     enable_model_summary: bool = False,
 ) -> L.Trainer:
     """The Trainer with only the options a patching run uses (no epochs, clipping or optimisers); fp32 unless
-    asked (`--trainer.precision`); progress in items and rows (`wpatch.run.progress.ItemProgressBar`). Under
+    asked (`--trainer.precision`); progress in items and rows (`wpatch.run_folder.progress.ItemProgressBar`). Under
     SLURM (srun), Lightning's auto-requeue is off: it would save a training checkpoint and requeue on SIGUSR1;
     a run continues instead by starting it again with --writer.resume true (docs/clusters.md)."""
     callbacks = list(callbacks or [])
@@ -237,11 +237,11 @@ def quiet_lightning() -> None:
 
 
 def report(run_dir: str, allow_edited: bool = False) -> dict:
-    """`wpatch report RUN_DIR`: the analysis and figures again from a finished run's predictions.csv, checked
-    against what the run wrote (`wpatch.run.table`; an edited table only with `allow_edited`, and then the summary
-    and report say so), the settings and everything the run recorded kept from its summary.json, with
-    `reanalysed` (code version, time) added; returns the summary. A folder that is not a finished run (no
-    summary.json) is refused: its run or merge finishes it."""
+    """`wpatch report RUN_DIR`: the analysis and figures again from a finished run's predictions.csv, checked against
+    what the run wrote (`wpatch.run_folder.table`; an edited table only with `allow_edited`, and then the summary and
+    report say so), the settings and everything the run recorded kept from its summary.json, with `reanalysed` (code
+    version, time) added; returns the summary. A folder that is not a finished run (no summary.json) is refused: its run
+    or merge finishes it."""
     from wpatch.analysis.summary import RUN_PARTS, SUMMARY_PARTS, analyse
     from wpatch.analysis.tables import load_run, not_a_run
 
@@ -386,8 +386,8 @@ def stimuli(args=None) -> None:
 
 
 def merge_shards(args: list[str]) -> None:
-    """`wpatch merge SHARD_RUN... --out RUN` (see `wpatch.run.merge`)."""
-    from wpatch.run.merge import merge
+    """`wpatch merge SHARD_RUN... --out RUN` (see `wpatch.run_folder.merge`)."""
+    from wpatch.run_folder.merge import merge
 
     parser = argparse.ArgumentParser(prog="wpatch merge", description="The runs of a run's shards as the whole run.")
     parser.add_argument("shards", nargs="+", help="the finished run folders of shards 0/N .. N-1/N, in any order")

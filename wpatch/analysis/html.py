@@ -2,17 +2,17 @@
 
 The main layer matrices are plotly heatmaps (hover: mean, 95% interval, n; measure and group chosen from menus);
 clicking a cell lists its items (words, transcript, measures, recognised) with an audio player and the log-mel
-spectrogram of each clip, the patched window marked (clips from `clips/`, see `wpatch.run.clips`); below, report.md
-(settings, every condition, the phonetic-feature maps, sanity checks). The page is a jinja2 template
-(`templates/report.html.j2`, with its style and script `report.css`, `report.js`); plotly's script is written
-beside it (`plotly.min.js`), so nothing is fetched.
+spectrogram of each clip, the patched window marked (clips from `clips/`, see `wpatch.run_folder.clips`); below,
+report.md (settings, every condition, the phonetic-feature maps, sanity checks). The page is a jinja2 template
+(`templates/report.html.j2`, with its style and script `report.css`, `report.js`); plotly's script is written beside it
+(`plotly.min.js`), so nothing is fetched.
 
 Nothing from the data runs: values reach the page as escaped text (the template escapes, its data is JSON with `<`
-escaped, the script sets only `textContent`), report.md is rendered without raw HTML (`markdown_html`), and the
-page's Content-Security-Policy lets only its own files and its own inline style and script (by hash) load or run.
+escaped, the script sets only `textContent`), report.md is rendered without raw HTML (`markdown_html`), and the page's
+Content-Security-Policy lets only its own files and its own inline style and script (by hash) load or run.
 
-The page holds aggregates and compact columns, not one element per row: the cells' rows are arrays (item,
-transcript number, window, measures) that the page turns into table rows only for the clicked cell.
+The page holds aggregates and compact columns, not one element per row: the cells' rows are arrays (item, transcript
+number, window, measures) that the page turns into table rows only for the clicked cell.
 """
 
 import base64
@@ -34,7 +34,7 @@ from wpatch.rows import CONDITION, MEASURE_NAMES, MEASURES, SCALES
 from wpatch.sites import SITES
 
 PLOTLY_JS = "plotly.min.js"
-INDEX = "clips/index.csv"  # which clips each item has (written by `wpatch.run.clips`)
+INDEX = "clips/index.csv"  # which clips each item has (written by `wpatch.run_folder.clips`)
 SHOWN_FIRST = 100  # item rows a clicked cell shows before "show all"
 
 

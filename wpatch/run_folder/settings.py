@@ -12,7 +12,7 @@ import platform
 
 import lightning as L
 
-from wpatch.run.folder import code_version, file_sha256
+from wpatch.run_folder.folder import code_version, file_sha256
 from wpatch.stimuli.pairs_file import pairs_path
 
 # Hyperparameters that may differ between the starts of one run: they change how the work is batched, spread or

@@ -1,10 +1,11 @@
 """A Lightning prediction writer: a write hook per batch, the merge, then the analysis.
 
-Every batch's rows are a part (`wpatch.run.parts`), written by whichever process made them. Before any work the
-process that starts the run claims its folder (`wpatch.run.folder`: lock, run.json with `wpatch.run.settings`),
-and a resume redoes only the parts that do not match their records. When prediction ends, rank 0 merges the parts
-into `predictions.csv` (checked: every item x patch exactly once) and hands the rows, with the run's settings, to
-`wpatch.analysis.analyse` (matrices, heatmaps, `cells.csv`, TensorBoard, `report.md`, then `summary.json`).
+Every batch's rows are a part (`wpatch.run_folder.parts`), written by whichever process made them. Before any work the
+process that starts the run claims its folder (`wpatch.run_folder.folder`: lock, run.json with
+`wpatch.run_folder.settings`), and a resume redoes only the parts that do not match their records. When prediction ends,
+rank 0 merges the parts into `predictions.csv` (checked: every item x patch exactly once) and hands the rows, with the
+run's settings, to `wpatch.analysis.analyse` (matrices, heatmaps, `cells.csv`, TensorBoard, `report.md`, then
+`summary.json`).
 """
 
 import sys
@@ -24,19 +25,27 @@ from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
 from wpatch.faults import fault_point
 from wpatch.rows import ROW_COLUMNS
-from wpatch.run.attributions import merge_attributions, write_attribution_part
-from wpatch.run.clips import copy_clips
-from wpatch.run.folder import STOP, StopOnSignal, check_writable, claim_folder, record_run, remove_partials, way_out
-from wpatch.run.parts import finished_items, part_problem, verified_parts, write_part
-from wpatch.run.settings import environment, run_settings, session, summary_settings
-from wpatch.run.table import record_table
+from wpatch.run_folder.attributions import merge_attributions, write_attribution_part
+from wpatch.run_folder.clips import copy_clips
+from wpatch.run_folder.folder import (
+    STOP,
+    StopOnSignal,
+    check_writable,
+    claim_folder,
+    record_run,
+    remove_partials,
+    way_out,
+)
+from wpatch.run_folder.parts import finished_items, part_problem, verified_parts, write_part
+from wpatch.run_folder.settings import environment, run_settings, session, summary_settings
+from wpatch.run_folder.table import record_table
 
 
 class PatchingResultsWriter(BasePredictionWriter):
     """Writes predictions.csv, layer matrices (overall and per category), heatmaps, summary.json and TensorBoard.
 
     The folder is locked while a run uses it, and `run.json` keeps the settings its rows depend on (see
-    `wpatch.run.folder`). SIGTERM or SIGINT stops the run before its next batch, or its next clip while clips are
+    `wpatch.run_folder.folder`). SIGTERM or SIGINT stops the run before its next batch, or its next clip while clips are
     synthesised (`RunStopped`).
 
     Args:
@@ -125,7 +134,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         self.stop.check()
 
     def finished_items(self) -> set[int]:
-        """Item ids already written, in parts that match their records (`wpatch.run.parts`)."""
+        """Item ids already written, in parts that match their records (`wpatch.run_folder.parts`)."""
         return finished_items(self.parts)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):

@@ -7,7 +7,7 @@ The shards are checked first, each problem one line naming the shard: every one 
 one a shard of the same N with every other setting of run.json equal (batch size, devices and other `MAY_CHANGE`
 settings may differ: they never change a row), each index 0..N-1 exactly once, no item in two shards, and all of
 them together holding every item of the run, and each shard's predictions.csv as the shard wrote it
-(`wpatch.run.table`). The merged run's rows are the shards' rows in item order; its
+(`wpatch.run_folder.table`). The merged run's rows are the shards' rows in item order; its
 summary.json is the whole run's, with `shard` null, `wall_time_s` and `clip_cache` summed over the shards and the
 environment and model card of the first; its run.json keeps every shard's sessions and names the shards (`merged_from`).
 The merged run's run.json is written first: a merge stopped midway is started again by the same merge into its
@@ -24,9 +24,9 @@ from wpatch.analysis.summary import SUMMARY_PARTS, analyse
 from wpatch.analysis.tables import read_rows
 from wpatch.atomic import atomic_path, write_atomically
 from wpatch.errors import WpatchError
-from wpatch.run.attributions import merge_shard_attributions, shard_maps
-from wpatch.run.folder import LOCK, claim_folder, remove_partials
-from wpatch.run.table import check_table, record_table
+from wpatch.run_folder.attributions import merge_shard_attributions, shard_maps
+from wpatch.run_folder.folder import LOCK, claim_folder, remove_partials
+from wpatch.run_folder.table import check_table, record_table
 
 
 def read_shard(folder: Path) -> tuple[dict, dict]:

@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from datamodules import PairDataModule
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from tests.predict_run import main, predict_args
+from tests.same_rows import assert_same_table
 from wpatch.analysis import read_matrix
 from wpatch.errors import WpatchError
 from wpatch.models.loading import load_model
@@ -192,7 +193,7 @@ def test_two_process_ddp_run_gives_the_same_rows(finished_run, small_model_path)
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list((ddp_out / "parts").glob("items-*.csv"))) == 2  # one batch per rank
-    assert pd.read_csv(ddp_out / "predictions.csv").equals(pd.read_csv(out / "predictions.csv"))
+    assert_same_table(ddp_out / "predictions.csv", out / "predictions.csv")
 
 
 def test_a_resume_with_fewer_clips_left_than_processes_finishes_with_the_same_bytes(finished_run, small_model_path):
@@ -214,7 +215,7 @@ def test_a_resume_with_fewer_clips_left_than_processes_finishes_with_the_same_by
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (late / "predictions.csv").read_bytes() == (out / "predictions.csv").read_bytes()
+    assert_same_table(late / "predictions.csv", out / "predictions.csv")
 
 
 def test_decoding_in_small_chunks_gives_the_same_rows(finished_run, small_model_path):

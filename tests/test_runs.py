@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.predict_run import main, predict_args
+from tests.same_rows import assert_same_table
 from wpatch.errors import WpatchError
 from wpatch.run_folder.folder import check_writable, claim_folder
 from wpatch.run_folder.writer import PatchingResultsWriter
@@ -107,7 +108,7 @@ def test_sigterm_during_clip_synthesis_stops_before_the_next_clip(reference, sma
 
 
 def test_ddp_sigterm_stops_every_rank_then_resume(reference, small_model_path):
-    tmp_path, expected = reference
+    tmp_path, _ = reference
     out = tmp_path / "ddp"
     run = script(
         args(tmp_path, small_model_path, out, "--trainer.devices", "2", "--trainer.strategy", "ddp"),
@@ -129,7 +130,7 @@ def test_ddp_sigterm_stops_every_rank_then_resume(reference, small_model_path):
     assert "stopped by SIGTERM; every finished batch is kept; continue with: " in err.strip().splitlines()[-1]
     assert 1 <= len(parts(out)) < 4 and not (out / "summary.json").exists()
     main(args(tmp_path, small_model_path, out, "--writer.resume", "true"))
-    assert (out / "predictions.csv").read_bytes() == expected
+    assert_same_table(out / "predictions.csv", tmp_path / "reference" / "predictions.csv")
 
 
 def test_second_signal_stops_at_once():
@@ -301,12 +302,11 @@ def test_two_nodes_equal_one_process_and_sigterm_to_node_0_stops_both_then_resum
     """Three pairs (6 source clips): a stop after node 0's first part leaves at least one clip per node to resume."""
     pairs = PAIRS + "ship,sheep\n"
     main(args(tmp_path, small_model_path, tmp_path / "one", pairs=pairs))
-    expected = (tmp_path / "one" / "predictions.csv").read_bytes()
     out = tmp_path / "nodes"
     nodes = two_nodes(args(tmp_path, small_model_path, tmp_path / "nodes-whole", pairs=pairs))
     errors = [node.communicate(timeout=300)[1] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
-    assert (tmp_path / "nodes-whole" / "predictions.csv").read_bytes() == expected
+    assert_same_table(tmp_path / "nodes-whole" / "predictions.csv", tmp_path / "one" / "predictions.csv")
     nodes = two_nodes(args(tmp_path, small_model_path, out, pairs=pairs), fault="part1:SIGTERM")  # node 0 signalled
     try:
         errors = [node.communicate(timeout=120)[1] for node in nodes]
@@ -320,4 +320,4 @@ def test_two_nodes_equal_one_process_and_sigterm_to_node_0_stops_both_then_resum
     nodes = two_nodes(args(tmp_path, small_model_path, out, "--writer.resume", "true", pairs=pairs))
     errors = [node.communicate(timeout=300)[1] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
-    assert (out / "predictions.csv").read_bytes() == expected
+    assert_same_table(out / "predictions.csv", tmp_path / "one" / "predictions.csv")

@@ -6,7 +6,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS = [  # lowest first
-    {"wpatch.sites", "wpatch.rows", "wpatch.text", "wpatch.errors", "wpatch.atomic", "wpatch.faults"},
+    {
+        "wpatch.sites",
+        "wpatch.rows",
+        "wpatch.text",
+        "wpatch.errors",
+        "wpatch.atomic",
+        "wpatch.faults",
+        "wpatch.run_summary",
+    },
     {"wpatch.models"},
     {"wpatch.patching"},
     {"wpatch.stimuli"},

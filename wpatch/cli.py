@@ -40,8 +40,10 @@ from wpatch.models.loading import check_languages, model_dims, multilingual
 from wpatch.patching.module import PatchingModule, check_precision
 from wpatch.run_folder.folder import RunStopped, check_writable, code_version
 from wpatch.run_folder.progress import ItemProgressBar
+from wpatch.run_folder.settings import setting_defaults
 from wpatch.run_folder.table import check_table
 from wpatch.run_folder.writer import PatchingResultsWriter
+from wpatch.run_summary import RunSummary, with_defaults
 from wpatch.stimuli.pairs_file import check_word_tokens, pairs_path, read_pairs
 from wpatch.stimuli.screening import screen_summary
 
@@ -242,18 +244,21 @@ def report(run_dir: str, allow_edited: bool = False) -> dict:
     report say so), the settings and everything the run recorded kept from its summary.json, with `reanalysed` (code
     version, time) added; returns the summary. A folder that is not a finished run (no summary.json) is refused: its run
     or merge finishes it."""
-    from wpatch.analysis.summary import RUN_PARTS, SUMMARY_PARTS, analyse
+    from wpatch.analysis.summary import analyse
     from wpatch.analysis.tables import load_run, not_a_run
 
     folder = Path(run_dir)
     if not (folder / "summary.json").is_file():
         raise WpatchError(not_a_run(folder))
     edited = check_table(folder, allow_edited)
-    rows, old = load_run(folder)
-    settings = {k: v for k, v in old.items() if k not in SUMMARY_PARTS}
-    extra = {k: v for k, v in old.items() if k in RUN_PARTS}
-    extra["reanalysed"] = {"code_version": code_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    return analyse(rows, folder, {"edited": edited, **settings} if edited else settings, extra)
+    old = RunSummary.read(folder / "summary.json")
+    if old.settings:  # a run's (not a table analysed on its own): every setting, a newer one at its default
+        defaults = setting_defaults(PatchingModule, PairDataModule)
+        old.settings, note = with_defaults(old.settings, defaults, folder / "summary.json")
+        if note:
+            print(note, file=sys.stderr)
+    old.recorded.reanalysed = {"code_version": code_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return analyse(load_run(folder)[0], folder, old.settings, old.recorded, edited=edited)
 
 
 def analyse_again(command: str, rest: list[str], allow_edited: bool = False) -> None:

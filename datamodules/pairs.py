@@ -23,6 +23,7 @@ from wpatch.faults import fault_point
 from wpatch.models.loading import cache_root, check_languages, load_model, model_dims, multilingual
 from wpatch.patching.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.rows import PairBatch
+from wpatch.run_summary import Recorded
 from wpatch.stimuli.audio import load_audio
 from wpatch.stimuli.carriers import ALIGNMENT, sentence, word_frames
 from wpatch.stimuli.contexts import RECORDED, recorded_frames
@@ -244,6 +245,25 @@ class PairDataModule(L.LightningDataModule):
             word_tokens(tokenizers[lang], w) for w, lang in zip(items["control_word"], items["source_lang"])
         ]
         self.items = items
+
+    def recorded(self) -> Recorded:
+        """What the data records of the run for summary.json: clips synthesised (and damaged ones made again),
+        the screening, clips without speech, how the frames of words heard in context were found, and a shard's
+        place in the whole run (what `wpatch merge` checks the shards by)."""
+        clips = self.clips.values()
+        shard = None
+        if self.shard is not None:
+            shard = {"index": self.shard[0], "count": self.shard[1], "items_total": self.items_total}
+        return Recorded(
+            clip_cache={
+                "synthesised": sum(c.synthesized for c in clips),
+                "resynthesised_damaged": sum(c.repaired for c in clips),
+            },
+            screening=self.screening or None,
+            silent_clips=self.silent_clips,
+            word_frames=self.word_frames or None,
+            shard_items=shard,
+        )
 
     def _align_carriers(self, dims) -> None:
         """The word frames of clips heard in context: a recorded word's from its aligned span

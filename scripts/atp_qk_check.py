@@ -17,8 +17,8 @@ import sys
 import torch
 
 from scripts.benchmark_atp import starter_items
-from wpatch.cli import quiet_lightning
 from wpatch.patching.attribution import ENCODER_SITES, Cell, attribute, real_deltas
+from wpatch.quiet import quiet_lightning
 from wpatch.sites import BLOCK_OUT, RESID_PRE
 
 

@@ -23,9 +23,9 @@ import time
 import torch
 
 from datamodules import PairDataModule
-from wpatch.cli import quiet_lightning
 from wpatch.patching.attribution import ENCODER_SITES, Cell, attribute, real_deltas
 from wpatch.patching.module import PatchingModule
+from wpatch.quiet import quiet_lightning
 
 REAL_PASS = 16  # real_deltas' chunk: cells patched in one pass
 

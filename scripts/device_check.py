@@ -264,8 +264,8 @@ def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
     check("clips", made == wanted, f"{made} of {wanted} espeak clips synthesised in {time.perf_counter() - t:.1f} s")
     save()
 
-    from scripts.benchmark import main as benchmark
     from scripts.device_checks import default_batch_peaks, formats_and_methods, gpu_tests
+    from wpatch.benchmark import main as benchmark
 
     # the CPU dry run keeps to fp32 and the batch-1 decode baseline: the CPU's bfloat16 and `transcribe`'s
     # temperature fallback take minutes there, and their GPU paths (autocast on CUDA, fp16) cannot run on it

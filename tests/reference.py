@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from whisper.model import AudioEncoder, Whisper
 
-from scripts.benchmark import output_patch  # the original's plain hook, its baseline's too
+from wpatch.benchmark import output_patch  # the original's plain hook, its baseline's too
 
 
 @contextmanager

@@ -629,6 +629,20 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         )
     assert not (shards / "m").exists() and not (shards / "half" / "summary.json").exists()
 
+    # typed summary (wpatch.run_summary): a summary.json of a newer layout than this wpatch reads
+    newer = shards / "newer"
+    shutil.copytree(shards / "s1", newer)
+    layout = json.loads((newer / "summary.json").read_text())
+    (newer / "summary.json").write_text(json.dumps({**layout, "version": layout["version"] + 1}))
+    refused(
+        "`wpatch report` on a run whose summary.json has a newer layout",
+        lambda d: ["report", str(d / "newer")],
+        at=shards,
+        command=wpatch,
+        expect="newer than this wpatch reads",
+    )
+    # end of the typed summary's block
+
     # warnings: the run goes on, and says what it used
     d = tmp_path / "warned"
     d.mkdir()

@@ -1,6 +1,14 @@
-"""The benchmark script runs its three modes on the same rows and agrees with the original-decode baseline."""
+"""`wpatch benchmark` runs its three modes on the same rows and agrees with the original-decode baseline, and needs
+no checkout of the repository."""
 
-from scripts.benchmark import arguments, main
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from wpatch.benchmark import arguments, main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_benchmark_modes_agree_on_transcripts(tmp_path, small_model_path, monkeypatch, capsys):
@@ -39,3 +47,19 @@ def test_benchmark_modes_agree_on_transcripts(tmp_path, small_model_path, monkey
     # `original` (model.transcribe per row, minutes for a few rows) on a small sample by default; not timed here:
     # on the random test model transcribe runs to its 224-token cap at every temperature
     assert arguments().parse_args([]).original_rows <= 8 < arguments().parse_args([]).baseline_rows
+
+
+def test_wpatch_benchmark_runs_without_a_checkout(tmp_path):
+    """`wpatch benchmark` is the package's own (`wpatch.benchmark`): it answers where the repository's scripts folder
+    cannot be imported (an installed wpatch, run from another folder)."""
+    code = "import sys; sys.modules['scripts'] = None; from wpatch.cli import main; main(['benchmark', '--help'])"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: wpatch benchmark") and "--baseline-rows" in done.stdout

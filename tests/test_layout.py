@@ -6,14 +6,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS = [  # lowest first
-    {"wpatch.sites", "wpatch.rows", "wpatch.text", "wpatch.errors", "wpatch.atomic", "wpatch.faults"},
+    {
+        "wpatch.sites",
+        "wpatch.rows",
+        "wpatch.text",
+        "wpatch.errors",
+        "wpatch.atomic",
+        "wpatch.faults",
+        "wpatch.run_summary",
+    },
     {"wpatch.models"},
     {"wpatch.patching"},
     {"wpatch.stimuli"},
     {"wpatch.analysis"},
     {"datamodules"},
     {"wpatch.run_folder"},
-    {"wpatch.cli", "wpatch", "wpatch.__main__", "wpatch.api", "wpatch.one_off"},
+    {"wpatch.cli", "wpatch", "wpatch.__main__", "wpatch.api", "wpatch.one_off", "wpatch.benchmark", "wpatch.quiet"},
 ]
 
 
@@ -45,6 +53,18 @@ def test_no_module_imports_a_folder_above_its_own():
         ours = {m for m in imported if m.split(".")[0] in ("wpatch", "datamodules")}
         upward = sorted(m for m in ours if floor_of(m) > floor_of(name))
         assert not upward, f"{name} imports {upward}, above its floor"
+
+
+def test_the_package_imports_no_script_or_test():
+    """scripts/ and tests/ use the package, never the other way round (an installed wpatch has neither): no import
+    of them, and no name of them handed to `importlib.import_module`."""
+    for path, name in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            found = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            found += [a.value for a in node.args if isinstance(a, ast.Constant)] if isinstance(node, ast.Call) else []
+            outside = [m for m in found if isinstance(m, str) and m.split(".")[0] in ("scripts", "tests")]
+            assert not outside, f"{name} imports {outside}"
 
 
 def test_no_module_is_over_500_lines():

@@ -10,21 +10,23 @@ import pytest
 import torch
 
 from tests.conftest import random_whisper
-from tests.predict_run import main
+from tests.predict_run import main, predict_args
 from tests.reference import reference_patched_run
 from tests.test_pipeline import run
 from wpatch.errors import WpatchError
+from wpatch.patching.attribution_qk import reader
 from wpatch.patching.encoder import (
     Patch,
     fast_patched_run,
     fast_whole_block_outputs,
+    site_module,
     site_patch,
     site_states,
     window_weights,
 )
 from wpatch.patching.module import PatchingModule
 from wpatch.sites import SITES as REGISTRY
-from wpatch.sites import sites_table
+from wpatch.sites import Hook, Site, sites_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SITES = [name for name, site in REGISTRY.items() if site.stack == "encoder"]
@@ -225,3 +227,46 @@ def test_site_names_are_written_only_in_the_registry():
             if isinstance(node, ast.Constant) and isinstance(node.value, str)
         }
         assert not literals & set(REGISTRY), f"{path.relative_to(ROOT)} spells {sorted(literals & set(REGISTRY))}"
+
+
+def test_a_hook_kind_outside_hook_or_its_stack_is_refused_when_the_site_is_made():
+    """A hook is a `Hook` of its site's stack: a string (the old way, where an unknown one fell through to the
+    attention's output) or a decoder kind on an encoder site is refused in one line."""
+    with pytest.raises(WpatchError, match=r"^site attn_in: hook 'attn_ln' is not a hook kind of the encoder"):
+        Site("attn_in", "encoder", "frames", True, "attn_ln", "donor", "the attention's input")
+    with pytest.raises(WpatchError, match=r"^site mixed: hook <Hook.DEC_MLP: 'MLP output'> is not a hook kind of"):
+        Site("mixed", "encoder", "frames", True, Hook.DEC_MLP, "donor", "?")
+
+
+def test_the_qk_fix_refuses_a_site_whose_hook_kind_it_does_not_handle(monkeypatch, tmp_path, small_model_path, capsys):
+    """A new `attn_in` site (hook kind ATTN_LN) patches exactly, but the QK fix has no rule for it: a map with it is
+    refused with `--model.qk_fix` in one line, before any folder is made (it used to be corrected as if it were the
+    attention's output: `reader("attn_in", 1)` gave block 2, not block 1)."""
+    attn_in = Site("attn_in", "encoder", "frames", True, Hook.ATTN_LN, "donor clip's encoder", "the attention's input")
+    monkeypatch.setitem(REGISTRY, "attn_in", attn_in)
+    block = random_whisper(seed=5).encoder.blocks[0]
+    assert site_module(block, "attn_in") is block.attn_ln
+    with pytest.raises(KeyError):
+        reader("attn_in", 1)  # no rule: no block, rather than a wrong one
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as refused:
+        main(predict_args(tmp_path, small_model_path, out, "--model.method", "atp", "--model.qk_fix", "true"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert refused.value.code == 2 and len(err) == 1 and not out.exists()
+    assert err[0] == (
+        "wpatch: error: --model.qk_fix cannot correct the attribution map's site attn_in (hook kind ATTN_LN): it "
+        "handles INPUT, OUTPUT, ATTN, MLP; run the map without --model.qk_fix"
+    )
+
+
+def test_hook_kinds_are_never_compared_with_strings():
+    """Every rule about a hook kind reads `wpatch.sites.Hook`: no module compares a `hook` with a string."""
+    for path in [*ROOT.glob("wpatch/**/*.py"), *ROOT.glob("datamodules/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                hooks = any(isinstance(s, (ast.Attribute, ast.Name)) and "hook" in ast.unparse(s) for s in sides)
+                strings = any(
+                    isinstance(c, ast.Constant) and isinstance(c.value, str) for s in sides for c in ast.walk(s)
+                )
+                assert not (hooks and strings), f"{path.relative_to(ROOT)}: {ast.unparse(node)}"

@@ -2,7 +2,7 @@
 again from a saved predictions.csv), `wpatch compare RUN_A RUN_B` (cell-by-cell differences with intervals),
 `wpatch merge SHARD_RUN... --out RUN` (the runs of a run's shards made into the whole run, `wpatch.run_folder.merge`),
 `wpatch screen` (which clips a model hears), `wpatch stimuli CORPUS_DIR` (a pairs file from a speech corpus) and
-`wpatch benchmark` (the checkout's scripts/benchmark.py).
+`wpatch benchmark` (the speed of the patching modes, `wpatch.benchmark`).
 `python -m wpatch` is the same command.
 
 `wpatch predict` takes every setting as a LightningCLI option (`wpatch predict --help` lists them): `--model.*`
@@ -14,14 +14,12 @@ run before its next batch (exit 143 / 130) with the command that continues it; a
 """
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -38,10 +36,13 @@ from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 from wpatch.models.loading import check_languages, model_dims, multilingual
 from wpatch.patching.module import PatchingModule, check_precision
+from wpatch.quiet import quiet_lightning
 from wpatch.run_folder.folder import RunStopped, check_writable, code_version
 from wpatch.run_folder.progress import ItemProgressBar
+from wpatch.run_folder.settings import setting_defaults
 from wpatch.run_folder.table import check_table
 from wpatch.run_folder.writer import PatchingResultsWriter
+from wpatch.run_summary import RunSummary, with_defaults
 from wpatch.stimuli.pairs_file import check_word_tokens, pairs_path, read_pairs
 from wpatch.stimuli.screening import screen_summary
 
@@ -222,38 +223,27 @@ def patching_trainer(
         raise WpatchError(str(error)) from error
 
 
-def quiet_lightning() -> None:
-    """Silence what Lightning says that is not ours: seed lines, GPU/TPU lines, tips, its _pytree deprecation."""
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    warnings.filterwarnings("ignore", message=r".*(does not have many workers|Total length of .* is zero).*")
-    warnings.filterwarnings("ignore", message=r".*(No seed found|LightningCLI's args parameter).*")
-    for name in (
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.fabric.utilities.seed",
-        "lightning.fabric.utilities.rank_zero",
-        "lightning.pytorch.accelerators.cuda",
-    ):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def report(run_dir: str, allow_edited: bool = False) -> dict:
     """`wpatch report RUN_DIR`: the analysis and figures again from a finished run's predictions.csv, checked against
     what the run wrote (`wpatch.run_folder.table`; an edited table only with `allow_edited`, and then the summary and
     report say so), the settings and everything the run recorded kept from its summary.json, with `reanalysed` (code
     version, time) added; returns the summary. A folder that is not a finished run (no summary.json) is refused: its run
     or merge finishes it."""
-    from wpatch.analysis.summary import RUN_PARTS, SUMMARY_PARTS, analyse
+    from wpatch.analysis.summary import analyse
     from wpatch.analysis.tables import load_run, not_a_run
 
     folder = Path(run_dir)
     if not (folder / "summary.json").is_file():
         raise WpatchError(not_a_run(folder))
     edited = check_table(folder, allow_edited)
-    rows, old = load_run(folder)
-    settings = {k: v for k, v in old.items() if k not in SUMMARY_PARTS}
-    extra = {k: v for k, v in old.items() if k in RUN_PARTS}
-    extra["reanalysed"] = {"code_version": code_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    return analyse(rows, folder, {"edited": edited, **settings} if edited else settings, extra)
+    old = RunSummary.read(folder / "summary.json")
+    if old.settings:  # a run's (not a table analysed on its own): every setting, a newer one at its default
+        defaults = setting_defaults(PatchingModule, PairDataModule)
+        old.settings, note = with_defaults(old.settings, defaults, folder / "summary.json")
+        if note:
+            print(note, file=sys.stderr)
+    old.recorded.reanalysed = {"code_version": code_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return analyse(load_run(folder)[0], folder, old.settings, old.recorded, edited=edited)
 
 
 def analyse_again(command: str, rest: list[str], allow_edited: bool = False) -> None:
@@ -417,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         "  (report, compare, merge: --allow-edited analyses a predictions.csv edited since its run wrote it)\n"
         "  screen ...                     which clean clips the model recognises (--help lists its options)\n"
         "  stimuli CORPUS_DIR --out F     a pairs file from a corpus folder or aligned recordings (--help)\n"
-        "  benchmark ...                  speed of the patching modes (scripts/benchmark.py)"
+        "  benchmark ...                  speed of the patching modes (--help lists its options)"
     )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
@@ -445,11 +435,9 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "stimuli":
         stimuli(rest)
     elif command == "benchmark":
-        try:
-            module = importlib.import_module("scripts.benchmark")
-        except ImportError:
-            sys.exit("wpatch: error: `wpatch benchmark` runs scripts/benchmark.py from a checkout of the repository")
-        module.main(rest)
+        from wpatch.benchmark import main as benchmark
+
+        benchmark(rest)
     else:
         print(usage, file=sys.stderr)
         sys.exit(2)

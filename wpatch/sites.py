@@ -3,14 +3,52 @@
 A site names an activation inside one block of the encoder or the decoder. Encoder sites are patched on encoder
 frames (a window, or sliding windows), decoder sites on the token positions that read the word out, except
 `enc_to_dec`, which patches the encoder output one decoder block's cross-attention reads (on frames, from no
-source block). A new encoder site is one entry here (with the `hook` it reads); a decoder site one entry and its
-place in `wpatch.patching.decoding.decoder_states`.
+source block). A new encoder site is one entry here (with the `Hook` kind it reads); a decoder site one entry and
+its place in `wpatch.patching.decoding.decoder_states`. A site's hook kind is a `Hook`, never a string: an entry whose
+stack cannot read its kind is refused when it is made, and a setting that cannot handle a kind (AtP*'s QK fix:
+`wpatch.patching.attribution_qk.check_qk_sites`) refuses the run in one line.
 """
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Literal
 
 from wpatch.errors import WpatchError
+
+
+class Hook(Enum):
+    """What a site hooks. Encoder kinds: a forward pre-hook on the block (its input), or the output of the block or of
+    one of its submodules (`module`); decoder kinds: the point of `wpatch.patching.decoding.decoder_states` they edit
+    (a value in words)."""
+
+    INPUT = "input"  # the block's input: the residual stream before it
+    OUTPUT = "output"  # the block's output: the residual stream after it
+    ATTN = "attn"  # what the self-attention adds to the stream
+    MLP = "mlp"  # what the MLP adds to the stream
+    ATTN_LN = "attn_ln"  # the self-attention's input (its layer norm's output); no site reads it yet
+    DEC_BLOCK_OUT = "block output"
+    DEC_ATTN = "self-attention output"
+    DEC_MLP = "MLP output"
+    DEC_CROSS = "cross-attention output"
+    CROSS_KEYS_VALUES = "cross-attention keys and values"
+
+    @property
+    def stack(self) -> str:
+        """The stack whose blocks it hooks."""
+        return "encoder" if self in ENCODER_HOOKS else "decoder"
+
+    @property
+    def module(self) -> str | None:
+        """An encoder kind's submodule of the block whose output it is (None: the block itself)."""
+        return None if self in (Hook.INPUT, Hook.OUTPUT) else self.value
+
+    @property
+    def is_stream(self) -> bool:
+        """The whole residual stream (before or after a block), not a part of it."""
+        return self in (Hook.INPUT, Hook.OUTPUT)
+
+
+ENCODER_HOOKS = frozenset({Hook.INPUT, Hook.OUTPUT, Hook.ATTN, Hook.MLP, Hook.ATTN_LN})
 
 
 @dataclass(frozen=True)
@@ -22,8 +60,7 @@ class Site:
     positions: "frames" (encoder frames: windows and sweeps) or "tokens" (the decoder positions that read the
         word out: window "tokens").
     has_source_layer: False where the patch reads no donor block (only same-layer pairs, s == t).
-    hook: what it hooks. Encoder: "input" (a forward pre-hook on the block) or the block's own output ("output")
-        or a submodule's output ("attn", "mlp"). Decoder: the point of `decoder_states` it edits.
+    hook: the `Hook` kind it hooks, one of its stack's.
     donor: where the donor's activation comes from, in words: the donor clip's clean encoder run at block s, the
         donor decoder run (over the donor clip, teacher-forced on the donor word) at block s, or the donor clip's
         clean encoder output.
@@ -34,9 +71,17 @@ class Site:
     stack: Literal["encoder", "decoder"]
     positions: Literal["frames", "tokens"]
     has_source_layer: bool
-    hook: str
+    hook: Hook
     donor: str
     patches: str
+
+    def __post_init__(self):
+        if not isinstance(self.hook, Hook) or self.hook.stack != self.stack:
+            kinds = ", ".join(h.name for h in Hook if h.stack == self.stack)
+            raise WpatchError(
+                f"site {self.name}: hook {self.hook!r} is not a hook kind of the {self.stack} (wpatch.sites.Hook); "
+                f"give one of {kinds}"
+            )
 
     @property
     def in_decoder(self) -> bool:
@@ -46,18 +91,18 @@ class Site:
     def replaces_stream(self) -> bool:
         """Its activation is the whole residual stream after an encoder block: replaced on every frame, the
         patched run no longer depends on the recipient (the whole-block fast path)."""
-        return self.stack == "encoder" and self.hook == "output"
+        return self.hook is Hook.OUTPUT
 
 
 RESID_PRE = Site(
-    "resid_pre", "encoder", "frames", True, "input", "donor clip's encoder, block *s*", "block *t*'s input"
+    "resid_pre", "encoder", "frames", True, Hook.INPUT, "donor clip's encoder, block *s*", "block *t*'s input"
 )
 ATTN_OUT = Site(
     "attn_out",
     "encoder",
     "frames",
     True,
-    "attn",
+    Hook.ATTN,
     "donor clip's encoder, block *s*",
     "what block *t*'s self-attention adds",
 )
@@ -66,7 +111,7 @@ MLP_OUT = Site(
     "encoder",
     "frames",
     True,
-    "mlp",
+    Hook.MLP,
     "donor clip's encoder, block *s*",
     "what block *t*'s MLP adds",
 )
@@ -75,7 +120,7 @@ BLOCK_OUT = Site(
     "encoder",
     "frames",
     True,
-    "output",
+    Hook.OUTPUT,
     "donor clip's encoder, block *s*",
     "block *t*'s output (the original's patch)",
 )
@@ -84,7 +129,7 @@ DEC_RESID = Site(
     "decoder",
     "tokens",
     True,
-    "block output",
+    Hook.DEC_BLOCK_OUT,
     "donor decoder run, block *s*",
     "decoder block *t*'s output",
 )
@@ -93,7 +138,7 @@ DEC_ATTN_OUT = Site(
     "decoder",
     "tokens",
     True,
-    "self-attention output",
+    Hook.DEC_ATTN,
     "donor decoder run, block *s*",
     "what decoder block *t*'s self-attention adds",
 )
@@ -102,7 +147,7 @@ DEC_MLP_OUT = Site(
     "decoder",
     "tokens",
     True,
-    "MLP output",
+    Hook.DEC_MLP,
     "donor decoder run, block *s*",
     "what decoder block *t*'s MLP adds",
 )
@@ -111,7 +156,7 @@ DEC_CROSS_OUT = Site(
     "decoder",
     "tokens",
     True,
-    "cross-attention output",
+    Hook.DEC_CROSS,
     "donor decoder run, block *s*",
     "what decoder block *t*'s cross-attention adds",
 )
@@ -120,7 +165,7 @@ ENC_TO_DEC = Site(
     "decoder",
     "frames",
     False,
-    "cross-attention keys and values",
+    Hook.CROSS_KEYS_VALUES,
     "donor clip's encoder output",
     "the encoder output decoder block *t*'s cross-attention reads",
 )

@@ -3,7 +3,6 @@ report.html and, last, summary.json (the mark of a finished run). The writer cal
 `wpatch report RUN_DIR` calls it again on a saved run's rows.
 """
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -27,16 +26,24 @@ from wpatch.analysis.tensorboard import RunBoard
 from wpatch.atomic import write_atomically
 from wpatch.faults import fault_point
 from wpatch.rows import CONDITION, MEASURE_NAMES, MEASURES
+from wpatch.run_summary import Findings, Recorded, RunSummary
 
 
 def analyse(
-    rows: pd.DataFrame, output_dir, settings: dict | None = None, extra: dict | None = None, tensorboard: bool = True
+    rows: pd.DataFrame,
+    output_dir,
+    settings: dict | None = None,
+    recorded: Recorded | None = None,
+    tensorboard: bool = True,
+    edited: str | None = None,
 ) -> dict:
     """Write cells.csv, the layer matrices (CSV and PNG) per group, the effect figures, the TensorBoard event
     file (`tensorboard=True`), report.md, report.html and, last, summary.json for these rows into `output_dir`;
-    returns the summary. Every file is written atomically; summary.json, last, marks the run finished.
+    returns the summary (summary.json's content). Every file is written atomically; summary.json, last, marks the
+    run finished.
 
-    `settings` (the run's settings) lead the summary, `extra` (e.g. wall time, clip cache) follows them."""
+    The summary is a `wpatch.run_summary.RunSummary`: the run's `settings`, what the run `recorded` (wall time,
+    clip cache, ...), what this analysis found, and `edited` (what differs from the table the run wrote)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = dict(settings or {})
@@ -85,72 +92,32 @@ def analyse(
         for i, a in enumerate(voices)
         for b in voices[i + 1 :]
     }
-    summary = {
-        **settings,
-        "primary_condition": primary,
-        **(extra or {}),
-        "groups": groups,
-        "conditions": conditions_summary,
-    }
+    found = Findings(primary, groups, conditions_summary)
     if not features.empty:
-        summary["features"] = feature_figures(features, conditions, figures, board)
+        found.features = feature_figures(features, conditions, figures, board)
     lens = lens_table(lens_rows(rows, settings), run_features(settings))
     write_atomically(output_dir / "lens.csv", lens.to_csv(index=False))
     if not lens.empty:
         save_figure(lens_figure(lens), figures / "encoder_lens.png")
-    summary["encoder_lens"] = {
+    found.encoder_lens = {
         group: {
             str(r.block): {"items": int(r.items), "recognised": float(r.recognised), "logp_word": float(r.logp_word)}
             for r in frame.itertuples()
         }
         for group, frame in lens.groupby("group", sort=False)
     }
-    validation = atp_validation(output_dir)
-    if validation is not None:
-        summary["atp_validation"] = validation
+    found.atp_validation = atp_validation(output_dir)
     if differences:
-        summary["voice_differences_mean_abs"] = differences
-        summary["voice_spread"] = voice_spread(groups, voices, measures)
+        found.voice_differences_mean_abs = differences
+        found.voice_spread = voice_spread(groups, voices, measures)
     if board is not None:
         board.close(settings, groups, measures)
+    summary = RunSummary(settings, recorded or Recorded(), found, edited)
     fault_point("tables")
-    write_atomically(output_dir / "report.md", report_markdown(rows, summary))
+    write_atomically(output_dir / "report.md", report_markdown(rows, summary.as_dict()))
     fault_point("report")
-    write_report_html(output_dir, rows, summary)  # reads report.md and matrices.csv, written above
+    write_report_html(output_dir, rows, summary.as_dict())  # reads report.md and matrices.csv, written above
     # written last: a run with summary.json is finished (a resume is refused), so every other file is complete
-    write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_atomically(output_dir / "summary.json", summary.json())
     fault_point("finished")
-    return summary
-
-
-SUMMARY_PARTS = (
-    "primary_condition",
-    "wall_time_s",
-    "clip_cache",
-    "screening",
-    "silent_clips",
-    "word_frames",
-    "shard_items",
-    "groups",
-    "conditions",
-    "features",
-    "encoder_lens",
-    "atp_validation",
-    "voice_differences_mean_abs",
-    "voice_spread",
-    "environment",
-    "model_card",
-    "reanalysed",
-    "edited",
-)  # what `analyse` adds to the settings
-# what the run recorded besides its settings, kept by `wpatch report` (which adds `reanalysed`)
-RUN_PARTS = (
-    "wall_time_s",
-    "clip_cache",
-    "screening",
-    "silent_clips",
-    "word_frames",
-    "shard_items",
-    "environment",
-    "model_card",
-)
+    return summary.as_dict()

@@ -13,6 +13,7 @@ import pandas as pd
 from wpatch.analysis.stats import bootstrap_interval, pooled_interval
 from wpatch.errors import WpatchError
 from wpatch.rows import BLANK_IS_NAN, CONDITION, MEASURES, TEXT_COLUMNS, with_sweep_start
+from wpatch.run_summary import RunSummary
 
 ROW_KEY = ["item_id", *CONDITION, "source_layer", "target_layer", "window_start"]
 
@@ -194,4 +195,4 @@ def load_run(folder) -> tuple[pd.DataFrame, dict]:
         raise WpatchError(not_a_run(folder))
     rows = read_rows(folder / "predictions.csv")
     summary_path = folder / "summary.json"
-    return rows, json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return rows, RunSummary.read(summary_path).as_dict() if summary_path.exists() else {}

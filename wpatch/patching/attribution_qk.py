@@ -17,6 +17,9 @@ overflows nor cancels); row f is recomputed with the softmax. Every (i, f) at on
 The AtP* estimate is AtP's minus the part of it that flows through those queries and keys (the vjp of q_f, k_f
 with respect to the site's activation, with the cotangents dM/dq_f, dM/dk_f, dotted with the patch), plus that
 exact change. Values, the MLP and every later attention stay linearised, as in AtP*.
+
+The hook kinds it handles are those of `READ_AFTER` (each with its place in `_stream`); a map whose encoder sites
+include another kind is refused with `--model.qk_fix` (`check_qk_sites`), never corrected as if it were one of them.
 """
 
 from dataclasses import dataclass
@@ -25,7 +28,11 @@ import torch
 from torch import Tensor
 from whisper.model import AudioEncoder, ResidualAttentionBlock
 
-from wpatch.sites import ATTN_OUT, RESID_PRE, SITES
+from wpatch.errors import WpatchError
+from wpatch.sites import ATTN_OUT, RESID_PRE, SITES, Hook
+
+# each hook kind the fix handles: how many blocks after the patched one the first self-attention that reads it is
+READ_AFTER = {Hook.INPUT: 0, Hook.OUTPUT: 1, Hook.ATTN: 1, Hook.MLP: 1}
 
 ROWS_PER_PASS = 128  # query rows of the (heads, T, T) tensors computed together
 
@@ -112,22 +119,36 @@ def pattern_change(p: Pattern, delta_q: Tensor, delta_k: Tensor) -> Tensor:
     return total
 
 
+def check_qk_sites() -> None:
+    """Refuse `--model.qk_fix` when an encoder site of the map (every encoder site of `wpatch.sites`) has a hook kind
+    the fix does not handle."""
+    for site in SITES.values():
+        if site.stack == "encoder" and site.hook not in READ_AFTER:
+            raise WpatchError(
+                f"--model.qk_fix cannot correct the attribution map's site {site.name} (hook kind "
+                f"{site.hook.name}): it handles {', '.join(h.name for h in READ_AFTER)}; run the map without "
+                "--model.qk_fix"
+            )
+
+
 def reader(site: str, layer: int) -> int:
     """The block whose self-attention first reads a one-frame patch of `site` of block `layer`."""
-    return layer if SITES[site].hook == "input" else layer + 1
+    return layer + READ_AFTER[SITES[site].hook]
 
 
 def _stream(encoder: AudioEncoder, site: str, layer: int, kept: dict[str, list[Tensor]], a: Tensor) -> Tensor:
     """The residual stream entering the reading attention (T, d), frame by frame, when `site` of block `layer`
     holds `a` (T, d); `kept`: the recipient's activations (site -> per block (T, d))."""
     hook = SITES[site].hook
-    if hook in ("input", "output"):
+    if hook.is_stream:
         return a
-    if hook == "mlp":
+    if hook is Hook.MLP:
         return kept[RESID_PRE.name][layer] + kept[ATTN_OUT.name][layer] + a
-    block = encoder.blocks[layer]
-    middle = kept[RESID_PRE.name][layer] + a
-    return middle + block.mlp(block.mlp_ln(middle))
+    if hook is Hook.ATTN:
+        block = encoder.blocks[layer]
+        middle = kept[RESID_PRE.name][layer] + a
+        return middle + block.mlp(block.mlp_ln(middle))
+    raise ValueError(f"the QK fix has no stream for hook kind {hook.name} (check_qk_sites refuses it)")
 
 
 def site_correction(
@@ -174,7 +195,7 @@ def qk_correction(
             done = {}
             for i, site, layer in cells:
                 if reader(site, layer) == m:
-                    same = ("stream",) if SITES[site].hook in ("input", "output") else (site,)
+                    same = ("stream",) if SITES[site].hook.is_stream else (site,)
                     if same not in done:
                         done[same] = site_correction(encoder, p, site, layer, mine, donor_states[site][layer][row])
                     out[row, i, layer] = done[same]

@@ -27,7 +27,7 @@ from torch.profiler import record_function
 from whisper.model import AudioEncoder, ResidualAttentionBlock
 
 from wpatch.errors import WpatchError
-from wpatch.sites import BLOCK_OUT, RESID_PRE, SITES
+from wpatch.sites import BLOCK_OUT, RESID_PRE, SITES, Hook
 
 MAX_ROWS_PER_PASS = 64  # patched encoder runs batched together (bounds activation memory)
 
@@ -94,8 +94,8 @@ class Patch:
 
 def site_module(block: ResidualAttentionBlock, site: str) -> torch.nn.Module:
     """The module whose output an encoder site is (the block itself for its output)."""
-    hook = SITES[site].hook
-    return block if hook == "output" else getattr(block, hook)
+    module = SITES[site].hook.module
+    return block if module is None else getattr(block, module)
 
 
 def mix(output, donor: Tensor, weight: Tensor):
@@ -110,7 +110,7 @@ def mix(output, donor: Tensor, weight: Tensor):
 @contextmanager
 def site_patch(block: ResidualAttentionBlock, site: str, donor: Tensor, weight: Tensor):
     """Hook `block` so that `site` becomes lerp(site, donor, weight) (weight: (N, frames, 1)); removed on exit."""
-    if SITES[site].hook == "input":
+    if SITES[site].hook is Hook.INPUT:
         handle = block.register_forward_pre_hook(lambda _m, args: (mix(args[0], donor, weight), *args[1:]))
     else:
         handle = site_module(block, site).register_forward_hook(lambda _m, _i, output: mix(output, donor, weight))
@@ -137,7 +137,7 @@ def site_states(encoder: AudioEncoder, mel: Tensor, sites: set[str]) -> tuple[di
         for block in encoder.blocks:
             for site in sites:
                 store = states[site]
-                if SITES[site].hook == "input":
+                if SITES[site].hook is Hook.INPUT:
                     handle = block.register_forward_pre_hook(lambda _m, args, store=store: store.append(args[0]))
                 else:
                     handle = site_module(block, site).register_forward_hook(

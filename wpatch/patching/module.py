@@ -16,6 +16,7 @@ from torch.profiler import record_function
 from wpatch.errors import WpatchError
 from wpatch.models.loading import check_languages, load_model
 from wpatch.patching.attribution_map import attribution_map
+from wpatch.patching.attribution_qk import check_qk_sites
 from wpatch.patching.decoder import decode_plan, decoding_plan
 from wpatch.patching.encoder import encode_plan, layer_pairs
 from wpatch.patching.measures import result_rows, words_to_score
@@ -37,12 +38,15 @@ def check_atp(
     graddrop: bool = False,
     qk_fix: bool = False,
 ) -> None:
-    """Refuse attribution settings that mean nothing (validation without the map, an empty window)."""
+    """Refuse attribution settings that mean nothing (validation without the map, an empty window) or that the
+    map cannot honour (the QK fix on a site whose hook kind it does not handle)."""
     if method != "atp" and (validate or verify_top or graddrop or qk_fix):
         raise WpatchError(
             "--model.validate, --model.verify_top, --model.graddrop and --model.qk_fix need an attribution map; add "
             "--model.method atp"
         )
+    if qk_fix:
+        check_qk_sites()
     if atp_window < 1:
         raise WpatchError(f"atp_window {atp_window} holds no frame; give 1 or more frames per window")
     if validate_sample < 0 or verify_top < 0:

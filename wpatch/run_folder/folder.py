@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
+from wpatch.run_summary import with_defaults
 
 LOCK = ".lock"
 STOP = ".stop"  # left by a rank that stopped on a signal: every other rank stops too
@@ -155,12 +156,15 @@ def code_version() -> str:
     return importlib.metadata.version("wpatch")
 
 
-def record_run(folder: Path, settings: dict, session: dict, resume: bool) -> None:
-    """Write run.json for a new run, or check a resumed run's settings against it and append the session."""
+def record_run(folder: Path, settings: dict, session: dict, resume: bool, defaults: dict) -> None:
+    """Write run.json for a new run, or check a resumed run's settings against it and append the session; a
+    setting the run did not record (it was made before the setting existed) takes its default in `defaults`, and a
+    note says so."""
     path = folder / "run.json"
     run = {"settings": settings, "sessions": []}
     if resume and path.exists():
         run = json.loads(path.read_text())
+        run["settings"], note = with_defaults(run["settings"], defaults, path)
         stored = json.loads(json.dumps(settings, default=str))
         for key, value in stored.items():
             if run["settings"].get(key) != value:
@@ -168,6 +172,8 @@ def record_run(folder: Path, settings: dict, session: dict, resume: bool) -> Non
                     f"output directory {folder} holds a run with {key}={run['settings'].get(key)!r}, not {value!r}; "
                     "resume it with the same settings, or choose another --writer.output_dir"
                 )
+        if note:
+            print(note, file=sys.stderr)
         if run["sessions"] and run["sessions"][-1]["code_version"] != session["code_version"]:
             print(
                 f"wpatch: note: resuming a run started by code version {run['sessions'][-1]['code_version']} with "

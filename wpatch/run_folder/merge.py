@@ -7,45 +7,55 @@ The shards are checked first, each problem one line naming the shard: every one 
 one a shard of the same N with every other setting of run.json equal (batch size, devices and other `MAY_CHANGE`
 settings may differ: they never change a row), each index 0..N-1 exactly once, no item in two shards, and all of
 them together holding every item of the run, and each shard's predictions.csv as the shard wrote it
-(`wpatch.run_folder.table`). The merged run's rows are the shards' rows in item order; its
-summary.json is the whole run's, with `shard` null, `wall_time_s` and `clip_cache` summed over the shards and the
-environment and model card of the first; its run.json keeps every shard's sessions and names the shards (`merged_from`).
+(`wpatch.run_folder.table`). The merged run's rows are the shards' rows in item order; its summary.json is the
+whole run's, with `shard` null and the shards' records combined part by part (`wpatch.run_summary.Recorded.combined`:
+`wall_time_s` and `clip_cache` summed, the rest the first shard's); its run.json keeps every shard's sessions and
+names the shards (`merged_from`).
 The merged run's run.json is written first: a merge stopped midway is started again by the same merge into its
 folder (`own_folder`), and until its summary.json is written the folder is no finished run.
 """
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from wpatch.analysis.summary import SUMMARY_PARTS, analyse
+from datamodules import PairDataModule
+from wpatch.analysis.summary import analyse
 from wpatch.analysis.tables import read_rows
 from wpatch.atomic import atomic_path, write_atomically
 from wpatch.errors import WpatchError
+from wpatch.patching.module import PatchingModule
 from wpatch.run_folder.attributions import merge_shard_attributions, shard_maps
 from wpatch.run_folder.folder import LOCK, claim_folder, remove_partials
+from wpatch.run_folder.settings import setting_defaults
 from wpatch.run_folder.table import check_table, record_table
+from wpatch.run_summary import Recorded, RunSummary, with_defaults
 
 
-def read_shard(folder: Path) -> tuple[dict, dict]:
-    """A finished shard's run.json and summary.json, or one line saying why it is not one."""
+def read_shard(folder: Path) -> tuple[dict, RunSummary]:
+    """A finished shard's run.json and summary, or one line saying why it is not one."""
     if not (folder / "run.json").is_file():
         raise WpatchError(f"{folder} is not a wpatch run (no run.json); merge takes the run folders of the shards")
     run = json.loads((folder / "run.json").read_text())
+    defaults = setting_defaults(PatchingModule, PairDataModule)
+    run["settings"], note = with_defaults(run["settings"], defaults, folder / "run.json")
+    if note:
+        print(note, file=sys.stderr)
     if not (folder / "summary.json").is_file():
         raise WpatchError(
             f"shard {folder} is not finished (no summary.json); continue it with its command and "
             "--writer.resume true, then merge"
         )
-    summary = json.loads((folder / "summary.json").read_text())
-    if not run["settings"].get("shard") or "shard_items" not in summary:
+    summary = RunSummary.read(folder / "summary.json")
+    if not run["settings"].get("shard") or summary.recorded.shard_items is None:
         raise WpatchError(f"{folder} is not a shard (it ran without --data.shard); merge takes the runs of shards")
     return run, summary
 
 
-def check_shards(folders: list[Path], runs: list[dict], summaries: list[dict]) -> None:
+def check_shards(folders: list[Path], runs: list[dict], summaries: list[RunSummary]) -> None:
     """Raise (one line naming the shard) unless the shards are all N of one run's: same settings, each index once."""
     first, reference = folders[0], runs[0]["settings"]
     for folder, run in zip(folders[1:], runs[1:]):
@@ -56,7 +66,7 @@ def check_shards(folders: list[Path], runs: list[dict], summaries: list[dict]) -
                     f"shard {folder} differs from {first} in {key}: {settings.get(key)!r}, not "
                     f"{reference.get(key)!r}; merge only the shards of one run (the same settings)"
                 )
-    shards = [s["shard_items"] for s in summaries]
+    shards = [s.recorded.shard_items for s in summaries]
     count = shards[0]["count"]
     for folder, shard in zip(folders, shards):
         if shard["count"] != count:
@@ -80,7 +90,7 @@ def check_shards(folders: list[Path], runs: list[dict], summaries: list[dict]) -
         )
 
 
-def shard_rows(folders: list[Path], summaries: list[dict]) -> pd.DataFrame:
+def shard_rows(folders: list[Path], summaries: list[RunSummary]) -> pd.DataFrame:
     """Every shard's rows, in item order, checked: no item in two shards, every item of the run in one."""
     frames, owner = [], {}
     for folder in folders:
@@ -93,7 +103,7 @@ def shard_rows(folders: list[Path], summaries: list[dict]) -> pd.DataFrame:
                 )
             owner[item] = folder
         frames.append(rows)
-    total = summaries[0]["shard_items"]["items_total"]
+    total = summaries[0].recorded.shard_items["items_total"]
     if len(owner) != total:
         raise WpatchError(
             f"the shards hold {len(owner)} items, the run has {total}; each shard must be finished with every "
@@ -102,18 +112,13 @@ def shard_rows(folders: list[Path], summaries: list[dict]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).sort_values("item_id", kind="stable").reset_index(drop=True)
 
 
-def merged_summary(summaries: list[dict]) -> tuple[dict, dict]:
-    """The whole run's settings (the first shard's, `shard` null) and the extra parts of its summary."""
-    first = summaries[0]
-    settings = {key: value for key, value in first.items() if key not in SUMMARY_PARTS}
+def merged_summary(summaries: list[RunSummary]) -> RunSummary:
+    """The whole run's summary before its analysis: the first shard's settings (`shard` null) and the shards'
+    records combined (`Recorded.combined`)."""
+    settings = dict(summaries[0].settings)
     settings["shard"] = None
     settings["hparams"]["data"]["shard"] = None
-    extra = {
-        "wall_time_s": round(sum(s["wall_time_s"] for s in summaries), 2),
-        "clip_cache": {key: sum(s["clip_cache"][key] for s in summaries) for key in first["clip_cache"]},
-    }
-    extra |= {key: first[key] for key in ("screening", "silent_clips", "environment", "model_card") if key in first}
-    return settings, extra
+    return RunSummary(settings, Recorded.combined([s.recorded for s in summaries]))
 
 
 def own_folder(output: Path, folders: list[Path]) -> bool:
@@ -143,7 +148,7 @@ def merge(shards: list[str], out: str, allow_edited: bool = False) -> dict:
     folders = [Path(folder) for folder in shards]
     runs, summaries = zip(*(read_shard(folder) for folder in folders))
     check_shards(folders, list(runs), list(summaries))
-    order = sorted(range(len(folders)), key=lambda i: summaries[i]["shard_items"]["index"])
+    order = sorted(range(len(folders)), key=lambda i: summaries[i].recorded.shard_items["index"])
     folders, runs, summaries = [folders[i] for i in order], [runs[i] for i in order], [summaries[i] for i in order]
     edits = [edit for folder in folders if (edit := check_table(folder, allow_edited))]
     rows = shard_rows(folders, summaries)
@@ -154,7 +159,7 @@ def merge(shards: list[str], out: str, allow_edited: bool = False) -> dict:
     lock = claim_folder(output)
     try:
         remove_partials(output, output / "figures")  # a stopped merge's, started again
-        settings, extra = merged_summary(summaries)
+        whole = merged_summary(summaries)
         record = {
             "settings": {**runs[0]["settings"], "shard": None},
             "sessions": [session for run in runs for session in run["sessions"]],
@@ -172,6 +177,6 @@ def merge(shards: list[str], out: str, allow_edited: bool = False) -> dict:
         record_table(output, edited)
         if maps:
             merge_shard_attributions(maps, output)
-        return analyse(rows, output, {"edited": edited, **settings} if edited else settings, extra)
+        return analyse(rows, output, whole.settings, whole.recorded, edited=edited)
     finally:
         lock.close()

@@ -8,6 +8,8 @@ being listed anywhere.
 """
 
 import importlib.metadata
+import inspect
+import json
 import platform
 
 import lightning as L
@@ -45,6 +47,18 @@ def run_settings(pl_module: L.LightningModule, datamodule: L.LightningDataModule
         precision=str(precision),
     )
     return settings
+
+
+def setting_defaults(module: type, data: type) -> dict:
+    """The default of every setting a run records that has one: the defaults of the module's and the DataModule's
+    hyperparameters (their `__init__` parameters) but `MAY_CHANGE`, as run.json stores them."""
+    defaults = {
+        name: list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default
+        for cls in (module, data)
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if parameter.default is not inspect.Parameter.empty and name not in MAY_CHANGE
+    }
+    return json.loads(json.dumps(defaults, default=str))
 
 
 def summary_settings(trainer: L.Trainer, pl_module: L.LightningModule) -> dict:

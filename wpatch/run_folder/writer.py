@@ -37,7 +37,7 @@ from wpatch.run_folder.folder import (
     way_out,
 )
 from wpatch.run_folder.parts import finished_items, part_problem, verified_parts, write_part
-from wpatch.run_folder.settings import environment, run_settings, session, summary_settings
+from wpatch.run_folder.settings import environment, run_settings, session, setting_defaults, summary_settings
 from wpatch.run_folder.table import record_table
 
 
@@ -92,7 +92,10 @@ class PatchingResultsWriter(BasePredictionWriter):
             (self.output_dir / STOP).unlink(missing_ok=True)  # an earlier session's stop, not this one's
             remove_partials(self.output_dir, self.parts, self.output_dir / "figures", self.output_dir / "clips")
             settings = run_settings(pl_module, datamodule, trainer.precision)
-            record_run(self.output_dir, settings, session(trainer, pl_module, datamodule, len(done)), self.resume)
+            defaults = setting_defaults(type(pl_module), type(datamodule))
+            record_run(
+                self.output_dir, settings, session(trainer, pl_module, datamodule, len(done)), self.resume, defaults
+            )
             verified_parts(self.parts, repair=True)
             datamodule.stop_check = self.stop.check  # a signal during clip synthesis stops it before the next clip
         except BaseException:
@@ -226,28 +229,14 @@ class PatchingResultsWriter(BasePredictionWriter):
         fault_point("merged")
 
         copy_clips(trainer.datamodule, self.output_dir)  # the clips report.html plays, in the run's folder
-        clips = trainer.datamodule.clips.values()
-        extra = {
-            "wall_time_s": round(self.working_time(records), 2),
-            "clip_cache": {
-                "synthesised": sum(c.synthesized for c in clips),
-                "resynthesised_damaged": sum(c.repaired for c in clips),
-            },
-        }
-        if trainer.datamodule.screening:
-            extra["screening"] = trainer.datamodule.screening
-        extra["silent_clips"] = getattr(trainer.datamodule, "silent_clips", [])  # clips without speech, still run
-        if getattr(trainer.datamodule, "word_frames", None):  # how words in carrier sentences were found
-            extra["word_frames"] = trainer.datamodule.word_frames
-        if getattr(trainer.datamodule, "shard", None) is not None:  # what `wpatch merge` checks the shards by
-            index, count = trainer.datamodule.shard
-            extra["shard_items"] = {"index": index, "count": count, "items_total": trainer.datamodule.items_total}
+        recorded = trainer.datamodule.recorded()  # clip cache, screening, silent clips, word frames, shard
+        recorded.wall_time_s = round(self.working_time(records), 2)
         settings = summary_settings(trainer, pl_module)
-        extra["environment"] = environment(trainer, settings["batch_size"])
-        extra["model_card"] = asdict(model_card(settings["model"]))
-        summary = analyse(rows, self.output_dir, settings, extra)
+        recorded.environment = environment(trainer, settings["batch_size"])
+        recorded.model_card = asdict(model_card(settings["model"]))
+        summary = analyse(rows, self.output_dir, settings, recorded)
         # printed by the command once the progress bar has closed (`wpatch.cli.predict`)
         self.closing = (
-            f"{console_table(rows, summary)}\nwall time {extra['wall_time_s']:.1f} s; tables, figures and "
+            f"{console_table(rows, summary)}\nwall time {recorded.wall_time_s:.1f} s; tables, figures and "
             f"report.md in:\n{self.output_dir.resolve()}"
         )

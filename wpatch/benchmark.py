@@ -1,6 +1,6 @@
 """Time wpatch against the original way of running the experiment, on the same rows, model, clips and machine.
 
-    python scripts/benchmark.py [--limit 16] [--model tiny.en] [--accelerator cpu] [--precision 32-true]
+    wpatch benchmark [--limit 16] [--model tiny.en] [--accelerator cpu] [--precision 32-true]
 
 Modes:
   original         per row, a forward hook on encoder.blocks[t] returning the source state (word A's block
@@ -31,8 +31,8 @@ from torch.profiler import ProfilerActivity
 from torch.profiler import profile as profiler
 
 from datamodules import PairDataModule
-from wpatch.cli import quiet_lightning
 from wpatch.patching.module import PatchingModule, check_precision
+from wpatch.quiet import quiet_lightning
 from wpatch.stimuli.audio import load_audio
 
 
@@ -201,7 +201,9 @@ def interleaved(modes: list[str], sample, module, dm, args, device, progress) ->
 
 def arguments() -> argparse.ArgumentParser:
     """The benchmark's options (`--help`)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="wpatch benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--pairs-file", default=None)
     parser.add_argument("--limit", type=int, default=16, help="pairs (x2 directions)")
@@ -346,7 +348,3 @@ def main(argv: list[str] | None = None) -> dict:
         with open(args.json_out, "w") as out:
             json.dump(report, out, indent=2)
     return report
-
-
-if __name__ == "__main__":
-    main()

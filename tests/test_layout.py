@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS = [  # lowest first
-    {"wpatch.sites", "wpatch.rows", "wpatch.text", "wpatch.errors", "wpatch.atomic", "wpatch.faults"},
+    {"wpatch.sites", "wpatch.sides", "wpatch.rows", "wpatch.text", "wpatch.errors", "wpatch.atomic", "wpatch.faults"},
     {"wpatch.models"},
     {"wpatch.patching"},
     {"wpatch.stimuli"},

@@ -185,8 +185,8 @@ def test_require_heard_keeps_only_items_whose_clips_the_model_hears(tmp_path):
     screen = kept["none"].screen().set_index("word")["heard"]
     items = kept["none"].items
     assert len(items) == 6 and kept["none"].screening == {}
-    source_ok = items[items["source_word"].map(screen)]
-    both_ok = source_ok[source_ok["target_word"].map(screen)]
+    source_ok = items[items["source"].map(lambda side: screen[side.word])]
+    both_ok = source_ok[source_ok["target"].map(lambda side: screen[side.word])]
     assert kept["source"].items["item_id"].tolist() == source_ok["item_id"].tolist()
     assert kept["both"].items["item_id"].tolist() == both_ok["item_id"].tolist()
     counts = kept["source"].screening

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from wpatch.analysis.features import PAIR_FEATURES
 from wpatch.analysis.summary import SUMMARY_PARTS, analyse
 from wpatch.analysis.tables import read_rows
 from wpatch.atomic import atomic_path, write_atomically
@@ -172,6 +173,9 @@ def merge(shards: list[str], out: str, allow_edited: bool = False) -> dict:
         record_table(output, edited)
         if maps:
             merge_shard_attributions(maps, output)
+        features = folders[0] / PAIR_FEATURES  # every shard's: the whole run's pairs (a shard from before has none)
+        if features.is_file():
+            write_atomically(output / PAIR_FEATURES, features.read_text())
         return analyse(rows, output, {"edited": edited, **settings} if edited else settings, extra)
     finally:
         lock.close()

@@ -142,3 +142,23 @@ def test_a_resume_with_fewer_clips_left_than_processes_gives_every_process_a_bat
     assert empty["source"].mel.shape[0] == 0 and empty["source"].word == [] and empty["source"].tokens == []
     dm.skip({0, 1})
     assert len(dm.predict_dataloader()) == 0  # nothing left: no batch at all
+
+
+def test_a_run_reads_its_pairs_file_once(tmp_path, small_model_path, monkeypatch):
+    """The command's checks, the DataModule's clips and items, and the analysis share one read of the pairs file
+    (what the analysis needs of it is kept in the run's folder); a DataModule on its own reads it once too."""
+    import wpatch.stimuli.pairs_file as pairs_file
+    from tests.predict_run import main, predict_args
+
+    reads = []
+    read = pairs_file.csv_cells
+    monkeypatch.setattr(pairs_file, "csv_cells", lambda path: reads.append(path) or read(path))
+    main(predict_args(tmp_path, small_model_path, pairs="word_a,word_b\nbat,pat\nhot,cold\n"))
+    assert reads == [tmp_path / "pairs.csv"]
+    reads.clear()
+    dm = PairDataModule(
+        pairs_file=str(tmp_path / "pairs.csv"), model=small_model_path, cache_dir=str(tmp_path / "clips")
+    )
+    dm.prepare_data()
+    dm.setup("predict")
+    assert reads == [tmp_path / "pairs.csv"]

@@ -82,6 +82,10 @@ class PairDataModule(L.LightningDataModule):
         shard: "I/N": run only shard I of N (0 <= I < N) of the items (`shard_of`): the items whose source clip
             falls in it, with their item ids and control donors as in the whole run, so that `wpatch merge` of
             the N shards' runs equals the whole run.
+
+    After `setup`, `items` holds one row per item: `item_id`, its `pair` (`wpatch.sides.Pair`), `direction`,
+    `voice`, its `source`, `target` and `control` sides (`wpatch.sides.Side`) and their clip indices; `pairs` is
+    the checked pairs table, read once (`read_pairs`).
     """
 
     def __init__(

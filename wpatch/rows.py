@@ -1,8 +1,10 @@
 """The data that flows through a run, named: the batch the DataModule serves and the row the module returns.
 
 `PairBatch` is what `datamodules.PairDataModule.collate` makes and `wpatch.patching.module.PatchingModule.predict_step`
-reads; `ResultRow` is one row of `predictions.csv` (its fields are the columns, in order: `ROW_COLUMNS`).
-The planned rows in between are `wpatch.patching.plan.PlannedRow`.
+reads: item ids and three `BatchSide`s. `ResultRow` is what the module computes for one row of `predictions.csv`;
+the writer joins the item's own columns (`ITEM_FIELDS`, and `PASSING`: what passes through from the pairs file,
+`wpatch.sides`) by item id, and the table's columns, in order, are `ROW_COLUMNS`. The planned rows in between are
+`wpatch.patching.plan.PlannedRow`.
 
 `ResultRow` is also the measure schema: each field says what it is (`Column`), and everything the analysis
 needs to know of a column derives from it: the measures it summarises (`MEASURES`, in their order), their colour

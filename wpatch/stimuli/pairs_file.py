@@ -8,6 +8,8 @@ recording, seconds), `speaker_a`, `speaker_b`, `corpus` and `licence` (carried i
 A recorded word heard in its recording's context (`wpatch.stimuli.contexts`; `wpatch stimuli` writes these):
 `context_a` (the clip's words, `{}` for the word: the carrier of natural speech), `context_start_a`,
 `context_end_a` (the clip: seconds of the recording around the span; empty: the whole recording), and for b.
+The columns are the fields of the records of `wpatch.sides` (`Side`, `Pair`); `patch_items` parses each checked
+row into them once.
 """
 
 import logging

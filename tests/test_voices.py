@@ -12,6 +12,7 @@ from datamodules import PairDataModule
 from wpatch.analysis.stats import bootstrap_interval
 from wpatch.errors import WpatchError
 from wpatch.models.loading import load_model
+from wpatch.sides import Pair, Side
 from wpatch.stimuli.audio import SAMPLE_RATE, load_audio, log_mel
 from wpatch.stimuli.screening import cached_screen, screen_clips, screen_summary
 from wpatch.stimuli.tts import ClipCache, make_backend, parse_speaker
@@ -125,16 +126,8 @@ def test_screen_summary_counts_clips_per_voice_and_category():
             "heard": [True, False, True, False],
         }
     )
-    items = pd.DataFrame(
-        {
-            "category": ["x", "y"],
-            "source_word": ["a", "c"],
-            "target_word": ["b", "a"],
-            "source_lang": "en",
-            "target_lang": "en",
-            "voice": ["v1", "v1"],
-        }
-    )
+    pairs = [Pair("p0", Side("a"), Side("b"), category="x"), Pair("p1", Side("c"), Side("a"), category="y")]
+    items = pd.DataFrame({"pair": pairs, "source": [p.a for p in pairs], "target": [p.b for p in pairs], "voice": "v1"})
     summary = screen_summary(screen, items).set_index(["voice", "category"])
     assert summary.loc[("v1", "all"), ["clips", "heard"]].tolist() == [3, 2]
     assert summary.loc[("v2", "all"), ["clips", "heard"]].tolist() == [1, 0]

@@ -10,6 +10,7 @@ Reusable on its own::
 import logging
 import random
 import time
+from operator import attrgetter
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -22,8 +23,9 @@ from wpatch.errors import WpatchError
 from wpatch.faults import fault_point
 from wpatch.models.loading import cache_root, check_languages, load_model, model_dims, multilingual
 from wpatch.patching.autobatch import DEFAULT_BATCH, auto_batch
-from wpatch.rows import PairBatch
+from wpatch.rows import BatchSide, PairBatch
 from wpatch.run_summary import Recorded
+from wpatch.sides import ROLES, Pair, Side, passing_values
 from wpatch.stimuli.audio import load_audio
 from wpatch.stimuli.carriers import ALIGNMENT, sentence, word_frames
 from wpatch.stimuli.contexts import RECORDED, recorded_frames
@@ -81,6 +83,10 @@ class PairDataModule(L.LightningDataModule):
         shard: "I/N": run only shard I of N (0 <= I < N) of the items (`shard_of`): the items whose source clip
             falls in it, with their item ids and control donors as in the whole run, so that `wpatch merge` of
             the N shards' runs equals the whole run.
+
+    After `setup`, `items` holds one row per item: `item_id`, its `pair` (`wpatch.sides.Pair`), `direction`,
+    `voice`, its `source`, `target` and `control` sides (`wpatch.sides.Side`) and their clip indices; `pairs` is
+    the checked pairs table, read once (`read_pairs`).
     """
 
     def __init__(
@@ -121,6 +127,7 @@ class PairDataModule(L.LightningDataModule):
                 k.split(".", 1)[1]: v for k, v in voices.items() if k.startswith(name + ".")
             }
             self.clips[speaker] = ClipCache(root, backend, mine | own)
+        self.pairs = None  # the checked pairs table, read once (`read_pairs`)
         self.items = None
         self.mels = None
         self.skipped: set[int] = set()
@@ -135,34 +142,40 @@ class PairDataModule(L.LightningDataModule):
 
     def _clip_keys(self, items) -> list[list["ClipKey"]]:
         """The `ClipKey` of every source and target clip, in item order."""
-        voice = lambda side: items["voice"].where(items[f"{side}_audio"] == "", "")  # noqa: E731 (a recording has no voice)
-        return [
-            [
-                ClipKey(*key)
-                for key in zip(
-                    items[f"{side}_word"],
-                    items[f"{side}_lang"],
-                    items[f"{side}_audio"],
-                    voice(side),
-                    items[f"{side}_start"],
-                    items[f"{side}_end"],
-                    items[f"{side}_context"].where(items[f"{side}_context"] != "", items["carrier"]),
-                    items[f"{side}_context_start"],
-                    items[f"{side}_context_end"],
-                )
-            ]
-            for side in ("source", "target")
-        ]
+        return [[clip_key(*item) for item in zip(items[role], items["pair"], items["voice"])] for role in ROLES]
+
+    def read_pairs(self) -> pd.DataFrame:
+        """The checked pairs table (`wpatch.stimuli.pairs_file.read_pairs`), read once and kept in `pairs`; a
+        caller that has read the same file and limit already (the `wpatch` command, before any model loads) may
+        set `pairs` instead."""
+        if self.pairs is None:
+            self.pairs = read_pairs(self.hparams.pairs_file, self.hparams.limit)
+        return self.pairs
 
     def _read_items(self):
         """The patching items, repeated once per voice, numbered 0..n-1; a word the model's decoder cannot read
         is refused before any clip is made."""
-        pairs = read_pairs(self.hparams.pairs_file, self.hparams.limit)
+        pairs = self.read_pairs()
         check_word_tokens(pairs, model_dims(self.hparams.model), pairs_path(self.hparams.pairs_file))
         items = patch_items(pairs, self.hparams.bidirectional)
         items = pd.concat([items.assign(voice=name) for name in self.clips], ignore_index=True)
         items["item_id"] = range(len(items))
         return items
+
+    def item_columns(self) -> pd.DataFrame:
+        """Each item's own columns of predictions.csv, by item id (`wpatch.rows.ITEM_FIELDS` and what passes
+        through from the pairs file, `wpatch.sides.passing_values`): the writer joins them to the rows."""
+        return pd.DataFrame(
+            {
+                "item_id": item.item_id,
+                "direction": item.direction,
+                "voice": item.voice,
+                "source_word": item.source.word,
+                "target_word": item.target.word,
+                **passing_values(item.pair, item.source, item.target),
+            }
+            for item in self.items.itertuples()
+        )
 
     def _clip(self, key: "ClipKey") -> Path:
         if key.context_start:  # a recorded word in its context: the clip around it
@@ -196,7 +209,7 @@ class PairDataModule(L.LightningDataModule):
             return
         dims = model_dims(self.hparams.model)
         path = pairs_path(self.hparams.pairs_file)
-        pairs = read_pairs(path, self.hparams.limit)
+        pairs = self.read_pairs()
         check_languages(self.hparams.model, multilingual(dims), pairs=pairs, path=path)
         items = self._read_items()
         source_keys, target_keys = self._clip_keys(items)
@@ -216,7 +229,7 @@ class PairDataModule(L.LightningDataModule):
         items["target_clip"] = [index[k] for k in target_keys]
         if self.hparams.require_heard != "none":
             items = self._keep_heard(items)
-        items["control_clip"], items["control_word"] = control_clips(items)
+        items["control_clip"], items["control"] = control_clips(items)
         self.items_total = len(items)
         if self.shard is not None:  # after the control donors: they are drawn from every item of the whole run
             mine = shard_of(items, *self.shard)
@@ -228,22 +241,18 @@ class PairDataModule(L.LightningDataModule):
             items = items[mine].reset_index(drop=True)
         # items whose control donor is their own source clip; the module says so when it patches from controls
         self.control_fallbacks = int((items["control_clip"] == items["source_clip"]).sum())
-        tokenizers = {lang: tokenizer_for(dims, lang) for lang in set(items["source_lang"]) | set(items["target_lang"])}
+        tokenizers = {lang: tokenizer_for(dims, lang) for lang in {s.lang for role in ROLES for s in items[role]}}
         groups = (
             items.groupby("source_clip", sort=False).indices
             if self.hparams.group_by_source
             else {i: [i] for i in range(len(items))}
         )
         self.groups = [[int(i) for i in group] for group in groups.values()]
-        self.source_tokens = [
-            word_tokens(tokenizers[lang], w) for w, lang in zip(items["source_word"], items["source_lang"])
-        ]
-        self.target_tokens = [
-            word_tokens(tokenizers[lang], w) for w, lang in zip(items["target_word"], items["target_lang"])
-        ]
-        self.control_tokens = [  # the control word is in the source's language
-            word_tokens(tokenizers[lang], w) for w, lang in zip(items["control_word"], items["source_lang"])
-        ]
+        # each side's word as token ids (a control side is another item's source in the same language)
+        self.tokens = {
+            role: [word_tokens(tokenizers[side.lang], side.word) for side in items[role]]
+            for role in (*ROLES, "control")
+        }
         self.items = items
 
     def recorded(self) -> Recorded:
@@ -336,33 +345,19 @@ class PairDataModule(L.LightningDataModule):
         frames; token ids; metadata. `PADDING` adds no item (a batch of only padding is empty)."""
         indices = [i for g in groups if g != PADDING for i in self.pending(g)]
         rows = self.items.iloc[indices]
-        clips = {side: torch.tensor(rows[f"{side}_clip"].to_numpy()) for side in ("source", "target", "control")}
-        metadata = (
-            "pair_id",
-            "direction",
-            "category",
-            "voice",
-            "source_word",
-            "target_word",
-            "control_word",
-            "source_lang",
-            "target_lang",
-            "source_speaker",
-            "target_speaker",
-            "corpus",
-            "licence",
-        )
-        return PairBatch(
-            item_id=torch.tensor(rows["item_id"].to_numpy()),
-            **{f"{side}_mel": self.mels[clip] for side, clip in clips.items()},
-            **{f"{side}_clip": clip for side, clip in clips.items()},
-            **{f"{side}_span": self.spans[clip] for side, clip in clips.items()},
-            source_tokens=[self.source_tokens[i] for i in indices],
-            target_tokens=[self.target_tokens[i] for i in indices],
-            control_tokens=[self.control_tokens[i] for i in indices],
-            **{column: rows[column].tolist() for column in metadata},
-            **{f"{side}_carrier": [self.clip_keys[i].carrier for i in clip.tolist()] for side, clip in clips.items()},
-        )
+        sides = {}
+        for role in (*ROLES, "control"):
+            clip = torch.tensor(rows[f"{role}_clip"].to_numpy())
+            sides[role] = BatchSide(
+                mel=self.mels[clip],
+                clip=clip,
+                span=self.spans[clip],
+                tokens=[self.tokens[role][i] for i in indices],
+                word=[side.word for side in rows[role]],
+                lang=[side.lang for side in rows[role]],
+                carrier=[self.clip_keys[i].carrier for i in clip.tolist()],
+            )
+        return PairBatch(item_id=torch.tensor(rows["item_id"].to_numpy()), **sides)
 
     def skip(self, item_ids: set[int]) -> None:
         """Leave these items out of the dataloader (already done, e.g. when resuming a run)."""
@@ -421,24 +416,42 @@ def shard_of(items: pd.DataFrame, index: int, count: int) -> pd.Series:
     return items["source_clip"].map(shard) == index
 
 
-def control_clips(items: pd.DataFrame) -> tuple[list[int], list[str]]:
-    """For each item, a control donor: the source clip of another item, in the same language and voice,
-    whose word is neither the item's source nor its target word (drawn with a fixed seed per item).
+def control_clips(items: pd.DataFrame) -> tuple[list[int], list[Side]]:
+    """For each item, a control donor: the source clip of another item, in the same language and voice, whose
+    word is neither the item's source nor its target word (drawn with a fixed seed per item), and that item's
+    source side.
 
-    Where there is no such item (e.g. a one-pair run), the control is the item's own source clip and word: its
+    Where there is no such item (e.g. a one-pair run), the control is the item's own source clip and side: its
     rows then read donor_word = source_word, and `setup` logs how many items this happened to."""
-    clips, words = [], []
+    words = items["source"].map(attrgetter("word"))
+    langs = items["source"].map(attrgetter("lang"))
+    clips, sides = [], []
     for item in items.itertuples():
         pool = items[
-            (items.source_lang == item.source_lang)
+            (langs == item.source.lang)
             & (items.voice == item.voice)
-            & ~items.source_word.isin([item.source_word, item.target_word])
+            & ~words.isin([item.source.word, item.target.word])
         ]
         if pool.empty:
             clips.append(item.source_clip)  # nothing unrelated to draw from: the control is the source itself
-            words.append(item.source_word)
+            sides.append(item.source)
             continue
         pick = pool.iloc[random.Random(item.item_id).randrange(len(pool))]
         clips.append(int(pick.source_clip))
-        words.append(pick.source_word)
-    return clips, words
+        sides.append(pick.source)
+    return clips, sides
+
+
+def clip_key(side: Side, pair: Pair, voice: str) -> ClipKey:
+    """The clip a side is heard in: a recording has no voice; its text is its context or the pair's carrier."""
+    return ClipKey(
+        side.word,
+        side.lang,
+        side.audio,
+        "" if side.audio else voice,
+        side.start,
+        side.end,
+        side.heard_in(pair.carrier),
+        side.context_start,
+        side.context_end,
+    )

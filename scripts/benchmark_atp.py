@@ -58,15 +58,12 @@ def starter_items(args, device):
     recipients, donors, words, spans = [], [], [], []
     for batch in dm.predict_dataloader():
         for b in range(len(batch["item_id"])):
-            recipients.append(batch["target_mel"][b])
-            donors.append(batch["source_mel"][b])
+            recipients.append(batch["target"].mel[b])
+            donors.append(batch["source"].mel[b])
             words.append(
-                tuple(
-                    module.scored_word(batch[f"{side}_lang"][b], batch[f"{side}_tokens"][b])
-                    for side in ("source", "target")
-                )
+                tuple(module.scored_word(batch[side].lang[b], batch[side].tokens[b]) for side in ("source", "target"))
             )
-            source, target = batch["source_span"][b], batch["target_span"][b]
+            source, target = batch["source"].span[b], batch["target"].span[b]
             spans.append((int(min(source[0], target[0])), int(max(source[1], target[1]))))
     return module, recipients, donors, words, spans
 

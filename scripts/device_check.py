@@ -207,9 +207,7 @@ def synthesise(pairs_file: str, limit: int, root: Path) -> tuple[int, int]:
     from wpatch.stimuli.tts import ClipCache, Espeak
 
     items = patch_items(read_pairs(pairs_file, limit), True)
-    words = sorted(
-        {(w, lang) for side in ("source", "target") for w, lang in zip(items[f"{side}_word"], items[f"{side}_lang"])}
-    )
+    words = sorted({(side.word, side.lang) for role in ("source", "target") for side in items[role]})
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(_synthesise, [(str(root), w, lang) for w, lang in words]))
     cache = ClipCache(root, Espeak())

@@ -173,11 +173,13 @@ def test_a_run_reads_each_clip_in_its_own_recordings_words(tmp_path, aligned, sm
     for item in data.items.itertuples():
         mine = rows[rows.item_id == item.item_id]
         src, tgt = ("a", "b") if item.direction == "a->b" else ("b", "a")
-        contexts = {side: by_pair.loc[item.pair_id, f"context_{x}"] for side, x in (("source", src), ("target", tgt))}
+        contexts = {
+            side: by_pair.loc[item.pair.pair_id, f"context_{x}"] for side, x in (("source", src), ("target", tgt))
+        }
         for side, column in (("source", "ld_source_clean"), ("target", "ld_target_clean")):
             features = model.encoder(data.mels[int(getattr(item, f"{side}_clip"))][None])
-            gap = logp(model, tokenizer, features, contexts[side], item.source_word)
-            gap -= logp(model, tokenizer, features, contexts[side], item.target_word)
+            gap = logp(model, tokenizer, features, contexts[side], item.source.word)
+            gap -= logp(model, tokenizer, features, contexts[side], item.target.word)
             assert mine[column].iloc[0] == pytest.approx(gap, abs=1e-4)
         assert (mine[mine.patch_direction == "denoising"].carrier == contexts["target"]).all()
         assert (mine[mine.patch_direction == "noising"].carrier == contexts["source"]).all()

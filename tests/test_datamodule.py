@@ -50,16 +50,13 @@ def test_serves_log_mel_pairs_both_ways_and_caches_clips(tmp_path, small_model_p
     batches = list(dm.predict_dataloader())
     assert [len(b["item_id"]) for b in batches] == [4, 2]
     batch = batches[0]
-    assert batch["source_mel"].shape == (4, 80, 3000) and batch["source_mel"].dtype == torch.float32
-    assert batch["direction"] == ["a->b", "b->a", "a->b", "b->a"]
-    assert batch["source_word"][:2] == ["bat", "pat"] and batch["target_word"][:2] == ["pat", "bat"]
+    source, target = batch["source"], batch["target"]
+    assert source.mel.shape == (4, 80, 3000) and source.mel.dtype == torch.float32
+    assert dm.items["direction"][:4].tolist() == ["a->b", "b->a", "a->b", "b->a"]
+    assert source.word[:2] == ["bat", "pat"] and target.word[:2] == ["pat", "bat"]
     # the two directions swap the same two clips
-    assert torch.equal(batch["source_mel"][0], batch["target_mel"][1]) and torch.equal(
-        batch["target_mel"][0], batch["source_mel"][1]
-    )
-    assert (
-        batch["source_tokens"][0] == batch["target_tokens"][1] and len(batch["source_tokens"][0]) == 2
-    )  # " bat", " Bat"
+    assert torch.equal(source.mel[0], target.mel[1]) and torch.equal(target.mel[0], source.mel[1])
+    assert source.tokens[0] == target.tokens[1] and len(source.tokens[0]) == 2  # " bat", " Bat"
     one_way = PairDataModule(
         pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"), bidirectional=False
     )
@@ -80,7 +77,7 @@ def test_n_mels_follows_the_model(tmp_path):
     csv = write_csv(tmp_path / "pairs.csv", "word_a,word_b\nsun,moon\n")
     dm = PairDataModule(pairs_file=csv, model=model_128, cache_dir=str(tmp_path / "clips"))
     dm.setup()
-    assert next(iter(dm.predict_dataloader()))["source_mel"].shape == (2, 128, 3000)
+    assert next(iter(dm.predict_dataloader()))["source"].mel.shape == (2, 128, 3000)
 
 
 def test_recordings_are_used_instead_of_synthesis(tmp_path, small_model_path):
@@ -100,7 +97,7 @@ def test_items_sharing_a_source_clip_come_in_one_batch(tmp_path, small_model_pat
     dm = PairDataModule(pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"), batch_size=1)
     dm.setup()
     batches = list(dm.predict_dataloader())
-    sources = [b["source_word"] for b in batches]
+    sources = [b["source"].word for b in batches]
     assert sources == [["bat", "bat"], ["pat"], ["cat", "cat"], ["hat"]]
     assert sorted(i for b in batches for i in b["item_id"].tolist()) == list(range(6))
     dm.skip({0, 4, 5})  # a resumed run: bat's items done, one of cat's
@@ -142,6 +139,26 @@ def test_a_resume_with_fewer_clips_left_than_processes_gives_every_process_a_bat
     loader = dm.predict_dataloader()
     assert len(loader) == 3 and [b["item_id"].tolist() for b in loader] == [[1], [], []]
     empty = list(loader)[1]
-    assert empty["source_mel"].shape[0] == 0 and empty["pair_id"] == [] and empty["source_tokens"] == []
+    assert empty["source"].mel.shape[0] == 0 and empty["source"].word == [] and empty["source"].tokens == []
     dm.skip({0, 1})
     assert len(dm.predict_dataloader()) == 0  # nothing left: no batch at all
+
+
+def test_a_run_reads_its_pairs_file_once(tmp_path, small_model_path, monkeypatch):
+    """The command's checks, the DataModule's clips and items, and the analysis share one read of the pairs file
+    (what the analysis needs of it is kept in the run's folder); a DataModule on its own reads it once too."""
+    import wpatch.stimuli.pairs_file as pairs_file
+    from tests.predict_run import main, predict_args
+
+    reads = []
+    read = pairs_file.csv_cells
+    monkeypatch.setattr(pairs_file, "csv_cells", lambda path: reads.append(path) or read(path))
+    main(predict_args(tmp_path, small_model_path, pairs="word_a,word_b\nbat,pat\nhot,cold\n"))
+    assert reads == [tmp_path / "pairs.csv"]
+    reads.clear()
+    dm = PairDataModule(
+        pairs_file=str(tmp_path / "pairs.csv"), model=small_model_path, cache_dir=str(tmp_path / "clips")
+    )
+    dm.prepare_data()
+    dm.setup("predict")
+    assert reads == [tmp_path / "pairs.csv"]

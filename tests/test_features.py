@@ -154,3 +154,25 @@ def test_a_sweep_of_a_feature_changed_at_onset_and_coda_gets_a_map_per_position(
     figures = {p.name for p in (tmp_path / "run/figures").glob("feature_voicing_*.png")}
     assert len(figures) == len(conditions) + 2 * len(sweeps)
     assert {f"feature_voicing_{position}_{sweeps[0]}.png" for position in ("onset", "coda")} <= figures
+
+
+def test_a_moved_run_is_reported_again_with_its_features(tmp_path, small_model_path):
+    """Everything the analysis needs is in the run's folder: a run moved away from its pairs file (the file gone)
+    is reported again (`wpatch report`) with the same phonetic features."""
+    import shutil
+
+    from tests.predict_run import main, predict_args
+    from wpatch.cli import report
+
+    pairs = (
+        "pair_id,word_a,word_b,category,phoneme_a,phoneme_b,position,feature\n"
+        "p00000,bat,pat,consonant,B,P,onset,voicing\np00001,hot,cold,semantic,,,,\n"
+    )
+    (tmp_path / "made").mkdir()
+    main(predict_args(tmp_path / "made", small_model_path, pairs=pairs))
+    made = (tmp_path / "made/out/features.csv").read_text()
+    shutil.move(tmp_path / "made/out", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "made")  # the pairs file and the clip cache with it
+    (tmp_path / "moved/features.csv").unlink()
+    summary = report(str(tmp_path / "moved"))
+    assert (tmp_path / "moved/features.csv").read_text() == made and summary["features"]["voicing"]["pairs"] == 1

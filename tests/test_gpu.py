@@ -118,4 +118,4 @@ def test_log_mels_load_into_pinned_memory(pairs):
     dm = pairs()
     dm.setup("predict")
     batch = next(iter(dm.predict_dataloader()))
-    assert dm.mels[[0, 1]].is_pinned() and batch["source_mel"].is_pinned()
+    assert dm.mels[[0, 1]].is_pinned() and batch["source"].mel.is_pinned()

@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = [  # lowest first
     {
         "wpatch.sites",
+        "wpatch.sides",
         "wpatch.rows",
         "wpatch.text",
         "wpatch.errors",

@@ -12,6 +12,7 @@ from datamodules.pairs import control_clips
 from tests.test_reference import pairs_csv
 from wpatch.patching.measures import effect, override, p_source_language, retained, score, transfer
 from wpatch.rows import ResultRow
+from wpatch.sides import Side
 from wpatch.stimuli.audio import speech_span
 from wpatch.text import has_word, is_word, normalise
 
@@ -68,12 +69,6 @@ def test_a_row_without_every_measure_is_an_error():
     with pytest.raises(TypeError, match="score"):
         ResultRow(
             item_id=0,
-            pair_id="p",
-            direction="a->b",
-            category="",
-            voice="v",
-            source_word="a",
-            target_word="b",
             site="block_out",
             source_layer=0,
             target_layer=0,
@@ -106,9 +101,8 @@ def items_of(pairs: list[tuple[str, str]], voice="v", lang="en", first_clip=0) -
     return pd.DataFrame(
         {
             "item_id": range(len(rows)),
-            "source_word": [a for a, _ in rows],
-            "target_word": [b for _, b in rows],
-            "source_lang": lang,
+            "source": [Side(a, lang) for a, _ in rows],
+            "target": [Side(b, lang) for _, b in rows],
             "voice": voice,
             "source_clip": [clip[a] for a, _ in rows],
         }
@@ -125,20 +119,20 @@ def test_control_clips_are_unrelated_words_of_the_same_language_and_voice():
         ignore_index=True,
     )
     items["item_id"] = range(len(items))
-    clips, words = control_clips(items)
-    for item, clip, word in zip(items.itertuples(), clips, words):
-        assert word not in (item.source_word, item.target_word)
+    clips, sides = control_clips(items)
+    for item, clip, side in zip(items.itertuples(), clips, sides):
+        assert side.word not in (item.source.word, item.target.word)
         donor = items[items.source_clip == clip].iloc[0]
-        assert (donor.source_word, donor.source_lang, donor.voice) == (word, item.source_lang, item.voice)
-    assert len(set(words[:6])) > 1  # drawn, not always the same word
-    assert control_clips(items) == (clips, words)  # with a fixed seed per item
+        assert (donor.source, donor.voice) == (side, item.voice) and side.lang == item.source.lang
+    assert len({side.word for side in sides[:6]}) > 1  # drawn, not always the same word
+    assert control_clips(items) == (clips, sides)  # with a fixed seed per item
 
 
 def test_control_clip_falls_back_to_the_source_when_nothing_is_unrelated(tmp_path, small_model_path):
     """The DataModule counts the items whose control is their own source clip (the module says so when the run
     patches from control donors: tests/test_bad_inputs.py)."""
     items = items_of([("bat", "pat")])
-    assert control_clips(items) == (list(items.source_clip), list(items.source_word))
+    assert control_clips(items) == (list(items.source_clip), list(items.source))
     pairs = pairs_csv(tmp_path / "stimuli", [("bat", "pat", "en", "en", "")])
     dm = PairDataModule(pairs_file=pairs, model=small_model_path, tts="espeak", cache_dir=str(tmp_path / "clips"))
     dm.setup()

@@ -53,9 +53,9 @@ def test_datamodule_batches_read_the_cache(tmp_path, small_model_path, monkeypat
     dm.setup()
     batch = next(iter(dm.predict_dataloader()))
     assert dm.mel_store.computed == 2 and all(f.is_file() for f in dm.mels.files)
-    assert torch.equal(batch["source_mel"][0], log_mel(load_audio(tmp_path / "a.wav"), 80))
+    assert torch.equal(batch["source"].mel[0], log_mel(load_audio(tmp_path / "a.wav"), 80))
     rerun = PairDataModule(pairs_file=str(csv), model=small_model_path)
     rerun.setup()
     assert rerun.mel_store.computed == 0 and torch.equal(
-        next(iter(rerun.predict_dataloader()))["source_mel"], batch["source_mel"]
+        next(iter(rerun.predict_dataloader()))["source"].mel, batch["source"].mel
     )

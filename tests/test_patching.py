@@ -146,7 +146,7 @@ def test_module_diagonal_rows_equal_the_unpatched_run(tmp_path, clip_dir):
     prefix = list(scoring_prefix(module.tokenizer))
     options = whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True, sample_len=8)
     for b, word in enumerate(["big", "water"]):
-        mel = batch["source_mel"][b : b + 1]
+        mel = batch["source"].mel[b : b + 1]
         text = whisper.decode(model, mel, options)[0].text.strip()
         clean = model.embed_audio(mel)
         forms = []
@@ -155,7 +155,7 @@ def test_module_diagonal_rows_equal_the_unpatched_run(tmp_path, clip_dir):
             logp = model.logits(torch.tensor([prefix + seq]), clean).log_softmax(-1)[0]
             forms.append(sum(logp[len(prefix) - 1 + i, token] for i, token in enumerate(seq)))
         expected = torch.stack(forms).logsumexp(0).item()
-        diagonal = [r for r in rows if r["source_word"] == word and r["source_layer"] == r["target_layer"]]
+        diagonal = [r for r in rows if r["item_id"] == b and r["source_layer"] == r["target_layer"]]
         assert len(diagonal) == 4
         for row in diagonal:
             assert row["transcript"] == text and row["logp_source"] == pytest.approx(expected, abs=1e-4)

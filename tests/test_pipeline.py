@@ -93,9 +93,9 @@ def test_diagonal_rows_equal_an_unpatched_run_and_whisper_decode(finished_run, s
         text = whisper.decode(model, mel, options)[0].text.strip()
         clean = model.embed_audio(mel)
         cells = rows[(rows.item_id == item.item_id) & (rows.source_layer == rows.target_layer)]
-        assert len(cells) == 3 and (cells.transcript == text).all(), (item.source_word, text)
-        assert (cells.logp_source - logp(item.source_word, clean)).abs().max() < 1e-4
-        assert (cells.logp_target - logp(item.target_word, clean)).abs().max() < 1e-4
+        assert len(cells) == 3 and (cells.transcript == text).all(), (item.source.word, text)
+        assert (cells.logp_source - logp(item.source.word, clean)).abs().max() < 1e-4
+        assert (cells.logp_target - logp(item.target.word, clean)).abs().max() < 1e-4
 
 
 def test_writer_refuses_a_table_with_missing_or_repeated_rows(tmp_path):

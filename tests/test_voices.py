@@ -12,6 +12,7 @@ from datamodules import PairDataModule
 from wpatch.analysis.stats import bootstrap_interval
 from wpatch.errors import WpatchError
 from wpatch.models.loading import load_model
+from wpatch.sides import Pair, Side
 from wpatch.stimuli.audio import SAMPLE_RATE, load_audio, log_mel
 from wpatch.stimuli.screening import cached_screen, screen_clips, screen_summary
 from wpatch.stimuli.tts import ClipCache, make_backend, parse_speaker
@@ -125,16 +126,8 @@ def test_screen_summary_counts_clips_per_voice_and_category():
             "heard": [True, False, True, False],
         }
     )
-    items = pd.DataFrame(
-        {
-            "category": ["x", "y"],
-            "source_word": ["a", "c"],
-            "target_word": ["b", "a"],
-            "source_lang": "en",
-            "target_lang": "en",
-            "voice": ["v1", "v1"],
-        }
-    )
+    pairs = [Pair("p0", Side("a"), Side("b"), category="x"), Pair("p1", Side("c"), Side("a"), category="y")]
+    items = pd.DataFrame({"pair": pairs, "source": [p.a for p in pairs], "target": [p.b for p in pairs], "voice": "v1"})
     summary = screen_summary(screen, items).set_index(["voice", "category"])
     assert summary.loc[("v1", "all"), ["clips", "heard"]].tolist() == [3, 2]
     assert summary.loc[("v2", "all"), ["clips", "heard"]].tolist() == [1, 0]
@@ -185,8 +178,8 @@ def test_require_heard_keeps_only_items_whose_clips_the_model_hears(tmp_path):
     screen = kept["none"].screen().set_index("word")["heard"]
     items = kept["none"].items
     assert len(items) == 6 and kept["none"].screening == {}
-    source_ok = items[items["source_word"].map(screen)]
-    both_ok = source_ok[source_ok["target_word"].map(screen)]
+    source_ok = items[items["source"].map(lambda side: screen[side.word])]
+    both_ok = source_ok[source_ok["target"].map(lambda side: screen[side.word])]
     assert kept["source"].items["item_id"].tolist() == source_ok["item_id"].tolist()
     assert kept["both"].items["item_id"].tolist() == both_ok["item_id"].tolist()
     counts = kept["source"].screening

@@ -59,11 +59,16 @@ class PatchingCLI(LightningCLI):
         on_gpu = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
         check_precision(trainer.precision, on_gpu)
         data, spec = self.config.data, self.config.model.model
-        pairs = read_pairs(data.pairs_file, data.limit)
+        self.pairs = pairs = read_pairs(data.pairs_file, data.limit)
         dims, path = model_dims(spec), pairs_path(data.pairs_file)
         check_languages(spec, multilingual(dims), self.config.model.language, pairs, path)
         check_word_tokens(pairs, dims, path, self.config.model.language)
         check_writable(self.config.writer.output_dir)
+
+    def instantiate_classes(self) -> None:
+        """The classes, and the pairs table read by the checks handed to the DataModule: the file is read once."""
+        super().instantiate_classes()
+        self.datamodule.pairs = self.pairs
 
 
 def starts_the_run(trainer) -> bool:

@@ -1,8 +1,10 @@
 """The data that flows through a run, named: the batch the DataModule serves and the row the module returns.
 
 `PairBatch` is what `datamodules.PairDataModule.collate` makes and `wpatch.patching.module.PatchingModule.predict_step`
-reads; `ResultRow` is one row of `predictions.csv` (its fields are the columns, in order: `ROW_COLUMNS`).
-The planned rows in between are `wpatch.patching.plan.PlannedRow`.
+reads: item ids and three `BatchSide`s. `ResultRow` is what the module computes for one row of `predictions.csv`;
+the writer joins the item's own columns (`ITEM_FIELDS`, and `PASSING`: what passes through from the pairs file,
+`wpatch.sides`) by item id, and the table's columns, in order, are `ROW_COLUMNS`. The planned rows in between are
+`wpatch.patching.plan.PlannedRow`.
 
 `ResultRow` is also the measure schema: each field says what it is (`Column`), and everything the analysis
 needs to know of a column derives from it: the measures it summarises (`MEASURES`, in their order), their colour
@@ -11,47 +13,33 @@ cell means NaN (`BLANK_IS_NAN`). A new measure is its function (`wpatch.patching
 """
 
 from dataclasses import dataclass, field, fields
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 from torch import Tensor
 
+from wpatch.sides import PASSING_COLUMNS
+
+
+class BatchSide(NamedTuple):
+    """One side (source, target or control) of every item of a batch of B items, in item order."""
+
+    mel: Tensor  # (B, n_mels, 3000) log-mels
+    clip: Tensor  # (B,) clip indices (equal indices = the same clip)
+    span: Tensor  # (B, 2) the encoder frames where the clip's word is spoken
+    tokens: list[list[list[int]]]  # token ids of each surface form of the word (the control's in the source's language)
+    word: list[str]
+    lang: list[str]
+    carrier: list[str]  # the text the clip is heard in, `{}` for its word (`wpatch.sides.Side.heard_in`)
+
 
 class PairBatch(TypedDict):
-    """A batch of B items. Per side (source, target, control): `<side>_mel` (B, n_mels, 3000) log-mels,
-    `<side>_clip` (B,) clip indices (equal indices = the same clip) and `<side>_span` (B, 2) the encoder frames
-    where the clip's word is spoken; the rest is per item, in item order."""
+    """A batch of B items: their ids and their three sides. What only passes through to the table (pair id,
+    direction, category, voice, speakers, corpus, ...) stays out: the writer joins it by item id."""
 
     item_id: Tensor
-    source_mel: Tensor
-    target_mel: Tensor
-    control_mel: Tensor
-    source_clip: Tensor
-    target_clip: Tensor
-    control_clip: Tensor
-    source_span: Tensor
-    target_span: Tensor
-    control_span: Tensor
-    source_tokens: list[list[list[int]]]  # token ids of each surface form of the source word
-    target_tokens: list[list[list[int]]]
-    control_tokens: list[list[list[int]]]  # the control word's (in the source word's language)
-    pair_id: list[str]
-    direction: list[str]  # the pair direction: a->b or b->a
-    category: list[str]
-    voice: list[str]
-    source_word: list[str]
-    target_word: list[str]
-    control_word: list[str]
-    source_lang: list[str]
-    target_lang: list[str]
-    source_speaker: list[str]  # who speaks each clip in a corpus ("" for synthesised clips and plain recordings)
-    target_speaker: list[str]
-    corpus: list[str]
-    licence: list[str]
-    # the text each side's clip is heard in, `{}` for its word: the carrier sentence, a recorded word's context in
-    # its recording ("": the word alone)
-    source_carrier: list[str]
-    target_carrier: list[str]
-    control_carrier: list[str]
+    source: BatchSide
+    target: BatchSide
+    control: BatchSide
 
 
 @dataclass(frozen=True)
@@ -81,16 +69,11 @@ RATE = (0.0, 1.0)
 
 @dataclass(frozen=True)
 class ResultRow:
-    """One row of predictions.csv: the item, the patch, and every measure (README: "Columns of predictions.csv").
+    """What patching computes for one row of predictions.csv: the item, the patch, and every measure (README:
+    "Columns of predictions.csv"); the writer joins the item's own columns (`ITEM_FIELDS`, `PASSING`) by item id.
     Every field must be given: a measure left out is an error, never an empty column."""
 
     item_id: int
-    pair_id: str
-    direction: str  # pair direction: a->b (word A's clip is the source) or b->a
-    category: str
-    voice: str
-    source_word: str
-    target_word: str
     site: str
     source_layer: int
     target_layer: int
@@ -118,11 +101,6 @@ class ResultRow:
         summarised=4, label="effect (share of the clean gap closed)", scale=(-1.0, 1.0), blank_is_nan=True
     )
     effect_valid: bool = column()
-    # a corpus pair's speakers, corpus and licence (empty for synthesised words); last, so older columns stay first
-    source_speaker: str = column()
-    target_speaker: str = column()
-    corpus: str = column()
-    licence: str = column()
     # the text the row's transcript is read in, `{}` for the word: the carrier sentence, or for a recorded word in
     # its context the recipient clip's words ("" for a word alone); whether the transcript kept its other words (a
     # row counts for override, retained and transfer only if so; always true for a word alone)
@@ -130,16 +108,28 @@ class ResultRow:
     carrier_kept: bool = column()
 
     def to_dict(self) -> dict:
-        """Column -> value, in column order (what Lightning's predictions and the writer carry)."""
-        return {column: getattr(self, column) for column in ROW_COLUMNS}
+        """Field -> value, in field order (what Lightning's predictions and the writer carry)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-ROW_COLUMNS = [f.name for f in fields(ResultRow)]
-COLUMNS = {f.name: f.metadata.get("column", Column()) for f in fields(ResultRow)}
+# the item's own columns, joined to its rows by item id where the table is written: who it is (after item_id) and
+# what passes through from the pairs file (`wpatch.sides`; after the measures, before the carrier columns)
+ITEM_FIELDS = ("pair_id", "direction", "category", "voice", "source_word", "target_word")
+PASSING = [c for c in PASSING_COLUMNS if c not in ITEM_FIELDS]
+CARRIER_COLUMNS = ("carrier", "carrier_kept")
+MEASURED = [f.name for f in fields(ResultRow)]
+ROW_COLUMNS = [
+    "item_id",
+    *ITEM_FIELDS,
+    *(c for c in MEASURED[1:] if c not in CARRIER_COLUMNS),
+    *PASSING,
+    *CARRIER_COLUMNS,
+]
+COLUMNS = {c: Column() for c in ROW_COLUMNS} | {f.name: f.metadata.get("column", Column()) for f in fields(ResultRow)}
 MEASURES = tuple(sorted((c for c in COLUMNS if COLUMNS[c].summarised), key=lambda c: COLUMNS[c].summarised))
 SCALES = {name: c.scale for name, c in COLUMNS.items() if c.scale}
 MEASURE_NAMES = {name: c.label or name for name, c in COLUMNS.items() if c.summarised}
-TEXT_COLUMNS = [f.name for f in fields(ResultRow) if f.type in (str, "str")]
+TEXT_COLUMNS = [*ITEM_FIELDS, *PASSING, *(f.name for f in fields(ResultRow) if f.type in (str, "str"))]
 BLANK_IS_NAN = [name for name, c in COLUMNS.items() if c.blank_is_nan]
 CONDITION = ["site", "window", "alpha", "patch_direction", "donor"]  # the columns that name one patch condition
 
@@ -162,12 +152,6 @@ class AttributionRow:
     cell was not patched for real."""
 
     item_id: int
-    pair_id: str
-    direction: str
-    category: str
-    voice: str
-    source_word: str
-    target_word: str
     patch_direction: str
     site: str
     layer: int
@@ -185,16 +169,8 @@ class AttributionRow:
     checked: str  # "validate", "verify" or "" (not patched for real)
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in ATTRIBUTION_COLUMNS}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-ATTRIBUTION_COLUMNS = [f.name for f in fields(AttributionRow)]
+ATTRIBUTION_COLUMNS = ["item_id", *ITEM_FIELDS, *[f.name for f in fields(AttributionRow)][1:]]
 ATTRIBUTION_KEY = ["item_id", "patch_direction", "site", "layer", "window"]  # one row each
-
-
-ITEM_FIELDS = ("pair_id", "direction", "category", "voice", "source_word", "target_word")
-
-
-def item_fields(batch: PairBatch, b: int) -> dict:
-    """Item `b`'s identity as the batch carries it: the fields every row of that item repeats."""
-    return {name: batch[name][b] for name in ITEM_FIELDS}

@@ -4,12 +4,17 @@ word it changes (onset, nucleus, coda), with bootstrap intervals over pairs (and
 The pairs CSV carries each minimal pair's changed phonemes (ARPAbet), their position and, for consonants, the
 feature (voicing, place or manner). A vowel pair is counted under every vowel feature on which its two vowels
 differ (`VOWELS`: height, backness, rounding, length), so `bit`/`bat` counts for height, and `beet`/`boot` for
-backness and rounding. Semantic pairs change no phonetic feature and are left out.
+backness and rounding. Semantic pairs change no phonetic feature and are left out. The writer keeps each pair's
+features in the run's folder (`PAIR_FEATURES`), so a run moved elsewhere is analysed with them.
 """
+
+import logging
+from pathlib import Path
 
 import pandas as pd
 
 from wpatch.analysis.stats import pooled_interval
+from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 from wpatch.rows import CONDITION, with_sweep_start
 from wpatch.stimuli.pairs_file import read_pairs
@@ -33,6 +38,8 @@ VOWELS = {
     "AW": ("low", "central", "unrounded", "tense"),
 }
 VOWEL_FEATURES = ("height", "backness", "rounding", "length")
+log = logging.getLogger(__name__)
+PAIR_FEATURES = "pair_features.csv"  # a run's pairs' phonetic features (pair_id, feature, position), in its folder
 FEATURE_COLUMNS = ["feature", "position", *CONDITION, "source_layer", "target_layer", "sweep_start", "measure"]
 
 
@@ -62,12 +69,26 @@ def changed_features(pairs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["pair_id", "feature", "position"])
 
 
-def run_features(settings: dict) -> pd.DataFrame:
-    """`changed_features` of a run's pairs file (from its settings: pairs_file, limit); empty when the file has no
-    phonetic columns or cannot be read any more (a saved run moved to another machine)."""
+def write_pair_features(folder, pairs: pd.DataFrame) -> None:
+    """`PAIR_FEATURES` in a run's folder: the `changed_features` of the run's pairs (the checked pairs table), so
+    that the analysis of the run, wherever its folder is later, needs nothing outside it."""
+    write_atomically(Path(folder) / PAIR_FEATURES, changed_features(pairs).to_csv(index=False))
+
+
+def run_features(folder, settings: dict) -> pd.DataFrame:
+    """The `changed_features` of a run's pairs, from its folder (`PAIR_FEATURES`). A run written before the folder
+    kept them has them from its pairs file (settings: pairs_file, limit) while that can still be read; where it
+    cannot (the run was moved), a warning says the features are left out."""
+    path = Path(folder) / PAIR_FEATURES
+    if path.is_file():
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
     try:
         pairs = read_pairs(settings.get("pairs_file"), settings.get("limit"))
-    except (WpatchError, OSError):
+    except (WpatchError, OSError) as error:
+        log.warning(
+            f"wpatch: warning: {folder} has no {PAIR_FEATURES} (a run from an older wpatch) and its pairs file "
+            f"cannot be read ({error}); features.csv is left out: report the run where its pairs file is"
+        )
         pairs = pd.DataFrame()
     return changed_features(pairs)
 

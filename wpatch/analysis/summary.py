@@ -79,7 +79,8 @@ def analyse(
         pd.concat(long, ignore_index=True).to_csv(index=False) if long else "group,measure,s,t,mean,low,high,n\n",
     )
     conditions_summary = condition_figures(cells[cells["group"] == "all"], conditions, figures, board)
-    features = feature_cells(rows, run_features(settings), measures)
+    changed = run_features(output_dir, settings)
+    features = feature_cells(rows, changed, measures)
     if not features.empty:
         write_atomically(output_dir / "features.csv", features.to_csv(index=False))
     voices = sorted(rows["voice"].unique())
@@ -95,7 +96,7 @@ def analyse(
     found = Findings(primary, groups, conditions_summary)
     if not features.empty:
         found.features = feature_figures(features, conditions, figures, board)
-    lens = lens_table(lens_rows(rows, settings), run_features(settings))
+    lens = lens_table(lens_rows(rows, settings), changed)
     write_atomically(output_dir / "lens.csv", lens.to_csv(index=False))
     if not lens.empty:
         save_figure(lens_figure(lens), figures / "encoder_lens.png")

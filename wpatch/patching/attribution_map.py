@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from wpatch.patching.attribution import ENCODER_SITES, Cell, attribute, real_deltas
-from wpatch.rows import AttributionRow, PairBatch, item_fields
+from wpatch.rows import AttributionRow, PairBatch
 from wpatch.text import ScoredWord
 
 
@@ -88,15 +88,15 @@ def attribution_map(
     n_ctx = model.dims.n_audio_ctx
     jobs = [(b, d) for b in range(len(batch["item_id"])) for d in directions]
     sides = {d: ("source", "target") if d == "denoising" else ("target", "source") for d in directions}
-    donors = torch.stack([batch[f"{sides[d][0]}_mel"][b] for b, d in jobs])
-    recipients = torch.stack([batch[f"{sides[d][1]}_mel"][b] for b, d in jobs])
+    donors = torch.stack([batch[sides[d][0]].mel[b] for b, d in jobs])
+    recipients = torch.stack([batch[sides[d][1]].mel[b] for b, d in jobs])
     donor_words, recipient_words = (
         [(read[sides[d][k]][0][b], read[sides[d][k]][1][b]) for b, d in jobs] for k in (0, 1)
     )
     found = attribute(model, recipients, donors, recipient_words, graddrop, donor_words, qk_fix)
     table, cells, frames = [], [], {}
     for j, (b, d) in enumerate(jobs):
-        source_span, target_span = batch["source_span"][b], batch["target_span"][b]
+        source_span, target_span = batch["source"].span[b], batch["target"].span[b]
         speech = (int(min(source_span[0], target_span[0])), int(max(source_span[1], target_span[1])))
         metric, donor_metric = float(found.metric[j]), float(found.donor_metric[j])
         ld_source, ld_target = (donor_metric, metric) if d == "denoising" else (metric, donor_metric)
@@ -121,7 +121,6 @@ def attribution_map(
             table.append(
                 AttributionRow(
                     item_id=item_id,
-                    **item_fields(batch, b),
                     patch_direction=d,
                     site=site,
                     layer=layer,

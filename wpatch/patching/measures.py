@@ -14,7 +14,7 @@ import math
 from wpatch.patching.decoder import DecodingPlan
 from wpatch.patching.decoding import Decoded
 from wpatch.patching.plan import PlannedRow, recipient_side
-from wpatch.rows import PairBatch, ResultRow, item_fields
+from wpatch.rows import PairBatch, ResultRow
 from wpatch.text import ScoredWord, has_word, is_word, word_at
 
 
@@ -68,7 +68,7 @@ def read_in(plan_row: PlannedRow, decodings: DecodingPlan, batch: PairBatch) -> 
     """The decodings a row reads and whose text each is read in: the patched run in its recipient clip's, the
     clean source and target runs in their own."""
     b = plan_row.item
-    clean = [(decodings.clean[int(batch[f"{side}_clip"][b])], side) for side in ("source", "target")]
+    clean = [(decodings.clean[int(batch[side].clip[b])], side) for side in ("source", "target")]
     return [(decodings.row[plan_row.run], recipient_side(plan_row.patch_direction)), *clean]
 
 
@@ -103,14 +103,14 @@ def result_rows(
         source_word, target_word = read[recipient][0][b], read[recipient][1][b]
         logp = decoded.logps[f]
         value, valid = effect(logp[source_word], logp[target_word], gap["source"], gap["target"], min_separation)
-        text, carrier = decoded.transcripts[f], batch[f"{recipient}_carrier"][b]
+        text, carrier = decoded.transcripts[f], batch[recipient].carrier[b]
         said, kept = word_at(text, carrier)  # the transcript's word where the carrier has it; the carrier kept
-        heard, heard_kept = word_at(decoded.transcripts[clean_source], batch["source_carrier"][b])
+        heard, heard_kept = word_at(decoded.transcripts[clean_source], batch["source"].carrier[b])
         languages = decoded.language_probs[f] if decoded.language_probs else None
+        words = {side: batch[side].word[b] for side in ("source", "target")}
         rows.append(
             ResultRow(
                 item_id=int(batch["item_id"][b]),
-                **item_fields(batch, b),
                 site=patch.site,
                 source_layer=patch.source_layer,
                 target_layer=patch.target_layer,
@@ -120,24 +120,20 @@ def result_rows(
                 alpha=patch.alpha,
                 patch_direction=row.patch_direction,
                 donor=row.donor,
-                donor_word=batch[f"{row.donor}_word"][b],
+                donor_word=batch[row.donor].word[b],
                 transcript=text,
-                override=kept and override(said, batch["source_word"][b]),
-                retained=kept and retained(said, batch["target_word"][b]),
-                transfer=kept and transfer(said, batch["source_word"][b]),
+                override=kept and override(said, words["source"]),
+                retained=kept and retained(said, words["target"]),
+                transfer=kept and transfer(said, words["source"]),
                 logp_source=logp[source_word],
                 logp_target=logp[target_word],
                 score=score(logp[source_word], logp[target_word]),
-                p_source_language=p_source_language(languages, batch["source_lang"][b], batch["target_lang"][b]),
-                source_recognised=heard_kept and is_word(heard, batch["source_word"][b]),
+                p_source_language=p_source_language(languages, batch["source"].lang[b], batch["target"].lang[b]),
+                source_recognised=heard_kept and is_word(heard, words["source"]),
                 ld_source_clean=gap["source"],
                 ld_target_clean=gap["target"],
                 effect=value,
                 effect_valid=valid,
-                source_speaker=batch["source_speaker"][b],
-                target_speaker=batch["target_speaker"][b],
-                corpus=batch["corpus"][b],
-                licence=batch["licence"][b],
                 carrier=carrier,
                 carrier_kept=kept,
             )

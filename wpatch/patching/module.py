@@ -190,12 +190,11 @@ class PatchingModule(L.LightningModule):
         if not len(batch["item_id"]):  # a process's padding batch: fewer source clips were left than processes
             return []
         hp, model = self.hparams, self.whisper
-        languages = {"source": batch["source_lang"], "target": batch["target_lang"], "control": batch["source_lang"]}
         # both words of the item read in the text each side's clip is heard in (a decoding of a clip is read in
         # its own text), and each donor's own word in its clip's text (decoder-site donor runs read it)
         scored = lambda word, side: [  # noqa: E731
             self.scored_word(lang, forms, carrier)
-            for lang, forms, carrier in zip(languages[word], batch[f"{word}_tokens"], batch[f"{side}_carrier"])
+            for lang, forms, carrier in zip(batch[word].lang, batch[word].tokens, batch[side].carrier)
         ]
         read = {side: (scored("source", side), scored("target", side)) for side in ("source", "target")}
         words = {"source": read["source"][0], "target": read["target"][1], "control": scored("control", "control")}
@@ -203,9 +202,9 @@ class PatchingModule(L.LightningModule):
 
         mels = {}
         for side in ("source", "target", "control"):
-            for clip, mel in zip(batch[f"{side}_clip"].tolist(), batch[f"{side}_mel"]):
+            for clip, mel in zip(batch[side].clip.tolist(), batch[side].mel):
                 mels.setdefault(clip, mel)
-        clean_clips = {clip for side in ("source", "target") for clip in batch[f"{side}_clip"].tolist()}
+        clean_clips = {clip for side in ("source", "target") for clip in batch[side].clip.tolist()}
         runs = [row.run for row in plan]
         clean_clips |= {
             clip for run in runs for clip in (run.recipient_clip, run.donor_clip)
@@ -215,7 +214,7 @@ class PatchingModule(L.LightningModule):
         decodings = decoding_plan(outputs, runs)
 
         asked = words_to_score(plan, decodings, batch, read)
-        crosses_languages = any(a != b for a, b in zip(batch["source_lang"], batch["target_lang"]))
+        crosses_languages = batch["source"].lang != batch["target"].lang
         detect = model.is_multilingual and (hp.language is None or crosses_languages)
         decoded = decode_plan(
             model,

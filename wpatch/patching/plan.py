@@ -128,8 +128,8 @@ def plan_rows(
     donor_kinds = ("source", "control") if control else ("source",)
     rows = []
     for b in range(len(batch["item_id"])):
-        clip = {side: int(batch[f"{side}_clip"][b]) for side in ("source", "target", "control")}
-        source_span, target_span = batch["source_span"][b], batch["target_span"][b]
+        clip = {side: int(batch[side].clip[b]) for side in ("source", "target", "control")}
+        source_span, target_span = batch["source"].span[b], batch["target"].span[b]
         word_frames = (int(min(source_span[0], target_span[0])), int(max(source_span[1], target_span[1])))
         for spec in specs:
             for patch_direction in patch_directions:

@@ -31,10 +31,10 @@ def read_table(path: Path, **options) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values=[""], **options)
 
 
-def write_attribution_part(parts: Path, first_item: int, found: AttributionMap) -> None:
-    """A batch's attribution rows and arrays, each written atomically."""
-    frame = pd.DataFrame(found.rows, columns=ATTRIBUTION_COLUMNS)
-    write_atomically(parts / f"atp-{first_item:08d}.csv", frame.to_csv(index=False))
+def write_attribution_part(parts: Path, first_item: int, rows: pd.DataFrame, found: AttributionMap) -> None:
+    """A batch's attribution rows (`ATTRIBUTION_COLUMNS`: the map's rows with their items' columns joined) and the
+    map's arrays, each written atomically."""
+    write_atomically(parts / f"atp-{first_item:08d}.csv", rows[ATTRIBUTION_COLUMNS].to_csv(index=False))
     write_atomically(parts / f"atp-{first_item:08d}.npz", npz_bytes(found.frames))
 
 

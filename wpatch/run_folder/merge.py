@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from datamodules import PairDataModule
+from wpatch.analysis.features import PAIR_FEATURES
 from wpatch.analysis.summary import analyse
 from wpatch.analysis.tables import read_rows
 from wpatch.atomic import atomic_path, write_atomically
@@ -177,6 +178,9 @@ def merge(shards: list[str], out: str, allow_edited: bool = False) -> dict:
         record_table(output, edited)
         if maps:
             merge_shard_attributions(maps, output)
+        features = folders[0] / PAIR_FEATURES  # every shard's: the whole run's pairs (a shard from before has none)
+        if features.is_file():
+            write_atomically(output / PAIR_FEATURES, features.read_text())
         return analyse(rows, output, whole.settings, whole.recorded, edited=edited)
     finally:
         lock.close()

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from wpatch.analysis.console import console_table
 from wpatch.analysis.depth import model_card
+from wpatch.analysis.features import write_pair_features
 from wpatch.analysis.summary import analyse
 from wpatch.analysis.tables import ROW_KEY, read_rows
 from wpatch.atomic import atomic_path
@@ -69,6 +70,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         self.stop = StopOnSignal()
         self.parts_written = 0
         self.session_started = None  # when this session claimed the folder (time.time(); every rank has rank 0's)
+        self.items = None  # each item's own columns of the table, by item id (set up with the DataModule)
 
     def claim(self, trainer: L.Trainer, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
         """Before any work, on the process that starts the run: lock the folder (checking that it is writable),
@@ -117,6 +119,7 @@ class PatchingResultsWriter(BasePredictionWriter):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.is_global_zero:
             self.claim(trainer, pl_module, trainer.datamodule)
+        self.items = trainer.datamodule.item_columns()
         done = self.finished_items()
         if done:
             trainer.datamodule.skip(done)
@@ -136,6 +139,11 @@ class PatchingResultsWriter(BasePredictionWriter):
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self.stop.check()
 
+    def with_items(self, rows: list[dict]) -> pd.DataFrame:
+        """Rows the module computed, with their items' own columns (who the item is, what passes through from the
+        pairs file: `datamodules.PairDataModule.item_columns`) joined by item id."""
+        return pd.DataFrame(rows).merge(self.items, on="item_id", how="left", validate="many_to_one")
+
     def finished_items(self) -> set[int]:
         """Item ids already written, in parts that match their records (`wpatch.run_folder.parts`)."""
         return finished_items(self.parts)
@@ -145,10 +153,10 @@ class PatchingResultsWriter(BasePredictionWriter):
             return
         self.parts.mkdir(parents=True, exist_ok=True)
         found = prediction.get("attributions") if isinstance(prediction, dict) else None
-        frame = pd.DataFrame(prediction["rows"] if found else prediction, columns=ROW_COLUMNS)
+        frame = self.with_items(prediction["rows"] if found else prediction)[ROW_COLUMNS]
         try:
             if found:  # before the rows part, whose record marks the batch done
-                write_attribution_part(self.parts, int(frame["item_id"].min()), found)
+                write_attribution_part(self.parts, int(frame["item_id"].min()), self.with_items(found.rows), found)
             write_part(self.parts / f"items-{frame['item_id'].min():08d}.csv", frame, self.session_started)
         except OSError as error:
             raise self.not_written(error) from None
@@ -229,6 +237,7 @@ class PatchingResultsWriter(BasePredictionWriter):
         fault_point("merged")
 
         copy_clips(trainer.datamodule, self.output_dir)  # the clips report.html plays, in the run's folder
+        write_pair_features(self.output_dir, trainer.datamodule.read_pairs())  # what the analysis reads of the pairs
         recorded = trainer.datamodule.recorded()  # clip cache, screening, silent clips, word frames, shard
         recorded.wall_time_s = round(self.working_time(records), 2)
         settings = summary_settings(trainer, pl_module)

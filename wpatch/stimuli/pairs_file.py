@@ -8,6 +8,8 @@ recording, seconds), `speaker_a`, `speaker_b`, `corpus` and `licence` (carried i
 A recorded word heard in its recording's context (`wpatch.stimuli.contexts`; `wpatch stimuli` writes these):
 `context_a` (the clip's words, `{}` for the word: the carrier of natural speech), `context_start_a`,
 `context_end_a` (the clip: seconds of the recording around the span; empty: the whole recording), and for b.
+The columns are the fields of the records of `wpatch.sides` (`Side`, `Pair`); `patch_items` parses each checked
+row into them once.
 """
 
 import logging
@@ -20,6 +22,7 @@ import pandas as pd
 import soundfile
 
 from wpatch.errors import WpatchError, inline
+from wpatch.sides import file_columns, pair_of, stimulus_columns
 from wpatch.text import before, normalise, scored_word, tokenizer_for, word_tokens
 
 DATA = Path(str(files("wpatch") / "data"))
@@ -30,34 +33,6 @@ PACKAGED = {  # names that --data.pairs_file accepts besides paths
     "english_spanish": DATA / "english_spanish_pairs.csv",  # 162 English-Spanish pairs (Experiment B)
 }
 REQUIRED = ("word_a", "word_b")
-ITEM_COLUMNS = [
-    "item_id",
-    "pair_id",
-    "direction",
-    "category",
-    "source_word",
-    "target_word",
-    "source_lang",
-    "target_lang",
-    "source_audio",
-    "target_audio",
-    "source_start",
-    "source_end",
-    "target_start",
-    "target_end",
-    "source_speaker",
-    "target_speaker",
-    "corpus",
-    "licence",
-    "carrier",
-    "source_context",
-    "source_context_start",
-    "source_context_end",
-    "target_context",
-    "target_context_start",
-    "target_context_end",
-]
-CONTEXT_COLUMNS = [f"{column}_{side}" for side in "ab" for column in ("context", "context_start", "context_end")]
 
 
 MAX_SECONDS = 30.0  # Whisper hears the first 30 s of a clip
@@ -212,25 +187,7 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
     if pairs.empty:
         raise WpatchError(f"pairs file {path} has no rows; add at least one word_a,word_b row")
     pairs = pairs.copy()
-    for column, default in (
-        ("word_a", ""),
-        ("word_b", ""),
-        ("category", ""),
-        ("audio_a", ""),
-        ("audio_b", ""),
-        ("lang_a", "en"),
-        ("lang_b", "en"),
-        ("start_a", ""),
-        ("end_a", ""),
-        ("start_b", ""),
-        ("end_b", ""),
-        ("speaker_a", ""),
-        ("speaker_b", ""),
-        ("corpus", ""),
-        ("licence", ""),
-        ("carrier", ""),
-        *((column, "") for column in CONTEXT_COLUMNS),
-    ):
+    for column, default in file_columns().items():
         values = pairs[column].str.strip() if column in pairs.columns else pd.Series("", index=pairs.index)
         pairs[column] = values.replace("", default)
     if "pair_id" not in pairs.columns:
@@ -292,8 +249,7 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
                         f"hears only the first {MAX_SECONDS:.0f} s; trim it to the word"
                     )
                 pairs.at[index, f"audio_{side}"] = str(audio.resolve())
-    stimulus = ["word_a", "word_b", "lang_a", "lang_b", "audio_a", "audio_b", "start_a", "end_a", "start_b", "end_b"]
-    stimulus += ["carrier", *CONTEXT_COLUMNS]
+    stimulus = stimulus_columns()
     repeats = pairs.duplicated(stimulus)
     if repeats.any():
         index = repeats.idxmax()
@@ -376,38 +332,15 @@ def silent_clips(pairs: pd.DataFrame, path, clips: list[tuple], reasons: list[st
 
 
 def patch_items(pairs: pd.DataFrame, bidirectional: bool = True) -> pd.DataFrame:
-    """One row per patching item: word A's states into word B's run (`a->b`), and the reverse if bidirectional."""
+    """One row per patching item, numbered (`item_id`): its `pair` (`wpatch.sides.Pair`, parsed from the checked
+    table), `direction` and its `source` and `target` sides: word A's states into word B's run (`a->b`), and the
+    reverse if bidirectional."""
     directions = [("a", "b")] + ([("b", "a")] if bidirectional else [])
-    rows = []
-    for _, pair in pairs.iterrows():
-        for src, tgt in directions:
-            rows.append(
-                {
-                    "pair_id": pair["pair_id"],
-                    "direction": f"{src}->{tgt}",
-                    "category": pair["category"],
-                    "source_word": pair[f"word_{src}"],
-                    "target_word": pair[f"word_{tgt}"],
-                    "source_lang": pair[f"lang_{src}"],
-                    "target_lang": pair[f"lang_{tgt}"],
-                    "source_audio": pair[f"audio_{src}"],
-                    "target_audio": pair[f"audio_{tgt}"],
-                    "source_start": pair[f"start_{src}"],
-                    "source_end": pair[f"end_{src}"],
-                    "target_start": pair[f"start_{tgt}"],
-                    "target_end": pair[f"end_{tgt}"],
-                    "source_speaker": pair[f"speaker_{src}"],
-                    "target_speaker": pair[f"speaker_{tgt}"],
-                    "corpus": pair["corpus"],
-                    "licence": pair["licence"],
-                    "carrier": pair["carrier"],
-                    **{
-                        f"{role}_{column}": pair[f"{column}_{side}"]
-                        for role, side in (("source", src), ("target", tgt))
-                        for column in ("context", "context_start", "context_end")
-                    },
-                }
-            )
-    items = pd.DataFrame(rows)
+    rows = [
+        {"pair": pair, "direction": f"{src}->{tgt}", "source": pair.side(src), "target": pair.side(tgt)}
+        for pair in map(pair_of, pairs.to_dict("records"))
+        for src, tgt in directions
+    ]
+    items = pd.DataFrame(rows, columns=["pair", "direction", "source", "target"])
     items.insert(0, "item_id", range(len(items)))
-    return items[ITEM_COLUMNS]
+    return items

@@ -73,13 +73,15 @@ def heard(transcript: str, word: str, carrier: str = "") -> bool:
 def screen_summary(screen: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Share of clips heard per voice and language, overall and per category of the pairs they appear in
     (a word in two categories counts in both)."""
-    sides = [
-        items[["category", f"{side}_word", f"{side}_lang", "voice"]].set_axis(
-            ["category", "word", "lang", "voice"], axis=1
-        )
-        for side in ("source", "target")
-    ]
-    categories = pd.concat(sides).drop_duplicates()
+    categories = pd.DataFrame(
+        [
+            {"category": item.pair.category, "word": side.word, "lang": side.lang, "voice": item.voice}
+            for role in ("source", "target")
+            for item in items.itertuples()
+            for side in [getattr(item, role)]
+        ],
+        columns=["category", "word", "lang", "voice"],
+    ).drop_duplicates()
     tagged = screen.merge(categories, on=["word", "lang", "voice"])
     overall = screen.assign(category="all")
     rows = pd.concat([overall, tagged[tagged["category"] != ""]])

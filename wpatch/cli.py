@@ -243,13 +243,13 @@ def report(run_dir: str, allow_edited: bool = False) -> dict:
     version, time) added; returns the summary. A folder that is not a finished run (no summary.json) is refused: its run
     or merge finishes it."""
     from wpatch.analysis.summary import RUN_PARTS, SUMMARY_PARTS, analyse
-    from wpatch.analysis.tables import load_run, not_a_run
+    from wpatch.analysis.tables import not_a_run, read_rows_and_summary
 
     folder = Path(run_dir)
     if not (folder / "summary.json").is_file():
         raise WpatchError(not_a_run(folder))
     edited = check_table(folder, allow_edited)
-    rows, old = load_run(folder)
+    rows, old = read_rows_and_summary(folder)
     settings = {k: v for k, v in old.items() if k not in SUMMARY_PARTS}
     extra = {k: v for k, v in old.items() if k in RUN_PARTS}
     extra["reanalysed"] = {"code_version": code_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from wpatch.analysis.summary import analyse
-from wpatch.analysis.tables import load_run
+from wpatch.analysis.tables import read_rows_and_summary
 
 
 def large_rows(small: pd.DataFrame, pairs: int, seed: int = 0) -> pd.DataFrame:
@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     options = parser.parse_args(argv)
     small, out = Path(options.run_dir), Path(options.out_dir)
     shutil.rmtree(out, ignore_errors=True)
-    rows = large_rows(load_run(small)[0], options.pairs)
+    rows = large_rows(read_rows_and_summary(small)[0], options.pairs)
     (out / "clips").mkdir(parents=True)
     index = pd.read_csv(small / "clips/index.csv")
     for name in set(index["source_clip"]) | set(index["target_clip"]):

@@ -14,27 +14,28 @@ def predict_args(
     model: str,
     out: Path | None = None,
     *extra: str,
-    pairs: str = BAT_PAT,
+    pairs: str | Path = BAT_PAT,
     config: str = "experiment_a",
-    batch_size: int = 2,
+    batch_size: int | None = 2,
     max_tokens: int | None = None,
     options: tuple[str, ...] = (),
 ) -> list[str]:
-    """A run of `configs/<config>.yaml` on `model`: `pairs` written to folder/pairs.csv, clips cached in
-    folder/clips, then `options`, output in `out` (None: folder/out), no progress bar, then `extra`."""
+    """A run of `configs/<config>.yaml` on `model`: `pairs` (a pairs file's text, written to folder/pairs.csv, or
+    the Path of one), clips cached in folder/clips, `batch_size` source clips a batch (None: the config's), then
+    `options`, output in `out` (None: folder/out), no progress bar, then `extra`."""
     folder = Path(folder)
-    (folder / "pairs.csv").write_text(pairs)
+    if not isinstance(pairs, Path):
+        (folder / "pairs.csv").write_text(pairs)
     return [
         "--config",
         str(ROOT / f"configs/{config}.yaml"),
         "--model.model",
         model,
         "--data.pairs_file",
-        str(folder / "pairs.csv"),
+        str(pairs if isinstance(pairs, Path) else folder / "pairs.csv"),
         "--data.cache_dir",
         str(folder / "clips"),
-        "--data.batch_size",
-        str(batch_size),
+        *(["--data.batch_size", str(batch_size)] if batch_size else []),
         *(["--model.max_tokens", str(max_tokens)] if max_tokens else []),
         *options,
         "--writer.output_dir",

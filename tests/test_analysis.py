@@ -1,5 +1,5 @@
 """The analysis apart from the run: one pair summarises cleanly, a computed but unsummarised run is finished
-by resume, and `load_run` reads a run back with empty transcripts kept as ""."""
+by resume, and `read_rows_and_summary` reads a run back with empty transcripts kept as ""."""
 
 import json
 from pathlib import Path
@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from tests.predict_run import main, predict_args
-from wpatch.analysis import analyse, load_run, read_rows
+from wpatch.analysis import analyse, read_rows
+from wpatch.analysis.tables import read_rows_and_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ def test_one_pair_run_summarises_and_an_unsummarised_run_is_finished_by_resume(t
     assert summary["groups"]["all"]["items"] == 2
     assert summary["min_separation"] is not None and summary["hparams"]["model"]["min_separation"] is not None
     assert summary["batch_size"] == 2
-    rows, loaded = load_run(out)
+    rows, loaded = read_rows_and_summary(out)
     assert loaded == summary and len(rows) == len(pd.read_csv(out / "predictions.csv"))
 
     (out / "summary.json").unlink()  # as if the analysis had crashed after the merge
@@ -42,7 +43,7 @@ def test_groups_of_one_item_and_all_nan_effects_summarise(tmp_path, small_model_
     assert all(c.get("effect_pairs", 0) == 0 for c in summary["conditions"].values())
 
 
-def test_load_run_keeps_empty_transcripts(tmp_path):
+def test_reading_a_run_back_keeps_empty_transcripts(tmp_path):
     frame = pd.DataFrame(
         {
             "item_id": [0, 1],
@@ -53,7 +54,7 @@ def test_load_run_keeps_empty_transcripts(tmp_path):
         }
     )
     frame.to_csv(tmp_path / "predictions.csv", index=False)
-    rows, summary = load_run(tmp_path)
+    rows, summary = read_rows_and_summary(tmp_path)
     assert rows["transcript"].tolist() == ["", "NaN"] and rows["source_word"].tolist() == ["null", "1"]
     assert rows["effect"].isna().tolist() == [True, False] and summary == {}
 

@@ -11,8 +11,8 @@ import torch
 import whisper
 
 from datamodules import PairDataModule
-from tests.predict_run import ROOT
 from tests.predict_run import main as predict
+from tests.predict_run import predict_args
 from tests.test_corpora import SPEAKERS, build, spoken, textgrid
 from wpatch.models.loading import load_model
 from wpatch.stimuli.audio import SAMPLE_RATE, load_audio
@@ -137,31 +137,18 @@ def test_a_run_reads_each_clip_in_its_own_recordings_words(tmp_path, aligned, sm
     frames; a row reads its transcript in its recipient clip's words."""
     pairs = build(tmp_path / "aligned", tmp_path / "pairs.csv")
     out = tmp_path / "run"
+    layers = ("--model.source_layers", "[1]", "--model.target_layers", "[1]")
+    windows = ("--model.windows", "[word]", "--model.directions", "[denoising, noising]")
     predict(
-        [
-            "--config",
-            str(ROOT / "configs/experiment_a.yaml"),
-            "--model.model",
+        predict_args(
+            tmp_path,
             small_model_path,
-            "--model.source_layers",
-            "[1]",
-            "--model.target_layers",
-            "[1]",
-            "--model.windows",
-            "[word]",
-            "--model.directions",
-            "[denoising, noising]",
-            "--model.max_tokens",
-            "12",
-            "--data.pairs_file",
-            str(tmp_path / "pairs.csv"),
-            "--data.cache_dir",
-            str(tmp_path / "clips"),
-            "--writer.output_dir",
-            str(out),
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
+            out,
+            pairs=tmp_path / "pairs.csv",
+            batch_size=None,
+            max_tokens=12,
+            options=(*layers, *windows),
+        )
     )
     rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert len(rows) == 3 * 2 * 2  # pairs x pair directions x patch directions

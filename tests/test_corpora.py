@@ -12,6 +12,7 @@ import soundfile
 
 from datamodules import PairDataModule
 from tests.predict_run import main as predict
+from tests.predict_run import predict_args
 from wpatch.cli import main
 from wpatch.errors import WpatchError
 from wpatch.stimuli.audio import SAMPLE_RATE, load_audio, resample
@@ -88,26 +89,8 @@ def build(corpus: Path, out: Path, *options: str) -> pd.DataFrame:
 
 def run(tmp_path: Path, pairs: Path, model: str) -> pd.DataFrame:
     out = tmp_path / "run"
-    predict(
-        [
-            "--config",
-            str(Path(__file__).resolve().parents[1] / "configs/experiment_a.yaml"),
-            "--model.model",
-            model,
-            "--model.source_layers",
-            "[0]",
-            "--model.target_layers",
-            "[0, 2]",
-            "--data.pairs_file",
-            str(pairs),
-            "--data.cache_dir",
-            str(tmp_path / "clips"),
-            "--writer.output_dir",
-            str(out),
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
-    )
+    layers = ("--model.source_layers", "[0]", "--model.target_layers", "[0, 2]")
+    predict(predict_args(tmp_path, model, out, pairs=pairs, batch_size=None, options=layers))
     return pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
 
 

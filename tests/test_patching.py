@@ -159,3 +159,24 @@ def test_module_diagonal_rows_equal_the_unpatched_run(tmp_path, clip_dir):
         assert len(diagonal) == 4
         for row in diagonal:
             assert row["transcript"] == text and row["logp_source"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_modules_options_travel_as_frozen_records_with_the_hparams_as_given(small_model_path):
+    """Every `--model.*` option but the model is a field of exactly one record, under its own name; the records
+    are frozen (lists as tuples), the recorded hparams stay as given, and the decode chunk `--data.batch_size auto`
+    sets is both the run's and the readout's."""
+    import inspect
+
+    from wpatch.patching.module import PatchingModule
+    from wpatch.patching.options import AttributionOptions, PatchOptions, ReadoutOptions
+
+    records = (PatchOptions, ReadoutOptions, AttributionOptions)
+    fields = [f.name for record in records for f in dataclasses.fields(record)]
+    assert sorted(fields) == sorted(set(inspect.signature(PatchingModule).parameters) - {"model"})
+    module = PatchingModule(model=small_model_path, sites=["block_out", "attn_out"], windows=["all", [0, 10]])
+    assert module.patching.sites == ("block_out", "attn_out") and module.patching.windows == ("all", [0, 10])
+    assert module.hparams.sites == ["block_out", "attn_out"] and module.attribution.method == "patch"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        module.readout.max_tokens = 3
+    module.use_decode_chunk(7)
+    assert module.readout.decode_chunk == 7 == module.hparams.decode_chunk

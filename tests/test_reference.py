@@ -38,9 +38,8 @@ import pytest
 import soundfile
 
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
-from tests.predict_run import main
+from tests.predict_run import main, predict_args
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 FLOATS = ["logp_source", "logp_target", "score", "p_source_language", "ld_source_clean", "ld_target_clean", "effect"]
 # The log-probabilities here are about -10 nats, where one fp32 ulp is 9.5e-7. Between the machine that made the
@@ -73,30 +72,10 @@ def pairs_csv(folder: Path, rows: list[tuple]) -> str:
     return str(folder / "pairs.csv")
 
 
-def predict(tmp_path: Path, model: str, config: str, pairs: str, *extra) -> pd.DataFrame:
-    out = tmp_path / "out"
-    main(
-        [
-            "--config",
-            str(ROOT / f"configs/{config}.yaml"),
-            "--model.model",
-            model,
-            "--data.pairs_file",
-            pairs,
-            "--data.tts",
-            "espeak",
-            "--data.cache_dir",
-            str(tmp_path / "clips"),
-            "--data.batch_size",
-            "2",
-            "--writer.output_dir",
-            str(out),
-            "--trainer.enable_progress_bar",
-            "false",
-            *extra,
-        ]
-    )
-    return out / "predictions.csv"
+def predict(tmp_path: Path, model: str, config: str, pairs: str, *extra) -> Path:
+    """predictions.csv of a run of `configs/<config>.yaml` on `pairs` (a pairs file) with eSpeak's voices."""
+    main(predict_args(tmp_path, model, None, "--data.tts", "espeak", *extra, pairs=Path(pairs), config=config))
+    return tmp_path / "out" / "predictions.csv"
 
 
 def tolerances(rows: pd.DataFrame) -> dict[str, pd.Series]:

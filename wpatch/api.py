@@ -114,7 +114,7 @@ def notebook_bar():
     return tqdm
 
 
-def predict_args(config: str | None = None, **options) -> list[str]:
+def options_as_arguments(config: str | None = None, **options) -> list[str]:
     """The `wpatch predict` arguments for `run`'s keyword arguments (None = the option's default); an unknown
     name is refused with the known ones."""
     names = option_names()
@@ -189,7 +189,7 @@ def _run(pairs, config, progress: bool, given: dict, options: dict) -> "Run":
     from wpatch.run_folder.progress import ItemProgressBar
 
     path = pairs_file(pairs)
-    args = predict_args(config, pairs=path, **given, **options)
+    args = options_as_arguments(config, pairs=path, **given, **options)
     if "verbose" not in options:
         args += ["--writer.verbose", "false"]
     if not progress:
@@ -216,7 +216,7 @@ def _run(pairs, config, progress: bool, given: dict, options: dict) -> "Run":
     return load_run(writer.output_dir)
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def table_or_empty(path: Path) -> pd.DataFrame:
     """A run's CSV table, or an empty one when the run has none (an unfinished run)."""
     return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
@@ -263,10 +263,12 @@ def load_run(folder, allow_edited: bool = False) -> Run:
     is a predictions.csv edited since the run wrote it (naming the first row that differs), unless `allow_edited`
     (then `Run.edited` says what differs). A run made before its table was recorded loads with a note that it
     cannot be checked."""
-    from wpatch.analysis.tables import load_run as rows_and_summary
+    from wpatch.analysis.tables import read_rows_and_summary
     from wpatch.run_folder.table import check_table
 
     folder = Path(folder)
     edited = check_table(folder, allow_edited, allow="allow_edited=True")
-    rows, summary = rows_and_summary(folder)
-    return Run(folder, rows, summary, read_table(folder / "matrices.csv"), read_table(folder / "cells.csv"), edited)
+    rows, summary = read_rows_and_summary(folder)
+    return Run(
+        folder, rows, summary, table_or_empty(folder / "matrices.csv"), table_or_empty(folder / "cells.csv"), edited
+    )

@@ -235,7 +235,7 @@ def report(run_dir: str, allow_edited: bool = False) -> dict:
     version, time) added; returns the summary. A folder that is not a finished run (no summary.json) is refused: its run
     or merge finishes it."""
     from wpatch.analysis.summary import analyse
-    from wpatch.analysis.tables import load_run, not_a_run
+    from wpatch.analysis.tables import not_a_run, read_rows_and_summary
 
     folder = Path(run_dir)
     if not (folder / "summary.json").is_file():
@@ -248,7 +248,7 @@ def report(run_dir: str, allow_edited: bool = False) -> dict:
         if note:
             print(note, file=sys.stderr)
     old.recorded.reanalysed = {"code_version": code_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    return analyse(load_run(folder)[0], folder, old.settings, old.recorded, edited=edited)
+    return analyse(read_rows_and_summary(folder)[0], folder, old.settings, old.recorded, edited=edited)
 
 
 def analyse_again(command: str, rest: list[str], allow_edited: bool = False) -> None:

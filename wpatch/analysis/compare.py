@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 from wpatch.analysis.stats import bootstrap_interval
-from wpatch.analysis.tables import load_run, row_groups
+from wpatch.analysis.tables import read_rows_and_summary, row_groups
 from wpatch.errors import WpatchError
 from wpatch.rows import CONDITION, MEASURES, with_sweep_start
 
@@ -69,8 +69,8 @@ def compare_runs(run_a, run_b, group: str = "all") -> pd.DataFrame:
 
     Only the cells and items both runs have are compared (`shared_part`); how the runs differ, one line each,
     is in the table's `attrs["differences"]` (`wpatch compare` prints them)."""
-    rows_a, _ = load_run(run_a)
-    rows_b, _ = load_run(run_b)
+    rows_a, _ = read_rows_and_summary(run_a)
+    rows_b, _ = read_rows_and_summary(run_b)
     rows_a, rows_b, differences = shared_part(rows_a, rows_b)
     rows_a, rows_b = (row_groups(r).get(group, r.iloc[:0]) for r in (rows_a, rows_b))
     key = [*CONDITION, "source_layer", "target_layer", "sweep_start"]

@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from wpatch.analysis.stats import pooled_interval
-from wpatch.analysis.tables import load_run, row_groups
+from wpatch.analysis.tables import read_rows_and_summary, row_groups
 from wpatch.errors import WpatchError
 from wpatch.rows import CONDITION
 from wpatch.sites import site_named
@@ -71,7 +71,7 @@ def model_card(spec: str) -> ModelCard:
 
 def run_model(run) -> tuple[dict[str, int], str]:
     """Blocks per stack (encoder, decoder) of a run's model, and its model card line."""
-    return _depths(*load_run(run))
+    return _depths(*read_rows_and_summary(run))
 
 
 def _depths(rows: pd.DataFrame, summary: dict) -> tuple[dict[str, int], str]:
@@ -95,7 +95,7 @@ def depth_profiles(runs: list, measure: str = "effect", group: str = "all") -> p
     each relative target depth over all sources). `attrs["models"]` holds each run's model card line."""
     profiles, models = [], {}
     for run in runs:
-        rows, summary = load_run(run)
+        rows, summary = read_rows_and_summary(run)
         depths, models[str(run)] = _depths(rows, summary)
         rows = row_groups(rows).get(group, rows.iloc[:0])
         for (site, *condition), cell in rows.groupby(["site", *[c for c in CONDITION if c != "site"]]):

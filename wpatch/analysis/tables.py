@@ -1,5 +1,5 @@
 """A run's numbers from its rows alone: the groups, the cells (every condition x layer pair, with intervals), the
-layer matrices of the primary condition, and reading a run back (`load_run`).
+layer matrices of the primary condition, and reading a run back (`read_rows_and_summary`).
 
 A condition is one setting of (site, window, alpha, patch_direction, donor); the primary condition, that of the
 layer matrices, is the first one asked for that is not a sweep.
@@ -186,7 +186,7 @@ def not_a_run(folder: Path) -> str:
     return f"{folder} is not a wpatch run (no predictions.csv); give the --writer.output_dir of a finished run"
 
 
-def load_run(folder) -> tuple[pd.DataFrame, dict]:
+def read_rows_and_summary(folder) -> tuple[pd.DataFrame, dict]:
     """A run read back: its predictions.csv as a DataFrame (transcripts and words stay strings, "" included)
     and its summary.json as a dict (empty when the run has not been summarised yet). A folder without
     predictions.csv is refused (`WpatchError`), saying what it is."""

@@ -16,9 +16,11 @@ import torch
 from whisper.model import ModelDimensions, Whisper
 
 from wpatch.errors import WpatchError
+from wpatch.models.converted import converted_whisper
 
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 _BF16 = 5
+PROJECTION = "decoder/projection/weight"  # the output projection: openai-whisper's is the token embedding
 
 
 class _Reader:
@@ -218,28 +220,17 @@ def convert(variables: dict[str, torch.Tensor]) -> tuple[ModelDimensions, dict[s
 
 
 def load_ctranslate2(directory: str | Path) -> Whisper:
-    """An openai-whisper model (fp32) holding exactly the weights of a CTranslate2 Whisper directory."""
+    """An openai-whisper model (fp32) holding exactly the weights of a CTranslate2 Whisper directory
+    (`wpatch.models.converted`)."""
     directory = Path(directory)
     variables = read_model_bin(directory / "model.bin")
     dims, state, used = convert(variables)
-    unused = {k for k, v in variables.items() if v.dim() > 0 and k not in used and k != "decoder/projection/weight"}
+    unused = {k for k, v in variables.items() if v.dim() > 0 and k not in used and k != PROJECTION}
     if unused:
         raise WpatchError(
             f"{directory}: variables with no openai-whisper counterpart: {sorted(unused)[:3]}; this converter does "
             "not support that model"
         )
-    model = Whisper(dims)
-    model.load_state_dict(state, strict=True)
     config_file = directory / "config.json"
-    if config_file.exists():
-        set_alignment_heads(model, json.loads(config_file.read_text()).get("alignment_heads"))
-    return model.eval()
-
-
-def set_alignment_heads(model: Whisper, heads: list | None) -> None:
-    """Mark the (layer, head) pairs that a checkpoint names as alignment heads, as openai-whisper stores them."""
-    if heads:
-        mask = torch.zeros(model.dims.n_text_layer, model.dims.n_text_head, dtype=torch.bool)
-        for layer, head in heads:
-            mask[layer, head] = True
-        model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
+    heads = json.loads(config_file.read_text()).get("alignment_heads") if config_file.exists() else None
+    return converted_whisper(directory, dims, state, (PROJECTION, variables.get(PROJECTION)), heads)

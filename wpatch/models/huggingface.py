@@ -8,7 +8,6 @@ tensor data is read (`check_checkpoint`: config.json, the index, every weight fi
 against config.json); each problem is one line naming the file and the key.
 """
 
-import json
 import os
 import re
 import urllib.error
@@ -21,8 +20,17 @@ from whisper.model import ModelDimensions, Whisper
 
 from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
-from wpatch.models.ctranslate2 import set_alignment_heads
-from wpatch.models.weight_files import WEIGHTS, Stored, read_index, read_tensors, shown, stored_tensors, weight_files
+from wpatch.models.converted import converted_whisper
+from wpatch.models.weight_files import (
+    WEIGHTS,
+    Stored,
+    read_index,
+    read_json,
+    read_tensors,
+    shown,
+    stored_tensors,
+    weight_files,
+)
 
 DIMENSIONS = {  # openai-whisper dimension -> transformers config key
     "n_mels": "num_mel_bins",
@@ -52,10 +60,7 @@ def read_config(directory: Path) -> dict:
     """config.json of a Whisper checkpoint that openai-whisper can run, refused (one line naming the key) when it
     is not one: every dimension a whole number, the vocabulary one of openai-whisper's tokenizers, 80 or 128 mel
     bins, 1500 encoder positions (30 s), an even d_model that the attention heads divide."""
-    try:
-        config = json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError, RecursionError) as error:
-        raise WpatchError(f"{directory}: unreadable config.json ({type(error).__name__}); re-save the model") from None
+    config = read_json(directory / "config.json", f"{directory}: unreadable config.json ({{error}}); re-save the model")
     if not isinstance(config, dict):
         raise WpatchError(
             f"{directory}: config.json holds {shown(config, 30)}, not an object of settings; re-save the model"
@@ -235,12 +240,9 @@ def alignment_heads(directory: Path, dims: ModelDimensions) -> list | None:
     path = directory / "generation_config.json"
     if not path.exists():
         return None
-    try:
-        generation = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as error:
-        raise WpatchError(
-            f"{directory}: unreadable generation_config.json ({type(error).__name__}); re-save the model or delete it"
-        ) from None
+    generation = read_json(
+        path, f"{directory}: unreadable generation_config.json ({{error}}); re-save the model or delete it"
+    )
     heads = generation.get("alignment_heads") if isinstance(generation, dict) else generation
     if heads is None:
         return None
@@ -257,29 +259,19 @@ def alignment_heads(directory: Path, dims: ModelDimensions) -> list | None:
 
 
 def convert(dims: ModelDimensions, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """openai-whisper's state dict from a checked checkpoint's tensors (any dtype kept); refused: an output
-    projection not tied to the token embedding."""
+    """openai-whisper's state dict from a checked checkpoint's tensors (any dtype kept)."""
     prefix = "model." if any(k.startswith("model.") for k in weights) else ""
-    state = {key: weights[prefix + hf] for key, hf in name_map(dims.n_audio_layer, dims.n_text_layer).items()}
-    projection = weights.get("proj_out.weight")
-    if projection is not None and not torch.equal(projection, state["decoder.token_embedding.weight"]):
-        raise WpatchError(
-            "checkpoint has an output projection (proj_out) different from the token embedding, which "
-            "openai-whisper ties; only tied Whisper checkpoints load"
-        )
-    return state
+    return {key: weights[prefix + hf] for key, hf in name_map(dims.n_audio_layer, dims.n_text_layer).items()}
 
 
 def load_huggingface(directory: str | Path) -> Whisper:
     """An openai-whisper model (fp32) holding exactly the weights of a transformers Whisper checkpoint folder,
-    checked whole (`check_checkpoint`) before its data is read."""
+    checked whole (`check_checkpoint`) before its data is read (`wpatch.models.converted`)."""
     directory = Path(directory)
     dims = check_checkpoint(directory)
     weights = {k: v for path in weight_files(directory) for k, v in read_tensors(path).items()}
-    model = Whisper(dims)
-    model.load_state_dict(convert(dims, weights), strict=True)
-    set_alignment_heads(model, alignment_heads(directory, dims))
-    return model.eval()
+    projection = ("proj_out", weights.get("proj_out.weight"))
+    return converted_whisper(directory, dims, convert(dims, weights), projection, alignment_heads(directory, dims))
 
 
 def hub_cache() -> Path:

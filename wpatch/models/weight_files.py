@@ -35,15 +35,19 @@ def shown(value, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def read_json(path: Path, refusal: str):
+    """The value a JSON file holds; a file that cannot be read or parsed is refused in one line: `refusal`, with the
+    kind of error in place of `{error}`."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as error:
+        raise WpatchError(refusal.replace("{error}", type(error).__name__)) from None
+
+
 def read_index(path: Path) -> dict[str, str]:
     """The `weight_map` (tensor name -> shard file) of a shard index, refused unless every shard is a plain file
     name in the index's folder."""
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as error:
-        raise WpatchError(
-            f"{path} is not readable JSON ({type(error).__name__}); download or copy the checkpoint again"
-        ) from None
+    index = read_json(path, f"{path} is not readable JSON ({{error}}); download or copy the checkpoint again")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise WpatchError(

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from wpatch.patching.attribution import ENCODER_SITES, Cell, attribute, real_deltas
+from wpatch.patching.options import AttributionOptions
 from wpatch.rows import AttributionRow, PairBatch
 from wpatch.text import ScoredWord
 
@@ -72,19 +73,16 @@ def attribution_map(
     batch: PairBatch,
     read: dict[str, tuple[list[ScoredWord], list[ScoredWord]]],
     directions,
-    width: int,
     min_separation: float,
-    validate: bool = False,
-    sample: int = 0,
-    verify_top: int = 0,
-    graddrop: bool = False,
-    qk_fix: bool = False,
+    options: AttributionOptions,
 ) -> AttributionMap:
     """The attribution rows of every item x patch direction of `batch` (denoising: the source clip's activations
-        into the target clip's run; noising: the reverse), normalised like `effect`; with `graddrop`, each cell's
-    GradDrop score (AtP*: the mean over blocks l of |the estimate with the gradient through block l's attention and
-    MLP dropped|); with `qk_fix`, the estimates are AtP*'s (the attention pattern recomputed). `read[side]`: the
-    item's (source word, target word) read in that side's clip's text (each run is read in its own clip's)."""
+    into the target clip's run; noising: the reverse), normalised like `effect`, over `options.atp_window`-frame
+    windows; with `graddrop`, each cell's GradDrop score (AtP*: the mean over blocks l of |the estimate with the
+    gradient through block l's attention and MLP dropped|); with `qk_fix`, the estimates are AtP*'s (the attention
+    pattern recomputed); `validate`, `validate_sample` and `verify_top` choose the cells also patched for real.
+    `read[side]`: the item's (source word, target word) read in that side's clip's text (each run is read in its own
+    clip's)."""
     n_ctx = model.dims.n_audio_ctx
     jobs = [(b, d) for b in range(len(batch["item_id"])) for d in directions]
     sides = {d: ("source", "target") if d == "denoising" else ("target", "source") for d in directions}
@@ -93,7 +91,7 @@ def attribution_map(
     donor_words, recipient_words = (
         [(read[sides[d][k]][0][b], read[sides[d][k]][1][b]) for b, d in jobs] for k in (0, 1)
     )
-    found = attribute(model, recipients, donors, recipient_words, graddrop, donor_words, qk_fix)
+    found = attribute(model, recipients, donors, recipient_words, options.graddrop, donor_words, options.qk_fix)
     table, cells, frames = [], [], {}
     for j, (b, d) in enumerate(jobs):
         source_span, target_span = batch["source"].span[b], batch["target"].span[b]
@@ -106,7 +104,7 @@ def attribution_map(
         for i, site in enumerate(ENCODER_SITES):
             for layer in range(found.frames.shape[2]):
                 sums = found.frames[j, i, layer]
-                for label, start, end, mask in speech_windows(speech, width, n_ctx):
+                for label, start, end, mask in speech_windows(speech, options.atp_window, n_ctx):
                     mask = mask.to(sums.device)
                     dropped = (
                         float((found.dropped[j, :, i, layer] * mask).sum(-1).abs().mean())
@@ -114,7 +112,8 @@ def attribution_map(
                         else math.nan
                     )
                     here.append((site, layer, label, start, end, mask, dropped, float((sums * mask).sum())))
-        chosen = cells_to_patch([h[-1] for h in here], validate, sample, verify_top, item_id)
+        estimates = [h[-1] for h in here]
+        chosen = cells_to_patch(estimates, options.validate, options.validate_sample, options.verify_top, item_id)
         for k, (site, layer, label, start, end, mask, dropped, estimate) in enumerate(here):
             if k in chosen:
                 cells.append((len(table), Cell(j, site, layer, mask)))

@@ -69,17 +69,17 @@ def auto_batch(module, dm, precision: str) -> tuple[int, int]:
     On the CPU: (`DEFAULT_BATCH`, the module's own decode chunk)."""
     device = module.device
     if device.type != "cuda":
-        return DEFAULT_BATCH, module.hparams.decode_chunk
+        return DEFAULT_BATCH, module.readout.decode_chunk
     free, _ = torch.cuda.mem_get_info(device)
     budget = int(SHARE * (free + torch.cuda.memory_reserved(device)))
-    module.hparams.decode_chunk = decode_chunk_for(module.whisper.dims, budget)
+    module.use_decode_chunk(decode_chunk_for(module.whisper.dims, budget))
     peaks = {n: peak_memory(module, dm, largest_groups(dm, n), precision) for n in PROBE_SIZES if n <= len(dm.groups)}
     batch = fit_batch(peaks, budget, len(dm.groups)) if len(peaks) == 2 else len(dm.groups)
     log.info(
         "auto batch: %d source clips, decode chunk %d (probe peaks %s MiB, budget %d MiB)",
         batch,
-        module.hparams.decode_chunk,
+        module.readout.decode_chunk,
         {n: p >> 20 for n, p in peaks.items()},
         budget >> 20,
     )
-    return batch, module.hparams.decode_chunk
+    return batch, module.readout.decode_chunk

@@ -33,6 +33,7 @@ from wpatch.patching.decoding import (
     word_logprobs,
 )
 from wpatch.patching.encoder import EncoderOutputs, Patch, PatchedRun, mix, window_weights
+from wpatch.patching.options import ReadoutOptions
 from wpatch.sites import ENC_TO_DEC, SITES
 
 
@@ -174,17 +175,15 @@ def decode_plan(
     plan: DecodingPlan,
     asked: list[list[tuple]],
     tokenizer: Tokenizer,
-    language: str | None,
-    task: str,
-    max_tokens: int,
-    chunk: int,
+    readout: ReadoutOptions,
     detect: bool,
 ) -> Decoded:
-    """Every decoding of `plan`, `chunk` at a time (one cross-attention cache and one set of decoder edits per
-    chunk): language probabilities when `detect`, the greedy transcript (in `language`; None: the detected one on
-    a multilingual model), and the log-probability of each word in `asked[i]` (see
-    `wpatch.patching.decoding.word_logprobs`)."""
+    """Every decoding of `plan`, `readout.decode_chunk` at a time (one cross-attention cache and one set of decoder
+    edits per chunk): language probabilities when `detect`, the greedy transcript (in `readout.language`; None: the
+    detected one on a multilingual model; at most `readout.max_tokens` tokens), and the log-probability of each
+    word in `asked[i]` (see `wpatch.patching.decoding.word_logprobs`)."""
     transcripts, logps, probs_all = [], [], []
+    language, chunk = readout.language, readout.decode_chunk
     for start in range(0, len(plan.decodings), chunk):
         part = plan.decodings[start : start + chunk]
         with record_function("wpatch.decoder.cross_attention"):
@@ -196,7 +195,7 @@ def decode_plan(
             probs_all += probs
         with record_function("wpatch.decoder.greedy"):
             languages = language or ([max(p, key=p.get) for p in probs] if model.is_multilingual else "en")
-            transcripts += greedy_transcripts(model, cross, languages, task, max_tokens, edit)
+            transcripts += greedy_transcripts(model, cross, languages, readout.task, readout.max_tokens, edit)
         with record_function("wpatch.decoder.score"):
             logps += word_logprobs(model, cross, [list(words) for words in asked[start : start + chunk]], edit)
     return Decoded(transcripts, logps, probs_all)

@@ -6,6 +6,7 @@ transcripts, word log-probabilities, languages) and `measures` (the columns of e
 """
 
 import logging
+from dataclasses import replace
 from typing import Literal
 
 import lightning as L
@@ -16,41 +17,17 @@ from torch.profiler import record_function
 from wpatch.errors import WpatchError
 from wpatch.models.loading import check_languages, load_model
 from wpatch.patching.attribution_map import attribution_map
-from wpatch.patching.attribution_qk import check_qk_sites
 from wpatch.patching.decoder import decode_plan, decoding_plan
 from wpatch.patching.encoder import encode_plan, layer_pairs
 from wpatch.patching.measures import result_rows, words_to_score
+from wpatch.patching.options import AttributionOptions, PatchOptions, ReadoutOptions, options_from
 from wpatch.patching.plan import check_patch_directions, patch_specs, plan_rows
 from wpatch.rows import PairBatch
 from wpatch.sites import BLOCK_OUT, SITES, SiteName
 from wpatch.text import ScoredWord, before, scored_word, tokenizer_for
 
-__all__ = ["PatchingModule", "check_atp", "check_precision"]
+__all__ = ["PatchingModule", "check_precision"]
 log = logging.getLogger(__name__)
-
-
-def check_atp(
-    method: str,
-    atp_window: int,
-    validate: bool,
-    validate_sample: int,
-    verify_top: int,
-    graddrop: bool = False,
-    qk_fix: bool = False,
-) -> None:
-    """Refuse attribution settings that mean nothing (validation without the map, an empty window) or that the
-    map cannot honour (the QK fix on a site whose hook kind it does not handle)."""
-    if method != "atp" and (validate or verify_top or graddrop or qk_fix):
-        raise WpatchError(
-            "--model.validate, --model.verify_top, --model.graddrop and --model.qk_fix need an attribution map; add "
-            "--model.method atp"
-        )
-    if qk_fix:
-        check_qk_sites()
-    if atp_window < 1:
-        raise WpatchError(f"atp_window {atp_window} holds no frame; give 1 or more frames per window")
-    if validate_sample < 0 or verify_top < 0:
-        raise WpatchError("validate_sample and verify_top count cells; give 0 or more")
 
 
 def check_precision(precision: str, on_gpu: bool) -> None:
@@ -132,6 +109,9 @@ class PatchingModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.patching = options_from(PatchOptions, self.hparams)
+        self.readout = options_from(ReadoutOptions, self.hparams)
+        self.attribution = options_from(AttributionOptions, self.hparams)
         self.whisper = load_model(model)
         dims = self.whisper.dims
         check_languages(model, self.whisper.is_multilingual, language)
@@ -160,17 +140,23 @@ class PatchingModule(L.LightningModule):
             raise WpatchError(
                 f"decode_chunk {decode_chunk} decodes nothing; give 1 or more encoder outputs per decoder pass"
             )
-        check_atp(method, atp_window, validate, validate_sample, verify_top, graddrop, qk_fix)
+        self.attribution.check()
         self.rows_per_item = len(self.specs) * len(directions) * (2 if control else 1)
         # a sparse, non-persistent buffer (used only for word timestamps) that DDP cannot broadcast
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["whisper.alignment_heads"])
+
+    def use_decode_chunk(self, decode_chunk: int) -> None:
+        """Decode `decode_chunk` encoder outputs at a time from now on (`--data.batch_size auto` sizes it to the
+        GPU), recorded as the run's `decode_chunk`."""
+        self.hparams.decode_chunk = decode_chunk
+        self.readout = replace(self.readout, decode_chunk=decode_chunk)
 
     def setup(self, stage: str) -> None:
         """After the DataModule's setup: when the run patches from control donors, say how many items have no
         unrelated word to draw one from (their control is their own source clip)."""
         data = self.trainer.datamodule
         fallbacks = getattr(data, "control_fallbacks", 0)
-        if self.hparams.control and fallbacks and self.trainer.is_global_zero:
+        if self.patching.control and fallbacks and self.trainer.is_global_zero:
             log.warning(
                 "control donor: %d of %d items have no unrelated word in their language and voice; "
                 "their control is the source clip itself (donor_word = source_word)",
@@ -181,15 +167,16 @@ class PatchingModule(L.LightningModule):
     def scored_word(self, lang: str, forms: list[list[int]], carrier: str = "") -> ScoredWord:
         """A word of language `lang` as it is scored: after the run's forced transcript start (in the run's
         language if it has one, else the word's own) and, in a carrier sentence, the carrier's words before it."""
-        hp = self.hparams
-        return scored_word(tokenizer_for(self.whisper.dims, hp.language or lang, hp.task), forms, before(carrier))
+        readout = self.readout
+        tokenizer = tokenizer_for(self.whisper.dims, readout.language or lang, readout.task)
+        return scored_word(tokenizer, forms, before(carrier))
 
     def predict_step(self, batch: PairBatch, batch_idx: int = 0) -> list[dict] | dict:
         """One row per item and patch (`wpatch.rows.ResultRow`, as column -> value); with method atp, a dict of
         those `rows` and the batch's `attributions` (`wpatch.patching.attribution_map.AttributionMap`)."""
         if not len(batch["item_id"]):  # a process's padding batch: fewer source clips were left than processes
             return []
-        hp, model = self.hparams, self.whisper
+        patching, readout, model = self.patching, self.readout, self.whisper
         # both words of the item read in the text each side's clip is heard in (a decoding of a clip is read in
         # its own text), and each donor's own word in its clip's text (decoder-site donor runs read it)
         scored = lambda word, side: [  # noqa: E731
@@ -198,7 +185,7 @@ class PatchingModule(L.LightningModule):
         ]
         read = {side: (scored("source", side), scored("target", side)) for side in ("source", "target")}
         words = {"source": read["source"][0], "target": read["target"][1], "control": scored("control", "control")}
-        plan = plan_rows(batch, self.specs, hp.directions, hp.control, model.dims.n_audio_ctx, words)
+        plan = plan_rows(batch, self.specs, patching.directions, patching.control, model.dims.n_audio_ctx, words)
 
         mels = {}
         for side in ("source", "target", "control"):
@@ -215,36 +202,13 @@ class PatchingModule(L.LightningModule):
 
         asked = words_to_score(plan, decodings, batch, read)
         crosses_languages = batch["source"].lang != batch["target"].lang
-        detect = model.is_multilingual and (hp.language is None or crosses_languages)
-        decoded = decode_plan(
-            model,
-            outputs.features,
-            decodings,
-            asked,
-            self.tokenizer,
-            hp.language,
-            hp.task,
-            hp.max_tokens,
-            hp.decode_chunk,
-            detect,
-        )
+        detect = model.is_multilingual and (readout.language is None or crosses_languages)
+        decoded = decode_plan(model, outputs.features, decodings, asked, self.tokenizer, readout, detect)
 
-        rows = result_rows(batch, plan, decodings, decoded, read, hp.min_separation)
+        rows = result_rows(batch, plan, decodings, decoded, read, readout.min_separation)
         rows = [row.to_dict() for row in rows]
-        if hp.method == "patch":
+        if self.attribution.method == "patch":
             return rows
         with record_function("wpatch.attribution"):
-            found = attribution_map(
-                model,
-                batch,
-                read,
-                hp.directions,
-                hp.atp_window,
-                hp.min_separation,
-                hp.validate,
-                hp.validate_sample,
-                hp.verify_top,
-                hp.graddrop,
-                hp.qk_fix,
-            )
+            found = attribution_map(model, batch, read, patching.directions, readout.min_separation, self.attribution)
         return {"rows": rows, "attributions": found}

@@ -27,7 +27,8 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def read_table(path: Path, **options) -> pd.DataFrame:
+def read_attribution_rows(path: Path, **options) -> pd.DataFrame:
+    """The rows of an attribution table (a batch's part or a run's attributions.csv): only empty fields missing."""
     return pd.read_csv(path, keep_default_na=False, na_values=[""], **options)
 
 
@@ -52,7 +53,7 @@ def merge_attributions(parts: Path, output_dir: Path, items: set[int]) -> bool:
     files = sorted(parts.glob("atp-*.csv"))
     if not files:
         return False
-    rows = pd.concat([read_table(f) for f in files], ignore_index=True)
+    rows = pd.concat([read_attribution_rows(f) for f in files], ignore_index=True)
     rows = rows[rows["item_id"].isin(items)].drop_duplicates(ATTRIBUTION_KEY, keep="last")
     arrays = {}
     for f in files:
@@ -81,7 +82,9 @@ def shard_maps(folders: list[Path]) -> list[Path]:
 def merge_shard_attributions(tables: list[Path], output_dir: Path) -> None:
     """The whole run's attributions.csv and attributions.npz from its shards' (`shard_maps`; each shard's items its
     own). Each number is read back exactly as the shard wrote it (round trip), so it is written with the same text."""
-    rows = pd.concat([read_table(table, float_precision="round_trip") for table in tables], ignore_index=True)
+    rows = pd.concat(
+        [read_attribution_rows(table, float_precision="round_trip") for table in tables], ignore_index=True
+    )
     arrays = {}
     for table in tables:
         with np.load(table.with_suffix(".npz")) as shard:

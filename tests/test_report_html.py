@@ -119,44 +119,114 @@ def chromium():
     return webdriver.Chrome(options=options, service=Service(driver)), None
 
 
+def test_the_page_is_titled_and_its_headings_go_down_from_one_h1(small_run):
+    html = (small_run.path / "report.html").read_text()
+    title = re.search(r"<title>(.*?)</title>", html)[1]
+    assert title.startswith("wpatch run: ") and f"({small_run.path.name})" in title, title
+    summary = small_run.summary
+    assert f"{Path(summary['model']).name} on {Path(summary['pairs_file']).name}, 4 items x 9 layer pairs" in title
+    levels = [int(level) for level in re.findall(r"<h([1-6])[ >]", html)]
+    assert levels[0] == 1 and levels.count(1) == 1, levels
+    assert all(b <= a + 1 for a, b in zip(levels, levels[1:])), levels
+
+
+def test_window_all_marks_no_window(small_run):
+    """The small run patches window `all`, the whole clip: no spectrogram gets a "patched window" box."""
+    assert set(small_run.rows["window"]) == {"all"}
+    assert all(cell["window"] is None for cell in page_data(small_run)["cells"].values())
+
+
+def click_cell(browser, s: int, t: int):
+    """Click heatmap cell (source s, target t): its pixel inside plotly's drag layer, from plotly's own axes."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    area = browser.find_element(By.CSS_SELECTOR, "#matrix .nsewdrag")
+    x, y = browser.execute_script(
+        "const l = document.getElementById('matrix')._fullLayout;return [l.xaxis.d2p(arguments[0]), "
+        "l.yaxis.d2p(arguments[1])];",
+        t,
+        s,
+    )
+    size = area.size
+    ActionChains(browser).move_to_element_with_offset(
+        area, int(x - size["width"] / 2), int(y - size["height"] / 2)
+    ).click().perform()
+
+
+def listed(browser) -> list[int]:
+    """The item ids the cell's table lists."""
+    from selenium.webdriver.common.by import By
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#cell table tr")[1:]
+    return sorted(int(r.find_element(By.TAG_NAME, "td").text) for r in rows)
+
+
 def test_browser_clicks_a_cell_and_gets_items_and_audio(small_run, tmp_path):
+    """Clicking a cell lists its items with playable clips; the list, the heatmap's title and its mark on the
+    clicked cell follow the measure and group menus."""
     browser, why = chromium()
     if browser is None:
         pytest.skip(why)
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
+    data, rows = page_data(small_run), small_run.rows
+    measures, labels = [m for m, _ in data["measures"]], dict(data["measures"])
+    cell = rows[(rows.source_layer == 1) & (rows.target_layer == 2)]
+    model = Path(small_run.summary["model"]).name
     try:
         browser.get((small_run.path / "report.html").resolve().as_uri())
         WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#matrix .nsewdrag"))
-        # the pixel of cell (source 1, target 2) inside plotly's drag layer, from plotly's own axes
-        area = browser.find_element(By.CSS_SELECTOR, "#matrix .nsewdrag")
-        x, y = browser.execute_script(
-            "const l = document.getElementById('matrix')._fullLayout;return [l.xaxis.d2p(2), l.yaxis.d2p(1)];"
+        measure, group = Select(browser.find_element(By.ID, "measure")), Select(browser.find_element(By.ID, "group"))
+        # it opens on effect and the recognised items where the run has them (the README's first reading)
+        opened = measure.first_selected_option.get_attribute("value")
+        assert opened == ("effect" if "effect" in measures else measures[0])
+        assert group.first_selected_option.get_attribute("value") == (
+            "recognised" if "recognised" in data["traces"] else next(iter(data["traces"]))
         )
-        size = area.size
-        ActionChains(browser).move_to_element_with_offset(
-            area, int(x - size["width"] / 2), int(y - size["height"] / 2)
-        ).click().perform()
+
+        def heading() -> str:
+            return browser.find_element(By.CSS_SELECTOR, "#matrix .gtitle").text
+
+        group.select_by_value("all")
+        assert heading() == f"{labels[opened]}, group all, {model}, 4 items"
+        click_cell(browser, 1, 2)
         WebDriverWait(browser, 10).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#cell table tr td"))
         title = browser.find_element(By.ID, "cell-title").text
         assert title.startswith("source layer 1 → target layer 2"), title
-        rows = browser.find_elements(By.CSS_SELECTOR, "#cell table tr")[1:]
-        expected = small_run.rows[(small_run.rows.source_layer == 1) & (small_run.rows.target_layer == 2)]
-        assert len(rows) == len(expected)
-        assert sorted(r.find_elements(By.TAG_NAME, "td")[5].text for r in rows) == sorted(
-            t.strip() for t in expected["transcript"]
+        rows_shown = browser.find_elements(By.CSS_SELECTOR, "#cell table tr")[1:]
+        assert listed(browser) == sorted(cell.item_id)
+        assert sorted(r.find_elements(By.TAG_NAME, "td")[5].text for r in rows_shown) == sorted(
+            t.strip() for t in cell["transcript"]
         )
+        mark = "return document.getElementById('matrix')._fullLayout.shapes.map(s => [s.x0, s.y0, s.x1, s.y1]);"
+        assert browser.execute_script(mark) == [[1.5, 0.5, 2.5, 1.5]], "the clicked cell is marked"
         audios = browser.find_elements(By.CSS_SELECTOR, "#cell audio")
-        assert len(audios) == 2 * len(expected)
-        duration = browser.execute_async_script(
-            "const done = arguments[arguments.length - 1], a = document.querySelector('#cell audio');"
-            "a.addEventListener('loadedmetadata', () => done(a.duration));"
-            "a.addEventListener('error', () => done(-1)); a.preload = 'metadata'; a.load();"
+        assert len(audios) == 2 * len(cell)
+        # the players load their clips' durations by themselves (preload="metadata"), under the page's policy
+        WebDriverWait(browser, 10).until(
+            lambda b: b.execute_script(
+                "return [...document.querySelectorAll('#cell audio')].every(a => a.duration > 0.1)"
+            )
         )
-        assert duration > 0.1, "the clip's audio must load and play"
+        assert not browser.find_elements(By.CSS_SELECTOR, "#cell .mel .window"), "window all marks no window"
+        # the list follows the group and the measure; the mark stays on the clicked cell
+        consonant = sorted(cell.loc[cell.category == "consonant", "item_id"])
+        group.select_by_value("category=consonant")
+        assert listed(browser) == consonant and len(consonant) < len(cell)
+        assert "group category=consonant: " in browser.find_element(By.ID, "cell-title").text
+        assert f"group category=consonant, {model}, 2 items" in heading()
+        other = next(m for m in measures if m != opened)
+        measure.select_by_value(other)
+        assert listed(browser) == consonant and heading().startswith(labels[other] + ", group category=consonant")
+        assert browser.find_element(By.CSS_SELECTOR, "#cell th.shown").text == other
+        assert browser.execute_script(mark) == [[1.5, 0.5, 2.5, 1.5]]
+        if "recognised" in data["traces"]:
+            group.select_by_value("recognised")
+            assert listed(browser) == sorted(cell.loc[cell.source_recognised, "item_id"])
         shot = Path(os.environ.get("WPATCH_SCREENSHOT", tmp_path / "report.png"))
+        group.select_by_value("all")
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
     finally:

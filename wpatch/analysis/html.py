@@ -19,6 +19,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +73,13 @@ def heatmap_traces(matrices: pd.DataFrame) -> dict:
 
 def cell_columns(rows: pd.DataFrame, items: pd.DataFrame, measures: list[str]) -> tuple[dict, list[str]]:
     """The primary condition's rows per cell "s,t" as columns: item (position in `items`), transcript (number in
-    the returned transcript list), window [start, end) in encoder frames (null for decoder sites), measures."""
+    the returned transcript list), window [start, end) in encoder frames (null for decoder sites and for window
+    `all`, which is the whole clip), measures."""
     position = pd.Series(np.arange(len(items)), index=items["item_id"])
     transcripts, numbers = np.unique(rows["transcript"].to_numpy(dtype=str), return_inverse=True)
     rows = rows.assign(_item=position[rows["item_id"]].to_numpy(), _transcript=numbers)
-    in_encoder = not SITES[rows["site"].iloc[0]].in_decoder if rows["site"].iloc[0] in SITES else False
+    site, window = rows["site"].iloc[0], rows["window"].iloc[0]
+    in_encoder = site in SITES and not SITES[site].in_decoder and window != "all"
     cells = {}
     for (s, t), frame in rows.groupby(["source_layer", "target_layer"]):
         cells[f"{s},{t}"] = {
@@ -106,8 +109,13 @@ def item_columns(items: pd.DataFrame, clips: pd.DataFrame | None) -> dict:
     return columns
 
 
+def first_shown(choices: list[str], wanted: str) -> str | None:
+    """The choice the page opens on: `wanted` where there is one, else the first (None when there is none)."""
+    return wanted if wanted in choices else next(iter(choices), None)
+
+
 def page_data(rows: pd.DataFrame, matrices: pd.DataFrame, clips: pd.DataFrame | None, summary: dict) -> dict:
-    """Everything the page's glue reads: heatmaps, groups (items in each), items, cells."""
+    """Everything the page's glue reads: heatmaps, groups (items in each), items, cells, the model's name."""
     primary = summary.get("primary_condition") or primary_condition(rows)
     mine = rows[(rows[CONDITION] == pd.Series(primary)).all(axis=1)]
     measures = [m for m in MEASURES if mine[m].notna().any()]
@@ -127,7 +135,28 @@ def page_data(rows: pd.DataFrame, matrices: pd.DataFrame, clips: pd.DataFrame | 
         "cells": cells,
         "transcripts": transcripts,
         "shown_first": SHOWN_FIRST,
+        "model": model_name(summary),
     }
+
+
+def model_name(summary: dict) -> str:
+    """The run's model as a reader knows it: its name, or a local checkpoint's folder name."""
+    return Path(str(summary.get("model") or "?")).name
+
+
+def page_title(folder: Path, rows: pd.DataFrame, summary: dict) -> str:
+    """What the run is, for the page's title and heading: model, pairs file, items and layer pairs, folder."""
+    pairs = Path(str(summary.get("pairs_file") or "?")).name
+    cells = rows[["source_layer", "target_layer"]].drop_duplicates()
+    return (
+        f"wpatch run: {model_name(summary)} on {pairs}, {rows['item_id'].nunique()} items x {len(cells)} layer "
+        f"pairs ({folder.resolve().name})"
+    )
+
+
+def report_part(report: str) -> str:
+    """report.md as HTML under the page's own title: each heading one level down (its "# wpatch run" an h2)."""
+    return re.sub(r"<(/?)h([1-5])>", lambda m: f"<{m[1]}h{int(m[2]) + 1}>", markdown_html(report))
 
 
 def csp_hash(text: str) -> str:
@@ -145,13 +174,17 @@ def report_html(folder: Path, rows: pd.DataFrame, summary: dict) -> str:
     environment.filters["csp_hash"] = csp_hash
     data = page_data(rows, matrices, clips, summary) if not matrices.empty else None
     groups = list(data["traces"]) if data else []
+    measures = dict(data["measures"]) if data else {}
     return environment.get_template("report.html.j2").render(
-        title=f"wpatch run {folder.resolve().name}",
+        title=page_title(folder, rows, summary),
         data=data,
         groups=groups,
-        measures=dict(data["measures"]) if data else {},
+        measures=measures,
+        # the README's advice: read effect on the recognised items first
+        measure_shown=first_shown(list(measures), "effect"),
+        group_shown=first_shown(groups, "recognised"),
         has_clips=clips is not None,
-        report=markdown_html(report),
+        report=report_part(report),
         plotly_js=PLOTLY_JS,
     )
 

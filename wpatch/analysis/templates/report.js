@@ -1,19 +1,29 @@
-// glue: menus -> heatmap, click -> the cell's items (built only for the clicked cell)
+// glue: menus -> heatmap and the clicked cell's items (built only for that cell), click -> that cell
 const D = JSON.parse(document.getElementById("wpatch-data").textContent);
 const measure = document.getElementById("measure"), group = document.getElementById("group");
 const plot = document.getElementById("matrix"), out = document.getElementById("cell");
-const layout = {xaxis: {title: {text: "target layer (recipient block)"}, dtick: 1},
-  yaxis: {title: {text: "source layer (donor block)"}, dtick: 1, autorange: "reversed"}, margin: {t: 30}};
+const label = Object.fromEntries(D.measures);
+let clicked = null;  // the clicked cell: {s, t, all}
+function groupSize() {
+  return group.value === "all" ? D.items.item_id.length : (D.groups[group.value] || []).length;
+}
 function draw() {
   const trace = (D.traces[group.value] || {})[measure.value];
-  Plotly.react(plot, trace ? [trace] : [], layout);
+  const mark = clicked ? [{type: "rect", x0: clicked.t - 0.5, x1: clicked.t + 0.5, y0: clicked.s - 0.5,
+    y1: clicked.s + 0.5, line: {color: "#000", width: 3}}] : [];
+  Plotly.react(plot, trace ? [trace] : [], {
+    title: {text: `${label[measure.value] || measure.value}, group ${group.value}, ${D.model}, ${groupSize()} items`,
+      font: {size: 15}},
+    xaxis: {title: {text: "target layer (recipient block)"}, dtick: 1},
+    yaxis: {title: {text: "source layer (donor block)"}, dtick: 1, autorange: "reversed"},
+    margin: {t: 50}, shapes: mark});
 }
 function cellText(tag, text) { const e = document.createElement(tag); e.textContent = text; return e; }
 function clip(name, frames, window) {
   const box = document.createElement("td");
   if (!name) return box;
   const audio = document.createElement("audio");
-  audio.controls = true; audio.preload = "none"; audio.src = "clips/" + name;
+  audio.controls = true; audio.preload = "metadata"; audio.src = "clips/" + name;  // metadata: its duration shows
   const mel = document.createElement("div"); mel.className = "mel";
   const img = document.createElement("img"); img.loading = "lazy";
   img.src = "clips/" + name.replace(/\.[^.]+$/, ".png"); mel.appendChild(img);
@@ -26,10 +36,11 @@ function clip(name, frames, window) {
   box.append(audio, mel);
   return box;
 }
-function showCell(s, t, all) {
-  const cell = D.cells[s + "," + t];
+function showCell() {
   out.replaceChildren();
+  const cell = clicked && D.cells[clicked.s + "," + clicked.t];
   if (!cell) return;
+  const {s, t, all} = clicked;
   const members = group.value === "all" ? null : new Set(D.groups[group.value] || []);
   const picked = cell.item.map((item, k) => k).filter(k => !members || members.has(cell.item[k]));
   const shown = all ? picked : picked.slice(0, D.shown_first);
@@ -39,6 +50,7 @@ function showCell(s, t, all) {
   const names = D.measures.map(m => m[0]);
   ["item", "source word", "target word", "voice", "recognised", "transcript", ...names, "source clip", "target clip"]
     .forEach(n => head.appendChild(cellText("th", n)));
+  head.children[6 + names.indexOf(measure.value)]?.classList.add("shown");  // the heatmap's measure
   table.appendChild(head);
   const I = D.items;
   for (const k of shown) {
@@ -54,10 +66,13 @@ function showCell(s, t, all) {
   out.appendChild(table);
   if (shown.length < picked.length) {
     const more = cellText("button", `show all ${picked.length} items`);
-    more.onclick = () => showCell(s, t, true);
+    more.onclick = () => { clicked.all = true; showCell(); };
     out.appendChild(more);
   }
 }
-measure.onchange = draw; group.onchange = draw;
+measure.onchange = group.onchange = () => { draw(); showCell(); };
 draw();
-plot.on("plotly_click", event => showCell(event.points[0].y, event.points[0].x, false));
+plot.on("plotly_click", event => {
+  clicked = {s: event.points[0].y, t: event.points[0].x, all: false};
+  draw(); showCell();
+});

@@ -162,12 +162,26 @@ def listed(browser) -> list[int]:
     return sorted(int(r.find_element(By.TAG_NAME, "td").text) for r in rows)
 
 
+def loaded(browser):
+    """Wait until every player of the cell's table has its clip's duration (loaded by itself: preload="metadata",
+    under the page's policy) and shows it."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 10).until(
+        lambda b: b.execute_script(
+            "return [...document.querySelectorAll('#cell td')].every(td => !td.querySelector('audio') || "
+            "td.querySelector('audio').duration > 0.1 && td.querySelector('.length').textContent)"
+        )
+    )
+
+
 def test_browser_clicks_a_cell_and_gets_items_and_audio(small_run, tmp_path):
     """Clicking a cell lists its items with playable clips; the list, the heatmap's title and its mark on the
     clicked cell follow the measure and group menus."""
     browser, why = chromium()
     if browser is None:
         pytest.skip(why)
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -205,11 +219,9 @@ def test_browser_clicks_a_cell_and_gets_items_and_audio(small_run, tmp_path):
         audios = browser.find_elements(By.CSS_SELECTOR, "#cell audio")
         assert len(audios) == 2 * len(cell)
         # the players load their clips' durations by themselves (preload="metadata"), under the page's policy
-        WebDriverWait(browser, 10).until(
-            lambda b: b.execute_script(
-                "return [...document.querySelectorAll('#cell audio')].every(a => a.duration > 0.1)"
-            )
-        )
+        loaded(browser)
+        lengths = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#cell .length")]
+        assert len(lengths) == len(audios) and all(re.fullmatch(r"\d+\.\d\d s", t) for t in lengths), lengths
         assert not browser.find_elements(By.CSS_SELECTOR, "#cell .mel .window"), "window all marks no window"
         # the list follows the group and the measure; the mark stays on the clicked cell
         consonant = sorted(cell.loc[cell.category == "consonant", "item_id"])
@@ -227,6 +239,8 @@ def test_browser_clicks_a_cell_and_gets_items_and_audio(small_run, tmp_path):
             assert listed(browser) == sorted(cell.loc[cell.source_recognised, "item_id"])
         shot = Path(os.environ.get("WPATCH_SCREENSHOT", tmp_path / "report.png"))
         group.select_by_value("all")
+        loaded(browser)
+        ActionChains(browser).move_to_element(browser.find_element(By.TAG_NAME, "h1")).perform()  # no hover box
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
     finally:

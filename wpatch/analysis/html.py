@@ -1,8 +1,10 @@
 """report.html: a run's page to click through and listen to, opening offline from the run folder.
 
-The main layer matrices are plotly heatmaps (hover: mean, 95% interval, n; measure and group chosen from menus);
-clicking a cell lists its items (words, transcript, measures, recognised) with an audio player and the log-mel
-spectrogram of each clip, the patched window marked (clips from `clips/`, see `wpatch.run_folder.clips`); below,
+The main layer matrices are plotly heatmaps (hover: mean, 95% interval, n; measure and group chosen from menus,
+opening on effect and the recognised items where the run has them); clicking a cell marks it and lists its items
+(words, transcript, measures, recognised), the list following the menus, with an audio player and the log-mel
+spectrogram of each clip, the patched window marked unless it is `all` (clips from `clips/`, see
+`wpatch.run_folder.clips`); below,
 report.md (settings, every condition, the phonetic-feature maps, sanity checks). The page is a jinja2 template
 (`templates/report.html.j2`, with its style and script `report.css`, `report.js`); plotly's script is written beside it
 (`plotly.min.js`), so nothing is fetched.

@@ -13,17 +13,19 @@ function draw() {
     y1: clicked.s + 0.5, line: {color: "#000", width: 3}}] : [];
   Plotly.react(plot, trace ? [trace] : [], {
     title: {text: `${label[measure.value] || measure.value}, group ${group.value}, ${D.model}, ${groupSize()} items`,
-      font: {size: 15}},
+      font: {size: 15}, x: 0, xref: "paper", xanchor: "left", y: 0.92, yanchor: "middle"},
     xaxis: {title: {text: "target layer (recipient block)"}, dtick: 1},
     yaxis: {title: {text: "source layer (donor block)"}, dtick: 1, autorange: "reversed"},
-    margin: {t: 50}, shapes: mark});
+    margin: {t: 70}, shapes: mark});
 }
 function cellText(tag, text) { const e = document.createElement(tag); e.textContent = text; return e; }
 function clip(name, frames, window) {
   const box = document.createElement("td");
   if (!name) return box;
   const audio = document.createElement("audio");
-  audio.controls = true; audio.preload = "metadata"; audio.src = "clips/" + name;  // metadata: its duration shows
+  audio.controls = true; audio.preload = "metadata"; audio.src = "clips/" + name;  // metadata: its duration
+  const length = document.createElement("span"); length.className = "length";  // a clip under 1 s plays as "0:00"
+  audio.addEventListener("loadedmetadata", () => { length.textContent = audio.duration.toFixed(2) + " s"; });
   const mel = document.createElement("div"); mel.className = "mel";
   const img = document.createElement("img"); img.loading = "lazy";
   img.src = "clips/" + name.replace(/\.[^.]+$/, ".png"); mel.appendChild(img);
@@ -33,7 +35,7 @@ function clip(name, frames, window) {
     mark.style.width = Math.max(0, Math.min(100, 200 * window[1] / frames) - 200 * window[0] / frames) + "%";
     mel.appendChild(mark);
   }
-  box.append(audio, mel);
+  box.append(audio, length, mel);
   return box;
 }
 function showCell() {

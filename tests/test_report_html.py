@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 import wpatch
+from wpatch.analysis.html import cell_columns
 from wpatch.analysis.markdown_html import markdown_html
 from wpatch.analysis.tables import read_matrix
 
@@ -134,6 +135,10 @@ def test_window_all_marks_no_window(small_run):
     """The small run patches window `all`, the whole clip: no spectrogram gets a "patched window" box."""
     assert set(small_run.rows["window"]) == {"all"}
     assert all(cell["window"] is None for cell in page_data(small_run)["cells"].values())
+    # a real window is marked: its [start, end) in encoder frames
+    rows = small_run.rows.assign(window="word", window_start=10, window_end=30)
+    cells, _ = cell_columns(rows, rows.drop_duplicates("item_id").sort_values("item_id"), ["score"])
+    assert all(cell["window"] == [[10, 30]] * len(cell["item"]) for cell in cells.values())
 
 
 def click_cell(browser, s: int, t: int):

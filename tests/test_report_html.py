@@ -228,6 +228,12 @@ def test_browser_clicks_a_cell_and_gets_items_and_audio(small_run, tmp_path):
         lengths = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#cell .length")]
         assert len(lengths) == len(audios) and all(re.fullmatch(r"\d+\.\d\d s", t) for t in lengths), lengths
         assert not browser.find_elements(By.CSS_SELECTOR, "#cell .mel .window"), "window all marks no window"
+        # each spectrogram has a time axis from 0 s to at most its clip's length (10 ms log-mel frames)
+        index = pd.read_csv(small_run.path / "clips/index.csv").set_index("item_id")
+        row = browser.find_elements(By.CSS_SELECTOR, "#cell table tr")[1]
+        ticks = [e.text for e in row.find_element(By.CSS_SELECTOR, ".axis").find_elements(By.TAG_NAME, "span")]
+        seconds = index.loc[int(row.find_element(By.TAG_NAME, "td").text), "source_frames"] / 100
+        assert ticks[0] == "0 s" and len(ticks) >= 2 and float(ticks[-1]) <= seconds, (ticks, seconds)
         # the list follows the group and the measure; the mark stays on the clicked cell
         consonant = sorted(cell.loc[cell.category == "consonant", "item_id"])
         group.select_by_value("category=consonant")

@@ -19,6 +19,15 @@ function draw() {
     margin: {t: 70}, shapes: mark});
 }
 function cellText(tag, text) { const e = document.createElement(tag); e.textContent = text; return e; }
+function timeAxis(seconds) {  // ticks under a spectrogram of `seconds`, at most 6, on a round step
+  const axis = document.createElement("div"); axis.className = "axis";
+  const step = [0.1, 0.2, 0.5, 1, 2, 5, 10].find(s => seconds / s <= 5) || 10;
+  for (let k = 0; k * step <= seconds + 1e-9; k++) {
+    const tick = cellText("span", k === 0 ? "0 s" : +(k * step).toFixed(1));
+    tick.style.left = 100 * k * step / seconds + "%"; axis.appendChild(tick);
+  }
+  return axis;
+}
 function clip(name, frames, window) {
   const box = document.createElement("td");
   if (!name) return box;
@@ -35,7 +44,7 @@ function clip(name, frames, window) {
     mark.style.width = Math.max(0, Math.min(100, 200 * window[1] / frames) - 200 * window[0] / frames) + "%";
     mel.appendChild(mark);
   }
-  box.append(audio, length, mel);
+  box.append(audio, length, mel, timeAxis(frames / 100));
   return box;
 }
 function showCell() {

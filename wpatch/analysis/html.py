@@ -142,7 +142,7 @@ def page_data(rows: pd.DataFrame, matrices: pd.DataFrame, clips: pd.DataFrame | 
 
 
 def model_name(summary: dict) -> str:
-    """The run's model as a reader knows it: its name, or a local checkpoint's folder name."""
+    """The run's model as a reader knows it: its name, or a local checkpoint's file name."""
     return Path(str(summary.get("model") or "?")).name
 
 

@@ -38,6 +38,7 @@ from wpatch.models.loading import check_languages, model_dims, multilingual
 from wpatch.patching.module import PatchingModule, check_precision
 from wpatch.quiet import quiet_lightning
 from wpatch.run_folder.folder import RunStopped, check_writable, code_version
+from wpatch.run_folder.plan_block import plan_block
 from wpatch.run_folder.progress import ItemProgressBar
 from wpatch.run_folder.settings import setting_defaults
 from wpatch.run_folder.table import check_table
@@ -124,6 +125,8 @@ def run_predict(
         if starts_the_run(cli.trainer):
             writer.claim(cli.trainer, cli.model, cli.datamodule)
             write_atomically(writer.output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
+            if writer.verbose:
+                print(plan_block(cli.trainer, cli.model, cli.datamodule, writer.output_dir), flush=True)
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
         writer.is_global_zero = cli.trainer.is_global_zero
         return writer

@@ -1,0 +1,33 @@
+"""What the console says: the plan block a run starts with, `wpatch predict --help`, `wpatch report` and
+`wpatch compare` (on small random-model runs)."""
+
+from pathlib import Path
+
+from tests.predict_run import main, predict_args
+
+PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"  # 4 items (both directions, one voice)
+
+
+def small_run(tmp_path: Path, model: str, clips: str, name: str = "out", *options: str) -> list[str]:
+    """A run of two pairs on layers 0 and 2 (4 layer pairs), clips cached in `clips`."""
+    layers = ("--model.source_layers", "[0, 2]", "--model.target_layers", "[0, 2]", *options)
+    arguments = predict_args(tmp_path, model, tmp_path / name, pairs=PAIRS, batch_size=2, max_tokens=3, options=layers)
+    return [*arguments, "--data.cache_dir", clips]
+
+
+def test_a_run_starts_with_its_plan_in_one_block(tmp_path, small_model_path, clip_dir, capsys):
+    main(small_run(tmp_path, small_model_path, clip_dir))
+    out = capsys.readouterr().out.splitlines()
+    start = out.index("wpatch predict: the plan")
+    block = dict(line.split(maxsplit=1) for line in out[start + 1 : start + 7])
+    assert list(block) == ["model", "pairs", "rows", "patches", "device", "output"]
+    assert block["model"] == f"{small_model_path} (3 encoder blocks, 2 decoder blocks)"
+    assert block["pairs"] == f"{tmp_path / 'pairs.csv'}: 2 pairs, both directions, voices hibari"
+    assert block["rows"] == "4 items x 4 patches per item = 16 rows"
+    assert block["patches"] == (
+        "method patch; sites block_out; windows all; 4 encoder layer pairs; alphas 1.0; denoising"
+    )
+    assert block["device"] == "cpu x 1, precision 32-true, batch size 2"
+    assert block["output"] == str((tmp_path / "out").resolve())
+    rows = (tmp_path / "out/predictions.csv").read_text().strip().splitlines()
+    assert len(rows) - 1 == 16  # the plan's count is what the run writes

@@ -1,9 +1,16 @@
 """What the console says: the plan block a run starts with, `wpatch predict --help`, `wpatch report` and
 `wpatch compare` (on small random-model runs)."""
 
+import re
 from pathlib import Path
 
-from tests.predict_run import main, predict_args
+import pytest
+
+from tests.predict_run import ROOT, main, predict_args
+from wpatch.cli import main as wpatch
+from wpatch.patching.autobatch import DEFAULT_BATCH
+from wpatch.predict_help import HELP_GROUPS
+from wpatch.stimuli.pairs_file import PACKAGED
 
 PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"  # 4 items (both directions, one voice)
 
@@ -31,3 +38,30 @@ def test_a_run_starts_with_its_plan_in_one_block(tmp_path, small_model_path, cli
     assert block["output"] == str((tmp_path / "out").resolve())
     rows = (tmp_path / "out/predictions.csv").read_text().strip().splitlines()
     assert len(rows) - 1 == 16  # the plan's count is what the run writes
+
+
+def help_text(capsys, *args: str) -> str:
+    """What `wpatch predict [args] --help` prints."""
+    with pytest.raises(SystemExit):
+        wpatch(["predict", *args, "--help"])
+    return capsys.readouterr().out
+
+
+def test_predict_help_is_a_wpatch_help_with_the_packaged_sets_and_the_defaults_that_run(capsys):
+    text = help_text(capsys)
+    assert text.startswith("usage: wpatch predict ")
+    assert "Lightning Trainer command line tool" not in text and "__main__" not in text
+    assert "lightning.pytorch.callbacks" not in text and "--trainer.callbacks" not in text
+    pairs_help = " ".join(text.split("--data.pairs_file PAIRS_FILE\n", 1)[1].split("--data.limit")[0].split())
+    assert f"a packaged set: {', '.join(PACKAGED)} " in pairs_help and "english_heard" in PACKAGED
+    for title in HELP_GROUPS.values():
+        assert f"\n{title}:\n" in text
+
+    def batch_default(text: str) -> str:
+        section = re.search(r"--data\.batch_size BATCH_SIZE\n(.*?)\n  --", text, re.S)[1]
+        return re.search(r"default: (\S+)\)$", " ".join(section.split()))[1]
+
+    assert batch_default(text) == str(DEFAULT_BATCH)  # no config: the DataModule's default
+    configured = help_text(capsys, "--config", str(ROOT / "configs/experiment_a.yaml"))
+    assert batch_default(configured) == "8"  # the config's value, the one that runs
+    assert "overridden by the contents of" in configured

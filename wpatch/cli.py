@@ -36,6 +36,7 @@ from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 from wpatch.models.loading import check_languages, model_dims, multilingual
 from wpatch.patching.module import PatchingModule, check_precision
+from wpatch.predict_help import config_files, explain_options
 from wpatch.quiet import quiet_lightning
 from wpatch.run_folder.folder import RunStopped, check_writable, code_version
 from wpatch.run_folder.plan_block import plan_block
@@ -52,6 +53,16 @@ class PatchingCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(PatchingResultsWriter, "writer")
         parser.link_arguments("model.model", "data.model")
+        explain_options(parser)
+
+    def parse_arguments(self, parser, args) -> None:
+        """With --help, the defaults shown are those of the --config files given before it (the values that run),
+        and the help names the files."""
+        if args and ("--help" in args or "-h" in args):
+            parser.default_config_files = config_files(
+                args[: min(args.index(h) for h in ("--help", "-h") if h in args)]
+            )
+        super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         """Cheap checks of the inputs, before the model loads: precision, pairs file, languages the model knows,
@@ -117,7 +128,12 @@ def run_predict(
             auto_configure_optimizers=False,
             save_config_callback=None,
             trainer_defaults=trainer_defaults,
-            parser_kwargs={"exit_on_error": False},
+            parser_kwargs={
+                "exit_on_error": False,
+                "prog": "wpatch predict",
+                "description": "Run a patching experiment: every --model.* setting swept over the pairs' items; "
+                "the plan is printed first, the results go to --writer.output_dir (see the README's quick start).",
+            },
         )
         writer = next(c for c in cli.trainer.callbacks if isinstance(c, PatchingResultsWriter))
         writer.stop.install()
@@ -176,10 +192,7 @@ def one_line(error: Exception, args: list[str]) -> str:
 def config_file_problem(args: list[str]) -> str | None:
     """Where the first `--config` file that is not valid YAML goes wrong (file, line, column, what), or None
     (jsonargparse says only "Problems parsing config" and a line, without the file)."""
-    files = [b for a, b in zip(args, args[1:]) if a == "--config"] + [
-        a.split("=", 1)[1] for a in args if a.startswith("--config=")
-    ]
-    for name in files:
+    for name in config_files(args):
         try:
             yaml.compose(Path(name).read_text())
         except OSError:

@@ -1,6 +1,8 @@
 """What the console says: the plan block a run starts with, `wpatch predict --help`, `wpatch report` and
 `wpatch compare` (on small random-model runs)."""
 
+import contextlib
+import io
 import re
 from pathlib import Path
 
@@ -65,3 +67,24 @@ def test_predict_help_is_a_wpatch_help_with_the_packaged_sets_and_the_defaults_t
     configured = help_text(capsys, "--config", str(ROOT / "configs/experiment_a.yaml"))
     assert batch_default(configured) == "8"  # the config's value, the one that runs
     assert "overridden by the contents of" in configured
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, small_model_path, clip_dir) -> tuple[Path, Path, str]:
+    """Two finished runs of the same items, B with another min_separation, and what run A printed."""
+    folder = tmp_path_factory.mktemp("runs")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        wpatch(["predict", *small_run(folder, small_model_path, clip_dir, "a")])
+    wpatch(["predict", *small_run(folder, small_model_path, clip_dir, "b", "--model.min_separation", "0.5")])
+    return folder / "a", folder / "b", printed.getvalue()
+
+
+def test_report_prints_what_the_finished_run_printed(two_runs, capsys):
+    run_a, _, printed = two_runs
+    closing = printed[printed.index("score by source layer") :].splitlines()
+    wpatch(["report", str(run_a)])
+    again = capsys.readouterr().out.splitlines()
+    assert closing[-2].startswith("wall time ") and closing[-2].endswith(" s; tables, figures and report.md in:")
+    assert again == [*closing[:-2], "tables, figures and report.md in:", str(run_a.resolve())]
+    assert f"page: {run_a.resolve() / 'report.html'}" in again and (run_a / "report.html").is_file()

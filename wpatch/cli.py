@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import torch
 import yaml
 from jsonargparse import ArgumentError
@@ -32,6 +33,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules import PairDataModule
+from wpatch.analysis.console import closing_lines
 from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 from wpatch.models.loading import check_languages, model_dims, multilingual
@@ -244,12 +246,12 @@ def patching_trainer(
         raise WpatchError(str(error)) from error
 
 
-def report(run_dir: str, allow_edited: bool = False) -> dict:
+def report(run_dir: str, allow_edited: bool = False) -> tuple[pd.DataFrame, dict]:
     """`wpatch report RUN_DIR`: the analysis and figures again from a finished run's predictions.csv, checked against
     what the run wrote (`wpatch.run_folder.table`; an edited table only with `allow_edited`, and then the summary and
     report say so), the settings and everything the run recorded kept from its summary.json, with `reanalysed` (code
-    version, time) added; returns the summary. A folder that is not a finished run (no summary.json) is refused: its run
-    or merge finishes it."""
+    version, time) added; returns the rows and the summary. A folder that is not a finished run (no summary.json) is
+    refused: its run or merge finishes it."""
     from wpatch.analysis.summary import analyse
     from wpatch.analysis.tables import not_a_run, read_rows_and_summary
 
@@ -264,15 +266,15 @@ def report(run_dir: str, allow_edited: bool = False) -> dict:
         if note:
             print(note, file=sys.stderr)
     old.recorded.reanalysed = {"code_version": code_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    return analyse(read_rows_and_summary(folder)[0], folder, old.settings, old.recorded, edited=edited)
+    rows = read_rows_and_summary(folder)[0]
+    return rows, analyse(rows, folder, old.settings, old.recorded, edited=edited)
 
 
 def analyse_again(command: str, rest: list[str], allow_edited: bool = False) -> None:
     """`wpatch report RUN_DIR` or `wpatch compare RUN_A RUN_B [RUN ...] [--out FILE]` (the arguments checked), each
     table checked against what its run wrote (an edited one only with `allow_edited`)."""
     if command == "report":
-        summary = report(rest[0], allow_edited)
-        print(f"{len(summary.get('groups', {}))} groups summarised; {Path(rest[0]).resolve()}")
+        print(closing_lines(*report(rest[0], allow_edited), rest[0]))
         return
     from wpatch.analysis import compare_runs, depth_figure, depth_profiles
     from wpatch.analysis.depth import run_model

@@ -6,6 +6,7 @@ import io
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.predict_run import ROOT, main, predict_args
@@ -88,3 +89,19 @@ def test_report_prints_what_the_finished_run_printed(two_runs, capsys):
     assert closing[-2].startswith("wall time ") and closing[-2].endswith(" s; tables, figures and report.md in:")
     assert again == [*closing[:-2], "tables, figures and report.md in:", str(run_a.resolve())]
     assert f"page: {run_a.resolve() / 'report.html'}" in again and (run_a / "report.html").is_file()
+
+
+def test_compare_says_which_run_is_which_how_they_differ_and_what_it_shows(two_runs, tmp_path, capsys):
+    run_a, run_b, _ = two_runs
+    wpatch(["compare", str(run_a), str(run_b), "--out", str(tmp_path / "diff.csv")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[:4] == [
+        "compare: run B - run A, cell by cell, group all (every item both runs have)",
+        f"  A: {run_a.resolve()}",
+        f"  B: {run_b.resolve()}",
+        "  settings that differ: min_separation (A 1.0, B 0.5)",
+    ]
+    assert out[5].startswith("  sweep_start = -1: not a sweep window")
+    table = out[out.index("") + 1 :]
+    written = pd.read_csv(tmp_path / "diff.csv")
+    assert table[0].split() == list(written.columns) and len(table) == 1 + len(written)  # the CSV as before

@@ -277,6 +277,7 @@ def analyse_again(command: str, rest: list[str], allow_edited: bool = False) -> 
         print(closing_lines(*report(rest[0], allow_edited), rest[0]))
         return
     from wpatch.analysis import compare_runs, depth_figure, depth_profiles
+    from wpatch.analysis.compare import compare_header
     from wpatch.analysis.depth import run_model
     from wpatch.analysis.figures import save_figure
 
@@ -288,6 +289,7 @@ def analyse_again(command: str, rest: list[str], allow_edited: bool = False) -> 
     depths = [" + ".join(f"{d} {stack}" for stack, d in depth.items()) for depth, _ in models]
     if len(runs) == 2 and models[0][0] == models[1][0]:
         table = compare_runs(runs[0], runs[1])
+        print(compare_header(runs[0], runs[1]))
         for difference in table.attrs.get("differences", []):
             print(f"wpatch: note: the runs differ in {difference}", file=sys.stderr)
     else:

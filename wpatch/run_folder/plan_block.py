@@ -16,7 +16,8 @@ def plan_block(trainer: L.Trainer, module: L.LightningModule, data: L.LightningD
     pairs = data.read_pairs()
     items = len(patch_items(pairs, hp.bidirectional)) * len(data.clips)
     per_item = module.rows_per_item
-    named = f"{hp.pairs_file} ({pairs_path(hp.pairs_file)})" if str(hp.pairs_file) in PACKAGED else hp.pairs_file
+    name = hp.pairs_file or "starter"
+    named = f"{name} ({pairs_path(name)})" if name in PACKAGED else name
     directions = "both directions" if hp.bidirectional else "word A into word B only"
     count = f"{items} items x {per_item} patches per item = {items * per_item} rows"
     if hp.require_heard != "none":

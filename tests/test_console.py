@@ -105,3 +105,12 @@ def test_compare_says_which_run_is_which_how_they_differ_and_what_it_shows(two_r
     table = out[out.index("") + 1 :]
     written = pd.read_csv(tmp_path / "diff.csv")
     assert table[0].split() == list(written.columns) and len(table) == 1 + len(written)  # the CSV as before
+
+
+def test_the_plan_names_the_packaged_set_a_run_uses_by_default(tmp_path, small_model_path, clip_dir, capsys):
+    arguments = small_run(tmp_path, small_model_path, clip_dir, "out", "--data.limit", "1")
+    arguments[arguments.index("--data.pairs_file") + 1] = "null"  # no pairs file: the starter set
+    main(arguments)
+    out = capsys.readouterr().out
+    assert f"  pairs    starter ({PACKAGED['starter']}): 1 pairs, both directions, voices hibari\n" in out
+    assert "  rows     2 items x 4 patches per item = 8 rows\n" in out

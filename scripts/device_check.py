@@ -1,21 +1,22 @@
-"""The GPU check, prepared for a lent H200 (the `device` tool), and its CPU dry run.
+"""The GPU check, for a machine with an NVIDIA GPU and no internet, and its CPU dry run (docs/device_check.md).
 
-    python scripts/device_check.py pack       # here: build .device/ (weights in two parts, wheels), check sizes
-    python3 scripts/device_check.py stage     # device call 1 (carry .device/part1): keep part 1 on the machine
-    python3 scripts/device_check.py run       # device call 2 (carry .device/part2 .device/wheels), at once
+    python scripts/device_check.py pack       # where there is internet: build .device/ (weights in two parts, wheels)
+    python3 scripts/device_check.py stage     # on the GPU machine, after load 1 (checkout + .device/part1)
+    python3 scripts/device_check.py run       # on the GPU machine, after load 2 (checkout + .device/part2, wheels)
     python scripts/device_check.py dry-run    # CI: all of the above here, on the CPU, on 2 pairs
 
-A call carries at most 64 MiB with the repo; tiny.en's model.bin is 75.5 MB of fp16 values that no lossless
-coder brings under about 62 MB, leaving too little room for the wheels (openai-whisper, more-itertools,
-espeakng-loader, soundfile, cffi, pycparser, safetensors: about 13 MB). So model.bin travels as two plain halves:
-call 1 leaves the first on the machine's disk (a machine stays warm 30 s after a call, with its files), call 2 brings
-the second and the wheels, joins and verifies the sha256, and runs: the benchmark on all of Experiment A in fp32,
-bf16-mixed and 16-mixed (with each one's agreement with fp32 and the original's way on a sample of rows), the automatic
-batch size, the peak memory of the fixed default batch, tiny.en from a Hugging Face-format checkpoint beside the
-bundle's, the attribution method (a validated run, the map's time per item; `scripts.device_checks`), and the
-GPU-marked tests. It writes report.json,
-summary.md and gpu_tests.xml to $OUT, prints the summary table last and exits 1 if a check failed.
-Only the standard library is imported before the wheels are installed.
+Where one transfer to the GPU machine may carry only so much (`--transfer-limit`, default 64 MiB, the checkout
+included), the bundle travels in two loads: tiny.en's model.bin is 75.5 MB of fp16 values that no lossless coder
+brings under about 62 MB, leaving too little room for the wheels (openai-whisper, more-itertools, espeakng-loader,
+soundfile, cffi, pycparser, safetensors: about 13 MB). So model.bin travels as two plain halves: `stage` keeps the
+first on the machine's disk (--machine, default /tmp/wpatch-device), `run` takes the second and the wheels, joins
+and verifies the sha256, and runs: the benchmark on all of Experiment A in fp32, bf16-mixed and 16-mixed (with each
+one's agreement with fp32 and the original's way on a sample of rows), the automatic batch size, the peak memory of
+the fixed default batch, tiny.en from a Hugging Face-format checkpoint beside the bundle's, the attribution method (a
+validated run, the map's time per item; `scripts.device_checks`), and the GPU-marked tests. It writes report.json,
+summary.md and gpu_tests.xml to the results folder (--out, default the OUT environment variable), prints the summary
+table last and exits 1 if a check failed. Where one transfer can carry everything, copy the checkout and the whole
+.device/ at once and run `stage` then `run`. Only the standard library is imported before the wheels are installed.
 """
 
 import argparse
@@ -33,8 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / ".device"
-MACHINE_DIR = Path("/tmp/wpatch-device")  # on the device: outside $OUT, kept while the machine stays warm
-LIMIT = 64 * 2**20  # what one device call may carry, the repo included
+MACHINE_DIR = Path("/tmp/wpatch-device")  # on the GPU machine: part 1 between the two loads, the wheels, the work
+LIMIT = 64 * 2**20  # what one transfer may carry by default, the checkout included (--transfer-limit)
 WHEELS = ("openai-whisper", "more-itertools", "espeakng-loader", "soundfile", "cffi", "pycparser", "safetensors")
 DEVICE_PYTHON = "3.12"
 PLATFORMS = (
@@ -77,7 +78,7 @@ def sha256(path: Path) -> str:
 
 
 def tree_bytes(root: Path) -> int:
-    """Bytes of what a device call sends besides the carried paths: tracked and untracked-not-ignored files."""
+    """Bytes of the checkout as it travels (what git lists: tracked and untracked-not-ignored files)."""
     try:
         listed = subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -118,9 +119,9 @@ def download_wheels(target: Path, python: str | None) -> None:
     )  # PyPI has only its sdist; pure Python
 
 
-def pack(bundle: Path, python: str | None = DEVICE_PYTHON) -> dict:
+def pack(bundle: Path, python: str | None = DEVICE_PYTHON, limit: int = LIMIT) -> dict:
     """Build `bundle`: part1/ and part2/ (the two halves of tiny.en's model.bin, each with the manifest), and
-    wheels/; check that each call's load fits. Returns the sizes."""
+    wheels/; check that each load, with the checkout, fits one transfer of `limit` bytes. Returns the sizes."""
     from wpatch.models.loading import bundle_directory
 
     source = bundle_directory("tiny.en")
@@ -147,28 +148,32 @@ def pack(bundle: Path, python: str | None = DEVICE_PYTHON) -> dict:
         "part2": folder_bytes(bundle / "part2"),
         "wheels": folder_bytes(bundle / "wheels"),
     }
-    sizes["call1"] = tree + sizes["part1"]
-    sizes["call2"] = tree + sizes["part2"] + sizes["wheels"]
-    for call in ("call1", "call2"):
-        print(f"{call} carries {sizes[call] / 2**20:.1f} MiB of the {LIMIT / 2**20:.0f} MiB a call may carry")
-        if sizes[call] > LIMIT:
+    sizes["load1"] = tree + sizes["part1"]
+    sizes["load2"] = tree + sizes["part2"] + sizes["wheels"]
+    for load in ("load1", "load2"):
+        mib, most = sizes[load] / 2**20, limit / 2**20
+        print(f"load {load[-1]} carries {mib:.1f} MiB of the {most:.0f} MiB one transfer may carry")
+        if sizes[load] > limit:
             fail(
-                f"{call} would carry {sizes[call] / 2**20:.1f} MiB, over the 64 MiB one copy may carry; shrink the "
-                "repo or the bundle"
+                f"load {load[-1]} would carry {mib:.1f} MiB, over the {most:.0f} MiB one transfer may carry "
+                "(--transfer-limit); shrink the checkout or the bundle"
             )
     print(json.dumps({k: f"{v / 2**20:.2f} MiB" for k, v in sizes.items()}))
     return sizes
 
 
 def stage(bundle: Path, machine: Path) -> None:
-    """Device call 1: verify part 1 and keep it on the machine's disk for call 2."""
+    """On the GPU machine, after load 1: verify part 1 and keep it on the machine's disk for `run`."""
     part = bundle / "part1"
     manifest = json.loads((part / "manifest.json").read_text())
     if sha256(part / "model.bin.part1") != manifest["part1_sha256"]:
         fail("part 1 of model.bin arrived damaged (sha256 differs); run `python scripts/device_check.py pack` again")
     (machine / "stage").mkdir(parents=True, exist_ok=True)
     shutil.copy2(part / "model.bin.part1", machine / "stage" / "model.bin.part1")
-    print(f"staged part 1 in {machine / 'stage'}; make the second call now (the machine stays warm 30 s)")
+    print(
+        f"staged part 1 in {machine / 'stage'}; bring load 2 (the checkout, .device/part2 and .device/wheels) and "
+        "run `python3 scripts/device_check.py run` (part 1 stays there as long as that folder is kept)"
+    )
 
 
 def restore(stage_file: Path, part2: Path, target: Path) -> str:
@@ -176,8 +181,8 @@ def restore(stage_file: Path, part2: Path, target: Path) -> str:
     manifest = json.loads((part2 / "manifest.json").read_text())
     if not stage_file.is_file():
         fail(
-            f"part 1 of the weights is not on this machine ({stage_file}): it went back between the two calls; "
-            "make both calls again, the second at once after the first"
+            f"part 1 of the weights is not on this machine ({stage_file}): it was not staged, or was removed "
+            "between the two loads; bring load 1 and run `stage` again, then `run`"
         )
     target.mkdir(parents=True, exist_ok=True)
     with open(target / "model.bin", "wb") as out:
@@ -187,7 +192,7 @@ def restore(stage_file: Path, part2: Path, target: Path) -> str:
     if digest != manifest["model_bin_sha256"]:
         fail(
             f"the joined model.bin has sha256 {digest[:12]}..., not {manifest['model_bin_sha256'][:12]}...; pack "
-            "again and make both calls again"
+            "again and bring both loads again"
         )
     (target / "config.json").write_text(json.dumps(manifest["config"]))
     return digest
@@ -215,7 +220,8 @@ def synthesise(pairs_file: str, limit: int, root: Path) -> tuple[int, int]:
 
 
 def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
-    """Device call 2 (or the dry run's second step): install, restore, run every check, write $OUT."""
+    """On the GPU machine, after load 2 (or the dry run's second step): install, restore, run every check, write
+    the results to `out`."""
     started = time.perf_counter()
     missing = [name for name in NEEDED_THERE if importlib.util.find_spec(name) is None]
     if missing:
@@ -410,11 +416,11 @@ def summarise(report: dict, runs: dict, bench: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def dry_run(out: Path, limit: int) -> int:
-    """Pack (wheels for this interpreter), then the two device steps here on the CPU, as subprocesses."""
+def dry_run(out: Path, limit: int, transfer_limit: int = LIMIT) -> int:
+    """Pack (wheels for this interpreter), then the two GPU-machine steps here on the CPU, as subprocesses."""
     with tempfile.TemporaryDirectory(prefix="wpatch-dry-") as tmp:
         bundle, machine = Path(tmp) / "bundle", Path(tmp) / "machine"
-        pack(bundle, python=None)
+        pack(bundle, python=None, limit=transfer_limit)
         script = [sys.executable, str(Path(__file__).resolve())]
         common = ["--bundle", str(bundle), "--machine", str(machine)]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -429,31 +435,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("step", choices=("pack", "stage", "run", "dry-run"))
     parser.add_argument("--bundle", type=Path, default=BUNDLE, help="the travelling bundle (default .device/)")
     parser.add_argument(
-        "--machine", type=Path, default=MACHINE_DIR, help="where the device keeps part 1, the wheels' site and the work"
+        "--machine", type=Path, default=MACHINE_DIR, help="where the GPU machine keeps part 1, the wheels and the work"
     )
     parser.add_argument(
         "--out",
         type=Path,
         default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None,
-        help="results (default $OUT)",
+        help="the results folder (default: the OUT environment variable)",
     )
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (the dry run)")
+    parser.add_argument(
+        "--transfer-limit",
+        type=float,
+        default=LIMIT / 2**20,
+        help="MiB one transfer to the GPU machine may carry, the checkout included (pack; default 64)",
+    )
     parser.add_argument(
         "--limit", type=int, default=None, help="pairs of Experiment A (default all 869; the dry run 2)"
     )
     args = parser.parse_args(argv)
     if args.step == "pack":
         sys.path.insert(0, str(ROOT))
-        pack(args.bundle)
+        pack(args.bundle, limit=args.transfer_limit * 2**20)
         return 0
     if args.step == "stage":
         stage(args.bundle, args.machine)
         return 0
     if args.out is None:
-        fail("no output folder: set $OUT or give --out")
+        fail("no results folder: give --out DIR (or set the OUT environment variable)")
     if args.step == "dry-run":
         sys.path.insert(0, str(ROOT))
-        return dry_run(args.out, args.limit or 2)
+        return dry_run(args.out, args.limit or 2, args.transfer_limit * 2**20)
     return run(args.bundle, args.machine, args.out, args.cpu, args.limit or 869)
 
 

@@ -30,8 +30,8 @@ def test_dry_run_packs_a_bundle_that_fits_and_runs_the_check_on_the_cpu(tmp_path
         check=False,
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    carried = {call: float(mib) for call, mib in re.findall(r"(call[12]) carries ([\d.]+) MiB", done.stdout)}
-    assert set(carried) == {"call1", "call2"} and max(carried.values()) * 2**20 <= LIMIT
+    carried = {load: float(mib) for load, mib in re.findall(r"(load [12]) carries ([\d.]+) MiB", done.stdout)}
+    assert set(carried) == {"load 1", "load 2"} and max(carried.values()) * 2**20 <= LIMIT
     report = json.loads((out / "report.json").read_text())
     assert {c["check"] for c in report["checks"]} >= {
         "weights",
@@ -103,10 +103,26 @@ def test_damaged_or_missing_parts_are_refused_with_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2 and "part 1 of model.bin arrived damaged" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         restore(machine / "stage" / "model.bin.part1", bundle / "part2", tmp_path / "model")
-    assert "went back between the two calls" in capsys.readouterr().err
+    assert "it was not staged, or was removed between the two loads" in capsys.readouterr().err
     (machine / "stage").mkdir(parents=True)
     (machine / "stage" / "model.bin.part1").write_bytes(b"1" * 500)
     with pytest.raises(SystemExit):
         restore(machine / "stage" / "model.bin.part1", bundle / "part2", tmp_path / "model")
     err = capsys.readouterr().err.strip()
     assert "the joined model.bin has sha256" in err and err.count("\n") == 0
+
+
+def test_pack_refuses_loads_over_the_transfer_limit_it_is_given(tmp_path, monkeypatch, capsys):
+    """The transfer limit is a parameter (`--transfer-limit`, MiB): a load over it is refused, naming the limit."""
+    import scripts.device_check as device_check
+
+    monkeypatch.setattr(device_check, "download_wheels", lambda target, python: target.mkdir(parents=True))
+    with pytest.raises(SystemExit) as refused:
+        device_check.main(["pack", "--bundle", str(tmp_path / "bundle"), "--transfer-limit", "20"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        r"device_check: load 1 would carry [\d.]+ MiB, over the 20 MiB one transfer may carry \(--transfer-limit\); "
+        r"shrink the checkout or the bundle\n",
+        err,
+    ), err

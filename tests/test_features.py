@@ -174,5 +174,5 @@ def test_a_moved_run_is_reported_again_with_its_features(tmp_path, small_model_p
     shutil.move(tmp_path / "made/out", tmp_path / "moved")
     shutil.rmtree(tmp_path / "made")  # the pairs file and the clip cache with it
     (tmp_path / "moved/features.csv").unlink()
-    summary = report(str(tmp_path / "moved"))
+    summary = report(str(tmp_path / "moved"))[1]
     assert (tmp_path / "moved/features.csv").read_text() == made and summary["features"]["voicing"]["pairs"] == 1

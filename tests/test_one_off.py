@@ -64,3 +64,11 @@ def test_alpha_zero_is_the_recipient_and_bad_input_is_refused(model):
         wpatch.patch(model, donor, recipient, target_layer=3)
     with pytest.raises(WpatchError, match=r"window \[40, 10\] is outside"):
         wpatch.patch(model, donor, recipient, window=[40, 10])
+
+
+def test_its_repr_is_one_line_without_the_tensor(model):
+    found = wpatch.patch(model, tone(300), tone(1200, seconds=0.5), site="block_out", source_layer=0, target_layer=2)
+    shown = repr(found)
+    assert "\n" not in shown and "tensor" not in shown and len(shown) < 300
+    assert shown.startswith(f"OnePatch(donor={found.donor_transcript!r}, recipient={found.recipient_transcript!r}")
+    assert f"block_out 0->2, frames 0-{model.dims.n_audio_ctx}, alpha 1.0; encoder_output (" in shown

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import torch
 import yaml
 from jsonargparse import ArgumentError
@@ -32,12 +33,15 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules import PairDataModule
+from wpatch.analysis.console import closing_lines
 from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
 from wpatch.models.loading import check_languages, model_dims, multilingual
 from wpatch.patching.module import PatchingModule, check_precision
+from wpatch.predict_help import config_files, explain_options
 from wpatch.quiet import quiet_lightning
 from wpatch.run_folder.folder import RunStopped, check_writable, code_version
+from wpatch.run_folder.plan_block import plan_block
 from wpatch.run_folder.progress import ItemProgressBar
 from wpatch.run_folder.settings import setting_defaults
 from wpatch.run_folder.table import check_table
@@ -51,6 +55,16 @@ class PatchingCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(PatchingResultsWriter, "writer")
         parser.link_arguments("model.model", "data.model")
+        explain_options(parser)
+
+    def parse_arguments(self, parser, args) -> None:
+        """With --help, the defaults shown are those of the --config files given before it (the values that run),
+        and the help names the files."""
+        if args and ("--help" in args or "-h" in args):
+            parser.default_config_files = config_files(
+                args[: min(args.index(h) for h in ("--help", "-h") if h in args)]
+            )
+        super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         """Cheap checks of the inputs, before the model loads: precision, pairs file, languages the model knows,
@@ -116,7 +130,12 @@ def run_predict(
             auto_configure_optimizers=False,
             save_config_callback=None,
             trainer_defaults=trainer_defaults,
-            parser_kwargs={"exit_on_error": False},
+            parser_kwargs={
+                "exit_on_error": False,
+                "prog": "wpatch predict",
+                "description": "Run a patching experiment: every --model.* setting swept over the pairs' items; "
+                "the plan is printed first, the results go to --writer.output_dir (see the README's quick start).",
+            },
         )
         writer = next(c for c in cli.trainer.callbacks if isinstance(c, PatchingResultsWriter))
         writer.stop.install()
@@ -124,6 +143,8 @@ def run_predict(
         if starts_the_run(cli.trainer):
             writer.claim(cli.trainer, cli.model, cli.datamodule)
             write_atomically(writer.output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
+            if writer.verbose:
+                print(plan_block(cli.trainer, cli.model, cli.datamodule, writer.output_dir), flush=True)
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
         writer.is_global_zero = cli.trainer.is_global_zero
         return writer
@@ -173,10 +194,7 @@ def one_line(error: Exception, args: list[str]) -> str:
 def config_file_problem(args: list[str]) -> str | None:
     """Where the first `--config` file that is not valid YAML goes wrong (file, line, column, what), or None
     (jsonargparse says only "Problems parsing config" and a line, without the file)."""
-    files = [b for a, b in zip(args, args[1:]) if a == "--config"] + [
-        a.split("=", 1)[1] for a in args if a.startswith("--config=")
-    ]
-    for name in files:
+    for name in config_files(args):
         try:
             yaml.compose(Path(name).read_text())
         except OSError:
@@ -228,12 +246,12 @@ def patching_trainer(
         raise WpatchError(str(error)) from error
 
 
-def report(run_dir: str, allow_edited: bool = False) -> dict:
+def report(run_dir: str, allow_edited: bool = False) -> tuple[pd.DataFrame, dict]:
     """`wpatch report RUN_DIR`: the analysis and figures again from a finished run's predictions.csv, checked against
     what the run wrote (`wpatch.run_folder.table`; an edited table only with `allow_edited`, and then the summary and
     report say so), the settings and everything the run recorded kept from its summary.json, with `reanalysed` (code
-    version, time) added; returns the summary. A folder that is not a finished run (no summary.json) is refused: its run
-    or merge finishes it."""
+    version, time) added; returns the rows and the summary. A folder that is not a finished run (no summary.json) is
+    refused: its run or merge finishes it."""
     from wpatch.analysis.summary import analyse
     from wpatch.analysis.tables import not_a_run, read_rows_and_summary
 
@@ -248,17 +266,18 @@ def report(run_dir: str, allow_edited: bool = False) -> dict:
         if note:
             print(note, file=sys.stderr)
     old.recorded.reanalysed = {"code_version": code_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    return analyse(read_rows_and_summary(folder)[0], folder, old.settings, old.recorded, edited=edited)
+    rows = read_rows_and_summary(folder)[0]
+    return rows, analyse(rows, folder, old.settings, old.recorded, edited=edited)
 
 
 def analyse_again(command: str, rest: list[str], allow_edited: bool = False) -> None:
     """`wpatch report RUN_DIR` or `wpatch compare RUN_A RUN_B [RUN ...] [--out FILE]` (the arguments checked), each
     table checked against what its run wrote (an edited one only with `allow_edited`)."""
     if command == "report":
-        summary = report(rest[0], allow_edited)
-        print(f"{len(summary.get('groups', {}))} groups summarised; {Path(rest[0]).resolve()}")
+        print(closing_lines(*report(rest[0], allow_edited), rest[0]))
         return
     from wpatch.analysis import compare_runs, depth_figure, depth_profiles
+    from wpatch.analysis.compare import compare_header
     from wpatch.analysis.depth import run_model
     from wpatch.analysis.figures import save_figure
 
@@ -270,6 +289,7 @@ def analyse_again(command: str, rest: list[str], allow_edited: bool = False) -> 
     depths = [" + ".join(f"{d} {stack}" for stack, d in depth.items()) for depth, _ in models]
     if len(runs) == 2 and models[0][0] == models[1][0]:
         table = compare_runs(runs[0], runs[1])
+        print(compare_header(runs[0], runs[1]))
         for difference in table.attrs.get("differences", []):
             print(f"wpatch: note: the runs differ in {difference}", file=sys.stderr)
     else:

@@ -31,6 +31,15 @@ class OnePatch:
     patch: Patch
     encoder_output: torch.Tensor
 
+    def __repr__(self) -> str:
+        """One line: the three transcripts, the patch and the encoder output's shape (not its values)."""
+        p = self.patch
+        return (
+            f"OnePatch(donor={self.donor_transcript!r}, recipient={self.recipient_transcript!r}, "
+            f"patched={self.patched_transcript!r}; {p.site} {p.source_layer}->{p.target_layer}, frames "
+            f"{p.start}-{p.end}, alpha {p.alpha}; encoder_output {tuple(self.encoder_output.shape)})"
+        )
+
 
 def clip_audio(clip) -> np.ndarray:
     """A clip as 16 kHz mono samples: an audio file's path, or the samples themselves."""

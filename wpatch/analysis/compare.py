@@ -1,5 +1,8 @@
 """Two runs compared cell by cell (`wpatch compare`): only what both have, and how they differ, said."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -7,6 +10,7 @@ from wpatch.analysis.stats import bootstrap_interval
 from wpatch.analysis.tables import read_rows_and_summary, row_groups
 from wpatch.errors import WpatchError
 from wpatch.rows import CONDITION, MEASURES, with_sweep_start
+from wpatch.run_summary import RunSummary
 
 COMPARED = {  # what two compared runs may differ in: name -> the row columns that tell it
     "sites": ["site"],
@@ -91,3 +95,41 @@ def compare_runs(run_a, run_b, group: str = "all") -> pd.DataFrame:
     table = table.reset_index()
     table.attrs["differences"] = differences
     return table
+
+
+def settings_differences(run_a, run_b) -> list[str]:
+    """The settings (summary.json's) in which two runs differ, each as `name (A value, B value)`; a run without
+    summary.json (a table analysed on its own) is said to have none recorded."""
+    settings = []
+    for side, run in (("A", run_a), ("B", run_b)):
+        path = Path(run) / "summary.json"
+        if not path.is_file():
+            return [f"not known: run {side} recorded no settings (no summary.json)"]
+        settings.append({k: v for k, v in RunSummary.read(path).settings.items() if k != "hparams"})
+    a, b = settings
+
+    def shown(value) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    return [f"{key} (A {shown(a.get(key))}, B {shown(b.get(key))})" for key in a | b if a.get(key) != b.get(key)]
+
+
+def compare_header(run_a, run_b, group: str = "all") -> str:
+    """What `wpatch compare RUN_A RUN_B` says before its table: the two runs, the settings they differ in, the
+    group, that values are B - A, and what a cell and its columns are."""
+    differences = settings_differences(run_a, run_b)
+    return "\n".join(
+        [
+            f"compare: run B - run A, cell by cell, group {group} (every item both runs have)",
+            f"  A: {Path(run_a).resolve()}",
+            f"  B: {Path(run_b).resolve()}",
+            f"  settings that differ: {'; '.join(differences) if differences else 'none'}",
+            f"  a cell: condition ({', '.join(CONDITION)}), source_layer, target_layer, sweep_start",
+            "  sweep_start = -1: not a sweep window (the whole window named in `window`); else the sweep window's "
+            "first frame",
+            "  <measure>_a, <measure>_b: the cell's mean in each run; <measure>_diff = B - A;",
+            "  effect_diff_low, effect_diff_high: the 95% interval of effect_diff over the shared pairs",
+            "",
+        ]
+    )

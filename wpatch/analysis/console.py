@@ -1,4 +1,7 @@
-"""What a run found, for the console: the primary condition's matrix and the diagonal / off-diagonal means."""
+"""What a run found, for the console: the primary condition's matrix and the diagonal / off-diagonal means, and
+where its page and files are (printed when a run finishes and by `wpatch report`)."""
+
+from pathlib import Path
 
 import pandas as pd
 
@@ -36,3 +39,16 @@ def console_table(rows: pd.DataFrame, summary: dict, measure: str = "score") -> 
     share = groups.get("recognised", {}).get("items", 0) / max(groups["all"]["items"], 1)
     lines.append(f"recognised share (clean source clip heard as its word): {share:.2f}")
     return "\n".join(lines)
+
+
+def closing_lines(rows: pd.DataFrame, summary: dict, folder: Path, wall_time_s: float | None = None) -> str:
+    """What a finished run says: `console_table`, its page (report.html), the wall time (when given) and its
+    folder, last."""
+    folder = Path(folder).resolve()
+    took = f"wall time {wall_time_s:.1f} s; " if wall_time_s is not None else ""
+    lines = [
+        console_table(rows, summary),
+        f"page: {folder / 'report.html'}",
+        f"{took}tables, figures and report.md in:",
+    ]
+    return "\n".join([*lines, str(folder)])

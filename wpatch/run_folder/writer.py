@@ -17,7 +17,7 @@ import lightning as L
 import pandas as pd
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from wpatch.analysis.console import console_table
+from wpatch.analysis.console import closing_lines
 from wpatch.analysis.depth import model_card
 from wpatch.analysis.features import write_pair_features
 from wpatch.analysis.summary import analyse
@@ -245,7 +245,4 @@ class PatchingResultsWriter(BasePredictionWriter):
         recorded.model_card = asdict(model_card(settings["model"]))
         summary = analyse(rows, self.output_dir, settings, recorded)
         # printed by the command once the progress bar has closed (`wpatch.cli.predict`)
-        self.closing = (
-            f"{console_table(rows, summary)}\nwall time {recorded.wall_time_s:.1f} s; tables, figures and "
-            f"report.md in:\n{self.output_dir.resolve()}"
-        )
+        self.closing = closing_lines(rows, summary, self.output_dir, recorded.wall_time_s)

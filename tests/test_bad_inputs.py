@@ -189,31 +189,29 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
     (stopped / "out/summary.json").unlink()
     to_csv = pd.DataFrame.to_csv
 
-    def full(*_args, **_kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def merge_fails(code: int) -> list[str]:
+        """The stopped run resumed while every table write fails with OSError `code`: its stderr lines."""
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
-    with pytest.raises(SystemExit) as exit_info:
-        main(args(stopped, small_model_path, "--writer.resume", "true"))
-    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and err[-1].startswith("wpatch: error: could not write"), err
+        def failing(*_args, **_kwargs):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(pd.DataFrame, "to_csv", failing)
+        with pytest.raises(SystemExit) as exit_info:
+            main(args(stopped, small_model_path, "--writer.resume", "true"))
+        monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2, err
+        return err
+
+    err = merge_fails(errno.ENOSPC)
+    assert err[-1].startswith("wpatch: error: could not write"), err
     rows.append(table_row("no space left on the disk while the run is merged", 2, err[-1], stopped, small_model_path))
 
     # huggingface and python: Hugging Face folders checked whole before any folder is made; wpatch.run's own words
-    def read_only(*_args, **_kwargs):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-
-    monkeypatch.setattr(pd.DataFrame, "to_csv", read_only)
-    with pytest.raises(SystemExit) as exit_info:
-        main(args(stopped, small_model_path, "--writer.resume", "true"))
-    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
-    err = capsys.readouterr().err.strip().splitlines()
+    err = merge_fails(errno.EROFS)
     assert (
-        exit_info.value.code == 2
-        and "(Read-only file system); every finished part is kept; its file system is "
-        "read-only: remount it read-write, then continue with"
-        in err[-1]
+        "(Read-only file system); every finished part is kept; its file system is "
+        "read-only: remount it read-write, then continue with" in err[-1]
     ), err
     rows.append(table_row("the disk turned read-only while the run is merged", 2, err[-1], stopped, small_model_path))
 

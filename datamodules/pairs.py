@@ -284,8 +284,9 @@ class PairDataModule(L.LightningDataModule):
             load = lambda: models.setdefault(spec, load_model(spec))  # noqa: E731 (loaded once, only if screening)
             return cached_screen(load, spec, mels, words, langs, self.screening_cache, carriers)["heard"].tolist()
 
+        told = self.voice_choice  # prepare_data's choice: setup's is the same, and is not told twice
         self.voice_choice = choose_voices([Text(k.word, k.lang, k.carrier) for k in asked], heard_with, CANDIDATES)
-        if self.voice_choice.unheard:
+        if self.voice_choice.unheard and self.voice_choice != told:
             unheard = self.voice_choice.unheard
             log.warning(
                 "--data.tts best: no voice makes the model (%s) hear %d of %d clips (%s); they are spoken by the "

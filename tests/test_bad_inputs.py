@@ -302,6 +302,7 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
             stopped / "pairs.csv",
             model=small_model_path,
             config=ROOT / "configs/experiment_a.yaml",
+            tts="hibari",
             cache_dir=stopped / "clips",
             batch_size=1,
             max_tokens=3,

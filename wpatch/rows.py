@@ -124,8 +124,8 @@ ROW_COLUMNS = [
     *ITEM_FIELDS,
     *(c for c in MEASURED[1:] if c not in CARRIER_COLUMNS),
     *PASSING,
-    *VOICE_COLUMNS,
     *CARRIER_COLUMNS,
+    *VOICE_COLUMNS,  # last: added after the others, so tables made before them lead in the same order
 ]
 COLUMNS = {c: Column() for c in ROW_COLUMNS} | {f.name: f.metadata.get("column", Column()) for f in fields(ResultRow)}
 MEASURES = tuple(sorted((c for c in COLUMNS if COLUMNS[c].summarised), key=lambda c: COLUMNS[c].summarised))

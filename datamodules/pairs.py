@@ -198,7 +198,15 @@ class PairDataModule(L.LightningDataModule):
         called before each clip: a run asked to stop (SIGTERM) stops between two clips, not after all of them."""
         items = self._read_items()
         unique = sorted({key for side in self._clip_keys(items) for key in side if not key.audio})
+        start = time.perf_counter()
         unique = sorted(set(self._resolve_voices(unique)))
+        choosing = sum(cache.synthesized for cache in self.clips.values())  # clips made to choose voices (`best`)
+        if choosing:
+            log.info(
+                "--data.tts best: %d clips synthesised to choose the voices (%.1fs)",
+                choosing,
+                time.perf_counter() - start,
+            )
         for lang, voice in sorted({(key.lang, key.voice) for key in unique}):
             self.clips[voice].backend.check_voice(self.clips[voice].voice(lang))
         start = time.perf_counter()
@@ -207,7 +215,7 @@ class PairDataModule(L.LightningDataModule):
             if self.stop_check is not None:
                 self.stop_check()
             self._clip(key)
-            if sum(cache.synthesized for cache in self.clips.values()) > made:
+            if sum(cache.synthesized for cache in self.clips.values()) - choosing > made:
                 made += 1
                 fault_point(f"synthesis{made}")
         log.info("clips: %d synthesised, %d cached (%.1fs)", made, len(unique) - made, time.perf_counter() - start)
@@ -278,7 +286,11 @@ class PairDataModule(L.LightningDataModule):
         models = {}
 
         def heard_with(voice: str, texts: list[Text]) -> list[bool]:
-            clips = [self._clip(ClipKey(t.word, t.lang, "", voice, "", "", t.carrier, "", "")) for t in texts]
+            clips = []
+            for t in texts:
+                if self.stop_check is not None:  # a run asked to stop stops between two clips here too
+                    self.stop_check()
+                clips.append(self._clip(ClipKey(t.word, t.lang, "", voice, "", "", t.carrier, "", "")))
             mels, _ = MelStore(cache_root() / "mels").table(clips, dims.n_mels, dims.n_audio_ctx)
             words, langs, carriers = ([getattr(t, f) for t in texts] for f in ("word", "lang", "carrier"))
             load = lambda: models.setdefault(spec, load_model(spec))  # noqa: E731 (loaded once, only if screening)

@@ -69,7 +69,8 @@ class CTCDims:
     normalise: bool  # each clip is scaled to zero mean, unit variance
     languages: tuple[str, ...]  # MMS: the languages with an adapter (and a vocabulary); () otherwise
     n_audio_ctx: int = N_CTX
-    n_text_layer: int = 0
+    n_text_layer: int = 0  # no decoder
+    n_text_state: int = 0
 
     def label_ids(self, text: str) -> tuple[int, ...] | None:
         """The label ids that spell `text` (words joined by the delimiter), or None if a character has none."""
@@ -368,9 +369,10 @@ class CTCModel(torch.nn.Module):
     def decode(self, outputs: "CTCOutputs", decodings: DecodingPlan, asked: list[dict]) -> Decoded:
         """Each decoding's greedy CTC transcript and the CTC log-likelihood of each word asked of it."""
         transcripts, logps = [], []
+        features, lengths = outputs.features.float().cpu(), outputs.lengths.tolist()
         for f, words in enumerate(asked):
             row = decodings.decodings[f].feature_row
-            log_probs, n = outputs.features[row], int(outputs.lengths[row])
+            log_probs, n = features[row], lengths[row]
             transcripts.append(self.transcript(log_probs[:n].argmax(-1).tolist()))
             logps.append({word: word_log_likelihood(log_probs[:n], word, self.dims.blank) for word in words})
         return Decoded(transcripts, logps, [])

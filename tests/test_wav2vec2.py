@@ -1,0 +1,162 @@
+"""The wav2vec2 family (`wpatch.models.wav2vec2`) on random small models of each architecture saved with
+save_pretrained: `wpatch predict`'s rows equal what transformers gives with plain forward hooks, a clip patched
+with itself is its clean run, and the CTC measure is the sum over every alignment."""
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import transformers
+
+from tests.ctc_models import save_ctc_model
+from tests.predict_run import main, predict_args
+from tests.same_rows import EPS32, FLOAT32_UNITS
+from wpatch.models.loading import load_model
+from wpatch.models.wav2vec2 import input_values, word_log_likelihood
+from wpatch.patching.encoder import Patch, PatchedRun
+from wpatch.stimuli.audio import load_audio
+from wpatch.text import ScoredWord
+
+# (architecture, the large models' layout: pre-norm layers and an attention mask) for each family
+MODELS = [("wav2vec2", False), ("hubert", True), ("wavlm", True), ("wavlm", False)]
+SITES = "[block_out, resid_pre, attn_out, mlp_out]"
+PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"
+
+
+@pytest.fixture(scope="module", params=MODELS, ids=[f"{k}-{'large' if s else 'base'}" for k, s in MODELS])
+def ctc_run(request, tmp_path_factory, clip_dir):
+    """A random model's folder and the run folder of Experiment A's grid on it, every encoder site, windows all and
+    word, alphas 1 and 0.5, both directions."""
+    kind, stable = request.param
+    folder = tmp_path_factory.mktemp(f"{kind}-{stable}")
+    model = save_ctc_model(kind, folder / "model", stable=stable)
+    options = ("--model.sites", SITES, "--model.windows", "[all, word]", "--model.alphas", "[1.0, 0.5]")
+    options += ("--model.directions", "[denoising, noising]", "--data.cache_dir", clip_dir)
+    main(predict_args(folder, str(model), None, pairs=PAIRS, options=options))
+    return model, folder / "out"
+
+
+def hooked_log_probs(hf, extractor, recipient, donor, n_samples, site, source, target, start, end, alpha):
+    """The label log-probabilities of the recipient clip's run with `site` of layer `target` mixed with the donor
+    clip's at layer `source` on frames [start, end), by plain forward hooks on transformers' own modules; the
+    clips read by transformers' feature extractor, padded to `n_samples`; and the frames it is read on."""
+    layers = hf.base_model.encoder.layers
+    module = {"attn_out": "attention", "mlp_out": "feed_forward"}
+
+    def hooked(layer: int, hook):
+        block = layers[layer]
+        if site == "resid_pre":
+            return block.register_forward_pre_hook(lambda _m, args: (hook(args[0]), *args[1:]))
+        part = getattr(block, module[site]) if site in module else block
+        return part.register_forward_hook(
+            lambda _m, _i, out: (hook(out[0]), *out[1:]) if isinstance(out, tuple) else hook(out)
+        )
+
+    def run(audio, layer=None, hook=None):
+        inputs = extractor(audio, sampling_rate=16000, padding="max_length", max_length=n_samples, return_tensors="pt")
+        handle = hooked(layer, hook) if hook else None
+        try:
+            logits = hf(inputs.input_values, attention_mask=inputs.get("attention_mask")).logits[0]
+        finally:
+            if handle:
+                handle.remove()
+        frames = int(hf._get_feat_extract_output_lengths(len(audio))) if "attention_mask" in inputs else len(logits)
+        return torch.log_softmax(logits, -1), frames
+
+    captured = []
+    run(donor, source, lambda value: captured.append(value) or value)
+
+    def patch(value):
+        mixed = value.clone()
+        mixed[:, start:end] = (1 - alpha) * value[:, start:end] + alpha * captured[0][:, start:end]
+        return mixed
+
+    return run(recipient, target, patch)
+
+
+def test_patched_rows_equal_transformers_hooks(ctc_run):
+    """Every row's transcript equals transformers' own CTC decoding of the hooked run, and its log-likelihoods
+    (torch's CTC loss of the word's labels from the tokenizer) agree within float32 rounding of their size."""
+    model, out = ctc_run
+    hf = transformers.AutoModelForCTC.from_pretrained(model).eval()
+    processor = transformers.AutoProcessor.from_pretrained(model)
+    rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    index = pd.read_csv(out / "clips/index.csv").set_index("item_id")
+    audio = {
+        name: load_audio(out / "clips" / name)
+        for name in pd.unique(index[["source_clip", "target_clip"]].values.ravel())
+    }
+    n_samples = 320 * math.ceil(max(map(len, audio.values())) / 320)  # the run's longest clip, whole frames
+    assert {"block_out", "resid_pre", "attn_out", "mlp_out"} == set(rows["site"])
+    assert len(rows) == 4 * 4 * 9 * 2 * 2 * 2  # items x sites x layer pairs x windows x alphas x directions
+    checked = rows.groupby(["site", "window", "alpha", "patch_direction"]).sample(6, random_state=0)
+    for row in checked.itertuples():
+        clips = index.loc[row.item_id]
+        source, target = audio[clips.source_clip], audio[clips.target_clip]
+        recipient, donor = (target, source) if row.patch_direction == "denoising" else (source, target)
+        with torch.no_grad():
+            log_probs, frames = hooked_log_probs(
+                hf, processor.feature_extractor, recipient, donor, n_samples, row.site, row.source_layer,
+                row.target_layer, row.window_start, row.window_end, row.alpha,
+            )  # fmt: skip
+        log_probs = log_probs[:frames]
+        decoded = processor.tokenizer.decode(log_probs.argmax(-1).tolist())
+        assert row.transcript == " ".join(decoded.lower().split()), row
+        for word, logp in ((row.source_word, row.logp_source), (row.target_word, row.logp_target)):
+            labels = processor.tokenizer(word.upper()).input_ids
+            want = -torch.nn.functional.ctc_loss(
+                log_probs.double(), torch.tensor(labels), torch.tensor([frames]), torch.tensor([len(labels)]),
+                reduction="sum",
+            )  # fmt: skip
+            assert abs(logp - float(want)) <= FLOAT32_UNITS * EPS32 * abs(float(want)), (row, logp, float(want))
+
+
+@pytest.mark.parametrize("kind, stable", MODELS)
+def test_a_clip_patched_with_itself_is_its_clean_run(kind, stable, tmp_path, clip_dir):
+    """Every site, layer pair, window and alpha: a clip patched with its own activations gives its clean
+    log-probabilities exactly, on clips of different lengths padded to the longer."""
+    model = load_model(str(save_ctc_model(kind, tmp_path, stable=stable)))
+    generator = np.random.default_rng(0)
+    clips = [generator.normal(0, 0.1, n).astype(np.float32) for n in (7000, 12345)]
+    n_samples = 320 * math.ceil(12345 / 320)
+    inputs = {c: (input_values(audio, n_samples, model.dims), len(audio)) for c, audio in enumerate(clips)}
+    patches = [
+        Patch(site, s, t, start, end, alpha)
+        for site in ("block_out", "resid_pre", "attn_out", "mlp_out")
+        for s, t in itertools.product(range(3), repeat=2)
+        for start, end in ((0, 1500), (3, 11))
+        for alpha in (1.0, 0.5)
+    ]
+    runs = [PatchedRun(clip, clip, patch) for clip in inputs for patch in patches]
+    outputs = model.encode_plan(inputs, runs, set(inputs))
+    for run in runs:
+        if run.patch.source_layer == run.patch.target_layer:
+            clean, patched = outputs.clean[run.recipient_clip], outputs.patched[run]
+            assert torch.equal(outputs.features[patched], outputs.features[clean]), run
+            assert outputs.lengths[patched] == outputs.lengths[clean]
+
+
+def brute_force_log_likelihood(log_probs: torch.Tensor, labels: tuple[int, ...], blank: int) -> float:
+    """log of the sum, over every path of one label per frame that collapses (repeats merged, blanks dropped) to
+    `labels`, of the path's probability."""
+    total = []
+    for path in itertools.product(range(log_probs.shape[1]), repeat=log_probs.shape[0]):
+        merged = [label for i, label in enumerate(path) if i == 0 or path[i - 1] != label]
+        if tuple(label for label in merged if label != blank) == labels:
+            total.append(sum(float(log_probs[t, label]) for t, label in enumerate(path)))
+    return math.log(sum(math.exp(x) for x in total))
+
+
+@pytest.mark.parametrize("labels", [(1,), (1, 2), (1, 1), (2, 1, 2), (1, 1, 2)])
+def test_ctc_measure_is_the_sum_over_alignments(labels):
+    """The word log-likelihood equals the brute-force sum over alignments on a 3-label alphabet and 6 frames,
+    and a word of two forms is the sum of their probabilities."""
+    log_probs = torch.log_softmax(torch.randn(6, 3, generator=torch.Generator().manual_seed(len(labels))), -1)
+    want = brute_force_log_likelihood(log_probs, labels, blank=0)
+    assert word_log_likelihood(log_probs, ScoredWord((), (labels,)), 0) == pytest.approx(want, abs=1e-9)
+    other = (2,)
+    both = math.log(math.exp(want) + math.exp(brute_force_log_likelihood(log_probs, other, 0)))
+    assert word_log_likelihood(log_probs, ScoredWord((), (labels, other)), 0) == pytest.approx(both, abs=1e-9)

@@ -3,6 +3,7 @@ save_pretrained: `wpatch predict`'s rows equal what transformers gives with plai
 with itself is its clean run, and the CTC measure is the sum over every alignment."""
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -11,11 +12,11 @@ import pytest
 import torch
 import transformers
 
-from tests.ctc_models import save_ctc_model
+from tests.ctc_models import SMALL, VOCAB, save_ctc_model
 from tests.predict_run import main, predict_args
 from tests.same_rows import EPS32, FLOAT32_UNITS
 from wpatch.models.loading import load_model
-from wpatch.models.wav2vec2 import input_values, word_log_likelihood
+from wpatch.models.wav2vec2 import input_values, read_dims, word_log_likelihood
 from wpatch.patching.encoder import Patch, PatchedRun
 from wpatch.stimuli.audio import load_audio
 from wpatch.text import ScoredWord
@@ -137,6 +138,24 @@ def test_a_clip_patched_with_itself_is_its_clean_run(kind, stable, tmp_path, cli
             clean, patched = outputs.clean[run.recipient_clip], outputs.patched[run]
             assert torch.equal(outputs.features[patched], outputs.features[clean]), run
             assert outputs.lengths[patched] == outputs.lengths[clean]
+
+
+@pytest.mark.parametrize("mask", [True, False], ids=["with-mask", "without-mask"])
+@pytest.mark.parametrize("normalise", [True, False])
+def test_input_values_are_the_feature_extractors(mask, normalise, tmp_path):
+    """A clip padded to a longer run is what transformers' feature extractor gives for it in a batch padded to
+    that length: normalised over the clip then padded when the extractor returns a mask, padded then normalised
+    over the whole array when it does not; a non-zero padding value and an off-centre clip tell the orders apart."""
+    transformers.Wav2Vec2Config(**SMALL, vocab_size=len(VOCAB)).save_pretrained(tmp_path)
+    (tmp_path / "vocab.json").write_text(json.dumps(VOCAB))
+    extractor = transformers.Wav2Vec2FeatureExtractor(
+        do_normalize=normalise, return_attention_mask=mask, padding_value=0.25
+    )
+    extractor.save_pretrained(tmp_path)
+    audio = np.random.default_rng(0).normal(0.3, 0.1, 7000).astype(np.float32)
+    want = extractor(audio, sampling_rate=16000, padding="max_length", max_length=9600, return_tensors="pt")
+    got = input_values(audio, 9600, read_dims(tmp_path))
+    torch.testing.assert_close(got, want.input_values[0], rtol=0, atol=0)
 
 
 def brute_force_log_likelihood(log_probs: torch.Tensor, labels: tuple[int, ...], blank: int) -> float:

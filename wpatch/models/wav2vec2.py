@@ -67,6 +67,7 @@ class CTCDims:
     upper: bool  # the labels are upper-case letters
     uses_mask: bool  # the feature extractor returns an attention mask
     normalise: bool  # each clip is scaled to zero mean, unit variance
+    padding: float  # the input value a clip is padded with
     languages: tuple[str, ...]  # MMS: the languages with an adapter (and a vocabulary); () otherwise
     n_audio_ctx: int = N_CTX
     n_text_layer: int = 0  # no decoder
@@ -150,6 +151,7 @@ def read_dims(directory: Path, language: str | None = "en") -> CTCDims:
         upper=bool(letters) and all(ch.isupper() for ch in letters),
         uses_mask=bool(extractor.get("return_attention_mask", False)),
         normalise=bool(extractor.get("do_normalize", True)),
+        padding=float(extractor.get("padding_value", 0.0)),
         languages=languages,
     )
 
@@ -166,12 +168,19 @@ def load_ctc(directory: Path, language: str | None = "en") -> "CTCModel":
 
 
 def input_values(audio: np.ndarray, n_samples: int, dims: CTCDims) -> Tensor:
-    """A clip as the model reads it: scaled as the feature extractor does (`do_normalize`: over its own samples),
-    then padded with silence to `n_samples` (longer clips are cut there, as Whisper cuts at 30 s)."""
+    """A clip as transformers' feature extractor gives it in a batch padded to `n_samples` (longer clips are cut
+    there, as Whisper cuts at 30 s): with `do_normalize`, scaled to zero mean and unit variance over its own samples
+    and then padded (a model that reads a mask), or padded and then scaled over the whole padded array (one that
+    does not)."""
     audio = np.asarray(audio, dtype=np.float32)[:n_samples]
-    if dims.normalise:
-        audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
-    return torch.nn.functional.pad(torch.from_numpy(audio), (0, n_samples - len(audio)))
+
+    def scaled(x: np.ndarray) -> np.ndarray:
+        return (x - x.mean()) / np.sqrt(x.var() + 1e-7) if dims.normalise else x
+
+    def padded(x: np.ndarray) -> np.ndarray:
+        return np.pad(x, (0, n_samples - len(x)), constant_values=dims.padding)
+
+    return torch.from_numpy(padded(scaled(audio)) if dims.uses_mask else scaled(padded(audio)))
 
 
 @dataclass

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import safetensors.torch
 import torch
 import transformers
 
@@ -41,6 +42,34 @@ def save_ctc_model(kind: str, folder: Path, shape: str = "small", stable: bool =
     (folder / "vocab.json").write_text(json.dumps(VOCAB))
     tokenizer = transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), word_delimiter_token="|")
     extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=stable)
+    transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def save_mms_model(folder: Path, languages: tuple[str, ...] = ("eng", "fra"), seed: int = 0) -> Path:
+    """A random MMS-style `Wav2Vec2ForCTC` in `folder`: attention adapters in every layer, and per language its own
+    adapter file (`adapter.<lang>.safetensors`: adapters and output head) and vocabulary (`vocab.json` nested by
+    language; each language after the first has one letter more, so its head is larger)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = transformers.Wav2Vec2Config(
+        **SMALL, vocab_size=len(VOCAB), pad_token_id=VOCAB["<pad>"], do_stable_layer_norm=True,
+        feat_extract_norm="layer", adapter_attn_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = transformers.Wav2Vec2ForCTC(config).eval()
+    model.save_pretrained(folder)
+    vocabs = {lang: VOCAB | ({"É": len(VOCAB)} if i else {}) for i, lang in enumerate(languages)}
+    for lang, vocab in vocabs.items():
+        weights = {name: torch.randn_like(p) * 0.3 for name, p in model._get_adapters().items()}
+        weights["lm_head.weight"] = torch.randn(len(vocab), config.hidden_size)
+        weights["lm_head.bias"] = torch.zeros(len(vocab))
+        safetensors.torch.save_file(weights, folder / f"adapter.{lang}.safetensors")
+    (folder / "vocab.json").write_text(json.dumps(vocabs))
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(
+        str(folder / "vocab.json"), word_delimiter_token="|", target_lang=languages[0]
+    )
+    extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
     transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
 

@@ -2,6 +2,7 @@
 save_pretrained: `wpatch predict`'s rows equal what transformers gives with plain forward hooks, a clip patched
 with itself is its clean run, and the CTC measure is the sum over every alignment."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -9,12 +10,16 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import safetensors.torch
 import torch
 import transformers
 
-from tests.ctc_models import SMALL, VOCAB, save_ctc_model
+from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
+from tests.ctc_models import SMALL, VOCAB, save_ctc_model, save_mms_model
 from tests.predict_run import main, predict_args
 from tests.same_rows import EPS32, FLOAT32_UNITS
+from wpatch.cli import main as wpatch
+from wpatch.errors import WpatchError
 from wpatch.models.loading import load_model
 from wpatch.models.wav2vec2 import input_values, read_dims, word_log_likelihood
 from wpatch.patching.encoder import Patch, PatchedRun
@@ -179,3 +184,58 @@ def test_ctc_measure_is_the_sum_over_alignments(labels):
     other = (2,)
     both = math.log(math.exp(want) + math.exp(brute_force_log_likelihood(log_probs, other, 0)))
     assert word_log_likelihood(log_probs, ScoredWord((), (labels, other)), 0) == pytest.approx(both, abs=1e-9)
+
+
+def test_compare_draws_whisper_and_a_ctc_model_on_relative_depth(tmp_path, clip_dir, capsys):
+    """`wpatch compare` of a Whisper run (5 encoder blocks) and a HuBERT run (3 layers) on the same pairs: each run
+    at its own relative depth, the CTC run's profile from its own rows, its model card named, the figure drawn."""
+    pairs = "word_a,word_b\nbat,pat\nship,chip\n"
+    runs = {"whisper": tmp_path / "whisper", "hubert": tmp_path / "hubert"}
+    for folder in runs.values():
+        folder.mkdir()
+    whisper = save_checkpoint(random_whisper(dataclasses.replace(SMALL_DIMS, n_audio_layer=5)), tmp_path / "w.pt")
+    hubert = save_ctc_model("hubert", tmp_path / "hubert-model", stable=True)
+    for name, model in (("whisper", whisper), ("hubert", hubert)):
+        main(predict_args(runs[name], str(model), None, "--data.cache_dir", clip_dir, pairs=pairs, max_tokens=2))
+    outs = [str(runs[name] / "out") for name in ("whisper", "hubert")]
+    wpatch(["compare", *outs, "--out", str(tmp_path / "depth.csv")])
+    err = capsys.readouterr().err
+    assert "differ in depth (5 encoder and 3 encoder blocks)" in err
+    assert "HuBERT d=32 (3 encoder / 0 decoder blocks), Hugging Face CTC model (folder)" in err
+    assert (tmp_path / "depth.png").stat().st_size > 10_000
+    table = pd.read_csv(tmp_path / "depth.csv")
+    ctc = table[table["run"] == outs[1]]
+    assert set(ctc["depth"]) == {3} and set(table[table["run"] == outs[0]]["depth"]) == {5}
+    assert np.allclose(ctc["relative_depth"], ctc["layer"] / 2)
+    rows = pd.read_csv(runs["hubert"] / "out/predictions.csv")
+    diagonal = rows[rows.source_layer == rows.target_layer]
+    want = diagonal.groupby(["source_layer", "pair_id"])["effect"].mean().groupby(level=0).mean()
+    got = ctc[ctc["profile"] == "diagonal (s = t)"].set_index("layer")["mean"].sort_index()
+    assert np.allclose(got.to_numpy(), want.to_numpy(), equal_nan=True)
+
+
+def test_mms_language_picks_its_adapter_and_vocabulary(tmp_path, clip_dir):
+    """An MMS-style model with two languages: `--model.language` (ISO 639-3, or a two-letter code wpatch maps)
+    loads that language's adapters, head and labels, and its clean run equals transformers' with `target_lang`;
+    `wpatch predict` runs on it, and a language without an adapter is refused in one line."""
+    folder = save_mms_model(tmp_path / "mms")
+    audio = np.random.default_rng(1).normal(0, 0.1, 9000).astype(np.float32)
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(folder)
+    clean = {}
+    for language, key in (("en", "eng"), ("fra", "fra")):
+        model = load_model(str(folder), language)
+        hf = transformers.Wav2Vec2ForCTC.from_pretrained(folder, target_lang=key, ignore_mismatched_sizes=True)
+        head = safetensors.torch.load_file(folder / f"adapter.{key}.safetensors")["lm_head.weight"]
+        assert torch.equal(hf.eval().lm_head.weight, head) and torch.equal(model.hf.lm_head.weight, head)
+        inputs = extractor(audio, sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            want = torch.log_softmax(hf(**inputs).logits[0], -1)
+        clip = {0: (input_values(audio, len(audio), model.dims), len(audio))}
+        clean[key] = model.encode_plan(clip, [], {0}).features[0]
+        torch.testing.assert_close(clean[key], want)
+        assert model.dims.labels[-1] == ("É" if key == "fra" else "'") and len(model.dims.labels) == want.shape[-1]
+    assert not torch.allclose(clean["eng"], clean["fra"][:, :-1], atol=0.1)  # the adapters differ
+    main(predict_args(tmp_path, str(folder), None, "--data.cache_dir", clip_dir, options=("--model.language", "eng")))
+    assert len(pd.read_csv(tmp_path / "out/predictions.csv")) == 2 * 9  # 2 items x 9 layer pairs
+    with pytest.raises(WpatchError, match="no adapter for language 'de'; give --model.language one of its 2"):
+        read_dims(folder, "de")

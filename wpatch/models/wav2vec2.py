@@ -116,8 +116,8 @@ def language_key(language: str | None, languages: tuple[str, ...], where: Path) 
 
 
 def read_dims(directory: Path, language: str | None = "en") -> CTCDims:
-    """The model's `CTCDims`, from config.json, vocab.json (nested by language for MMS) and
-    preprocessor_config.json, checked; nothing is loaded."""
+    """The model's `CTCDims`, from config.json, vocab.json (nested by language for MMS: `language`'s, or with None
+    the tokenizer's `target_lang`) and preprocessor_config.json, checked; nothing is loaded."""
     directory = Path(directory)
     config = _json(directory / "config.json", {})
     vocab = _json(directory / "vocab.json", {})
@@ -127,9 +127,9 @@ def read_dims(directory: Path, language: str | None = "en") -> CTCDims:
             "(processor.save_pretrained(folder))"
         )
     languages = tuple(sorted(k for k, v in vocab.items() if isinstance(v, dict)))
-    if languages:
-        vocab = vocab[language_key(language, languages, directory)]
     tokens = _json(directory / "tokenizer_config.json", {})
+    if languages:  # no language: the tokenizer's own (what transformers reads by default)
+        vocab = vocab[language_key(language or tokens.get("target_lang") or "eng", languages, directory)]
     extractor = _json(directory / "preprocessor_config.json", {})
     labels = [""] * (max(vocab.values()) + 1)
     for label, i in vocab.items():
@@ -161,7 +161,9 @@ def load_ctc(directory: Path, language: str | None = "en") -> "CTCModel":
     import transformers
 
     dims = read_dims(directory, language)
-    kwargs = {"target_lang": language_key(language, dims.languages, directory)} if dims.languages else {}
+    kwargs = {}
+    if dims.languages:  # MMS: the language's adapter, whose head is as large as its vocabulary (transformers' way)
+        kwargs = {"target_lang": language_key(language, dims.languages, directory), "ignore_mismatched_sizes": True}
     model_class = getattr(transformers, MODEL_TYPES[dims.model_type])
     hf = model_class.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager", **kwargs)
     return CTCModel(hf.eval(), dims)

@@ -136,6 +136,7 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
 
     refused("a decoder site with a wav2vec2-family model", ctc_model("--model.sites", "[dec_resid]"), expect="has none")
     refused("a word a wav2vec2-family model cannot spell", ctc_model(pairs="word_a,word_b\nbat,päť\n"), expect="lacks")
+    refused("`--data.tts best` with a wav2vec2-family model", ctc_model("--data.tts", "best"), expect="hibari")
 
     def with_file(name, text="", **kwargs):
         def make(d):

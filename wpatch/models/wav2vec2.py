@@ -3,8 +3,9 @@ fine-tunes are `Wav2Vec2ForCTC`) run by transformers, patched and read out the w
 
 A model is a `save_pretrained` folder (config.json, the weights, vocab.json and preprocessor_config.json) or a
 hub id in the local Hugging Face cache (`wpatch.models.loading.locate`). Its encoder layers are the blocks the
-encoder sites index (`resid_pre`, `attn_out`, `mlp_out`, `block_out`, and `cnn_out`: the convolutional feature
-encoder's output, before block 0), on its 20 ms frames (a 320-sample stride at 16 kHz, Whisper's frame rate).
+encoder sites index (`resid_pre`, `attn_out`, `mlp_out`, `block_out`; the convolutional feature encoder's output
+has no site yet: block 0's `resid_pre` is after its projection and positional convolution), on its 20 ms frames
+(a 320-sample stride at 16 kHz, Whisper's frame rate).
 
 Length: every clip of a run is padded with the feature extractor's padding value (silence) to the run's longest
 clip (at most 30 s: 1500 frames, as Whisper), so donor and recipient have the same frames and each clip has one

@@ -23,7 +23,7 @@ PAIRS = pd.DataFrame({"word_a": ["bat", "hot"], "word_b": ["pat", "cold"], "cate
 def loads(monkeypatch):
     """The specs whose weights are read from disk, in order."""
     seen, load = [], loading._load
-    monkeypatch.setattr(loading, "_load", lambda spec: seen.append(spec) or load(spec))
+    monkeypatch.setattr(loading, "_load", lambda spec, *rest: seen.append(spec) or load(spec, *rest))
     monkeypatch.setattr(loading, "_KEPT", {})
     return seen
 

@@ -147,8 +147,8 @@ def one_line_error(spec: str) -> str:
 
 def test_refusals_in_one_line(tmp_path):
     folder = export(small(), tmp_path / "m", max_shard_size="200KB")
-    (folder / "config.json").write_text((folder / "config.json").read_text().replace('"whisper"', '"wav2vec2"'))
-    assert "model_type 'wav2vec2', not 'whisper'" in one_line_error(str(folder))
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace('"whisper"', '"bert"'))
+    assert "model_type 'bert', not 'whisper' (nor wav2vec2, hubert, wavlm)" in one_line_error(str(folder))
     folder = export(small(n_vocab=51870), tmp_path / "added_tokens")
     assert "vocabulary of 51870 tokens" in one_line_error(str(folder))
     folder = export(small(), tmp_path / "sharded", max_shard_size="200KB")

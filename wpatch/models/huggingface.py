@@ -70,8 +70,9 @@ def read_config(directory: Path) -> dict:
     kind = config.get("model_type")
     if kind != "whisper":
         raise WpatchError(
-            f"{directory}: config.json says model_type {shown(kind)}, not 'whisper'; point --model.model at a Whisper "
-            "checkpoint"
+            f"{directory}: config.json says model_type {shown(kind)}, not 'whisper' (nor "
+            f"{', '.join(wav2vec2.MODEL_TYPES)}); "
+            "point --model.model at a Whisper checkpoint or a CTC model of the wav2vec2 family"
         )
     activation, scaled = config.get("activation_function", "gelu"), config.get("scale_embedding", False)
     if activation != "gelu" or scaled:

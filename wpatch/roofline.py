@@ -141,7 +141,7 @@ class Roofline:
             f"roofline on {self.device}, {self.dtype}: matmul ceiling {self.matmul_flops_per_s / 1e9:.1f} GFLOP/s "
             f"({self.matmul_shape}); nominal peak "
             + (f"{peak / 1e9:.1f} GFLOP/s ({self.peak.how})" if peak else f"unknown ({self.peak.how})"),
-            f"  {'phase':<28} {'shape':<34} {'GFLOP':>9} {'seconds':>8} {'GFLOP/s':>8} {'% of matmul':>11}",
+            f"  {'phase':<28} {'shape':<34} {'GFLOP':>9} {'seconds':>8} {'GFLOP/s':>8} {'% of matmul':>11}  vs nominal",
         ]
         return head + [
             f"  {p.phase:<28} {p.shape:<34} {p.flops / 1e9:>9.2f} {p.seconds:>8.3f} {p.flops_per_s / 1e9:>8.1f} "

@@ -33,6 +33,7 @@ from torch.profiler import ProfilerActivity
 from torch.profiler import profile as profiler
 
 from datamodules import PairDataModule
+from wpatch.allocator import keep_freed_buffers
 from wpatch.patching.module import PatchingModule, check_precision
 from wpatch.quiet import quiet_lightning
 from wpatch.roofline import measure as measure_roofline
@@ -255,6 +256,7 @@ def arguments() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; prints the table and JSON and returns the report."""
     quiet_lightning()
+    keep_freed_buffers()  # before any mode runs, so that every mode allocates alike
     args = arguments().parse_args(argv)
     compared = args.compare_precision.split(",") if args.compare_precision else []
     for precision in [args.precision, *compared]:

@@ -17,6 +17,7 @@ from wpatch.flops import (
     GreedyWork,
     MlpWork,
     ScoringWork,
+    matmul,
 )
 from wpatch.patching.decoding import cross_attention_cache, greedy_transcripts, sequence_logprobs
 from wpatch.patching.encoder import fast_whole_block_outputs, layer_pairs, site_states
@@ -109,3 +110,21 @@ def test_measure_prints_every_phase_with_its_shares(model):
         if roofline.peak.flops_per_s:
             assert f"{100 * rate / roofline.peak.flops_per_s:.1f}% of peak" in line
     assert isinstance(roofline.peak, NominalPeak) and roofline.as_dict()["phases"][0]["gflops_per_s"] > 0
+
+
+def test_a_disturbed_ceiling_timing_is_replaced_by_the_second(model, monkeypatch):
+    """The matmul ceiling is timed before and after the phases; a first timing 1000x too slow must not stand."""
+    import wpatch.roofline
+
+    times, timed = [], wpatch.roofline.best_seconds
+
+    def first_disturbed(run, device, repeats):
+        seconds, result = timed(run, device, repeats)
+        times.append(seconds)
+        return seconds * (1000 if len(times) == 1 else 1), result
+
+    monkeypatch.setattr(wpatch.roofline, "best_seconds", first_disturbed)
+    mels = torch.randn(2, model.dims.n_mels, 3000, generator=torch.Generator().manual_seed(2))
+    roofline = measure(model, mels, "en", max_tokens=1, repeats=1)
+    d = model.dims.n_audio_state
+    assert roofline.matmul_flops_per_s == matmul(2 * model.dims.n_audio_ctx, d, 4 * d) / times[-1]

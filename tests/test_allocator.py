@@ -4,7 +4,12 @@ batches stop page-faulting their activations in anew (counted by the kernel's mi
 import subprocess
 import sys
 
+import lightning as L
 import pytest
+
+import wpatch.patching.module
+from datamodules import PairDataModule
+from wpatch.patching.module import PatchingModule
 
 RUNS, MIB = 10, 64
 FAULTS_OF = f"""
@@ -30,3 +35,14 @@ def test_freed_buffers_are_reused_without_page_faults():
     pages = RUNS * (MIB << 20) // 4096  # every page of every buffer, when each is mapped afresh
     assert minor_faults("default") > pages / 2
     assert minor_faults("kept") < pages / 4  # at most two buffers mapped again (the heap top may move once)
+
+
+def test_a_run_sets_it_up(tmp_path, small_model_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(wpatch.patching.module, "keep_freed_buffers", lambda: calls.append(True) or True)
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("word_a,word_b\nbat,pat\n")
+    dm = PairDataModule(pairs_file=str(csv), model=small_model_path, tts="espeak", cache_dir=str(tmp_path / "clips"))
+    module = PatchingModule(model=small_model_path, source_layers=[0], target_layers=[0])
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).predict(module, datamodule=dm)
+    assert calls == [True]

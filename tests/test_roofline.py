@@ -128,3 +128,18 @@ def test_a_disturbed_ceiling_timing_is_replaced_by_the_second(model, monkeypatch
     roofline = measure(model, mels, "en", max_tokens=1, repeats=1)
     d = model.dims.n_audio_state
     assert roofline.matmul_flops_per_s == matmul(2 * model.dims.n_audio_ctx, d, 4 * d) / times[-1]
+
+
+def test_the_device_checks_summary_carries_the_same_shares(model):
+    """The GPU check's markdown table (from the benchmark's JSON) gives each phase the shares the console prints."""
+    from scripts.device_check import summarise
+
+    mels = torch.randn(2, model.dims.n_mels, 3000, generator=torch.Generator().manual_seed(3))
+    roofline = measure(model, mels, "en", max_tokens=1, repeats=1)
+    report = {"device": "cpu", "limit_pairs": 1, "seconds": 1, "checks": []}
+    summary = summarise(report, {}, {"rows": 1, "modes": {}, "roofline": {"32-true": roofline.as_dict()}})
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and "GFLOP" not in line][-7:]
+    for phase, row, line in zip(roofline.phases, rows, roofline.lines()[2:]):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[0] == phase.phase.strip() and cells[5] in line
+        assert cells[6] == "unknown" if roofline.peak.flops_per_s is None else f"{cells[6]} of peak" in line

@@ -13,7 +13,8 @@ first on the machine's disk (--machine, default /tmp/wpatch-device), `run` takes
 and verifies the sha256, and runs: the benchmark on all of Experiment A in fp32, bf16-mixed and 16-mixed (with each
 one's agreement with fp32 and the original's way on a sample of rows), the automatic batch size, the peak memory of
 the fixed default batch, tiny.en from a Hugging Face-format checkpoint beside the bundle's, the attribution method (a
-validated run, the map's time per item; `scripts.device_checks`), and the GPU-marked tests. It writes report.json,
+validated run, the map's time per item; `scripts.device_checks`), and the GPU-marked tests; the summary carries the
+benchmark's roofline (each phase against the matmul ceiling and the datasheet peak). It writes report.json,
 summary.md and gpu_tests.xml to the results folder (--out, default the OUT environment variable), prints the summary
 table last and exits 1 if a check failed. Where one transfer can carry everything, copy the checkout and the whole
 .device/ at once and run `stage` then `run`. Only the standard library is imported before the wheels are installed.
@@ -290,7 +291,16 @@ def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
     args += (
         ["--accelerator", "cpu", "--modes", "wpatch,original-decode", "--baseline-rows", "2"]
         if cpu
-        else ["--accelerator", "gpu", "--compare-precision", "bf16-mixed,16-mixed", "--baseline-rows", "32"]
+        else [
+            "--accelerator",
+            "gpu",
+            "--compare-precision",
+            "bf16-mixed,16-mixed",
+            "--baseline-rows",
+            "32",
+            "--roofline-clips",
+            "8",
+        ]
     )
     print("benchmark", " ".join(args), flush=True)
     bench, runs = None, {}
@@ -406,6 +416,22 @@ def summarise(report: dict, runs: dict, bench: dict | None) -> str:
             f"{100 * fp16['identical_transcripts']:.1f}% | "
             f"{fp16['identical_transcripts'] >= TARGETS['fp16_identical']} |",
             f"| better mixed precision (the GPU default to choose) | | {best} | |",
+        ]
+    for precision, roofline in bench.get("roofline", {}).items():
+        peak = roofline["peak"]["flops_per_s"]
+        lines += [
+            "",
+            f"roofline {precision} ({roofline['dtype']}): matmul ceiling {roofline['matmul_flops_per_s'] / 1e9:.0f} "
+            f"GFLOP/s ({roofline['matmul_shape']}), nominal peak {roofline['peak']['how']}",
+            "",
+            "| phase | shape | GFLOP | seconds | GFLOP/s | % of matmul | % of peak |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['phase'].strip()} | {p['shape']} | {p['flops'] / 1e9:.2f} | {p['seconds']:.4f} | "
+            f"{p['gflops_per_s']:.1f} | {100 * p['gflops_per_s'] * 1e9 / roofline['matmul_flops_per_s']:.1f}% | "
+            + (f"{100 * p['gflops_per_s'] * 1e9 / peak:.1f}% |" if peak else "unknown |")
+            for p in roofline["phases"]
         ]
     if "default_batch_peak_mib" in report:
         lines += [

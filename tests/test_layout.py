@@ -15,6 +15,7 @@ FLOORS = [  # lowest first
         "wpatch.atomic",
         "wpatch.faults",
         "wpatch.run_summary",
+        "wpatch.allocator",
     },
     {"wpatch.models"},
     {"wpatch.patching"},

@@ -11,7 +11,9 @@ Modes:
 The baselines run on a sample of rows (`--baseline-rows`, `--original-rows`) and are extrapolated per row; the
 output says so. The modes are interleaved: `--rounds` rounds, each timing every mode (in a rotating order) on its
 own share of the items and of the sampled rows, so that a change in machine load hits every mode alike.
-Prints a table and JSON (rows/s, ratios, peak memory, transcript agreement with original-decode).
+Prints a table and JSON (rows/s, ratios, peak memory, transcript agreement with original-decode), then the
+roofline of each precision run (`wpatch.roofline`: every phase's GFLOP/s and its share of a plain matmul of the
+block's shape and of the nominal peak, on `--roofline-clips` clips; 0 skips it).
 """
 
 import argparse
@@ -31,8 +33,10 @@ from torch.profiler import ProfilerActivity
 from torch.profiler import profile as profiler
 
 from datamodules import PairDataModule
+from wpatch.allocator import keep_freed_buffers
 from wpatch.patching.module import PatchingModule, check_precision
 from wpatch.quiet import quiet_lightning
+from wpatch.roofline import measure as measure_roofline
 from wpatch.stimuli.audio import load_audio
 
 
@@ -239,6 +243,12 @@ def arguments() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--profile", action="store_true", help="print where wpatch's predict time goes")
+    parser.add_argument(
+        "--roofline-clips",
+        type=int,
+        default=2,
+        help="clips the roofline (each phase's GFLOP/s against the matmul ceiling and nominal peak) runs on; 0 skips",
+    )
     parser.add_argument("--json-out", default=None)
     return parser
 
@@ -246,6 +256,7 @@ def arguments() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; prints the table and JSON and returns the report."""
     quiet_lightning()
+    keep_freed_buffers()  # before any mode runs, so that every mode allocates alike
     args = arguments().parse_args(argv)
     compared = args.compare_precision.split(",") if args.compare_precision else []
     for precision in [args.precision, *compared]:
@@ -330,6 +341,15 @@ def main(argv: list[str] | None = None) -> dict:
             report["identical_transcripts_vs_original_decode"] = f"{same}/{len(sample)}"
     if agreement:
         report["precision_agreement"] = agreement
+    rooflines = []
+    if args.roofline_clips > 0:
+        module.whisper.to(device)
+        mels = dm.mels[: args.roofline_clips].to(device)
+        language, max_tokens = module.hparams.language or "en", module.hparams.max_tokens
+        for precision in [args.precision, *compared]:
+            progress(f"roofline, {precision}, on {len(mels)} clips")
+            rooflines.append(measure_roofline(module.whisper, mels, language, max_tokens, precision))
+        report["roofline"] = {p: r.as_dict() for p, r in zip([args.precision, *compared], rooflines)}
     print(f"{'mode':<16} {'rows/s':>9} {'timed rows':>11} {'seconds':>8} {'peak MiB':>9} {'wpatch x':>9}")
     for mode, r in report["modes"].items():
         note = " (sample, extrapolated per row)" if r["extrapolated"] else ""
@@ -343,6 +363,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"{100 * a['identical_transcripts']:.1f}% "
             f"identical transcripts, mean |score difference| {a['mean_abs_score_difference']:.4f}"
         )
+    for roofline in rooflines:
+        print("\n".join(roofline.lines()))
     print(json.dumps(report, indent=2))
     if args.json_out:
         with open(args.json_out, "w") as out:

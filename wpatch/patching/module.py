@@ -14,6 +14,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 
+from wpatch.allocator import keep_freed_buffers
 from wpatch.errors import WpatchError
 from wpatch.models.loading import check_languages, load_model
 from wpatch.models.wav2vec2 import CTCModel, check_settings
@@ -157,7 +158,9 @@ class PatchingModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """After the DataModule's setup: when the run patches from control donors, say how many items have no
-        unrelated word to draw one from (their control is their own source clip)."""
+        unrelated word to draw one from (their control is their own source clip). Batches reuse freed buffers
+        (`wpatch.allocator`)."""
+        keep_freed_buffers()
         data = self.trainer.datamodule
         fallbacks = getattr(data, "control_fallbacks", 0)
         if self.patching.control and fallbacks and self.trainer.is_global_zero:

@@ -1,8 +1,8 @@
 """report.html: the page's data against the run's own files, offline, and a real browser clicking a cell.
 
 The browser test drives headless Chromium (Debian's `chromium` and `chromium-driver`, through selenium); it is
-skipped, saying so, where either is missing. `WPATCH_SCREENSHOT=path` keeps its screenshot (docs/images/
-report_html.png is made this way).
+skipped, saying so, where either is missing. `WPATCH_SCREENSHOT=path` keeps its screenshot; docs/images/
+report_html.png, of a real run, is made with its helpers by scripts/report_screenshot.py.
 """
 
 import hashlib

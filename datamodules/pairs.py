@@ -34,6 +34,7 @@ from wpatch.stimuli.pairs_file import check_word_tokens, pairs_path, patch_items
 from wpatch.stimuli.screening import SCREEN_COLUMNS, cached_screen
 from wpatch.stimuli.spans import cut_span
 from wpatch.stimuli.tts import ClipCache, make_backend, parse_speaker
+from wpatch.stimuli.voice_choice import BEST, CANDIDATES, Text, check_best, choose_voices
 from wpatch.text import tokenizer_for, word_tokens
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ class PairDataModule(L.LightningDataModule):
         model: model spec; only its dimensions are read (n_mels, vocabulary).
         tts: speaker(s) for words without a recording: a backend (hibari, kokoro, espeak, piper, gtts) or a
             backend and voice (kokoro:af_heart), or a list of them to run the same set with several speakers
-            (items repeat per speaker; the `voice` column tells them apart).
+            (items repeat per speaker; the `voice` column tells them apart); `best`: per clip, the first voice of
+            `wpatch.stimuli.voice_choice.CANDIDATES` whose clip the run's model hears (`source_voice`, `target_voice`
+            say which; summary.json's `voice_choice` lists the words no voice made heard).
         voices: language -> voice, e.g. {en: en-us+m3, es: es}, for every backend; `backend.lang` keys
             (e.g. {piper.en: en_US-joe-medium}) for one backend only. Unset languages use a backend's defaults.
         cache_dir: where clips are cached (default ~/.cache/wpatch/clips).
@@ -119,14 +122,17 @@ class PairDataModule(L.LightningDataModule):
         self.screening_cache = root / "screening"  # screening results per model, beside the clips they are of
         self.span_root = root / "spans"  # words cut from longer recordings (`wpatch.stimuli.spans`)
         voices = voices or {}
-        self.clips = {}  # backend name -> its clip cache
-        for speaker in [tts] if isinstance(tts, str) else tts:
+        self.speakers = [tts] if isinstance(tts, str) else list(tts)  # the items repeat once per speaker
+        chosen_among = [c for s in self.speakers if check_best(s) for lang in CANDIDATES for c in CANDIDATES[lang]]
+        self.clips = {}  # speaker -> its clip cache (`best`'s candidate voices included)
+        for speaker in dict.fromkeys(s for s in [*self.speakers, *chosen_among] if s != BEST):
             name, own = parse_speaker(speaker)
             backend = make_backend(name)
             mine = {k: v for k, v in voices.items() if "." not in k} | {
                 k.split(".", 1)[1]: v for k, v in voices.items() if k.startswith(name + ".")
             }
             self.clips[speaker] = ClipCache(root, backend, mine | own)
+        self.voice_choice = None  # `best`'s choice (`wpatch.stimuli.voice_choice.VoiceChoice`), set when keys resolve
         self.pairs = None  # the checked pairs table, read once (`read_pairs`)
         self.items = None
         self.mels = None
@@ -158,7 +164,7 @@ class PairDataModule(L.LightningDataModule):
         pairs = self.read_pairs()
         check_word_tokens(pairs, model_dims(self.hparams.model), pairs_path(self.hparams.pairs_file))
         items = patch_items(pairs, self.hparams.bidirectional)
-        items = pd.concat([items.assign(voice=name) for name in self.clips], ignore_index=True)
+        items = pd.concat([items.assign(voice=name) for name in self.speakers], ignore_index=True)
         items["item_id"] = range(len(items))
         return items
 
@@ -173,6 +179,9 @@ class PairDataModule(L.LightningDataModule):
                 "source_word": item.source.word,
                 "target_word": item.target.word,
                 **passing_values(item.pair, item.source, item.target),
+                # the speaker whose clip each side was (`best` chooses per clip; "" for a recording)
+                "source_voice": self.clip_keys[item.source_clip].voice,
+                "target_voice": self.clip_keys[item.target_clip].voice,
             }
             for item in self.items.itertuples()
         )
@@ -189,6 +198,15 @@ class PairDataModule(L.LightningDataModule):
         called before each clip: a run asked to stop (SIGTERM) stops between two clips, not after all of them."""
         items = self._read_items()
         unique = sorted({key for side in self._clip_keys(items) for key in side if not key.audio})
+        start = time.perf_counter()
+        unique = sorted(set(self._resolve_voices(unique)))
+        choosing = sum(cache.synthesized for cache in self.clips.values())  # clips made to choose voices (`best`)
+        if choosing:
+            log.info(
+                "--data.tts best: %d clips synthesised to choose the voices (%.1fs)",
+                choosing,
+                time.perf_counter() - start,
+            )
         for lang, voice in sorted({(key.lang, key.voice) for key in unique}):
             self.clips[voice].backend.check_voice(self.clips[voice].voice(lang))
         start = time.perf_counter()
@@ -197,7 +215,7 @@ class PairDataModule(L.LightningDataModule):
             if self.stop_check is not None:
                 self.stop_check()
             self._clip(key)
-            if sum(cache.synthesized for cache in self.clips.values()) > made:
+            if sum(cache.synthesized for cache in self.clips.values()) - choosing > made:
                 made += 1
                 fault_point(f"synthesis{made}")
         log.info("clips: %d synthesised, %d cached (%.1fs)", made, len(unique) - made, time.perf_counter() - start)
@@ -213,6 +231,8 @@ class PairDataModule(L.LightningDataModule):
         check_languages(self.hparams.model, multilingual(dims), pairs=pairs, path=path)
         items = self._read_items()
         source_keys, target_keys = self._clip_keys(items)
+        resolved = self._resolve_voices(source_keys + target_keys)
+        source_keys, target_keys = resolved[: len(source_keys)], resolved[len(source_keys) :]
         unique = list(dict.fromkeys(source_keys + target_keys))
         index = {key: i for i, key in enumerate(unique)}
         self.clip_keys = unique  # the `ClipKey` of each row of self.mels
@@ -255,6 +275,42 @@ class PairDataModule(L.LightningDataModule):
         }
         self.items = items
 
+    def _resolve_voices(self, keys: list["ClipKey"]) -> list["ClipKey"]:
+        """`keys` with each `best` clip's voice replaced by the one chosen for it (`choose_voices`): the candidates'
+        clips are synthesised and screened with the run's model as needed, both cached, so a second call (setup after
+        prepare_data) only reads the caches."""
+        asked = sorted({key for key in keys if key.voice == BEST})
+        if not asked:
+            return keys
+        dims, spec = model_dims(self.hparams.model), self.hparams.model
+        models = {}
+
+        def heard_with(voice: str, texts: list[Text]) -> list[bool]:
+            clips = []
+            for t in texts:
+                if self.stop_check is not None:  # a run asked to stop stops between two clips here too
+                    self.stop_check()
+                clips.append(self._clip(ClipKey(t.word, t.lang, "", voice, "", "", t.carrier, "", "")))
+            mels, _ = MelStore(cache_root() / "mels").table(clips, dims.n_mels, dims.n_audio_ctx)
+            words, langs, carriers = ([getattr(t, f) for t in texts] for f in ("word", "lang", "carrier"))
+            load = lambda: models.setdefault(spec, load_model(spec))  # noqa: E731 (loaded once, only if screening)
+            return cached_screen(load, spec, mels, words, langs, self.screening_cache, carriers)["heard"].tolist()
+
+        told = self.voice_choice  # prepare_data's choice: setup's is the same, and is not told twice
+        self.voice_choice = choose_voices([Text(k.word, k.lang, k.carrier) for k in asked], heard_with, CANDIDATES)
+        if self.voice_choice.unheard and self.voice_choice != told:
+            unheard = self.voice_choice.unheard
+            log.warning(
+                "--data.tts best: no voice makes the model (%s) hear %d of %d clips (%s); they are spoken by the "
+                "first voice and listed in summary.json (voice_choice.unheard)",
+                spec,
+                len(unheard),
+                len(asked),
+                ", ".join(text.word for text in unheard[:10]) + (", ..." if len(unheard) > 10 else ""),
+            )
+        chosen = {key: key._replace(voice=voice) for key, voice in zip(asked, self.voice_choice.voices)}
+        return [chosen.get(key, key) for key in keys]
+
     def recorded(self) -> Recorded:
         """What the data records of the run for summary.json: clips synthesised (and damaged ones made again),
         the screening, clips without speech, how the frames of words heard in context were found, and a shard's
@@ -269,6 +325,7 @@ class PairDataModule(L.LightningDataModule):
                 "resynthesised_damaged": sum(c.repaired for c in clips),
             },
             screening=self.screening or None,
+            voice_choice=self.voice_choice.record() if self.voice_choice else None,
             silent_clips=self.silent_clips,
             word_frames=self.word_frames or None,
             shard_items=shard,

@@ -21,8 +21,8 @@ def predict_args(
     options: tuple[str, ...] = (),
 ) -> list[str]:
     """A run of `configs/<config>.yaml` on `model`: `pairs` (a pairs file's text, written to folder/pairs.csv, or
-    the Path of one), clips cached in folder/clips, `batch_size` source clips a batch (None: the config's), then
-    `options`, output in `out` (None: folder/out), no progress bar, then `extra`."""
+    the Path of one), clips cached in folder/clips, `batch_size` source clips a batch (None: the config's), spoken by
+    hibari, then `options`, output in `out` (None: folder/out), no progress bar, then `extra`."""
     folder = Path(folder)
     if not isinstance(pairs, Path):
         (folder / "pairs.csv").write_text(pairs)
@@ -37,6 +37,7 @@ def predict_args(
         str(folder / "clips"),
         *(["--data.batch_size", str(batch_size)] if batch_size else []),
         *(["--model.max_tokens", str(max_tokens)] if max_tokens else []),
+        *["--data.tts", "hibari"],  # the config's `best` screens with the run's model: a random one hears nothing
         *options,
         "--writer.output_dir",
         str(folder / "out" if out is None else out),

@@ -302,6 +302,7 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
             stopped / "pairs.csv",
             model=small_model_path,
             config=ROOT / "configs/experiment_a.yaml",
+            tts="hibari",
             cache_dir=stopped / "clips",
             batch_size=1,
             max_tokens=3,
@@ -464,6 +465,25 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         lambda d: args(d, small_model_path, "--data.tts", "kokoro:nonexistent"),
         expect="kokoro has no voice 'nonexistent' offline; use one of af_bella",
     )
+    refused(
+        "`--data.tts best:am_adam` (the per-word choice given a voice)",
+        lambda d: args(d, small_model_path, "--data.tts", "best:am_adam"),
+        expect="best takes no voice",
+    )
+    refused(
+        "`--data.tts bset` (a misspelt speaker)",
+        lambda d: args(d, small_model_path, "--data.tts", "bset"),
+        expect="unknown TTS backend 'bset'; use one of hibari, kokoro, espeak, piper, gtts, or best",
+    )
+
+    def best_french(d):
+        multilingual = save_checkpoint(
+            random_whisper(dataclasses.replace(SMALL_DIMS, n_vocab=51865), seed=3), d / "multilingual.pt"
+        )
+        pairs = "word_a,word_b,lang_a,lang_b\nchat,chien,fr,fr\n"
+        return args(d, multilingual, "--model.language", "null", "--data.tts", "best", pairs=pairs)
+
+    refused("French words with `--data.tts best`", best_french, expect="best has no voices for language 'fr'")
     refused(
         "Spanish words (`lang_b` es) on an English-only model",
         lambda d: args(d, small_model_path, pairs="word_a,word_b,lang_b\nbat,pat,en\ncat,gato,es\n"),

@@ -366,6 +366,9 @@ def screen(args=None) -> None:
     screen.to_csv(output / "screen.csv", index=False)
     summary.to_csv(output / "screen_summary.csv", index=False)
     print(summary.to_string(index=False))
+    if data.voice_choice:  # --tts best: the clips it chose, by voice
+        choice = data.voice_choice.record()
+        print(f"best: {choice['clips_heard']} of {choice['clips']} clips heard; by voice {choice['clips_by_voice']}")
     print(
         f"{len(screen)} clips screened with {options.model} in {time.perf_counter() - start:.0f} s "
         f"(synthesis {synthesis_s:.0f} s); tables in {output}"

@@ -117,6 +117,7 @@ class ResultRow:
 ITEM_FIELDS = ("pair_id", "direction", "category", "voice", "source_word", "target_word")
 PASSING = [c for c in PASSING_COLUMNS if c not in ITEM_FIELDS]
 CARRIER_COLUMNS = ("carrier", "carrier_kept")
+VOICE_COLUMNS = ("source_voice", "target_voice")  # the speaker whose clip each side was ("" for a recording)
 MEASURED = [f.name for f in fields(ResultRow)]
 ROW_COLUMNS = [
     "item_id",
@@ -124,12 +125,13 @@ ROW_COLUMNS = [
     *(c for c in MEASURED[1:] if c not in CARRIER_COLUMNS),
     *PASSING,
     *CARRIER_COLUMNS,
+    *VOICE_COLUMNS,  # last: added after the others, so tables made before them lead in the same order
 ]
 COLUMNS = {c: Column() for c in ROW_COLUMNS} | {f.name: f.metadata.get("column", Column()) for f in fields(ResultRow)}
 MEASURES = tuple(sorted((c for c in COLUMNS if COLUMNS[c].summarised), key=lambda c: COLUMNS[c].summarised))
 SCALES = {name: c.scale for name, c in COLUMNS.items() if c.scale}
 MEASURE_NAMES = {name: c.label or name for name, c in COLUMNS.items() if c.summarised}
-TEXT_COLUMNS = [*ITEM_FIELDS, *PASSING, *(f.name for f in fields(ResultRow) if f.type in (str, "str"))]
+TEXT_COLUMNS = [*ITEM_FIELDS, *PASSING, *VOICE_COLUMNS, *(f.name for f in fields(ResultRow) if f.type in (str, "str"))]
 BLANK_IS_NAN = [name for name, c in COLUMNS.items() if c.blank_is_nan]
 CONDITION = ["site", "window", "alpha", "patch_direction", "donor"]  # the columns that name one patch condition
 

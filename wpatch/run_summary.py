@@ -29,6 +29,7 @@ class Recorded:
     wall_time_s: float | None = _part("sum")
     clip_cache: dict | None = _part("sum")  # counts per kind of clip
     screening: dict | None = _part("first")  # clips heard and items kept (`--data.require_heard`)
+    voice_choice: dict | None = _part("first")  # the voice chosen per clip (`--data.tts best`)
     silent_clips: list | None = _part("first")  # clips without speech, still run
     word_frames: dict | None = _part("first")  # how the frames of words heard in context were found
     shard_items: dict | None = _part("drop")  # a shard's index, the shard count and the whole run's items

@@ -332,7 +332,9 @@ BACKENDS = {backend.name: backend for backend in (Hibari, Kokoro, Espeak, Piper,
 def make_backend(name: str):
     """The synthesiser called `name` (hibari, kokoro, espeak, piper or gtts)."""
     if name not in BACKENDS:
-        raise WpatchError(f"unknown TTS backend {name!r}; use one of {', '.join(BACKENDS)}")
+        raise WpatchError(
+            f"unknown TTS backend {name!r}; use one of {', '.join(BACKENDS)}, or best (a voice chosen per word)"
+        )
     return BACKENDS[name]()
 
 

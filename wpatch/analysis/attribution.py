@@ -88,10 +88,10 @@ def scatter(attributions: pd.DataFrame, site: str) -> Figure:
 
 
 def frame_maps(output_dir: Path) -> dict[tuple[str, str], pd.DataFrame]:
-    """Per site the run patched and patch direction: the AtP estimate of patching one frame (nats), blocks x
-    frames, the mean over items (attributions.npz), up to the last frame any item's speech window reaches
-    (attributions.csv). Directions are kept apart: denoising raises logp_source - logp_target where noising
-    lowers it, so their mean would cancel. {} for a run without an attribution map."""
+    """Per encoder site (AtP estimates them all) and patch direction: the AtP estimate of patching one frame
+    (nats), blocks x frames, the mean over items (attributions.npz), up to the last frame any item's speech window
+    reaches (attributions.csv). Directions are kept apart: denoising raises logp_source - logp_target where
+    noising lowers it, so their mean would cancel. {} for a run without an attribution map."""
     if not (output_dir / "attributions.npz").exists():
         return {}
     table = read_attributions(output_dir / "attributions.csv")

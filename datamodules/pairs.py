@@ -19,9 +19,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from datamodules.shards import parse_shard, shard_of
 from wpatch.errors import WpatchError
 from wpatch.faults import fault_point
 from wpatch.models.loading import cache_root, check_languages, load_model, model_dims, multilingual
+from wpatch.models.wav2vec2 import CTCDims, waveforms
 from wpatch.patching.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.rows import BatchSide, PairBatch
 from wpatch.run_summary import Recorded
@@ -136,6 +138,7 @@ class PairDataModule(L.LightningDataModule):
         self.pairs = None  # the checked pairs table, read once (`read_pairs`)
         self.items = None
         self.mels = None
+        self.samples = None  # a CTC model's clips' lengths (`self.mels` holds their input values), set by setup
         self.skipped: set[int] = set()
         self.screening: dict = {}
         self.stop_check = None  # called before each clip is synthesised; raises to stop (the writer's signal check)
@@ -162,7 +165,9 @@ class PairDataModule(L.LightningDataModule):
         """The patching items, repeated once per voice, numbered 0..n-1; a word the model's decoder cannot read
         is refused before any clip is made."""
         pairs = self.read_pairs()
-        check_word_tokens(pairs, model_dims(self.hparams.model), pairs_path(self.hparams.pairs_file))
+        dims = model_dims(self.hparams.model)
+        if not isinstance(dims, CTCDims):  # a CTC model's words are spelled by the module
+            check_word_tokens(pairs, dims, pairs_path(self.hparams.pairs_file))
         items = patch_items(pairs, self.hparams.bidirectional)
         items = pd.concat([items.assign(voice=name) for name in self.speakers], ignore_index=True)
         items["item_id"] = range(len(items))
@@ -226,9 +231,11 @@ class PairDataModule(L.LightningDataModule):
         if self.items is not None:
             return
         dims = model_dims(self.hparams.model)
+        ctc = isinstance(dims, CTCDims)  # the wav2vec2 family reads waveforms (`wpatch.models.wav2vec2`)
         path = pairs_path(self.hparams.pairs_file)
         pairs = self.read_pairs()
-        check_languages(self.hparams.model, multilingual(dims), pairs=pairs, path=path)
+        if not ctc:
+            check_languages(self.hparams.model, multilingual(dims), pairs=pairs, path=path)
         items = self._read_items()
         source_keys, target_keys = self._clip_keys(items)
         resolved = self._resolve_voices(source_keys + target_keys)
@@ -237,14 +244,24 @@ class PairDataModule(L.LightningDataModule):
         index = {key: i for i, key in enumerate(unique)}
         self.clip_keys = unique  # the `ClipKey` of each row of self.mels
         self.clip_paths = [self._clip(key) for key in unique]  # the audio behind each row of self.mels
-        self.mel_store = MelStore(cache_root() / "mels")
-        self.mels, self.spans = self.mel_store.table(
-            self.clip_paths, dims.n_mels, dims.n_audio_ctx, pin=torch.cuda.is_available()
-        )
+        if ctc:
+            audio = waveforms(self.clip_paths, dims)
+            self.mels, self.samples, self.spans, without_speech = (
+                audio.values,
+                audio.samples,
+                audio.spans,
+                audio.no_speech,
+            )
+        else:
+            self.mel_store = MelStore(cache_root() / "mels")
+            self.mels, self.spans = self.mel_store.table(
+                self.clip_paths, dims.n_mels, dims.n_audio_ctx, pin=torch.cuda.is_available()
+            )
+            without_speech = self.mel_store.no_speech
         self._align_carriers(dims)
         clips = [(*key[:6], clip) for key, clip in zip(unique, self.clip_paths)]
         tell = self.trainer is None or self.trainer.is_global_zero
-        self.silent_clips = silent_clips(pairs, path, clips, self.mel_store.no_speech, tell)
+        self.silent_clips = silent_clips(pairs, path, clips, without_speech, tell)
         items["source_clip"] = [index[k] for k in source_keys]
         items["target_clip"] = [index[k] for k in target_keys]
         if self.hparams.require_heard != "none":
@@ -261,7 +278,8 @@ class PairDataModule(L.LightningDataModule):
             items = items[mine].reset_index(drop=True)
         # items whose control donor is their own source clip; the module says so when it patches from controls
         self.control_fallbacks = int((items["control_clip"] == items["source_clip"]).sum())
-        tokenizers = {lang: tokenizer_for(dims, lang) for lang in {s.lang for role in ROLES for s in items[role]}}
+        languages = {s.lang for role in ROLES for s in items[role]}
+        tokenizers = {} if ctc else {lang: tokenizer_for(dims, lang) for lang in languages}
         groups = (
             items.groupby("source_clip", sort=False).indices
             if self.hparams.group_by_source
@@ -269,8 +287,8 @@ class PairDataModule(L.LightningDataModule):
         )
         self.groups = [[int(i) for i in group] for group in groups.values()]
         # each side's word as token ids (a control side is another item's source in the same language)
-        self.tokens = {
-            role: [word_tokens(tokenizers[side.lang], side.word) for side in items[role]]
+        self.tokens = {  # none for a CTC model: its module spells the words
+            role: [[] if ctc else word_tokens(tokenizers[side.lang], side.word) for side in items[role]]
             for role in (*ROLES, "control")
         }
         self.items = items
@@ -283,6 +301,11 @@ class PairDataModule(L.LightningDataModule):
         if not asked:
             return keys
         dims, spec = model_dims(self.hparams.model), self.hparams.model
+        if isinstance(dims, CTCDims):
+            raise WpatchError(
+                f"model {spec}: --data.tts best chooses voices by Whisper's screening, which a CTC model lacks; "
+                "give a voice (--data.tts hibari)"
+            )
         models = {}
 
         def heard_with(voice: str, texts: list[Text]) -> list[bool]:
@@ -347,6 +370,11 @@ class PairDataModule(L.LightningDataModule):
         carried = [i for i, key in enumerate(self.clip_keys) if key.carrier and not key.audio]
         if not carried:
             return
+        if isinstance(dims, CTCDims):
+            raise WpatchError(
+                f"model {self.hparams.model}: the word frames of a carrier sentence come from Whisper's alignment, "
+                "which a CTC model lacks; give words alone or recordings with their contexts"
+            )
         model = load_model(self.hparams.model)
         tokenizers = {}
         for i in carried:
@@ -370,6 +398,10 @@ class PairDataModule(L.LightningDataModule):
 
     def _keep_heard(self, items: pd.DataFrame) -> pd.DataFrame:
         """The items whose clean clips the model hears (source, or source and target), counted in `self.screening`."""
+        if self.samples is not None:
+            raise WpatchError(
+                "require_heard screens with Whisper's decoder; use --data.require_heard none with a CTC model"
+            )
         heard = self.screen()["heard"].to_numpy()
         keep = heard[items["source_clip"].to_numpy()]
         if self.hparams.require_heard == "both":
@@ -413,6 +445,7 @@ class PairDataModule(L.LightningDataModule):
                 word=[side.word for side in rows[role]],
                 lang=[side.lang for side in rows[role]],
                 carrier=[self.clip_keys[i].carrier for i in clip.tolist()],
+                samples=self.samples[clip] if self.samples is not None else None,
             )
         return PairBatch(item_id=torch.tensor(rows["item_id"].to_numpy()), **sides)
 
@@ -448,29 +481,6 @@ class PairDataModule(L.LightningDataModule):
             num_workers=self.hparams.num_workers,
             pin_memory=torch.cuda.is_available(),
         )
-
-
-def parse_shard(shard: str | None) -> tuple[int, int] | None:
-    """ "I/N" as (I, N), checked (0 <= I < N); None stays None."""
-    if shard is None:
-        return None
-    index, _, count = str(shard).partition("/")
-    if not (index.strip().isdigit() and count.strip().isdigit() and int(index) < int(count)):
-        raise WpatchError(f"shard {shard!r} is not I/N with 0 <= I < N; e.g. --data.shard 0/8 (the first of 8)")
-    return int(index), int(count)
-
-
-def shard_of(items: pd.DataFrame, index: int, count: int) -> pd.Series:
-    """Which items are in shard `index` of `count`: every item of a source clip goes to the same shard (its
-    whole-block patch is computed once, as in the whole run); the clips are dealt largest first (ties: in clip
-    order) to the shard with the fewest items so far (ties: the lowest index). It depends only on the whole run's
-    items, never on the batch size or on what other shards did."""
-    sizes = items.groupby("source_clip").size()
-    load, shard = [0] * count, {}
-    for clip, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
-        chosen = min(range(count), key=lambda i: (load[i], i))
-        shard[clip], load[chosen] = chosen, load[chosen] + size
-    return items["source_clip"].map(shard) == index
 
 
 def control_clips(items: pd.DataFrame) -> tuple[list[int], list[Side]]:

@@ -19,6 +19,7 @@ import soundfile
 import torch
 
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
+from tests.ctc_models import save_ctc_model
 from tests.predict_run import main, predict_args
 from tests.test_huggingface_files import write_checkpoint
 from wpatch import api as wpatch_api
@@ -119,6 +120,23 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         return args(d, "someone/whisper-tiny-finetune")
 
     refused("a hub id neither in the Hugging Face cache nor reachable", offline_hub, expect="unreachable")
+
+    def offline_ctc_hub(d):
+        monkeypatch.setenv("HF_HUB_CACHE", str(d / "hub"))
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+        return args(d, "facebook/wav2vec2-base-960h")
+
+    refused("a wav2vec2-family hub id neither cached nor reachable", offline_ctc_hub, expect="huggingface-cli download")
+
+    def ctc_model(*extra, pairs=PAIRS):
+        def make(d):
+            return args(d, str(save_ctc_model("wav2vec2", d / "w2v")), *extra, pairs=pairs)
+
+        return make
+
+    refused("a decoder site with a wav2vec2-family model", ctc_model("--model.sites", "[dec_resid]"), expect="has none")
+    refused("a word a wav2vec2-family model cannot spell", ctc_model(pairs="word_a,word_b\nbat,päť\n"), expect="lacks")
+    refused("`--data.tts best` with a wav2vec2-family model", ctc_model("--data.tts", "best"), expect="hibari")
 
     def with_file(name, text="", **kwargs):
         def make(d):

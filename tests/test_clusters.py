@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datamodules.pairs import parse_shard, shard_of
+from datamodules.shards import parse_shard, shard_of
 from tests.predict_run import main, predict_args
 from tests.same_rows import assert_close_values, assert_same_table, batch_invariant_kernels, tolerance
 from wpatch.cli import main as wpatch

@@ -36,7 +36,8 @@ from datamodules import PairDataModule
 from wpatch.analysis.console import closing_lines
 from wpatch.atomic import write_atomically
 from wpatch.errors import WpatchError
-from wpatch.models.loading import check_languages, model_dims, multilingual
+from wpatch.models.loading import check_languages, locate, model_dims, multilingual
+from wpatch.models.wav2vec2 import CTCDims, check_words, read_dims
 from wpatch.patching.module import PatchingModule, check_precision
 from wpatch.predict_help import config_files, explain_options
 from wpatch.quiet import quiet_lightning
@@ -75,8 +76,11 @@ class PatchingCLI(LightningCLI):
         data, spec = self.config.data, self.config.model.model
         self.pairs = pairs = read_pairs(data.pairs_file, data.limit)
         dims, path = model_dims(spec), pairs_path(data.pairs_file)
-        check_languages(spec, multilingual(dims), self.config.model.language, pairs, path)
-        check_word_tokens(pairs, dims, path, self.config.model.language)
+        if isinstance(dims, CTCDims):
+            check_words(pairs, read_dims(locate(spec)[1], self.config.model.language), path)
+        else:
+            check_languages(spec, multilingual(dims), self.config.model.language, pairs, path)
+            check_word_tokens(pairs, dims, path, self.config.model.language)
         check_writable(self.config.writer.output_dir)
 
     def instantiate_classes(self) -> None:

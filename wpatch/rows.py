@@ -30,6 +30,7 @@ class BatchSide(NamedTuple):
     word: list[str]
     lang: list[str]
     carrier: list[str]  # the text the clip is heard in, `{}` for its word (`wpatch.sides.Side.heard_in`)
+    samples: Tensor | None = None  # a CTC model's clips: `mel` is (B, samples) input values, this their lengths
 
 
 class PairBatch(TypedDict):

@@ -59,6 +59,12 @@ def model_card(spec: str) -> ModelCard:
 
     dims = model_dims(spec)
     kind, _ = locate(spec)
+    if kind == "ctc":  # the wav2vec2 family: an encoder only, its size by width and depth
+        from wpatch.models.wav2vec2 import FAMILY_NAMES
+
+        size, where = f"d={dims.n_audio_state}", "hub id, from the Hugging Face cache"
+        source = f"Hugging Face CTC model ({where if not Path(spec).expanduser().exists() else 'folder'})"
+        return ModelCard(spec, FAMILY_NAMES[dims.model_type], size, source, dims.n_audio_layer, 0)
     size = SIZES.get((dims.n_audio_state, dims.n_audio_layer, dims.n_text_layer, dims.n_mels))
     size = (size or f"custom d={dims.n_audio_state}") + (".en" if dims.n_vocab == 51864 else "")
     source = SOURCES[kind]

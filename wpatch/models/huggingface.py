@@ -20,6 +20,7 @@ from whisper.model import ModelDimensions, Whisper
 
 from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
+from wpatch.models import wav2vec2
 from wpatch.models.converted import converted_whisper
 from wpatch.models.weight_files import (
     WEIGHTS,
@@ -46,6 +47,7 @@ DIMENSIONS = {  # openai-whisper dimension -> transformers config key
 }
 VOCABULARIES = (51864, 51865, 51866)  # English-only, multilingual, large-v3: each has its openai-whisper tokenizer
 LARGEST = 1 << 16  # no Whisper dimension comes near (the largest: 51866 tokens); a bound for hostile configs
+PROCESSOR_FILES = ("vocab.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -340,6 +342,9 @@ def download(repo: str) -> Path:
             break
         if _fetch(repo, name, snapshot / name):
             break
+    if wav2vec2.model_type(snapshot):
+        for name in PROCESSOR_FILES:  # a CTC model's labels and input scaling (Whisper's tokenizer is openai-whisper's)
+            _fetch(repo, name, snapshot / name)
     (snapshot.parent.parent / "refs").mkdir(exist_ok=True)
     (snapshot.parent.parent / "refs" / "main").write_text("main")
     if not is_checkpoint(snapshot):

@@ -6,7 +6,8 @@ A spec is one of:
 - a path to an openai-format checkpoint (`.pt`);
 - a CTranslate2 (faster-whisper) model directory (holding `model.bin`), converted in memory;
 - a Hugging Face transformers checkpoint folder (config.json + model.safetensors or pytorch_model.bin, sharded
-  or not), or a hub id (`openai/whisper-tiny`) read from the Hugging Face cache or downloaded, mapped in memory.
+  or not), or a hub id (`openai/whisper-tiny`) read from the Hugging Face cache or downloaded, mapped in memory;
+- a folder or hub id of the wav2vec2 family (CTC encoders: `wpatch.models.wav2vec2`), run by transformers.
 """
 
 import hashlib
@@ -24,7 +25,7 @@ from whisper.model import ModelDimensions, Whisper
 
 from wpatch.atomic import atomic_path
 from wpatch.errors import WpatchError
-from wpatch.models import huggingface
+from wpatch.models import huggingface, wav2vec2
 from wpatch.models.ctranslate2 import dimensions, load_ctranslate2, read_model_bin
 
 # name -> (package holding the model, or the parts of model.bin in order, and the folder inside each)
@@ -118,7 +119,7 @@ def available_specs() -> list[str]:
 
 def locate(spec: str) -> tuple[str, Path | str]:
     """Where the model behind `spec` is: ("checkpoint", .pt path), ("ctranslate2", directory), ("huggingface",
-    directory) or ("download", name)."""
+    directory), ("ctc", directory: the wav2vec2 family) or ("download", name)."""
     path = Path(spec).expanduser()
     if spec in whisper.available_models():
         if _openai_cache_file(spec).exists():
@@ -137,7 +138,7 @@ def locate(spec: str) -> tuple[str, Path | str]:
         if (path / "model.bin").exists():
             return "ctranslate2", path
         if (path / "config.json").exists():
-            return "huggingface", path
+            return ("ctc" if wav2vec2.model_type(path) else "huggingface"), path
         raise WpatchError(
             f"model {spec!r}: directory has no model.bin (faster-whisper) and no config.json (Hugging Face); point "
             "at a faster-whisper (CTranslate2) directory or a Hugging Face checkpoint folder (save_pretrained)"
@@ -145,7 +146,8 @@ def locate(spec: str) -> tuple[str, Path | str]:
     if path.is_file():
         return "checkpoint", path
     if huggingface.HUB_ID.match(spec):
-        return "huggingface", huggingface.hub_directory(spec)
+        directory = huggingface.hub_directory(spec)
+        return ("ctc" if wav2vec2.model_type(directory) else "huggingface"), directory
     raise WpatchError(
         f"model {spec!r}: unknown name and no such file or directory; use an openai-whisper name "
         f"({', '.join(whisper.available_models()[:6])}, ...), a .pt checkpoint, a faster-whisper directory, "
@@ -161,8 +163,10 @@ def _unreadable(spec: str, error: Exception) -> WpatchError:
     )
 
 
-def _load(spec: str) -> Whisper:
+def _load(spec: str, language: str | None = "en") -> Whisper:
     kind, where = locate(spec)
+    if kind == "ctc":
+        return wav2vec2.load_ctc(where, language)
     if kind == "ctranslate2":
         return load_ctranslate2(where)
     if kind == "huggingface":
@@ -175,7 +179,7 @@ def _load(spec: str) -> Whisper:
         raise _unreadable(spec, error) from None
 
 
-_KEPT: dict[str, Whisper] = {}  # models kept between runs in one process (`keep_models`)
+_KEPT: dict[tuple[str, str | None], Whisper] = {}  # models kept between runs in one process (`keep_models`)
 _KEEPING = False
 
 
@@ -192,13 +196,15 @@ def keep_models():
         _KEEPING = before
 
 
-def load_model(spec: str) -> Whisper:
-    """An fp32 openai-whisper model in eval mode for `spec`: loaded on the CPU, or the one kept (`keep_models`)."""
+def load_model(spec: str, language: str | None = "en") -> Whisper:
+    """An fp32 openai-whisper model in eval mode for `spec`: loaded on the CPU, or the one kept (`keep_models`); a
+    wav2vec2-family model is a `wpatch.models.wav2vec2.CTCModel` (with `language`'s adapter, for MMS)."""
     if not _KEEPING:
-        return _load(spec).eval()
-    if spec not in _KEPT:
-        _KEPT[spec] = _load(spec).eval()
-    return _KEPT[spec].float().eval()
+        return _load(spec, language).eval()
+    key = (spec, language if locate(spec)[0] == "ctc" else None)  # a Whisper is the same in every language
+    if key not in _KEPT:
+        _KEPT[key] = _load(spec, language).eval()
+    return _KEPT[key].float().eval()
 
 
 def multilingual(dims: ModelDimensions) -> bool:
@@ -214,6 +220,8 @@ def model_dims(spec: str) -> ModelDimensions:
     model that must be downloaded first is loaded whole; a Hugging Face checkpoint's come from its config.json, checked
     against its weight files' headers."""
     kind, where = locate(spec)
+    if kind == "ctc":
+        return wav2vec2.read_dims(Path(where), None)
     if kind == "huggingface":
         return huggingface.check_checkpoint(Path(where))
     if kind == "ctranslate2":

@@ -25,7 +25,7 @@ PROBE_SIZES = (2, 4)
 def decode_chunk_for(dims, budget: int, share: float = CHUNK_SHARE) -> int:
     """Encoder outputs per decoder pass whose cross-attention keys and values (fp32, counted twice for the
     attention's temporaries) take at most `share` of `budget` bytes; at least 1, at most `MAX_CHUNK`."""
-    per_output = 2 * 2 * dims.n_text_layer * dims.n_audio_ctx * dims.n_text_state * 4
+    per_output = max(1, 2 * 2 * dims.n_text_layer * dims.n_audio_ctx * dims.n_text_state * 4)  # a CTC model: none
     return max(1, min(MAX_CHUNK, int(share * budget // per_output)))
 
 

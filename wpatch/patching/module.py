@@ -16,6 +16,7 @@ from torch.profiler import record_function
 
 from wpatch.errors import WpatchError
 from wpatch.models.loading import check_languages, load_model
+from wpatch.models.wav2vec2 import CTCModel, check_settings
 from wpatch.patching.attribution_map import attribution_map
 from wpatch.patching.decoder import decode_plan, decoding_plan
 from wpatch.patching.encoder import encode_plan, layer_pairs
@@ -112,8 +113,11 @@ class PatchingModule(L.LightningModule):
         self.patching = options_from(PatchOptions, self.hparams)
         self.readout = options_from(ReadoutOptions, self.hparams)
         self.attribution = options_from(AttributionOptions, self.hparams)
-        self.whisper = load_model(model)
+        self.whisper = load_model(model, language)
         dims = self.whisper.dims
+        self.ctc = isinstance(self.whisper, CTCModel)  # the wav2vec2 family: encoder sites, CTC readout
+        if self.ctc:
+            check_settings(list(sites), method)
         check_languages(model, self.whisper.is_multilingual, language)
         self.layer_pairs = layer_pairs(dims.n_audio_layer, source_layers, target_layers)
         self.decoder_layer_pairs = (
@@ -121,7 +125,7 @@ class PatchingModule(L.LightningModule):
             if any(SITES[name].in_decoder for name in sites if name in SITES)
             else []
         )
-        self.tokenizer = tokenizer_for(dims, language or "en", task)
+        self.tokenizer = None if self.ctc else tokenizer_for(dims, language or "en", task)
         self.specs = patch_specs(
             self.layer_pairs,
             list(sites),
@@ -132,7 +136,7 @@ class PatchingModule(L.LightningModule):
             self.decoder_layer_pairs,
         )
         check_patch_directions(directions)
-        if not 1 <= max_tokens <= dims.n_text_ctx // 2:
+        if not self.ctc and not 1 <= max_tokens <= dims.n_text_ctx // 2:
             raise WpatchError(
                 f"max_tokens {max_tokens} is outside 1..{dims.n_text_ctx // 2}; single words need about 8"
             )
@@ -180,30 +184,39 @@ class PatchingModule(L.LightningModule):
         # both words of the item read in the text each side's clip is heard in (a decoding of a clip is read in
         # its own text), and each donor's own word in its clip's text (decoder-site donor runs read it)
         scored = lambda word, side: [  # noqa: E731
-            self.scored_word(lang, forms, carrier)
-            for lang, forms, carrier in zip(batch[word].lang, batch[word].tokens, batch[side].carrier)
+            model.dims.spelled(text, carrier) if self.ctc else self.scored_word(lang, forms, carrier)
+            for text, lang, forms, carrier in zip(
+                batch[word].word, batch[word].lang, batch[word].tokens, batch[side].carrier
+            )
         ]
         read = {side: (scored("source", side), scored("target", side)) for side in ("source", "target")}
         words = {"source": read["source"][0], "target": read["target"][1], "control": scored("control", "control")}
         plan = plan_rows(batch, self.specs, patching.directions, patching.control, model.dims.n_audio_ctx, words)
 
-        mels = {}
+        mels = {}  # clip -> its log-mel; for a CTC model (its input values, its length in samples)
         for side in ("source", "target", "control"):
-            for clip, mel in zip(batch[side].clip.tolist(), batch[side].mel):
-                mels.setdefault(clip, mel)
+            lengths = batch[side].samples.tolist() if self.ctc else batch[side].clip.tolist()
+            for clip, mel, samples in zip(batch[side].clip.tolist(), batch[side].mel, lengths):
+                mels.setdefault(clip, (mel, samples) if self.ctc else mel)
         clean_clips = {clip for side in ("source", "target") for clip in batch[side].clip.tolist()}
         runs = [row.run for row in plan]
         clean_clips |= {
             clip for run in runs for clip in (run.recipient_clip, run.donor_clip)
         }  # decoder sites read them
         encoder_runs = [run for run in runs if not SITES[run.patch.site].in_decoder]
-        outputs = encode_plan(model.encoder, mels, encoder_runs, clean_clips)
+        if self.ctc:
+            outputs = model.encode_plan(mels, encoder_runs, clean_clips)
+        else:
+            outputs = encode_plan(model.encoder, mels, encoder_runs, clean_clips)
         decodings = decoding_plan(outputs, runs)
 
         asked = words_to_score(plan, decodings, batch, read)
-        crosses_languages = batch["source"].lang != batch["target"].lang
-        detect = model.is_multilingual and (readout.language is None or crosses_languages)
-        decoded = decode_plan(model, outputs.features, decodings, asked, self.tokenizer, readout, detect)
+        if self.ctc:
+            decoded = model.decode(outputs, decodings, asked)
+        else:
+            crosses_languages = batch["source"].lang != batch["target"].lang
+            detect = model.is_multilingual and (readout.language is None or crosses_languages)
+            decoded = decode_plan(model, outputs.features, decodings, asked, self.tokenizer, readout, detect)
 
         rows = result_rows(batch, plan, decodings, decoded, read, readout.min_separation)
         rows = [row.to_dict() for row in rows]

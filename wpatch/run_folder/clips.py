@@ -17,6 +17,7 @@ from matplotlib import image
 
 from wpatch.analysis.html import INDEX
 from wpatch.atomic import atomic_path, write_atomically
+from wpatch.stimuli.audio import load_audio, log_mel
 from wpatch.stimuli.melcache import clip_digest
 
 MEL_FRAMES = 3000  # log-mel frames in Whisper's 30 s input (10 ms each)
@@ -60,7 +61,10 @@ def copy_clips(datamodule, folder: Path, heard: pd.DataFrame | None = None) -> p
             with atomic_path(audio) as partial:
                 shutil.copyfile(path, partial)
         if not picture.exists():
-            mel = np.asarray(datamodule.mels[row])[:, :width]
+            mel = datamodule.mels[row]
+            if mel.ndim == 1:  # a CTC model reads the waveform: draw Whisper's 80-bin log-mel of the clip
+                mel = log_mel(load_audio(path), 80)
+            mel = np.asarray(mel)[:, :width]
             with atomic_path(picture) as partial:
                 image.imsave(partial, mel, cmap="magma", origin="lower", format="png")
         names.append(audio.name)

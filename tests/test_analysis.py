@@ -73,9 +73,10 @@ def test_wpatch_command_predict_report_compare_and_help(tmp_path, small_model_pa
     assert after["groups"] == before["groups"] and after["min_separation"] == before["min_separation"]
     assert (out / "cells.csv").exists()
     capsys.readouterr()
-    wpatch(["compare", str(out), str(out)])
-    table = capsys.readouterr().out
-    assert "effect_diff" in table and "score_diff" in table
+    wpatch(["compare", str(out), str(out), "--out", str(tmp_path / "same.csv")])
+    assert capsys.readouterr().out.count("\n0->0 ") == 1  # the narrow table, a line per cell
+    wide = pd.read_csv(tmp_path / "same.csv")  # every measure: a run against itself differs in none
+    assert "effect_diff_low" in wide and (wide["score_diff"] == 0).all() and (tmp_path / "same.png").is_file()
     with pytest.raises(SystemExit):
         wpatch(["predict", "--help"])
     help_text = capsys.readouterr().out

@@ -2,6 +2,8 @@
 beside the estimate (a stated sample, and the top cells), the validation table, figures, summary and report, and
 the encoder lens; and the settings it refuses."""
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -69,9 +71,13 @@ def atp_run(tmp_path_factory, small_model_path):
 
 @pytest.fixture(scope="module")
 def qk_run(tmp_path_factory, small_model_path):
-    """The map of `atp_run` (same items, patch directions and windows) with AtP*'s QK fix, nothing else."""
+    """The map of `atp_run` (same items, patch directions and windows) with AtP*'s QK fix, nothing else; its
+    progress bar's output in stderr.txt."""
     folder = tmp_path_factory.mktemp("qk")
-    main(predict_args(folder, small_model_path, None, *QK_RUN, "--model.qk_fix", "true"))
+    bar = ("--trainer.enable_progress_bar", "true")
+    with contextlib.redirect_stderr(io.StringIO()) as stderr:
+        main(predict_args(folder, small_model_path, None, *QK_RUN, "--model.qk_fix", "true", *bar))
+    (folder / "stderr.txt").write_text(stderr.getvalue())
     return folder
 
 
@@ -142,6 +148,34 @@ def test_real_patching_beside_the_estimate(atp_run):
     assert checked[checked["layer"] == "all"]["cells"].sum() == table["checked"].notna().sum()
     report = (atp_run / "report.md").read_text()
     assert "## Attribution patching (AtP)" in report and "## Encoder lens" in report
+
+
+def test_the_map_is_drawn_without_validation(qk_run):
+    """An atp run patching nothing for real (no --model.validate) draws its map too: per site and patch
+    direction, blocks x frames up to the last speech frame, the mean over items of attributions.npz's arrays;
+    report.md shows each. Its progress bar counts predictions.csv's rows, not the batch's parts."""
+    from wpatch.analysis.attribution import frame_maps
+
+    out = qk_run / "out"
+    table = pd.read_csv(out / "attributions.csv", keep_default_na=False, na_values=[""])
+    with np.load(out / "attributions.npz") as saved:
+        sites, arrays = list(saved["sites"]), {key: saved[key] for key in saved.files if key != "sites"}
+    end = table.loc[table["window"] != "rest", "window_end"].max()
+    report = (out / "report.md").read_text()
+    maps = frame_maps(out)
+    directions = ["denoising", "noising"]
+    assert set(maps) == {(site, d) for site in table["site"].unique() for d in directions}
+    assert "No cell was patched for real" in report and len(maps) == report.count("](figures/atp_map_")
+    for (site, direction), frames in maps.items():
+        items = [array for key, array in arrays.items() if key.endswith("/" + direction)]
+        assert len(items) == table["item_id"].nunique()
+        expected = sum(array[sites.index(site), :, :end].astype(np.float64) for array in items) / len(items)
+        assert frames.shape == (table["layer"].nunique(), end)
+        np.testing.assert_allclose(frames.to_numpy(), expected, rtol=1e-12, atol=0)
+        path = f"figures/atp_map_{site}_{direction}.png"
+        assert (out / path).is_file() and f"]({path})" in report
+    rows = len(pd.read_csv(out / "predictions.csv"))
+    assert f"{rows} rows, " in (qk_run / "stderr.txt").read_text()
 
 
 def test_encoder_lens(atp_run):

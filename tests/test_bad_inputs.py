@@ -717,7 +717,7 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
     keep = (predictions["item_id"] != 1) & ~((predictions["source_layer"] == 2) & (predictions["target_layer"] == 2))
     predictions[keep].to_csv(other / "predictions.csv", index=False)
     capsys.readouterr()
-    wpatch(["compare", str(d / "out"), str(other)])
+    wpatch(["compare", str(d / "out"), str(other), "--out", str(d / "compared.csv")])
     out, notes = capsys.readouterr()
     notes = notes.strip().splitlines()
     assert notes == [
@@ -729,7 +729,7 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         "in B; comparing the shared ones",
         "wpatch: note: the runs differ in cells: 8 shared, 1 only in A, 0 only in B; comparing the shared ones",
     ], notes
-    assert len(out.strip().split("\n\n", 1)[1].splitlines()) == 1 + 8  # after what it shows: header, shared cells
+    assert len(out.strip().split("\n\n")[1].splitlines()) == 1 + 8  # after what it shows: header, shared cells
     rows.append(
         table_row(
             "`wpatch compare` of a table no run recorded (made by hand, or before runs recorded it)", 0, notes[0], d

@@ -96,6 +96,11 @@ def test_a_run_with_a_carrier_patches_the_words_frames_and_reads_the_word_at_its
     assert word.ld_source_clean.iloc[0] == pytest.approx(logp("bat") - logp("pat"), abs=1e-4)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["word_frames"]["clips"] == 4 and "find_alignment" in summary["word_frames"]["method"]
+    # report.md says so too, and how many rows kept the carrier's other words
+    kept = f"kept the context's other words in {rows.carrier_kept.sum()} of {len(rows)} rows"
+    found = summary["word_frames"]
+    assert kept in (out / "report.md").read_text()
+    assert f"(`word` window): {found['method']}, {small_model_path}, 4 clips" in (out / "report.md").read_text()
 
 
 @pytest.mark.real_weights

@@ -9,7 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import random_whisper, save_checkpoint
 from tests.predict_run import ROOT, main, predict_args
+from wpatch.analysis.figures import number
 from wpatch.cli import main as wpatch
 from wpatch.patching.autobatch import DEFAULT_BATCH
 from wpatch.predict_help import HELP_GROUPS
@@ -72,12 +74,14 @@ def test_predict_help_is_a_wpatch_help_with_the_packaged_sets_and_the_defaults_t
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, small_model_path, clip_dir) -> tuple[Path, Path, str]:
-    """Two finished runs of the same items, B with another min_separation, and what run A printed."""
+    """Two finished runs of the same items, B of another random model of the same depth and with another
+    min_separation, and what run A printed."""
     folder = tmp_path_factory.mktemp("runs")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         wpatch(["predict", *small_run(folder, small_model_path, clip_dir, "a")])
-    wpatch(["predict", *small_run(folder, small_model_path, clip_dir, "b", "--model.min_separation", "0.5")])
+    other_model = save_checkpoint(random_whisper(seed=1), folder / "other.pt")
+    wpatch(["predict", *small_run(folder, other_model, clip_dir, "b", "--model.min_separation", "0.5")])
     return folder / "a", folder / "b", printed.getvalue()
 
 
@@ -91,20 +95,68 @@ def test_report_prints_what_the_finished_run_printed(two_runs, capsys):
     assert f"page: {run_a.resolve() / 'report.html'}" in again and (run_a / "report.html").is_file()
 
 
-def test_compare_says_which_run_is_which_how_they_differ_and_what_it_shows(two_runs, tmp_path, capsys):
+def matrix_difference(run_a: Path, run_b: Path, measure: str = "effect") -> pd.Series:
+    """B - A of a measure per layer cell (group all), from each run's own matrices.csv."""
+    means = [
+        pd.read_csv(run / "matrices.csv").query(f"group == 'all' and measure == '{measure}'") for run in (run_a, run_b)
+    ]
+    a, b = (m.set_index(["s", "t"])["mean"] for m in means)
+    return pd.DataFrame({"A": a, "B": b, "B-A": b - a})
+
+
+def test_compare_says_which_run_is_which_how_they_differ_and_what_it_shows(
+    two_runs, small_model_path, tmp_path, capsys
+):
     run_a, run_b, _ = two_runs
     wpatch(["compare", str(run_a), str(run_b), "--out", str(tmp_path / "diff.csv")])
     out = capsys.readouterr().out.splitlines()
-    assert out[:4] == [
+    assert out[:5] == [
         "compare: run B - run A, cell by cell, group all (every item both runs have)",
         f"  A: {run_a.resolve()}",
         f"  B: {run_b.resolve()}",
-        "  settings that differ: min_separation (A 1.0, B 0.5)",
+        f'  settings that differ: model (A "{small_model_path[:36]}..., B "{str(run_a.parent)[:36]}...); '
+        "min_separation (A 1.0, B 0.5)",
+        "  a cell: source layer->target layer (@first frame of a sweep window), condition block_out, whole clip, "
+        "alpha 1, denoising, donor: source word",
     ]
-    assert out[5].startswith("  sweep_start = -1: not a sweep window")
+    assert out[5].startswith("  A, B: the cell's mean score (P source word) in each run; B-A: B minus A (the runs")
     table = out[out.index("") + 1 :]
-    written = pd.read_csv(tmp_path / "diff.csv")
-    assert table[0].split() == list(written.columns) and len(table) == 1 + len(written)  # the CSV as before
+    table = table[: table.index("")]
+    assert table[0].split() == ["cell", "A", "B", "B-A", "interval", "pairs"]  # narrow: one measure
+    expected = matrix_difference(run_a, run_b, "score")  # a random model closes no gap: no effect, the score shown
+    assert expected["B-A"].abs().min() > 0.001  # twice what printing rounds: A, B and B-A cannot be mixed up
+    for line in table[1:]:
+        cell, a, b, difference, *interval = line.replace(", ", ",").split()
+        s, t = map(int, cell.split("->"))
+        for shown, value in zip((a, b, difference), expected.loc[(s, t)]):
+            assert abs(float(shown) - value) <= 0.0005 + 1e-12, (cell, shown, value)  # printed to 3 decimals
+        low, high = map(float, interval[0].strip("[]").split(","))
+        assert low <= float(difference) + 0.0005 and float(difference) - 0.0005 <= high
+    assert len(table) - 1 == len(expected)
+    assert out[-2:] == [
+        f"figure: {(tmp_path / 'diff.png').resolve()} (score B-A per layer cell)",
+        f"every measure's A, B, B-A: in {(tmp_path / 'diff.csv').resolve()}",
+    ]
+    assert (tmp_path / "diff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    wide = pd.read_csv(tmp_path / "diff.csv").set_index(["source_layer", "target_layer"])
+    assert {"score_a", "score_b", "score_diff", "score_diff_low", "effect_diff_low"} <= set(wide.columns)
+    assert (wide["score_diff"] - expected["B-A"].rename_axis(wide.index.names)).abs().max() < 1e-12
+
+
+def test_the_difference_heatmap_draws_b_minus_a_of_each_layer_cell(two_runs):
+    from wpatch.analysis.compare import compare_runs, difference_figure
+
+    run_a, run_b, _ = two_runs
+    figure = difference_figure(compare_runs(run_a, run_b), measure="score")
+    axes = figure.axes[0]
+    drawn = {text.get_position(): text.get_text() for text in axes.texts}  # (column + 0.5, row + 0.5) -> number
+    sources = [int(label.get_text()) for label in axes.get_yticklabels()]
+    targets = [int(label.get_text()) for label in axes.get_xticklabels()]
+    expected = matrix_difference(run_a, run_b, "score")["B-A"]
+    assert len(drawn) == len(expected) == len(sources) * len(targets)
+    for (x, y), text in drawn.items():
+        assert text == number(expected.loc[(sources[int(y)], targets[int(x)])], 3), (x, y, text)
+    assert axes.collections[0].get_clim() == (-1.0, 1.0) and "run B - run A" in axes.get_title()
 
 
 def test_the_plan_names_the_packaged_set_a_run_uses_by_default(tmp_path, small_model_path, clip_dir, capsys):

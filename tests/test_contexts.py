@@ -3,6 +3,8 @@ TextGrids) where the clip must be the recording itself (or a segment of at most 
 word window the span's frames, and the word scored after the recording's words before it, checked against the
 plain model; then end to end through `wpatch stimuli` and `wpatch predict`."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -174,6 +176,10 @@ def test_a_run_reads_each_clip_in_its_own_recordings_words(tmp_path, aligned, sm
         assert (mine.window_start == min(s[0] for s in spans)).all()
         assert (mine.window_end == max(s[1] for s in spans)).all()
     assert not (rows.override & ~rows.carrier_kept).any()
+    # report.md says how many rows kept their context's words and how the words' frames were found
+    report, recorded = (out / "report.md").read_text(), json.loads((out / "summary.json").read_text())["word_frames"]
+    kept = f"kept the context's other words in {rows.carrier_kept.sum()} of {len(rows)} rows"
+    assert kept in report and f"frames (`word` window): {recorded['recorded']['method']}, 6 clips" in report
 
 
 def test_a_long_recordings_word_is_heard_in_a_segment_of_at_most_30_s(tmp_path, small_model_path):

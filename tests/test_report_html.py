@@ -1,8 +1,8 @@
 """report.html: the page's data against the run's own files, offline, and a real browser clicking a cell.
 
 The browser test drives headless Chromium (Debian's `chromium` and `chromium-driver`, through selenium); it is
-skipped, saying so, where either is missing. `WPATCH_SCREENSHOT=path` keeps its screenshot (docs/images/
-report_html.png is made this way).
+skipped, saying so, where either is missing. `WPATCH_SCREENSHOT=path` keeps its screenshot; docs/images/
+report_html.png, of a real run, is made with its helpers by scripts/report_screenshot.py.
 """
 
 import hashlib
@@ -86,6 +86,32 @@ def test_clips_are_in_the_folder_by_content_hash(small_run):
         for side in ("source", "target"):
             word = by_item.loc[row.item_id, f"{side}_word"]
             assert clip_of.setdefault(word, getattr(row, f"{side}_clip")) == getattr(row, f"{side}_clip")
+
+
+def test_the_clean_transcripts_are_what_the_model_heard_of_each_clip(tmp_path, clip_dir):
+    """clips/index.csv keeps each clip's clean transcript: under the whole block patched (block_out, window all,
+    alpha 1) a diagonal cell's encoder output is the source clip's own, so its transcript is the source clip's
+    clean one; an item's target clip is the other direction's source clip, so it was heard the same. On tiny.en,
+    whose transcripts differ from clip to clip (the random model's do not)."""
+    run = wpatch.run(
+        PAIRS,
+        model="tiny.en",
+        tts="espeak",
+        source_layers=[1],
+        target_layers=[1],
+        output_dir=tmp_path / "run",
+        batch_size=4,
+        cache_dir=clip_dir,
+        progress=False,
+    )
+    index = pd.read_csv(run.path / "clips/index.csv", keep_default_na=False).set_index("item_id")
+    assert index["source_heard"].nunique() == len(index), "each clip heard as something else"
+    rows = run.rows
+    diagonal = rows[rows.source_layer == rows.target_layer]
+    assert len(diagonal) and (diagonal.transcript == index.loc[diagonal.item_id, "source_heard"].to_numpy()).all()
+    heard = dict(zip(index.source_clip, index.source_heard))
+    assert [heard[clip] for clip in index.target_clip] == index.target_heard.tolist()
+    assert set(page_data(run)["items"]) >= {"source_heard", "target_heard"}
 
 
 def test_the_report_renders_as_plain_markdown_when_it_holds_no_html(small_run):
@@ -219,6 +245,23 @@ def test_browser_clicks_a_cell_and_gets_items_and_audio(small_run, tmp_path):
         assert sorted(r.find_elements(By.TAG_NAME, "td")[5].text for r in rows_shown) == sorted(
             t.strip() for t in cell["transcript"]
         )
+        # what the model heard of each clip, beside the clips: their clean transcripts (clips/index.csv)
+        heads = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#cell th")]
+        first = heads.index("source clip heard as")
+        assert heads[first : first + 4] == [
+            "source clip heard as",
+            "target clip heard as",
+            "source clip",
+            "target clip",
+        ]
+        heard = pd.read_csv(small_run.path / "clips/index.csv", keep_default_na=False).set_index("item_id")
+        for r in rows_shown:
+            shown = [td.text for td in r.find_elements(By.TAG_NAME, "td")]
+            item = int(shown[0])
+            assert shown[first : first + 2] == [
+                heard.loc[item, "source_heard"].strip(),
+                heard.loc[item, "target_heard"].strip(),
+            ]
         mark = "return document.getElementById('matrix')._fullLayout.shapes.map(s => [s.x0, s.y0, s.x1, s.y1]);"
         assert browser.execute_script(mark) == [[1.5, 0.5, 2.5, 1.5]], "the clicked cell is marked"
         audios = browser.find_elements(By.CSS_SELECTOR, "#cell audio")

@@ -281,7 +281,13 @@ def analyse_again(command: str, rest: list[str], allow_edited: bool = False) -> 
         print(closing_lines(*report(rest[0], allow_edited), rest[0]))
         return
     from wpatch.analysis import compare_runs, depth_figure, depth_profiles
-    from wpatch.analysis.compare import compare_header
+    from wpatch.analysis.compare import (
+        compare_header,
+        difference_figure,
+        narrow_table,
+        narrow_text,
+        shown_measure,
+    )
     from wpatch.analysis.depth import run_model
     from wpatch.analysis.figures import save_figure
 
@@ -293,9 +299,17 @@ def analyse_again(command: str, rest: list[str], allow_edited: bool = False) -> 
     depths = [" + ".join(f"{d} {stack}" for stack, d in depth.items()) for depth, _ in models]
     if len(runs) == 2 and models[0][0] == models[1][0]:
         table = compare_runs(runs[0], runs[1])
-        print(compare_header(runs[0], runs[1]))
+        measure = shown_measure(table)
+        print(compare_header(runs[0], runs[1], table, measure))
         for difference in table.attrs.get("differences", []):
             print(f"wpatch: note: the runs differ in {difference}", file=sys.stderr)
+        figure_path = Path(out).with_suffix(".png") if out else Path("compare.png")
+        save_figure(difference_figure(table, measure=measure), figure_path)
+        shown = narrow_text(narrow_table(table, measure))
+        every = f"in {Path(out).resolve()}" if out else "with --out FILE.csv"
+        shown += (
+            f"\n\nfigure: {figure_path.resolve()} ({measure} B-A per layer cell)\nevery measure's A, B, B-A: {every}"
+        )
     else:
         table = depth_profiles(runs)
         for label, run, (_, line) in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", runs, models):
@@ -309,12 +323,13 @@ def analyse_again(command: str, rest: list[str], allow_edited: bool = False) -> 
         figure_path = Path(out).with_suffix(".png") if out else Path("relative_depth.png")
         save_figure(depth_figure(table), figure_path)
         print(f"wpatch: note: figure {figure_path.resolve()}", file=sys.stderr)
+        shown = table.to_string(index=False, float_format=lambda x: f"{x:.3f}")
     if out:
         try:
             table.to_csv(out, index=False)
         except OSError as error:
             raise WpatchError(f"cannot write {out} ({error.strerror}); choose another --out") from None
-    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(shown)
 
 
 def screen(args=None) -> None:

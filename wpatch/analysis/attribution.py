@@ -1,6 +1,6 @@
-"""How far the attribution map (attributions.csv, `--model.method atp`) can be trusted: its estimates beside real
-patching of the same cells, per site and block (`validation_table`), a scatter figure per site, and report.md's
-section.
+"""The attribution map (attributions.csv and .npz, `--model.method atp`) drawn per site, block and frame
+(`map_figures`), and how far it can be trusted: its estimates beside real patching of the same cells, per site and
+block (`validation_table`), a scatter figure per site, and report.md's section.
 
 Per site and block, over the cells patched for real (every item, patch direction and window): Spearman's rank
 correlation of estimate and real change, top-10 recall (of the 10 cells the real patches move most, the share
@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from wpatch.analysis.figures import save_figure
+from wpatch.analysis.figures import heatmap, save_figure
 from wpatch.atomic import write_atomically
+from wpatch.patching.attribution import ENCODER_SITES
 from wpatch.rows import ATTRIBUTION_COLUMNS
 
 TRUST_SPEARMAN, TRUST_SIGN = 0.8, 0.9
@@ -86,6 +87,51 @@ def scatter(attributions: pd.DataFrame, site: str) -> Figure:
     return figure
 
 
+def frame_maps(output_dir: Path) -> dict[tuple[str, str], pd.DataFrame]:
+    """Per encoder site (AtP estimates them all) and patch direction: the AtP estimate of patching one frame
+    (nats), blocks x frames, the mean over items (attributions.npz), up to the last frame any item's speech window
+    reaches (attributions.csv). Directions are kept apart: denoising raises logp_source - logp_target where
+    noising lowers it, so their mean would cancel. {} for a run without an attribution map."""
+    if not (output_dir / "attributions.npz").exists():
+        return {}
+    table = read_attributions(output_dir / "attributions.csv")
+    with np.load(output_dir / "attributions.npz") as saved:
+        sites = [str(site) for site in saved["sites"]]
+        arrays = {key: saved[key] for key in saved.files if key != "sites"}
+    if not arrays:
+        return {}
+    speech = table[table["window"] != "rest"]
+    end = int(speech["window_end"].max()) if len(speech) else next(iter(arrays.values())).shape[-1]
+    maps = {}
+    for direction in table["patch_direction"].unique():
+        mean = np.mean([a for key, a in arrays.items() if key.split("/")[1] == direction], axis=0, dtype=np.float64)
+        for site in table["site"].unique():
+            maps[site, direction] = pd.DataFrame(mean[sites.index(site), :, :end])
+    return maps
+
+
+def map_file(site: str, direction: str) -> str:
+    return f"figures/atp_map_{site}_{direction}.png"
+
+
+def map_figures(output_dir: Path) -> None:
+    """`map_file` per site and patch direction (`frame_maps`), on a diverging scale symmetric about 0."""
+    maps = frame_maps(output_dir)
+    items = read_attributions(output_dir / "attributions.csv")["item_id"].nunique() if maps else 0
+    for (site, direction), frames in maps.items():
+        largest = float(np.nanmax(np.abs(frames.to_numpy()))) or 1.0
+        figure = heatmap(
+            frames.rename_axis(index="block", columns="frame"),
+            f"{site}, {direction}: AtP estimate of patching one frame, mean over {items} items",
+            axis_names=("encoder frame (20 ms)", "encoder block"),
+            measure="estimate",
+            scale=(-largest, largest),
+            colour_label="change of logp_source - logp_target (nats)",
+            size=(min(0.25 * frames.shape[1] + 4, 20), 0.5 * frames.shape[0] + 2),
+        )
+        save_figure(figure, output_dir / map_file(site, direction))
+
+
 def atp_validation(output_dir: Path) -> dict | None:
     """Write atp_validation.csv and figures/atp_validation_<site>.png from attributions.csv; the figures per site
     for summary.json's `atp_validation` (None when the run has no attribution map; {} when nothing was patched
@@ -126,6 +172,15 @@ def atp_section(summary: dict) -> list[str]:
         "attributions.csv holds the AtP estimate of every encoder site, block and window (attributions.npz: every "
         "frame). "
     )
+    maps = [f"![{site}, {d}]({map_file(site, d)})" for site in ENCODER_SITES for d in summary["directions"]]
+    lines += [
+        "",
+        "The map per site and patch direction: the estimate of patching one frame of one block, mean over items "
+        "(nats; red raises logp_source - logp_target).",
+        "",
+        " ".join(maps),
+        "",
+    ]
     if not found:
         lines.append("No cell was patched for real (add --model.validate true or --model.verify_top K).")
         return lines

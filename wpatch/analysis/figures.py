@@ -48,15 +48,18 @@ def heatmap(
     axis_names=("target layer (recipient block)", "source layer (donor block)"),
     measure: str = "score",
     colour_label: str | None = None,
+    scale: tuple[float, float] | None = None,
+    size: tuple[float, float] | None = None,
 ) -> Figure:
     """An annotated seaborn heatmap (a pyplot-free Figure: no GUI backend, no global state) on the measure's
     fixed colour scale (`wpatch.rows.SCALES`: 0-1 for rates and score, -1..1 for effect; beyond it the end colour and an
     arrow on the colour bar) with a labelled colour bar;
-    `labels` replaces the numbers written in the cells."""
+    `labels` replaces the numbers written in the cells; `scale` (low, high) replaces the measure's, drawn diverging
+    (a difference); `size` (inches) replaces the size made for layer matrices."""
     width, height = matrix.shape[1], matrix.shape[0]
-    figure = Figure(figsize=(min(1.1 * width + 2.5, 24), 0.9 * height + 1.8))
+    figure = Figure(figsize=size or (min(1.1 * width + 2.5, 24), 0.9 * height + 1.8))
     axes = figure.subplots()
-    low, high = SCALES.get(measure, (0.0, 1.0))
+    low, high = scale or SCALES.get(measure, (0.0, 1.0))
     values = matrix.to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
     # the same scale in every figure of a measure; values beyond it keep the end colour, and the bar says so
@@ -71,7 +74,7 @@ def heatmap(
         fmt="",
         vmin=low,
         vmax=high,
-        cmap="RdBu_r" if measure == "effect" else "viridis",
+        cmap="RdBu_r" if measure == "effect" or scale else "viridis",
         square=width <= 16,
         ax=axes,
         cbar_kws={"shrink": 0.8, "label": colour_label or MEASURE_NAMES.get(measure, measure), "extend": extend},

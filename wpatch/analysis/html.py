@@ -94,7 +94,8 @@ def cell_columns(rows: pd.DataFrame, items: pd.DataFrame, measures: list[str]) -
 
 
 def item_columns(items: pd.DataFrame, clips: pd.DataFrame | None) -> dict:
-    """Per item (the primary condition's, in item order): words, voice, category, recognised and its clips."""
+    """Per item (the primary condition's, in item order): words, voice, category, recognised, its clips and what
+    the model heard of each (their clean transcripts)."""
     columns = {
         "item_id": items["item_id"].tolist(),
         "source_word": items["source_word"].tolist(),
@@ -106,7 +107,8 @@ def item_columns(items: pd.DataFrame, clips: pd.DataFrame | None) -> dict:
     }
     if clips is not None:
         clips = clips.set_index("item_id").reindex(items["item_id"])
-        for column in ("source_clip", "source_frames", "target_clip", "target_frames"):
+        names = ["source_clip", "source_frames", "target_clip", "target_frames", "source_heard", "target_heard"]
+        for column in (c for c in names if c in clips):  # a run made before the clean transcripts were kept has none
             columns[column] = [None if pd.isna(v) else v for v in clips[column].tolist()]
     return columns
 

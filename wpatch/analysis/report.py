@@ -45,6 +45,7 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
         f"(pair x direction x voice), {len(rows)} rows",
         f"- voices: {', '.join(sorted(rows['voice'].unique()))}",
         f"- categories (pairs): {categories}",
+        *context_lines(rows, summary),
     ]
     share = groups.get("recognised", {}).get("items", 0) / max(groups["all"]["items"], 1)
     lines += [
@@ -114,6 +115,30 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
         else []
     )
     return "\n".join(notice + lines) + "\n"
+
+
+def context_lines(rows: pd.DataFrame, summary: dict) -> list[str]:
+    """The Data section's lines for words heard in context (a carrier sentence, or a recording's other words): the
+    rows whose transcript kept the context's other words, and how the words' frames were found
+    (summary.json's `word_frames`); none for words alone."""
+    heard = rows[rows["carrier"] != ""] if "carrier" in rows else rows.iloc[:0]
+    if heard.empty:
+        return []
+    kept = heard["carrier_kept"]
+    lines = [
+        f"- words in context: {heard['item_id'].nunique()} items; the transcript kept the context's other words in "
+        f"{kept.sum()} of {len(kept)} rows ({kept.mean():.0%}, `carrier_kept`): override, retained and transfer "
+        f"count only those"
+    ]
+    found = summary.get("word_frames") or {}
+    if "method" in found:
+        lines.append(
+            f"- the words' frames (`word` window): {found['method']}, {found['model']}, {found['clips']} clips"
+        )
+    if "recorded" in found:
+        recorded = found["recorded"]
+        lines.append(f"- the recorded words' frames (`word` window): {recorded['method']}, {recorded['clips']} clips")
+    return lines
 
 
 def condition_section(rows: pd.DataFrame, summary: dict) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wpatch.analysis.attribution import atp_validation
+from wpatch.analysis.attribution import atp_validation, map_figures
 from wpatch.analysis.features import feature_cells, run_features
 from wpatch.analysis.figures import condition_figures, feature_figures, file_suffix, group_title, heatmap, save_figure
 from wpatch.analysis.html import write_report_html
@@ -108,6 +108,7 @@ def analyse(
         for group, frame in lens.groupby("group", sort=False)
     }
     found.atp_validation = atp_validation(output_dir)
+    map_figures(output_dir)
     if differences:
         found.voice_differences_mean_abs = differences
         found.voice_spread = voice_spread(groups, voices, measures)

@@ -223,6 +223,10 @@ class PatchingModule(L.LightningModule):
 
         rows = result_rows(batch, plan, decodings, decoded, read, readout.min_separation)
         rows = [row.to_dict() for row in rows]
+        self.heard = {  # the batch's clean transcripts, for the run folder (`wpatch.run_folder.clips`)
+            int(item): [decoded.transcripts[decodings.clean[int(batch[side].clip[b])]] for side in ("source", "target")]
+            for b, item in enumerate(batch["item_id"].tolist())
+        }
         if self.attribution.method == "patch":
             return rows
         with record_function("wpatch.attribution"):

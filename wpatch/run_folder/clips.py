@@ -2,7 +2,8 @@
 clean clip copied into `clips/` under the first 16 hex digits of the sha256 of its bytes (the same audio is one
 file), its log-mel spectrogram (as the model reads it, up to the clip's end) as a PNG of the same name, and
 `clips/index.csv` saying which clips each item has (item_id, source_clip, source_frames, target_clip,
-target_frames; frames: the spectrogram's width in 10 ms log-mel frames).
+target_frames; frames: the spectrogram's width in 10 ms log-mel frames) and what the model heard of each, its
+clean greedy transcript (source_heard, target_heard; kept per batch in `parts/heard-*.csv` while the run goes on).
 """
 
 import math
@@ -20,6 +21,22 @@ from wpatch.stimuli.audio import load_audio, log_mel
 from wpatch.stimuli.melcache import clip_digest
 
 MEL_FRAMES = 3000  # log-mel frames in Whisper's 30 s input (10 ms each)
+HEARD = ["source_heard", "target_heard"]  # clips/index.csv's columns of the clean transcripts
+
+
+def write_heard_part(parts: Path, heard: dict[int, list[str]]) -> None:
+    """One batch's clean transcripts (item id -> [source clip's, target clip's]) as `parts/heard-<first item>.csv`."""
+    frame = pd.DataFrame([[item, *texts] for item, texts in heard.items()], columns=["item_id", *HEARD])
+    write_atomically(parts / f"heard-{min(heard):08d}.csv", frame.to_csv(index=False))
+
+
+def read_heard(parts: Path) -> pd.DataFrame | None:
+    """Every batch's clean transcripts (`write_heard_part`), one row per item; None when no part has them."""
+    files = sorted(Path(parts).glob("heard-*.csv"))
+    if not files:
+        return None
+    read = [pd.read_csv(f, keep_default_na=False, dtype={c: str for c in HEARD}) for f in files]
+    return pd.concat(read, ignore_index=True).drop_duplicates("item_id", keep="last")
 
 
 def spectrogram_frames(path: Path) -> int:
@@ -28,9 +45,10 @@ def spectrogram_frames(path: Path) -> int:
     return max(1, min(MEL_FRAMES, math.ceil(100 * info.frames / info.samplerate)))
 
 
-def copy_clips(datamodule, folder: Path) -> pd.DataFrame:
+def copy_clips(datamodule, folder: Path, heard: pd.DataFrame | None = None) -> pd.DataFrame:
     """Copy the clean clips of `datamodule`'s items (a set-up `PairDataModule`) into `folder`/clips with their
-    spectrograms, write `clips/index.csv`, and return it."""
+    spectrograms, write `clips/index.csv` (with the clean transcripts `heard`, `read_heard`'s, when given), and
+    return it."""
     clips = Path(folder) / "clips"
     clips.mkdir(parents=True, exist_ok=True)
     names, frames = [], []
@@ -61,5 +79,7 @@ def copy_clips(datamodule, folder: Path) -> pd.DataFrame:
             "target_frames": [frames[i] for i in items["target_clip"]],
         }
     )
+    if heard is not None:
+        index = index.merge(heard[["item_id", *HEARD]], on="item_id", how="left", validate="one_to_one")
     write_atomically(Path(folder) / INDEX, index.to_csv(index=False))
     return index

@@ -46,7 +46,7 @@ class ItemProgressBar(ProgressBar):
         )
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self.rows += len(outputs)
+        self.rows += len(outputs["rows"] if isinstance(outputs, dict) else outputs)  # method atp: rows and map
         rate = self.rows / max(time.perf_counter() - self.started, 1e-9)
         self.bar.set_postfix_str(f"{self.rows} rows, {rate:.1f} rows/s", refresh=False)
         self.bar.update(len(batch["item_id"]))

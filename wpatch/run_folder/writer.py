@@ -27,7 +27,7 @@ from wpatch.errors import WpatchError
 from wpatch.faults import fault_point
 from wpatch.rows import ROW_COLUMNS
 from wpatch.run_folder.attributions import merge_attributions, write_attribution_part
-from wpatch.run_folder.clips import copy_clips
+from wpatch.run_folder.clips import copy_clips, read_heard, write_heard_part
 from wpatch.run_folder.folder import (
     STOP,
     StopOnSignal,
@@ -157,6 +157,8 @@ class PatchingResultsWriter(BasePredictionWriter):
         try:
             if found:  # before the rows part, whose record marks the batch done
                 write_attribution_part(self.parts, int(frame["item_id"].min()), self.with_items(found.rows), found)
+            if getattr(pl_module, "heard", None):
+                write_heard_part(self.parts, pl_module.heard)
             write_part(self.parts / f"items-{frame['item_id'].min():08d}.csv", frame, self.session_started)
         except OSError as error:
             raise self.not_written(error) from None
@@ -236,7 +238,8 @@ class PatchingResultsWriter(BasePredictionWriter):
         merge_attributions(self.parts, self.output_dir, set(rows["item_id"].tolist()))
         fault_point("merged")
 
-        copy_clips(trainer.datamodule, self.output_dir)  # the clips report.html plays, in the run's folder
+        # the clips report.html plays, in the run's folder, with what the model heard of each
+        copy_clips(trainer.datamodule, self.output_dir, read_heard(self.parts))
         write_pair_features(self.output_dir, trainer.datamodule.read_pairs())  # what the analysis reads of the pairs
         recorded = trainer.datamodule.recorded()  # clip cache, screening, silent clips, word frames, shard
         recorded.wall_time_s = round(self.working_time(records), 2)

@@ -59,15 +59,16 @@ function showCell() {
     `source layer ${s} → target layer ${t}, group ${group.value}: ${picked.length} items`;
   const table = document.createElement("table"), head = document.createElement("tr");
   const names = D.measures.map(m => m[0]);
-  ["item", "source word", "target word", "voice", "recognised", "transcript", ...names, "source clip", "target clip"]
-    .forEach(n => head.appendChild(cellText("th", n)));
+  const I = D.items, heard = I.source_heard ? ["source clip heard as", "target clip heard as"] : [];
+  ["item", "source word", "target word", "voice", "recognised", "transcript", ...names, ...heard,
+   ...(I.source_clip ? ["source clip", "target clip"] : [])].forEach(n => head.appendChild(cellText("th", n)));
   head.children[6 + names.indexOf(measure.value)]?.classList.add("shown");  // the heatmap's measure
   table.appendChild(head);
-  const I = D.items;
   for (const k of shown) {
     const i = cell.item[k], row = document.createElement("tr");
     [I.item_id[i], I.source_word[i], I.target_word[i], I.voice[i], I.recognised[i] ? "yes" : "no",
-     D.transcripts[cell.transcript[k]], ...names.map(m => cell[m][k] === null ? "" : cell[m][k])]
+     D.transcripts[cell.transcript[k]], ...names.map(m => cell[m][k] === null ? "" : cell[m][k]),
+     ...(heard.length ? [I.source_heard[i] ?? "", I.target_heard[i] ?? ""] : [])]
       .forEach(v => row.appendChild(cellText("td", v)));
     const window = cell.window ? cell.window[k] : null;
     if (I.source_clip) row.append(clip(I.source_clip[i], I.source_frames[i], window),

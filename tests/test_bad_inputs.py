@@ -328,6 +328,12 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
 
     refused("a folder given as a recording", directory_recording, expect="D/takes is a directory, not an audio file")
 
+    def unknown_word(d):
+        soundfile.write(d / "ojo.wav", np.zeros(16000, np.float32), 16000)
+        return args(d, small_model_path, pairs="word_a,word_b,lang_b,audio_b\neye,,fr,ojo.wav\n")
+
+    refused("a recording whose word is not given", unknown_word, expect="line 2: word_b is empty, so the text of")
+
     def recording_span(span, name="take.wav"):
         def make(d):
             soundfile.write(d / "take.wav", np.zeros(16000, np.float32), 16000)

@@ -21,7 +21,7 @@ from wpatch.cli import main
 from wpatch.errors import WpatchError
 from wpatch.stimuli.audio import SAMPLE_RATE, load_audio
 from wpatch.stimuli.pattern_folder import pattern_regex, read_pattern_folder, speaker_pairs
-from wpatch.stimuli.soundthemes import read_soundthemes, translation_pairs
+from wpatch.stimuli.soundthemes import language_list, read_soundthemes
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT.parent.parent / "shared" / "data" / "fsdd"
@@ -192,7 +192,9 @@ def test_translation_aligned_word_lists_pair_each_object_both_languages_name(tmp
     with pytest.raises(WpatchError, match=r"no fr.soundtheme in .*; its languages are de, en, es"):
         read_soundthemes(root, ["fr"], "k", None)
     with pytest.raises(WpatchError, match=r"give one language \(pairs within it\) or two different ones"):
-        translation_pairs(read_soundthemes(root, ["en"], "k", None), ["en", "es", "de"])
+        language_list("en,es,de")
+    with pytest.raises(WpatchError, match=r"--languages en,en: give one language"):
+        language_list("en,en")
 
 
 def test_natural_pairs_run_and_the_analysis_groups_by_speaker(tmp_path, small_model_path):

@@ -389,7 +389,7 @@ def stimuli(args=None) -> None:
     from wpatch.stimuli.corpus_pairs import corpus_pairs, keep_words
     from wpatch.stimuli.pattern_folder import read_pattern_folder, speaker_pairs
     from wpatch.stimuli.recordings import pairs_table
-    from wpatch.stimuli.soundthemes import read_soundthemes, translation_pairs
+    from wpatch.stimuli.soundthemes import language_list, read_soundthemes, translation_pairs
 
     out = Path(options.out)
     name = options.corpus or Path(options.corpus_dir).resolve().name
@@ -401,7 +401,7 @@ def stimuli(args=None) -> None:
                 found = read_pattern_folder(options.corpus_dir, options.pattern, options.lang, name, options.licence)
                 pairs = speaker_pairs(found, options.seed, options.per_pair, options.same_speaker)
             else:
-                languages = [lang.strip() for lang in options.languages.split(",") if lang.strip()]
+                languages = language_list(options.languages)
                 name = options.corpus or "ktuberling"
                 found = read_soundthemes(options.corpus_dir, languages, name, options.licence)
                 pairs = translation_pairs(found, languages, options.seed)

@@ -77,8 +77,6 @@ def read_pattern_folder(root: str | Path, pattern: str, lang: str, corpus: str, 
     regex = pattern_regex(pattern)
     accents, readme_licence = readme_notes(root)
     licence = licence if licence is not None else readme_licence
-    if not licence:
-        log.warning(f"wpatch: note: no licence given and no README.md by {root} names one; pass --licence")
     found, passed_over = [], []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         match = regex.fullmatch(path.relative_to(root).as_posix())
@@ -100,11 +98,6 @@ def read_pattern_folder(root: str | Path, pattern: str, lang: str, corpus: str, 
                 licence=licence,
             )
         )
-    if passed_over:
-        log.warning(
-            f"wpatch: note: {len(passed_over)} audio files in {root} do not match {pattern!r} and are passed over "
-            f"(e.g. {passed_over[0].relative_to(root)})"
-        )
     if not found:
         example = next((p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()), None)
         raise WpatchError(
@@ -112,6 +105,13 @@ def read_pattern_folder(root: str | Path, pattern: str, lang: str, corpus: str, 
             + (f" (e.g. {example!r} does not)" if example else " (the folder is empty)")
             + "; write the pattern after the files' names, e.g. '{word}_{speaker}_{take}.wav'"
         )
+    if passed_over:
+        log.warning(
+            f"wpatch: note: {len(passed_over)} audio files in {root} do not match {pattern!r} and are passed over "
+            f"(e.g. {passed_over[0].relative_to(root)})"
+        )
+    if not licence:
+        log.warning(f"wpatch: note: no licence given and no README.md by {root} names one; pass --licence")
     return [decodable(recording) for recording in found]
 
 

@@ -116,16 +116,21 @@ def translation_category(a: Recording, b: Recording) -> str:
     return "translation"
 
 
-def translation_pairs(recordings: list[Recording], languages: list[str], seed: int = 0) -> list[RecordingPair]:
-    """Two languages: one pair per object both name (in the first's order), the first language's word as side a.
-    One language: each object's word with another object's, the partner drawn by a permutation seeded by `seed`
-    (each word once as a and once as b; two objects of one recording, e.g. es `lazo` for bow and tie, make no
-    pair)."""
+def language_list(text: str) -> list[str]:
+    """The languages of `--languages` (comma-separated): one (pairs within it) or two different ones."""
+    languages = [lang.strip() for lang in text.split(",") if lang.strip()]
     if len(languages) not in (1, 2) or len(set(languages)) != len(languages):
         raise WpatchError(
-            f"--languages {','.join(languages)}: give one language (pairs within it) or two different ones "
-            "(translations), e.g. en,es"
+            f"--languages {text}: give one language (pairs within it) or two different ones (translations), e.g. en,es"
         )
+    return languages
+
+
+def translation_pairs(recordings: list[Recording], languages: list[str], seed: int = 0) -> list[RecordingPair]:
+    """The pairs of one or two languages (`language_list`). Two: one pair per object both name (in the first's
+    order), the first language's word as side a. One: each object's word with another object's, the partner
+    drawn by a permutation seeded by `seed` (each word once as a and once as b; two objects of one recording,
+    e.g. es `lazo` for bow and tie, make no pair)."""
     by_lang = {lang: [r for r in recordings if r.language == lang] for lang in languages}
     if len(languages) == 2:
         first, second = (by_lang[lang] for lang in languages)

@@ -5,6 +5,7 @@ ktuberling-data); their pairs run end to end and the analysis groups the rows by
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import soundfile
 import torch
 import torchaudio.functional
 
+from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from tests.predict_run import main as predict
 from tests.predict_run import predict_args
 from tests.test_corpora import spoken
@@ -199,14 +201,16 @@ def test_translation_aligned_word_lists_pair_each_object_both_languages_name(tmp
 
 def test_natural_pairs_run_and_the_analysis_groups_by_speaker(tmp_path, small_model_path):
     folder = digits_folder(tmp_path / "digits")
-    pairs = build(folder, tmp_path / "pairs.csv", "--pattern", "{word}_{speaker}_{take}.wav")
+    pairs = build(folder, tmp_path / "all.csv", "--pattern", "{word}_{speaker}_{take}.wav")
+    pairs = pd.concat([pairs[pairs.speaker_a == pairs.speaker_b], pairs[pairs.speaker_a != pairs.speaker_b][:2]])
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)  # 6 pairs of one speaker, 2 of two
     out = tmp_path / "run"
     layers = ("--model.source_layers", "[0]", "--model.target_layers", "[0, 2]")
     predict(
         predict_args(tmp_path, small_model_path, out, pairs=tmp_path / "pairs.csv", batch_size=None, options=layers)
     )
     rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
-    assert len(rows) == 12 * 2 * 2  # pairs x directions x layer pairs
+    assert len(rows) == 8 * 2 * 2  # pairs x directions x layer pairs
     by_pair = pairs.set_index("pair_id")
     forward = rows[rows.direction == "a->b"]
     for column in ("speaker", "accent", "take"):
@@ -214,10 +218,15 @@ def test_natural_pairs_run_and_the_analysis_groups_by_speaker(tmp_path, small_mo
         assert (forward[f"target_{column}"] == forward.pair_id.map(by_pair[f"{column}_b"])).all()
 
     groups = json.loads((out / "summary.json").read_text())["groups"]
-    same_items = rows[rows.source_speaker == rows.target_speaker].item_id.nunique()
-    assert groups["speakers=same"]["items"] == same_items == 12
-    assert groups["speakers=different"]["items"] == rows.item_id.nunique() - same_items == 12
-    assert groups["source_accent=Scottish"]["items"] + groups["source_accent=Texan, rural"]["items"] == 24
+    same = rows.source_speaker == rows.target_speaker
+    assert groups["speakers=same"]["items"] == rows[same].item_id.nunique() == 12
+    assert groups["speakers=different"]["items"] == rows[~same].item_id.nunique() == 4
+    diagonal = rows[(rows.source_layer == "0") & (rows.target_layer == "0")]
+    for name, part in (("same", diagonal[same]), ("different", diagonal[~same])):
+        assert groups[f"speakers={name}"]["score"]["diagonal_mean"] == pytest.approx(part.score.astype(float).mean())
+    accents = [g for g in groups if g.startswith("source_accent=")]
+    assert sorted(accents) == ["source_accent=Scottish", "source_accent=Texan, rural"]
+    assert sum(groups[g]["items"] for g in accents) == 16
     assert "## By speaker" in (out / "report.md").read_text()
 
     synthetic = tmp_path / "synthetic"
@@ -254,10 +263,10 @@ def test_ktuberling_english_and_spanish_and_its_opus_stereo_and_8_khz_files(tmp_
         assert len(load_audio(KTUBERLING / path)) == pytest.approx(info.frames * SAMPLE_RATE / rate, abs=1)
     opus = next((KTUBERLING / "nn").glob("*.opus"))
     assert len(load_audio(opus)) == pytest.approx(soundfile.info(str(opus)).duration * SAMPLE_RATE, abs=16)
+    multilingual = save_checkpoint(random_whisper(replace(SMALL_DIMS, n_vocab=51865), seed=3), tmp_path / "ml.pt")
     out = tmp_path / "run"
-    layers = ("--model.source_layers", "[0]", "--model.target_layers", "[0]")
-    predict(
-        predict_args(tmp_path, small_model_path, out, "--data.limit", "2", pairs=tmp_path / "kt.csv", options=layers)
-    )
+    layers = ("--model.source_layers", "[0]", "--model.target_layers", "[0]", "--data.limit", "2")
+    predict(predict_args(tmp_path, multilingual, out, pairs=tmp_path / "kt.csv", config="experiment_b", options=layers))
     rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
-    assert set(rows.concept) == set(pairs.concept[:2]) and (rows.licence == "GPL-2+").all()
+    assert len(rows) == 2 and rows.concept.tolist() == pairs.concept[:2].tolist() and (rows.licence == "GPL-2+").all()
+    assert (rows.source_speaker == "ktuberling-en").all() and (rows.target_speaker == "ktuberling-es").all()

@@ -236,8 +236,11 @@ def test_natural_pairs_run_and_the_analysis_groups_by_speaker(tmp_path, small_mo
 
 
 @pytest.mark.skipif(not (FSDD / "recordings").is_dir(), reason=f"the Free Spoken Digit Dataset is not in {FSDD}")
-def test_the_free_spoken_digit_dataset_by_its_file_names(tmp_path):
-    pairs = build(FSDD / "recordings", tmp_path / "fsdd.csv", "--pattern", "{word}_{speaker}_{take}.wav")
+def test_the_free_spoken_digit_dataset_by_its_file_names(tmp_path, small_model_path):
+    pairs = build(FSDD, tmp_path / "fsdd.csv", "--pattern", "{word}_{speaker}_{take}.wav")
+    below = build(FSDD / "recordings", tmp_path / "below.csv", "--pattern", "{word}_{speaker}_{take}.wav")
+    assert pairs.drop(columns="corpus").equals(below.drop(columns="corpus"))  # the names are read in any subfolder
+    assert (pairs.corpus == "fsdd").all() and (below.corpus == "recordings").all()
     speakers = {"jackson": "USA, neutral", "nicolas": "Belgian French", "george": "Greek", "lucas": "German"}
     assert len(pairs) == 45 * 4 * 2  # digit pairs x speakers saying the first x (same, other speaker)
     assert set(pairs.speaker_a) == set(speakers) and (pairs.accent_b == pairs.speaker_b.map(speakers)).all()
@@ -246,6 +249,16 @@ def test_the_free_spoken_digit_dataset_by_its_file_names(tmp_path):
     clip = FSDD / "recordings" / "7_jackson_32.wav"
     assert soundfile.info(str(clip)).samplerate == 8000
     assert len(load_audio(clip)) == 2 * soundfile.info(str(clip)).frames
+    out = tmp_path / "run"
+    layers = ("--model.source_layers", "[0]", "--model.target_layers", "[0]", "--data.limit", "2")
+    predict(predict_args(tmp_path, small_model_path, out, pairs=tmp_path / "fsdd.csv", options=layers))
+    rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    first = pairs[:2]
+    both_ways = [
+        *zip(first.word_a, first.speaker_a, first.speaker_b),
+        *zip(first.word_b, first.speaker_b, first.speaker_a),
+    ]
+    assert sorted(map(tuple, rows[["source_word", "source_speaker", "target_speaker"]].values)) == sorted(both_ways)
 
 
 @pytest.mark.skipif(

@@ -2,9 +2,11 @@
 `{word}_{speaker}_{take}.wav`), and its pairs within and across speakers.
 
 The pattern names fields in braces, `{word}`, `{speaker}`, `{language}`, `{take}` (`{word}` required; no speaker
-field: every file is the folder's one speaker; no language field: the caller's), every other character literal; it
-is matched against each file's path relative to the folder (so `{speaker}/{word}_{take}.wav` reads a folder per
-speaker). An audio file that does not match is passed over, with a note naming how many and one of them.
+field: every file is the folder's one speaker; no language field: the caller's), every other character literal. A
+pattern without `/` is matched against each file's name, in the folder or any folder below it (so FSDD's folder and
+its `recordings/` read the same); one with `/` against the file's path relative to the folder (so
+`{speaker}/{word}_{take}.wav` reads a folder per speaker). An audio file that does not match is passed over, with a
+note naming how many and one of them.
 
 A `README.md` in the folder or the folder above may hold a Markdown table with `speaker` and `accent` columns
 (FSDD's does): each speaker's accent then goes into the rows. Its line starting `Licence:` or `License:` names the
@@ -79,7 +81,7 @@ def read_pattern_folder(root: str | Path, pattern: str, lang: str, corpus: str, 
     licence = licence if licence is not None else readme_licence
     found, passed_over = [], []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        match = regex.fullmatch(path.relative_to(root).as_posix())
+        match = regex.fullmatch(path.relative_to(root).as_posix() if "/" in pattern else path.name)
         if match is None:
             if path.suffix.lower() in AUDIO_SUFFIXES:
                 passed_over.append(path)

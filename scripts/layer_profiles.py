@@ -3,7 +3,7 @@ clean source clip is heard, same and different speakers, each voice), the diagon
 effect and override, the off-diagonal profile by source and by target layer, and the asymmetry (later source layers
 into earlier target layers, s > t, against s < t), each with a bootstrap 95% interval over pairs.
 
-    python scripts/layer_profiles.py RUN [RUN ...]        # one Markdown section per run
+    python -m scripts.layer_profiles RUN [RUN ...]        # one Markdown section per run
 """
 
 import argparse
@@ -15,7 +15,7 @@ import pandas as pd
 from wpatch.analysis.stats import bootstrap_interval, pooled_interval
 from wpatch.analysis.tables import read_rows, row_groups
 
-MEASURES = ("score", "effect", "override")
+MEASURES = ("score", "effect", "override")  # the default; Experiment B: --measures transfer score --all-cells
 
 
 def interval(rows: pd.DataFrame, measure: str) -> str:
@@ -33,30 +33,45 @@ def asymmetry(rows: pd.DataFrame, measure: str) -> str:
     return f"{difference.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
-def section(folder: Path) -> list[str]:
+def section(folder: Path, measures: tuple[str, ...] = MEASURES, all_cells: bool = False) -> list[str]:
+    """One run's tables; the first measure gives the by-layer profile and the matrix."""
     rows = read_rows(folder / "predictions.csv")
-    rows["override"] = rows["override"].astype(float)
+    for measure in ("override", "retained", "transfer"):
+        rows[measure] = rows[measure].astype(float)
+    first = measures[0]
     items = rows.drop_duplicates("item_id")
     lines = [f"### {folder.name}", "", f"{len(items)} items, {rows.pair_id.nunique()} pairs, {len(rows)} rows; "]
     lines[-1] += f"clean source clip heard: {items.source_recognised.mean():.3f} of items"
-    head = "| group | items | " + " | ".join(f"{m} diagonal | {m} off-diagonal" for m in MEASURES)
-    lines += ["", head + " | score s>t minus s<t |", "|---" * (3 + 2 * len(MEASURES)) + "|"]
+    parts = (["all cells"] if all_cells else []) + ["diagonal", "off-diagonal"]
+    head = "| group | items | " + " | ".join(f"{m} {part}" for m in measures for part in parts)
+    asymmetric = [first, *(["effect"] if "effect" in measures[1:] else [])]
+    head += "".join(f" | {m} s>t minus s<t" for m in asymmetric) + " |"
+    lines += ["", head, "|---" * (2 + len(parts) * len(measures) + len(asymmetric)) + "|"]
     for name, group in row_groups(rows).items():
-        if name.startswith("category=") or group.empty:
+        if (name.startswith("category=") and "|" in name) or group.empty:
             continue
-        diagonal = group[group.source_layer == group.target_layer]
-        off = group[group.source_layer != group.target_layer]
-        cells = " | ".join(f"{interval(diagonal, m)} | {interval(off, m)}" for m in MEASURES)
-        lines.append(f"| {name} | {group.item_id.nunique()} | {cells} | {asymmetry(group, 'score')} |")
+        subsets = ([group] if all_cells else []) + [
+            group[group.source_layer == group.target_layer],
+            group[group.source_layer != group.target_layer],
+        ]
+        cells = " | ".join(interval(subset, m) for m in measures for subset in subsets)
+        shifts = "".join(f" | {asymmetry(group, m)}" for m in asymmetric)
+        lines.append(f"| {name} | {group.item_id.nunique()} | {cells}{shifts} |")
     off = rows[rows.source_layer != rows.target_layer]
-    lines += ["", "Off-diagonal score by layer (all items):", "", "| layer | as source | as target |", "|---|---|---|"]
+    lines += [
+        "",
+        f"Off-diagonal {first} by layer (all items):",
+        "",
+        "| layer | as source | as target |",
+        "|---|---|---|",
+    ]
     for layer in sorted(set(rows.source_layer)):
         lines.append(
-            f"| {layer} | {interval(off[off.source_layer == layer], 'score')} | "
-            f"{interval(off[off.target_layer == layer], 'score')} |"
+            f"| {layer} | {interval(off[off.source_layer == layer], first)} | "
+            f"{interval(off[off.target_layer == layer], first)} |"
         )
-    matrix = rows.pivot_table(index="source_layer", columns="target_layer", values="score", aggfunc="mean")
-    lines += ["", "Score matrix (rows: source layer s, columns: target layer t):", ""]
+    matrix = rows.pivot_table(index="source_layer", columns="target_layer", values=first, aggfunc="mean")
+    lines += ["", f"{first} matrix (rows: source layer s, columns: target layer t):", ""]
     lines += ["| s \\ t | " + " | ".join(map(str, matrix.columns)) + " |", "|---" * (len(matrix.columns) + 1) + "|"]
     for s, values in matrix.iterrows():
         lines.append(
@@ -68,8 +83,11 @@ def section(folder: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with predictions.csv)")
-    for folder in parser.parse_args().runs:
-        print("\n".join(section(folder)))
+    parser.add_argument("--measures", nargs="+", default=list(MEASURES), help="columns of predictions.csv")
+    parser.add_argument("--all-cells", action="store_true", help="also each measure's mean over every cell")
+    options = parser.parse_args()
+    for folder in options.runs:
+        print("\n".join(section(folder, tuple(options.measures), options.all_cells)))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,12 @@ def asymmetry(rows: pd.DataFrame, measure: str) -> str:
     return f"{difference.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
+def cell_sets(rows: pd.DataFrame, all_cells: bool = False) -> list[pd.DataFrame]:
+    """The rows of the diagonal (s = t) and off it, after all of them where `all_cells`."""
+    diagonal = rows.source_layer == rows.target_layer
+    return ([rows] if all_cells else []) + [rows[diagonal], rows[~diagonal]]
+
+
 def section(folder: Path, measures: tuple[str, ...] = MEASURES, all_cells: bool = False) -> list[str]:
     """One run's tables; the first measure gives the by-layer profile and the matrix."""
     rows = read_rows(folder / "predictions.csv")
@@ -50,11 +56,7 @@ def section(folder: Path, measures: tuple[str, ...] = MEASURES, all_cells: bool 
     for name, group in row_groups(rows).items():
         if (name.startswith("category=") and "|" in name) or group.empty:
             continue
-        subsets = ([group] if all_cells else []) + [
-            group[group.source_layer == group.target_layer],
-            group[group.source_layer != group.target_layer],
-        ]
-        cells = " | ".join(interval(subset, m) for m in measures for subset in subsets)
+        cells = " | ".join(interval(subset, m) for m in measures for subset in cell_sets(group, all_cells))
         shifts = "".join(f" | {asymmetry(group, m)}" for m in asymmetric)
         lines.append(f"| {name} | {group.item_id.nunique()} | {cells}{shifts} |")
     off = rows[rows.source_layer != rows.target_layer]

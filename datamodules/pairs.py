@@ -37,7 +37,7 @@ from wpatch.stimuli.screening import SCREEN_COLUMNS, cached_screen
 from wpatch.stimuli.spans import cut_span
 from wpatch.stimuli.tts import ClipCache, make_backend, parse_speaker
 from wpatch.stimuli.voice_choice import BEST, CANDIDATES, Text, check_best, choose_voices
-from wpatch.text import tokenizer_for, word_tokens
+from wpatch.text import tokenizer_for, written_tokens
 
 log = logging.getLogger(__name__)
 REQUIRE_HEARD = ("none", "source", "both")
@@ -286,9 +286,10 @@ class PairDataModule(L.LightningDataModule):
             else {i: [i] for i in range(len(items))}
         )
         self.groups = [[int(i) for i in group] for group in groups.values()]
-        # each side's word as token ids (a control side is another item's source in the same language)
-        self.tokens = {  # none for a CTC model: its module spells the words
-            role: [[] if ctc else word_tokens(tokenizers[side.lang], side.word) for side in items[role]]
+        # each side's word as token ids of each written form (a control side: another item's source, same language);
+        # none for a CTC model: its module spells the words
+        self.tokens = {
+            role: [{} if ctc else written_tokens(tokenizers[side.lang], side.word, side.lang) for side in items[role]]
             for role in (*ROLES, "control")
         }
         self.items = items

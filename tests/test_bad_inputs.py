@@ -347,6 +347,12 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
 
     refused("a folder given as a recording", directory_recording, expect="D/takes is a directory, not an audio file")
 
+    def unknown_word(d):
+        soundfile.write(d / "ojo.wav", np.zeros(16000, np.float32), 16000)
+        return args(d, small_model_path, pairs="word_a,word_b,lang_b,audio_b\neye,,fr,ojo.wav\n")
+
+    refused("a recording whose word is not given", unknown_word, expect="line 2: word_b is empty, so the text of")
+
     def recording_span(span, name="take.wav"):
         def make(d):
             soundfile.write(d / "take.wav", np.zeros(16000, np.float32), 16000)
@@ -423,6 +429,71 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
     refused(
         "`wpatch stimuli --words` with a word the alignments lack", corpus_word, expect="no word 'bard'", command=wpatch
     )
+
+    # stimuli from natural recordings: a labelled folder by file-name pattern, soundtheme word lists
+    def labelled(pattern: str, *extra: str):
+        def make(d):
+            (d / "digits").mkdir()
+            for name in ("7_ann_0.wav", "8_ann_0.wav"):
+                soundfile.write(d / "digits" / name, np.zeros(4000, np.float32), 8000)
+            return ["stimuli", str(d / "digits"), "--pattern", pattern, "--out", str(d / "pairs.csv"), *extra]
+
+        return make
+
+    def themes(languages: str):
+        def make(d):
+            (d / "sounds" / "de").mkdir(parents=True)
+            soundfile.write(d / "sounds" / "de" / "eye.wav", np.zeros(4000, np.float32), 8000)
+            (d / "sounds" / "de.soundtheme").write_text(
+                '<language code="de"><sound name="eye" file="de/eye.wav"/></language>'
+            )
+            return [
+                "stimuli",
+                str(d / "sounds"),
+                "--pair-by",
+                "translation",
+                "--languages",
+                languages,
+                "--out",
+                str(d / "pairs.csv"),
+            ]
+
+        return make
+
+    for label, make, expect in (
+        (
+            "`wpatch stimuli --pattern` that no file's name matches",
+            labelled("{speaker}-{word}.wav"),
+            "no file in D/digits matches the pattern '{speaker}-{word}.wav' (e.g. '7_ann_0.wav' does not)",
+        ),
+        (
+            "`wpatch stimuli --pattern` with a field it does not know",
+            labelled("{digit}_{speaker}_{take}.wav"),
+            "names field {digit}; the fields are {word}, {speaker}, {language}, {take}",
+        ),
+        (
+            "`wpatch stimuli --pattern` with one word only",
+            labelled("7_{speaker}_{word}.wav"),
+            "hold 1 word(s); a pair needs two different words of one language",
+        ),
+        (
+            "`wpatch stimuli --pair-by translation`: a language whose files carry English names (no text)",
+            themes("de"),
+            "de.soundtheme names 1 of its 1 files by the objects' English names, so the de words' text is not in",
+        ),
+        (
+            "`wpatch stimuli --pair-by translation` with a language it lacks",
+            themes("en,es"),
+            "no en.soundtheme in D/sounds; its languages are de",
+        ),
+        (
+            "`wpatch stimuli --pair-by translation` with three languages",
+            themes("de,de,de"),
+            "give one language (pairs within it) or two different ones",
+        ),
+    ):
+        d = refused(label, make, expect=expect, command=wpatch)
+        assert not (d / "pairs.csv").exists()
 
     # stimuli: alignment files that do not parse completely, spans no clip can hold, words the decoder cannot read
     def aligned(name: str, text: str | bytes, seconds: float = 2.0):

@@ -56,7 +56,7 @@ def test_serves_log_mel_pairs_both_ways_and_caches_clips(tmp_path, small_model_p
     assert source.word[:2] == ["bat", "pat"] and target.word[:2] == ["pat", "bat"]
     # the two directions swap the same two clips
     assert torch.equal(source.mel[0], target.mel[1]) and torch.equal(target.mel[0], source.mel[1])
-    assert source.tokens[0] == target.tokens[1] and len(source.tokens[0]) == 2  # " bat", " Bat"
+    assert source.tokens[0] == target.tokens[1] and len(source.tokens[0]["word"]) == 2  # " bat", " Bat"
     one_way = PairDataModule(
         pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"), bidirectional=False
     )

@@ -381,13 +381,14 @@ def screen(args=None) -> None:
 
 def stimuli(args=None) -> None:
     """`wpatch stimuli CORPUS_DIR --out pairs.csv`: a pairs file from a corpus's spoken words
-    (`wpatch.stimuli.corpora` reads the layouts, `wpatch.stimuli.corpus_pairs` forms the pairs), its recordings
+    (`wpatch.stimuli.corpora` reads the layouts, `wpatch.stimuli.corpus_pairs` forms the pairs; with `--pattern`,
+    `wpatch.stimuli.pattern_folder`; with `--pair-by translation`, `wpatch.stimuli.soundthemes`), its recordings
     relative to the file's folder."""
     parser = argparse.ArgumentParser(prog="wpatch stimuli", description="A pairs file from a corpus folder")
     parser.add_argument("corpus_dir", help="Speech Commands, MSWC, or recordings with TextGrid / CTM alignments")
     parser.add_argument("--out", required=True, help="the pairs CSV to write")
     parser.add_argument("--corpus", default=None, help="the corpus's name in every row (default: the folder's)")
-    parser.add_argument("--licence", default="CC BY 4.0", help="the corpus's licence, carried into every row")
+    parser.add_argument("--licence", default=None, help="the corpus's licence, carried into every row")
     parser.add_argument("--lang", default="en", help="the words' language where the layout does not name it")
     parser.add_argument("--same-speaker", action="store_true", help="both words of a row from one speaker")
     parser.add_argument("--per-pair", type=int, default=1, help="rows (token pairs) per word pair")
@@ -398,18 +399,41 @@ def stimuli(args=None) -> None:
         default="recording",
         help="a word of an aligned recording heard in its recording (up to 30 s around it, default) or cut to its span",
     )
+    parser.add_argument(
+        "--pattern", default=None, help="file names as '{word}_{speaker}_{take}.wav' (a labelled folder)"
+    )
+    parser.add_argument("--pair-by", choices=("translation",), default=None, help="soundtheme word lists by object")
+    parser.add_argument("--languages", default="en,es", help="with --pair-by translation: one or two, e.g. en,es")
+    parser.add_argument("--seed", type=int, default=0, help="draws takes and partners (--pattern, --pair-by)")
     options = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from wpatch.stimuli.corpora import read_corpus
     from wpatch.stimuli.corpus_pairs import corpus_pairs, keep_words
+    from wpatch.stimuli.pattern_folder import read_pattern_folder, speaker_pairs
+    from wpatch.stimuli.recordings import pairs_table
+    from wpatch.stimuli.soundthemes import language_list, read_soundthemes, translation_pairs
 
     out = Path(options.out)
+    name = options.corpus or Path(options.corpus_dir).resolve().name
     try:
-        tokens = read_corpus(options.corpus_dir, options.lang, options.context)
-        if options.words:
-            tokens = keep_words(tokens, [w.strip().lower() for w in options.words.split(",")], options.corpus_dir)
-        name = options.corpus or Path(options.corpus_dir).resolve().name
-        table = corpus_pairs(tokens, name, options.licence, options.same_speaker, options.per_pair)
+        if options.pattern and options.pair_by:
+            raise WpatchError("give --pattern (a labelled folder) or --pair-by translation (soundthemes), not both")
+        if options.pattern or options.pair_by:
+            if options.pattern:
+                found = read_pattern_folder(options.corpus_dir, options.pattern, options.lang, name, options.licence)
+                pairs = speaker_pairs(found, options.seed, options.per_pair, options.same_speaker)
+            else:
+                languages = language_list(options.languages)
+                name = options.corpus or "ktuberling"
+                found = read_soundthemes(options.corpus_dir, languages, name, options.licence)
+                pairs = translation_pairs(found, languages, options.seed)
+            table, words, spoken = pairs_table(pairs), len({(r.language, r.word) for r in found}), len(found)
+        else:
+            tokens = read_corpus(options.corpus_dir, options.lang, options.context)
+            if options.words:
+                tokens = keep_words(tokens, [w.strip().lower() for w in options.words.split(",")], options.corpus_dir)
+            table = corpus_pairs(tokens, name, options.licence or "CC BY 4.0", options.same_speaker, options.per_pair)
+            words, spoken = tokens.word.nunique(), len(tokens)
     except WpatchError as error:
         print(f"wpatch: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -419,7 +443,7 @@ def stimuli(args=None) -> None:
         ]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(out, table.to_csv(index=False, float_format="%.6f", lineterminator="\n"))
-    print(f"{len(table)} pairs of {tokens.word.nunique()} words ({len(tokens)} spoken) from {name} written to {out}")
+    print(f"{len(table)} pairs of {words} words ({spoken} spoken) from {name} written to {out}")
 
 
 def merge_shards(args: list[str]) -> None:

@@ -22,7 +22,8 @@ class Side:
 
     word, lang: the word and its language (default en); audio: its recording (resolved path; "" = synthesised);
     start, end: the word's span in the recording, seconds as written ("" = the whole recording); speaker: who
-    speaks it in a corpus (passes through); context: the recording's words around it, `{}` for the word (the carrier
+    speaks it in a corpus, accent: theirs where the corpus says, take: which of the speaker's recordings of the
+    word it is (the three pass through); context: the recording's words around it, `{}` for the word (the carrier
     of natural speech; "" = heard alone); context_start, context_end: the clip around the word (seconds)."""
 
     word: str
@@ -31,6 +32,8 @@ class Side:
     start: str = ""
     end: str = ""
     speaker: str = passes()
+    accent: str = passes()
+    take: str = passes()
     context: str = ""
     context_start: str = ""
     context_end: str = ""
@@ -54,6 +57,7 @@ class Pair:
     carrier: str = ""
     corpus: str = passes()
     licence: str = passes()
+    concept: str = passes()
 
     def side(self, letter: str) -> Side:
         """Side `a` or `b`."""

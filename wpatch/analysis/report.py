@@ -84,6 +84,7 @@ def report_markdown(rows: pd.DataFrame, summary: dict) -> str:
                 )
             ]
             lines.append(f"| {m} | " + " | ".join(cell) + " |")
+    lines += speaker_section(groups)
     lines += condition_section(rows, summary)
     lines += feature_section(summary)
     lines += lens_section(summary)
@@ -138,6 +139,33 @@ def context_lines(rows: pd.DataFrame, summary: dict) -> list[str]:
     if "recorded" in found:
         recorded = found["recorded"]
         lines.append(f"- the recorded words' frames (`word` window): {recorded['method']}, {recorded['clips']} clips")
+    return lines
+
+
+def speaker_section(groups: dict) -> list[str]:
+    """report.md's speaker part, for recordings whose rows name their speakers: per group of same or different
+    speakers (and each source accent), its items and every measure's diagonal and off-diagonal mean (all items)."""
+    named = [g for g in groups if g.startswith(("speakers=", "source_accent=")) and "|" not in g]
+    if not named:
+        return []
+    lines = [
+        "",
+        "## By speaker",
+        "",
+        "Same speaker: one person says both words; different: the source word from another (matrices.csv and "
+        "cells.csv have every group's cells, with 95% intervals).",
+        "",
+        "| group | items | " + " | ".join(f"{m} diagonal | {m} off-diagonal" for m in ("effect", "transfer")) + " |",
+        "|---|---|---|---|---|---|",
+    ]
+    for group in named:
+        found = groups[group]
+        cells = [
+            number(found[m][k], 3) if m in found and found[m][k] is not None else "n/a"
+            for m in ("effect", "transfer")
+            for k in ("diagonal_mean", "off_diagonal_mean")
+        ]
+        lines.append(f"| {group} | {found['items']} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -63,7 +63,8 @@ def read_rows(path, **options) -> pd.DataFrame:
 
 def row_groups(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Named subsets of the rows: all; items whose clean source clip is recognised (the honest denominator);
-    each category and its recognised part; each voice when a run has several."""
+    each category and its recognised part; each voice when a run has several; same and different speakers
+    (`speaker_groups`) when the clips are a corpus's recordings."""
     groups = {"all": rows, "recognised": rows[rows["source_recognised"]]}
     for category, frame in rows.groupby("category"):
         if category:
@@ -71,6 +72,25 @@ def row_groups(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
             groups[f"category={category}|recognised"] = frame[frame["source_recognised"]]
     if rows["voice"].nunique() > 1:
         groups |= {f"voice={voice}": frame for voice, frame in rows.groupby("voice")}
+    return groups | speaker_groups(rows)
+
+
+def speaker_groups(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The rows whose both clips name a speaker (recordings of a corpus), as `speakers=same` (one speaker says
+    both words) and `speakers=different`, with their recognised parts; and, where the corpus gives accents, each
+    source speaker's accent (`source_accent=...`): does a patched state carry the speaker or the word?"""
+    if "source_speaker" not in rows:
+        return {}
+    spoken = rows[(rows["source_speaker"] != "") & (rows["target_speaker"] != "")]
+    same = spoken["source_speaker"] == spoken["target_speaker"]
+    groups = {}
+    for name, frame in (("same", spoken[same]), ("different", spoken[~same])):
+        if not frame.empty:
+            groups[f"speakers={name}"] = frame
+            groups[f"speakers={name}|recognised"] = frame[frame["source_recognised"]]
+    for accent, frame in spoken.groupby("source_accent") if "source_accent" in spoken else ():
+        if accent:
+            groups[f"source_accent={accent}"] = frame
     return groups
 
 

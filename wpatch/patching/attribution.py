@@ -20,7 +20,7 @@ from torch import Tensor
 from whisper.model import AudioEncoder, Whisper
 
 from wpatch.patching.attribution_qk import qk_correction
-from wpatch.patching.decoding import cross_attention_cache, word_logprobs
+from wpatch.patching.decoding import cross_attention_cache, word_logprob, word_logprobs
 from wpatch.patching.encoder import fast_patched_run, site_states
 from wpatch.sites import RESID_PRE, SITES
 from wpatch.text import ScoredWord
@@ -31,7 +31,7 @@ MAX_ROWS_PER_PASS = 4  # recipients differentiated together (bounds the graph's 
 
 def word_metric(model: Whisper, features: Tensor, words: list[tuple[ScoredWord, ScoredWord]]) -> Tensor:
     """M per encoder output (N,): log P(first word) - log P(second word) of `words[i]` given output i, teacher-forced
-    (each word's probability summed over its surface forms, as `wpatch.patching.decoding.word_logprobs`), through
+    (each word's probability from its surface forms as `wpatch.patching.decoding.word_logprobs` reads it), through
     openai-whisper's own `TextDecoder` (differentiable)."""
     sequences, owner = [], []
     for i, pair in enumerate(words):
@@ -51,7 +51,10 @@ def word_metric(model: Whisper, features: Tensor, words: list[tuple[ScoredWord, 
         per_sequence.append(logits[j, positions, tokens[j, positions + 1]].sum())
     metric = []
     for i in range(len(words)):
-        logp = [torch.stack([p for p, o in zip(per_sequence, owner) if o == (i, k)]).logsumexp(0) for k in (0, 1)]
+        logp = [
+            word_logprob(torch.stack([p for p, o in zip(per_sequence, owner) if o == (i, k)]), words[i][k])
+            for k in (0, 1)
+        ]
         metric.append(logp[0] - logp[1])
     return torch.stack(metric)
 

@@ -186,19 +186,30 @@ def sequence_logprobs(
 def word_logprobs(model: Whisper, cross: CrossCache, words: list[list[tuple]], edit: Edit | None = None) -> list[dict]:
     """log P(word | encoder output f) for each word asked of each encoder output f, as {word: logp} per output.
 
-    A word is (prefix, forms): the forced transcript start and its surface forms' token sequences; its
-    probability sums over the forms (the transcript begins with " bat" or " Bat").
+    A word is a `wpatch.text.ScoredWord`: the forced transcript start and its surface forms' token sequences; its
+    probability sums over the forms (the transcript begins with " bat" or " Bat"), or with `best` is the largest of
+    its written forms' sums (`word_logprob`).
     """
     logps = sequence_logprobs(
-        model, cross, [[(prefix, form) for prefix, forms in ws for form in forms] for ws in words], edit
+        model, cross, [[(word.prefix, form) for word in ws for form in word.forms] for ws in words], edit
     )
     result = []
     for ws, lp in zip(words, logps):
         offsets = [0]
-        for _, forms in ws:
-            offsets.append(offsets[-1] + len(forms))
-        result.append({word: torch.tensor(lp[a:b]).logsumexp(0).item() for word, a, b in zip(ws, offsets, offsets[1:])})
+        for word in ws:
+            offsets.append(offsets[-1] + len(word.forms))
+        result.append(
+            {word: word_logprob(torch.tensor(lp[a:b]), word).item() for word, a, b in zip(ws, offsets, offsets[1:])}
+        )
     return result
+
+
+def word_logprob(form_logps: Tensor, word) -> Tensor:
+    """A word's log-probability from its surface forms' (in `word.forms`' order): their log-sum-exp or, with
+    `word.best`, the largest of its written forms' log-sum-exps."""
+    if not word.best:
+        return form_logps.logsumexp(0)
+    return torch.stack([group.logsumexp(0) for group in form_logps.split(list(word.best))]).max()
 
 
 @dataclass

@@ -18,19 +18,19 @@ from wpatch.rows import PairBatch, ResultRow
 from wpatch.text import ScoredWord, has_word, is_word, word_at
 
 
-def override(transcript: str, source_word: str) -> bool:
-    """The patched transcript is the source word."""
-    return is_word(transcript, source_word)
+def override(transcript: str, source_word: str, language: str = "en") -> bool:
+    """The patched transcript is the source word (any of its written forms: `wpatch.text.is_word`)."""
+    return is_word(transcript, source_word, language)
 
 
-def retained(transcript: str, target_word: str) -> bool:
-    """The patched transcript is still the target word."""
-    return is_word(transcript, target_word)
+def retained(transcript: str, target_word: str, language: str = "en") -> bool:
+    """The patched transcript is still the target word (any of its written forms)."""
+    return is_word(transcript, target_word, language)
 
 
-def transfer(transcript: str, source_word: str) -> bool:
-    """The source word appears as a whole word in the transcript (Experiment B)."""
-    return has_word(transcript, source_word)
+def transfer(transcript: str, source_word: str, language: str = "en") -> bool:
+    """The source word appears as a whole word in the transcript, in any of its written forms (Experiment B)."""
+    return has_word(transcript, source_word, language)
 
 
 def score(logp_source: float, logp_target: float) -> float:
@@ -108,6 +108,7 @@ def result_rows(
         heard, heard_kept = word_at(decoded.transcripts[clean_source], batch["source"].carrier[b])
         languages = decoded.language_probs[f] if decoded.language_probs else None
         words = {side: batch[side].word[b] for side in ("source", "target")}
+        langs = {side: batch[side].lang[b] for side in ("source", "target")}
         rows.append(
             ResultRow(
                 item_id=int(batch["item_id"][b]),
@@ -122,14 +123,14 @@ def result_rows(
                 donor=row.donor,
                 donor_word=batch[row.donor].word[b],
                 transcript=text,
-                override=kept and override(said, words["source"]),
-                retained=kept and retained(said, words["target"]),
-                transfer=kept and transfer(said, words["source"]),
+                override=kept and override(said, words["source"], langs["source"]),
+                retained=kept and retained(said, words["target"], langs["target"]),
+                transfer=kept and transfer(said, words["source"], langs["source"]),
                 logp_source=logp[source_word],
                 logp_target=logp[target_word],
                 score=score(logp[source_word], logp[target_word]),
                 p_source_language=p_source_language(languages, batch["source"].lang[b], batch["target"].lang[b]),
-                source_recognised=heard_kept and is_word(heard, words["source"]),
+                source_recognised=heard_kept and is_word(heard, words["source"], langs["source"]),
                 ld_source_clean=gap["source"],
                 ld_target_clean=gap["target"],
                 effect=value,

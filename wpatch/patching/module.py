@@ -26,7 +26,7 @@ from wpatch.patching.options import AttributionOptions, PatchOptions, ReadoutOpt
 from wpatch.patching.plan import check_patch_directions, patch_specs, plan_rows
 from wpatch.rows import PairBatch
 from wpatch.sites import BLOCK_OUT, SITES, SiteName
-from wpatch.text import ScoredWord, before, scored_word, tokenizer_for
+from wpatch.text import ScoredWord, WordForm, WrittenTokens, before, scored_word, tokenizer_for
 
 __all__ = ["PatchingModule", "check_precision"]
 log = logging.getLogger(__name__)
@@ -66,6 +66,9 @@ class PatchingModule(L.LightningModule):
         control: also patch from a random unrelated word (donor "control") beside the real donor.
         min_separation: rows whose clean runs separate the two words by less than this (nats of logp_source -
             logp_target) are flagged (effect_valid false, effect empty) instead of dividing by about zero.
+        word_form: which written forms of a word that has several (an English number: "seven" / "7") the
+            log-probability measures score: sum (both: their probabilities added), best (the more probable one,
+            per decoding), spelled or numeral (that one alone). A word with one form is scored the same by all.
         language: decoding language (e.g. en); None lets Whisper detect it (multilingual models).
         task: transcribe or translate.
         max_tokens: greedy decoding stops after this many tokens (single words need few).
@@ -97,6 +100,7 @@ class PatchingModule(L.LightningModule):
         directions: list[str] = ("denoising",),
         control: bool = False,
         min_separation: float = 1.0,
+        word_form: WordForm = "sum",
         language: str | None = "en",
         task: str = "transcribe",
         max_tokens: int = 8,
@@ -171,12 +175,13 @@ class PatchingModule(L.LightningModule):
                 len(data.items),
             )
 
-    def scored_word(self, lang: str, forms: list[list[int]], carrier: str = "") -> ScoredWord:
+    def scored_word(self, lang: str, forms: WrittenTokens, carrier: str = "") -> ScoredWord:
         """A word of language `lang` as it is scored: after the run's forced transcript start (in the run's
-        language if it has one, else the word's own) and, in a carrier sentence, the carrier's words before it."""
+        language if it has one, else the word's own) and, in a carrier sentence, the carrier's words before it;
+        of its written forms, those the run's `word_form` names."""
         readout = self.readout
         tokenizer = tokenizer_for(self.whisper.dims, readout.language or lang, readout.task)
-        return scored_word(tokenizer, forms, before(carrier))
+        return scored_word(tokenizer, forms, before(carrier), readout.word_form)
 
     def predict_step(self, batch: PairBatch, batch_idx: int = 0) -> list[dict] | dict:
         """One row per item and patch (`wpatch.rows.ResultRow`, as column -> value); with method atp, a dict of

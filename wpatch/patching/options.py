@@ -33,13 +33,15 @@ class PatchOptions:
 class ReadoutOptions:
     """How each run is read out: decoded in `language` (None: the detected one) for `task`, greedily for at most
     `max_tokens` tokens, `decode_chunk` encoder outputs at a time (how the work is split, never a row); an effect
-    only where the clean runs separate the two words by `min_separation` nats or more."""
+    only where the clean runs separate the two words by `min_separation` nats or more; a word with several written
+    forms ("seven" / "7") scored by the rule `word_form` (`wpatch.text.scored_word`)."""
 
     language: str | None
     task: str
     max_tokens: int
     decode_chunk: int
     min_separation: float
+    word_form: str
 
 
 @dataclass(frozen=True)

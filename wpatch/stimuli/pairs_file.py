@@ -23,7 +23,7 @@ import soundfile
 
 from wpatch.errors import WpatchError, inline
 from wpatch.sides import file_columns, pair_of, stimulus_columns
-from wpatch.text import before, normalise, scored_word, tokenizer_for, word_tokens
+from wpatch.text import before, normalise, scored_word, tokenizer_for, written_tokens
 
 DATA = Path(str(files("wpatch") / "data"))
 PACKAGED = {  # names that --data.pairs_file accepts besides paths
@@ -197,6 +197,12 @@ def read_pairs(path: str | Path | None = None, limit: int | None = None) -> pd.D
         if row["carrier"]:
             check_carrier(path, line, row)
         for side in ("a", "b"):
+            if not row[f"word_{side}"] and row[f"audio_{side}"]:
+                raise WpatchError(
+                    f"pairs file {path} line {line}: word_{side} is empty, so the text of recording "
+                    f"{inline(row[f'audio_{side}'][:60])} is unknown and nothing can be scored against it; write "
+                    "the word as the speaker says it, or drop the row"
+                )
             if not row[f"word_{side}"]:
                 raise WpatchError(f"pairs file {path} line {line}: empty word_{side}; fill it in or drop the row")
             if not normalise(row[f"word_{side}"]):
@@ -275,7 +281,7 @@ def check_word_tokens(pairs: pd.DataFrame, dims, path, language: str | None = No
         if (lang, text, context) not in lengths:
             if lang not in tokenizers:
                 tokenizers[lang] = tokenizer_for(dims, language or lang)
-            word = scored_word(tokenizers[lang], word_tokens(tokenizers[lang], text), before(context))
+            word = scored_word(tokenizers[lang], written_tokens(tokenizers[lang], text, lang), before(context))
             lengths[lang, text, context] = len(word.prefix) + max(map(len, word.forms))
         return lengths[lang, text, context]
 

@@ -23,7 +23,7 @@ from datamodules.shards import parse_shard, shard_of
 from wpatch.errors import WpatchError
 from wpatch.faults import fault_point
 from wpatch.models.loading import cache_root, check_languages, load_model, model_dims, multilingual
-from wpatch.models.wav2vec2 import CTCDims, waveforms
+from wpatch.models.wav2vec2 import CTCDims
 from wpatch.patching.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.rows import BatchSide, PairBatch
 from wpatch.run_summary import Recorded
@@ -37,6 +37,7 @@ from wpatch.stimuli.screening import SCREEN_COLUMNS, cached_screen
 from wpatch.stimuli.spans import cut_span
 from wpatch.stimuli.tts import ClipCache, make_backend, parse_speaker
 from wpatch.stimuli.voice_choice import BEST, CANDIDATES, Text, check_best, choose_voices
+from wpatch.stimuli.waveforms import waveforms
 from wpatch.text import tokenizer_for, word_tokens
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ class PairDataModule(L.LightningDataModule):
         if self.items is not None:
             return
         dims = model_dims(self.hparams.model)
-        ctc = isinstance(dims, CTCDims)  # the wav2vec2 family reads waveforms (`wpatch.models.wav2vec2`)
+        ctc = isinstance(dims, CTCDims)  # the wav2vec2 family reads waveforms (`wpatch.stimuli.waveforms`)
         path = pairs_path(self.hparams.pairs_file)
         pairs = self.read_pairs()
         if not ctc:

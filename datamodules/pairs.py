@@ -12,22 +12,23 @@ import random
 import time
 from operator import attrgetter
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import lightning as L
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from datamodules.clip_keys import ClipKey, clip_key
 from datamodules.shards import parse_shard, shard_of
 from wpatch.errors import WpatchError
 from wpatch.faults import fault_point
 from wpatch.models.loading import cache_root, check_languages, load_model, model_dims, multilingual
-from wpatch.models.wav2vec2 import CTCDims, waveforms
+from wpatch.models.wav2vec2 import CTCDims
 from wpatch.patching.autobatch import DEFAULT_BATCH, auto_batch
 from wpatch.rows import BatchSide, PairBatch
 from wpatch.run_summary import Recorded
-from wpatch.sides import ROLES, Pair, Side, passing_values
+from wpatch.sides import ROLES, Side, passing_values
 from wpatch.stimuli.audio import load_audio
 from wpatch.stimuli.carriers import ALIGNMENT, sentence, word_frames
 from wpatch.stimuli.contexts import RECORDED, recorded_frames
@@ -37,28 +38,12 @@ from wpatch.stimuli.screening import SCREEN_COLUMNS, cached_screen
 from wpatch.stimuli.spans import cut_span
 from wpatch.stimuli.tts import ClipCache, make_backend, parse_speaker
 from wpatch.stimuli.voice_choice import BEST, CANDIDATES, Text, check_best, choose_voices
+from wpatch.stimuli.waveforms import waveforms
 from wpatch.text import tokenizer_for, written_tokens
 
 log = logging.getLogger(__name__)
 REQUIRE_HEARD = ("none", "source", "both")
 PADDING = -1  # a source-clip group of no items: the empty batch of a process left without clips (a late resume)
-
-
-class ClipKey(NamedTuple):
-    """What makes a clip: its word and language, the recording (or "" and the voice that speaks it), the word's
-    span in the recording ("" for a whole recording or a synthesised clip), the text it is heard in (`carrier`: the
-    carrier sentence, or a recorded word's context, `{}` for the word; "" alone) and, for a recorded word in its
-    context, the clip around it (seconds of the recording; "" otherwise)."""
-
-    word: str
-    lang: str
-    audio: str
-    voice: str
-    start: str
-    end: str
-    carrier: str
-    context_start: str
-    context_end: str
 
 
 class PairDataModule(L.LightningDataModule):
@@ -231,7 +216,7 @@ class PairDataModule(L.LightningDataModule):
         if self.items is not None:
             return
         dims = model_dims(self.hparams.model)
-        ctc = isinstance(dims, CTCDims)  # the wav2vec2 family reads waveforms (`wpatch.models.wav2vec2`)
+        ctc = isinstance(dims, CTCDims)  # the wav2vec2 family reads waveforms (`wpatch.stimuli.waveforms`)
         path = pairs_path(self.hparams.pairs_file)
         pairs = self.read_pairs()
         if not ctc:
@@ -508,18 +493,3 @@ def control_clips(items: pd.DataFrame) -> tuple[list[int], list[Side]]:
         clips.append(int(pick.source_clip))
         sides.append(pick.source)
     return clips, sides
-
-
-def clip_key(side: Side, pair: Pair, voice: str) -> ClipKey:
-    """The clip a side is heard in: a recording has no voice; its text is its context or the pair's carrier."""
-    return ClipKey(
-        side.word,
-        side.lang,
-        side.audio,
-        "" if side.audio else voice,
-        side.start,
-        side.end,
-        side.heard_in(pair.carrier),
-        side.context_start,
-        side.context_end,
-    )

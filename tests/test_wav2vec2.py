@@ -1,6 +1,6 @@
-"""The wav2vec2 family (`wpatch.models.wav2vec2`) on random small models of each architecture saved with
-save_pretrained: `wpatch predict`'s rows equal what transformers gives with plain forward hooks, a clip patched
-with itself is its clean run, and the CTC measure is the sum over every alignment."""
+"""The wav2vec2 family (`wpatch.models.wav2vec2`, patched by `wpatch.patching.ctc`) on random small models of each
+architecture saved with save_pretrained: `wpatch predict`'s rows equal what transformers gives with plain forward
+hooks, a clip patched with itself is its clean run, and the CTC measure is the sum over every alignment."""
 
 import dataclasses
 import itertools
@@ -21,7 +21,8 @@ from tests.same_rows import EPS32, FLOAT32_UNITS
 from wpatch.cli import main as wpatch
 from wpatch.errors import WpatchError
 from wpatch.models.loading import load_model
-from wpatch.models.wav2vec2 import input_values, read_dims, word_log_likelihood
+from wpatch.models.wav2vec2 import input_values, read_dims
+from wpatch.patching.ctc import encode_plan, word_log_likelihood
 from wpatch.patching.encoder import Patch, PatchedRun
 from wpatch.stimuli.audio import load_audio
 from wpatch.text import ScoredWord
@@ -137,7 +138,7 @@ def test_a_clip_patched_with_itself_is_its_clean_run(kind, stable, tmp_path, cli
         for alpha in (1.0, 0.5)
     ]
     runs = [PatchedRun(clip, clip, patch) for clip in inputs for patch in patches]
-    outputs = model.encode_plan(inputs, runs, set(inputs))
+    outputs = encode_plan(model, inputs, runs, set(inputs))
     for run in runs:
         if run.patch.source_layer == run.patch.target_layer:
             clean, patched = outputs.clean[run.recipient_clip], outputs.patched[run]
@@ -231,7 +232,7 @@ def test_mms_language_picks_its_adapter_and_vocabulary(tmp_path, clip_dir):
         with torch.no_grad():
             want = torch.log_softmax(hf(**inputs).logits[0], -1)
         clip = {0: (input_values(audio, len(audio), model.dims), len(audio))}
-        clean[key] = model.encode_plan(clip, [], {0}).features[0]
+        clean[key] = encode_plan(model, clip, [], {0}).features[0]
         torch.testing.assert_close(clean[key], want)
         assert model.dims.labels[-1] == ("É" if key == "fra" else "'") and len(model.dims.labels) == want.shape[-1]
     assert not torch.allclose(clean["eng"], clean["fra"][:, :-1], atol=0.1)  # the adapters differ

@@ -1,5 +1,6 @@
 """The wav2vec2 family: CTC speech encoders (`Wav2Vec2ForCTC`, `HubertForCTC`, `WavLMForCTC`; MMS and XLS-R
-fine-tunes are `Wav2Vec2ForCTC`) run by transformers, patched and read out the way Whisper's encoder is.
+fine-tunes are `Wav2Vec2ForCTC`) run by transformers, patched and read out the way Whisper's encoder is
+(`wpatch.patching.ctc`).
 
 A model is a `save_pretrained` folder (config.json, the weights, vocab.json and preprocessor_config.json) or a
 hub id in the local Hugging Face cache (`wpatch.models.loading.locate`). Its encoder layers are the blocks the
@@ -15,11 +16,6 @@ read, and the readout is over the recipient's own frames; such a clip's clean ru
 without one (wav2vec2-base and HuBERT-base fine-tunes) reads every frame, the silence after the clip too, as
 transformers' batched inference does; its numbers then depend on the run's longest clip (compare runs made from
 the same pairs).
-
-Readout (`CTCModel.decode`): the greedy CTC transcript (best label per frame, repeats merged, blanks dropped);
-a word's log-probability is the CTC log-likelihood of its text (the carrier sentence with the word in it, or the
-word alone; letters, word delimiters between words) over the run's frames, `torch.nn.functional.ctc_loss`,
-summed over the word's surface forms.
 """
 
 import json
@@ -31,11 +27,7 @@ import torch
 from torch import Tensor
 
 from wpatch.errors import WpatchError
-from wpatch.patching.decoder import DecodingPlan
-from wpatch.patching.decoding import Decoded
-from wpatch.patching.encoder import EncoderOutputs, PatchedRun, mix, window_weights
-from wpatch.sites import BLOCK_OUT, RESID_PRE, SITES, Hook
-from wpatch.stimuli.audio import FRAME, load_audio, no_speech, speech_span
+from wpatch.sites import SITES, Hook
 from wpatch.text import ScoredWord, surface_forms
 
 MODEL_TYPES = {"wav2vec2": "Wav2Vec2ForCTC", "hubert": "HubertForCTC", "wavlm": "WavLMForCTC"}
@@ -186,49 +178,6 @@ def input_values(audio: np.ndarray, n_samples: int, dims: CTCDims) -> Tensor:
     return torch.from_numpy(padded(scaled(audio)) if dims.uses_mask else scaled(padded(audio)))
 
 
-@dataclass
-class CTCOutputs(EncoderOutputs):
-    """`EncoderOutputs` whose `features` are label log-probabilities (N, frames, labels), with the frames each
-    row is read out on (`lengths`)."""
-
-    lengths: Tensor
-
-
-@dataclass
-class Waveforms:
-    """Every clip of a run as the model reads it: `values` (N, samples) padded to the longest clip, each clip's
-    length in `samples` (N,), its spoken frames `spans` (N, 2) and why it holds no speech (`no_speech`)."""
-
-    values: Tensor
-    samples: Tensor
-    spans: Tensor
-    no_speech: list[str | None]
-
-
-def waveforms(paths: list[Path], dims: CTCDims) -> Waveforms:
-    """The run's clips, read, scaled and padded to the longest (whole frames, at most 30 s)."""
-    audios = [load_audio(path)[: N_CTX * FRAME] for path in paths]
-    n_samples = FRAME * -(-max(len(audio) for audio in audios) // FRAME)
-    return Waveforms(
-        torch.stack([input_values(audio, n_samples, dims) for audio in audios]),
-        torch.tensor([len(audio) for audio in audios]),
-        torch.tensor([speech_span(audio) for audio in audios], dtype=torch.long).reshape(-1, 2),
-        [no_speech(audio) for audio in audios],
-    )
-
-
-def check_settings(sites: list[str], method: str) -> None:
-    """Refuse, in one line, a setting the family lacks: a site outside its encoder layers, attribution patching."""
-    for name in sites:
-        if name in SITES and SITES[name].in_decoder:
-            encoder = ", ".join(n for n, site in SITES.items() if not site.in_decoder)
-            raise WpatchError(
-                f"site {name} is in Whisper's decoder; a CTC model of the wav2vec2 family has none: use {encoder}"
-            )
-    if method != "patch":
-        raise WpatchError(f"method {method} reads Whisper's decoder; use --model.method patch with a CTC model")
-
-
 def check_words(pairs, dims: CTCDims, path) -> None:
     """Refuse, before any work, a row whose word (in its carrier or context) the model cannot spell."""
     for index, row in pairs.iterrows():
@@ -257,7 +206,7 @@ class CTCModel(torch.nn.Module):
         """Frames (20 ms) of clips of `samples` samples."""
         return self.base._get_feat_extract_output_lengths(samples).long()
 
-    def _masks(self, lengths: Tensor, n_frames: int) -> Tensor | None:
+    def masks(self, lengths: Tensor, n_frames: int) -> Tensor | None:
         """(N, n_frames) frame masks of clips of `lengths` samples, or None for a model that reads no mask."""
         if not self.dims.uses_mask:
             return None
@@ -296,120 +245,9 @@ class CTCModel(torch.nn.Module):
         hook = SITES[site].hook
         return getattr(module, SUBMODULE[hook]) if hook in SUBMODULE else module
 
-    def clean_run(self, values: Tensor, lengths: Tensor, sites: set[str]) -> tuple[dict[str, list[Tensor]], Tensor]:
-        """Every layer's activation at each of `sites` and the label log-probabilities, from one forward pass."""
-        states = {site: [] for site in sites}
-        handles = []
-        for site in sites:
-            for layer in range(self.dims.n_audio_layer):
-                store, module = states[site], self.site_module(layer, site)
-                if SITES[site].hook is Hook.INPUT:
-                    hook = module.register_forward_pre_hook(lambda _m, args, store=store: store.append(args[0]))
-                else:
-                    hook = module.register_forward_hook(
-                        lambda _m, _i, out, store=store: store.append(out[0] if isinstance(out, tuple) else out)
-                    )
-                handles.append(hook)
-        masks = None
-        if self.dims.uses_mask:
-            masks = torch.arange(values.shape[1], device=values.device)[None] < lengths[:, None]
-        try:
-            hidden = self.base(values, attention_mask=masks).last_hidden_state
-        finally:
-            for handle in handles:
-                handle.remove()
-        return states, self.log_probs(hidden)
-
-    def patched_run(self, block_input: Tensor, layer: int, site: str, donor: Tensor, weight: Tensor, masks) -> Tensor:
-        """The label log-probabilities when `site` of `layer` is lerp(site, donor, weight), from the recipients'
-        cached input to that layer."""
-        module = self.site_module(layer, site)
-        if SITES[site].hook is Hook.INPUT:
-            handle = module.register_forward_pre_hook(lambda _m, args: (mix(args[0], donor, weight), *args[1:]))
-        else:
-            handle = module.register_forward_hook(lambda _m, _i, out: mix(out, donor, weight))
-        try:
-            return self.layers_from(block_input, layer, masks)
-        finally:
-            handle.remove()
-
-    @torch.no_grad()
-    def encode_plan(self, inputs: dict[int, tuple[Tensor, int]], runs: list[PatchedRun], clean_clips) -> "CTCOutputs":
-        """Every clip's clean label log-probabilities and every patched run's, each distinct state once: one clean
-        pass over all clips; the whole-block patch (block_out, every frame, alpha 1) runs the layers after t on the
-        donor's state once per donor, layer pair and mask; any other patch runs layer t and the ones after it
-        from the recipient's cached input. `inputs`: clip -> (its padded input values, its length in samples)."""
-        clips = sorted(set(clean_clips) | {r.donor_clip for r in runs} | {r.recipient_clip for r in runs})
-        position = {clip: i for i, clip in enumerate(clips)}
-        values = torch.stack([inputs[clip][0] for clip in clips])
-        samples = torch.tensor([inputs[clip][1] for clip in clips], device=values.device)
-        general = [run for run in runs if not run.patch.replaces_whole_block(N_CTX)]
-        sites = {BLOCK_OUT.name} | {run.patch.site for run in general} | ({RESID_PRE.name} if general else set())
-        states, clean = self.clean_run(values, samples, sites)
-        n_frames = clean.shape[1]
-        masks = self._masks(samples, n_frames)
-        features, lengths = [clean], [self.readout_frames(samples, n_frames)]
-        row_of = {}
-        todo: dict[tuple[str, int, int], dict] = {}  # (site, target layer, donor layer) -> distinct runs
-        for run in runs:
-            p = run.patch
-            if p.replaces_whole_block(N_CTX) and p.source_layer == p.target_layer and not self.dims.uses_mask:
-                row_of[run] = position[run.donor_clip]  # the donor's clean run
-            else:
-                todo.setdefault((p.site, p.target_layer, p.source_layer), {})[run] = None
-        for (site, t, s), distinct in todo.items():
-            distinct = list(distinct)
-            recipients = [position[run.recipient_clip] for run in distinct]
-            donor = torch.stack([states[site][s][position[run.donor_clip]] for run in distinct])
-            rows = None if masks is None else masks[recipients]
-            if all(run.patch.replaces_whole_block(N_CTX) for run in distinct):  # the same for a donor and mask
-                key = [(run.donor_clip, 0 if rows is None else int(samples[r])) for run, r in zip(distinct, recipients)]
-                unique = list(dict.fromkeys(key))
-                first = [key.index(k) for k in unique]
-                out = self.layers_from(donor[first], t + 1, None if rows is None else rows[first])
-                out = out[[unique.index(k) for k in key]]
-            else:
-                weight = window_weights([run.patch for run in distinct], n_frames, values.device)
-                out = self.patched_run(states[RESID_PRE.name][t][recipients], t, site, donor, weight, rows)
-            offset = sum(len(f) for f in features)
-            features.append(out)
-            lengths.append(self.readout_frames(samples[recipients], n_frames))
-            row_of.update({run: offset + i for i, run in enumerate(distinct)})
-        return CTCOutputs(torch.cat(features), position, row_of, torch.cat(lengths))
-
-    @torch.no_grad()
-    def decode(self, outputs: "CTCOutputs", decodings: DecodingPlan, asked: list[dict]) -> Decoded:
-        """Each decoding's greedy CTC transcript and the CTC log-likelihood of each word asked of it."""
-        transcripts, logps = [], []
-        features, lengths = outputs.features.float().cpu(), outputs.lengths.tolist()
-        for f, words in enumerate(asked):
-            row = decodings.decodings[f].feature_row
-            log_probs, n = features[row], lengths[row]
-            transcripts.append(self.transcript(log_probs[:n].argmax(-1).tolist()))
-            logps.append({word: word_log_likelihood(log_probs[:n], word, self.dims.blank) for word in words})
-        return Decoded(transcripts, logps, [])
-
     def transcript(self, best: list[int]) -> str:
         """The greedy CTC transcript of the best label per frame: repeats merged, blanks dropped, delimiters as
         spaces."""
         kept = [label for i, label in enumerate(best) if label != self.dims.blank and (i == 0 or best[i - 1] != label)]
         text = "".join(self.dims.labels[label] for label in kept).replace(self.dims.delimiter, " ")
         return " ".join(text.split()).lower()
-
-
-def word_log_likelihood(log_probs: Tensor, word: ScoredWord, blank: int) -> float:
-    """log P(one of the word's forms | the frames): the CTC log-likelihood of each form's labels over the frames
-    (`log_probs`: (frames, labels)), summed over forms in probability."""
-    each = [
-        -torch.nn.functional.ctc_loss(
-            log_probs.double()[:, None],
-            torch.tensor([form]),
-            torch.tensor([len(log_probs)]),
-            torch.tensor([len(form)]),
-            blank=blank,
-            reduction="sum",
-            zero_infinity=False,
-        )
-        for form in word.forms
-    ]
-    return float(torch.logsumexp(torch.stack(each), 0))

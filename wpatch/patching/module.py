@@ -2,7 +2,8 @@
 
 Its settings are checked here and in `plan`; the work is done by the modules beside it: `plan` (which rows a batch
 has), `encoder` (their encoder outputs), `decoder` (their decodings, with any patch inside the decoder:
-transcripts, word log-probabilities, languages) and `measures` (the columns of each row).
+transcripts, word log-probabilities, languages) and `measures` (the columns of each row); for a CTC model of the
+wav2vec2 family, `ctc` (its encoder outputs and readout).
 """
 
 import logging
@@ -17,7 +18,8 @@ from torch.profiler import record_function
 from wpatch.allocator import keep_freed_buffers
 from wpatch.errors import WpatchError
 from wpatch.models.loading import check_languages, load_model
-from wpatch.models.wav2vec2 import CTCModel, check_settings
+from wpatch.models.wav2vec2 import CTCModel
+from wpatch.patching import ctc
 from wpatch.patching.attribution_map import attribution_map
 from wpatch.patching.decoder import decode_plan, decoding_plan
 from wpatch.patching.encoder import encode_plan, layer_pairs
@@ -122,7 +124,7 @@ class PatchingModule(L.LightningModule):
         dims = self.whisper.dims
         self.ctc = isinstance(self.whisper, CTCModel)  # the wav2vec2 family: encoder sites, CTC readout
         if self.ctc:
-            check_settings(list(sites), method)
+            ctc.check_settings(list(sites), method)
         check_languages(model, self.whisper.is_multilingual, language)
         self.layer_pairs = layer_pairs(dims.n_audio_layer, source_layers, target_layers)
         self.decoder_layer_pairs = (
@@ -213,14 +215,14 @@ class PatchingModule(L.LightningModule):
         }  # decoder sites read them
         encoder_runs = [run for run in runs if not SITES[run.patch.site].in_decoder]
         if self.ctc:
-            outputs = model.encode_plan(mels, encoder_runs, clean_clips)
+            outputs = ctc.encode_plan(model, mels, encoder_runs, clean_clips)
         else:
             outputs = encode_plan(model.encoder, mels, encoder_runs, clean_clips)
         decodings = decoding_plan(outputs, runs)
 
         asked = words_to_score(plan, decodings, batch, read)
         if self.ctc:
-            decoded = model.decode(outputs, decodings, asked)
+            decoded = ctc.decode(model, outputs, decodings, asked)
         else:
             crosses_languages = batch["source"].lang != batch["target"].lang
             detect = model.is_multilingual and (readout.language is None or crosses_languages)

@@ -47,7 +47,9 @@ def scored(tokenizer):
 
 def readout(chunk: int) -> ReadoutOptions:
     """English transcripts of at most 8 tokens, `chunk` decodings at a time."""
-    return ReadoutOptions(language="en", task="transcribe", max_tokens=8, decode_chunk=chunk, min_separation=1.0)
+    return ReadoutOptions(
+        language="en", task="transcribe", max_tokens=8, decode_chunk=chunk, min_separation=1.0, word_form="sum"
+    )
 
 
 def fast(model, tokenizer, features, patches, donor_rows=(2, 3), chunk=3):

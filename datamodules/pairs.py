@@ -31,6 +31,7 @@ from wpatch.run_summary import Recorded
 from wpatch.sides import ROLES, Side, passing_values
 from wpatch.stimuli.audio import load_audio
 from wpatch.stimuli.carriers import ALIGNMENT, sentence, word_frames
+from wpatch.stimuli.clip_progress import each_clip
 from wpatch.stimuli.contexts import RECORDED, recorded_frames
 from wpatch.stimuli.melcache import MelStore
 from wpatch.stimuli.pairs_file import check_word_tokens, pairs_path, patch_items, read_pairs, silent_clips
@@ -185,7 +186,8 @@ class PairDataModule(L.LightningDataModule):
 
     def prepare_data(self):
         """Synthesise every clip that is not cached yet (runs once, on one process). `stop_check`, when set, is
-        called before each clip: a run asked to stop (SIGTERM) stops between two clips, not after all of them."""
+        called before each clip: a run asked to stop (SIGTERM) stops between two clips, not after all of them. A line
+        every few seconds says how far it is (`wpatch.stimuli.clip_progress`)."""
         items = self._read_items()
         unique = sorted({key for side in self._clip_keys(items) for key in side if not key.audio})
         start = time.perf_counter()
@@ -201,9 +203,7 @@ class PairDataModule(L.LightningDataModule):
             self.clips[voice].backend.check_voice(self.clips[voice].voice(lang))
         start = time.perf_counter()
         made = 0
-        for key in unique:
-            if self.stop_check is not None:
-                self.stop_check()
+        for key in each_clip(unique, "clips", self.stop_check):
             self._clip(key)
             if sum(cache.synthesized for cache in self.clips.values()) - choosing > made:
                 made += 1
@@ -295,11 +295,10 @@ class PairDataModule(L.LightningDataModule):
         models = {}
 
         def heard_with(voice: str, texts: list[Text]) -> list[bool]:
-            clips = []
-            for t in texts:
-                if self.stop_check is not None:  # a run asked to stop stops between two clips here too
-                    self.stop_check()
-                clips.append(self._clip(ClipKey(t.word, t.lang, "", voice, "", "", t.carrier, "", "")))
+            clips = [
+                self._clip(ClipKey(t.word, t.lang, "", voice, "", "", t.carrier, "", ""))
+                for t in each_clip(texts, f"--data.tts best: {voice}'s clips", self.stop_check)
+            ]
             mels, _ = MelStore(cache_root() / "mels").table(clips, dims.n_mels, dims.n_audio_ctx)
             words, langs, carriers = ([getattr(t, f) for t in texts] for f in ("word", "lang", "carrier"))
             load = lambda: models.setdefault(spec, load_model(spec))  # noqa: E731 (loaded once, only if screening)

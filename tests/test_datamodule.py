@@ -1,4 +1,6 @@
 import dataclasses
+import logging
+import re
 import types
 
 import numpy as np
@@ -9,6 +11,7 @@ import torch
 from datamodules import PairDataModule
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from wpatch.errors import WpatchError
+from wpatch.stimuli import clip_progress
 from wpatch.stimuli.pairs_file import read_pairs, silent_clips
 
 
@@ -162,3 +165,14 @@ def test_a_run_reads_its_pairs_file_once(tmp_path, small_model_path, monkeypatch
     dm.prepare_data()
     dm.setup("predict")
     assert reads == [tmp_path / "pairs.csv"]
+
+
+def test_making_clips_tells_how_far_it_is(tmp_path, small_model_path, monkeypatch, caplog):
+    monkeypatch.setattr(clip_progress, "EVERY_S", 0.0)  # a line before every clip but the first
+    csv = write_csv(tmp_path / "pairs.csv", "word_a,word_b\nbat,pat\nhot,cold\n")
+    dm = PairDataModule(pairs_file=csv, model=small_model_path, cache_dir=str(tmp_path / "clips"))
+    with caplog.at_level(logging.INFO):
+        dm.prepare_data()
+    lines = [r.getMessage() for r in caplog.records if r.name == clip_progress.__name__]
+    assert [line.split(" (")[0] for line in lines] == ["clips: 1 of 4", "clips: 2 of 4", "clips: 3 of 4"]
+    assert all(re.search(r"\(\d+ s; about \d+ s left\)$", line) for line in lines), lines

@@ -1,7 +1,7 @@
 """Screen stimuli: which clean clips does a model hear? `python scripts/screen.py --pairs-file english --tts hibari`
-is `wpatch screen ...` (see `wpatch.cli.screen`)."""
+is `wpatch screen ...` (see `wpatch.stimuli_commands.screen`)."""
 
-from wpatch.cli import screen as main
+from wpatch.stimuli_commands import screen as main
 
 if __name__ == "__main__":
     main()

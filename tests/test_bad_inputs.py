@@ -135,6 +135,13 @@ def test_bad_inputs_give_one_line_and_the_table_is_current(tmp_path, small_model
         return make
 
     refused("a decoder site with a wav2vec2-family model", ctc_model("--model.sites", "[dec_resid]"), expect="has none")
+    refused(
+        "`cnn_out` at a layer other than 0 (it comes before block 0)",
+        ctc_model("--model.sites", "[cnn_out]", "--model.target_layers", "[1]"),
+        expect="has layer 0 only",
+    )
+    cnn_whisper = lambda d: args(d, small_model_path, "--model.sites", "[cnn_out]")  # noqa: E731
+    refused("`cnn_out` (the wav2vec2 family's feature encoder) with a Whisper model", cnn_whisper, expect="no such")
     refused("a word a wav2vec2-family model cannot spell", ctc_model(pairs="word_a,word_b\nbat,päť\n"), expect="lacks")
     refused("`--data.tts best` with a wav2vec2-family model", ctc_model("--data.tts", "best"), expect="hibari")
 

@@ -23,13 +23,15 @@ from wpatch.errors import WpatchError
 from wpatch.models.loading import load_model
 from wpatch.models.wav2vec2 import input_values, read_dims
 from wpatch.patching.ctc import encode_plan, word_log_likelihood
-from wpatch.patching.encoder import Patch, PatchedRun
+from wpatch.patching.encoder import Patch, PatchedRun, layer_pairs
+from wpatch.patching.plan import patch_specs
+from wpatch.sites import check_whisper_sites
 from wpatch.stimuli.audio import load_audio
 from wpatch.text import ScoredWord
 
 # (architecture, the large models' layout: pre-norm layers and an attention mask) for each family
 MODELS = [("wav2vec2", False), ("hubert", True), ("wavlm", True), ("wavlm", False)]
-SITES = "[block_out, resid_pre, attn_out, mlp_out]"
+SITES = "[block_out, resid_pre, attn_out, mlp_out, cnn_out]"
 PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"
 
 
@@ -54,6 +56,9 @@ def hooked_log_probs(hf, extractor, recipient, donor, n_samples, site, source, t
     module = {"attn_out": "attention", "mlp_out": "feed_forward"}
 
     def hooked(layer: int, hook):
+        if site == "cnn_out":  # the convolutional feature encoder's output, (N, channels, frames)
+            cnn = getattr(hf, hf.base_model_prefix).feature_extractor  # model.wav2vec2 (hubert, wavlm).feature_...
+            return cnn.register_forward_hook(lambda _m, _i, out: hook(out.transpose(1, 2)).transpose(1, 2))
         block = layers[layer]
         if site == "resid_pre":
             return block.register_forward_pre_hook(lambda _m, args: (hook(args[0]), *args[1:]))
@@ -97,9 +102,12 @@ def test_patched_rows_equal_transformers_hooks(ctc_run):
         for name in pd.unique(index[["source_clip", "target_clip"]].values.ravel())
     }
     n_samples = 320 * math.ceil(max(map(len, audio.values())) / 320)  # the run's longest clip, whole frames
-    assert {"block_out", "resid_pre", "attn_out", "mlp_out"} == set(rows["site"])
-    assert len(rows) == 4 * 4 * 9 * 2 * 2 * 2  # items x sites x layer pairs x windows x alphas x directions
-    checked = rows.groupby(["site", "window", "alpha", "patch_direction"]).sample(6, random_state=0)
+    assert {"block_out", "resid_pre", "attn_out", "mlp_out", "cnn_out"} == set(rows["site"])
+    assert len(rows) == 4 * (4 * 9 + 1) * 2 * 2 * 2  # items x (sites x layer pairs, cnn_out 0->0) x windows x ...
+    assert set(zip(*[rows.loc[rows.site == "cnn_out", f"{s}_layer"] for s in ("source", "target")])) == {(0, 0)}
+    blocks = rows[rows.site != "cnn_out"]
+    checked = blocks.groupby(["site", "window", "alpha", "patch_direction"]).sample(6, random_state=0)
+    checked = pd.concat([checked, rows[rows.site == "cnn_out"]])  # every cnn_out row
     for row in checked.itertuples():
         clips = index.loc[row.item_id]
         source, target = audio[clips.source_clip], audio[clips.target_clip]
@@ -132,8 +140,8 @@ def test_a_clip_patched_with_itself_is_its_clean_run(kind, stable, tmp_path, cli
     inputs = {c: (input_values(audio, n_samples, model.dims), len(audio)) for c, audio in enumerate(clips)}
     patches = [
         Patch(site, s, t, start, end, alpha)
-        for site in ("block_out", "resid_pre", "attn_out", "mlp_out")
-        for s, t in itertools.product(range(3), repeat=2)
+        for site in ("block_out", "resid_pre", "attn_out", "mlp_out", "cnn_out")
+        for s, t in (itertools.product(range(3), repeat=2) if site != "cnn_out" else [(0, 0)])
         for start, end in ((0, 1500), (3, 11))
         for alpha in (1.0, 0.5)
     ]
@@ -240,3 +248,16 @@ def test_mms_language_picks_its_adapter_and_vocabulary(tmp_path, clip_dir):
     assert len(pd.read_csv(tmp_path / "out/predictions.csv")) == 2 * 9  # 2 items x 9 layer pairs
     with pytest.raises(WpatchError, match="no adapter for language 'de'; give --model.language one of its 2"):
         read_dims(folder, "de")
+
+
+def test_cnn_out_has_layer_0_only_and_whisper_has_none():
+    """The feature encoder's output comes before block 0: from a grid of layer pairs it takes (0, 0) alone, a grid
+    without it is refused in one line, and so is the site on Whisper (which has no such site)."""
+    specs = patch_specs(layer_pairs(3), ["cnn_out", "block_out"], ["all"], None, [1.0], 1500)
+    assert [(p.source_layer, p.target_layer) for p in specs if p.site == "cnn_out"] == [(0, 0)]
+    assert len(specs) == 1 + 9
+    for sources, targets in (([0], [1, 2]), ([1], [0]), ([1, 2], [1, 2])):
+        with pytest.raises(WpatchError, match=r"^site cnn_out comes before encoder block 0 and has layer 0 only; give"):
+            patch_specs(layer_pairs(3, sources, targets), ["cnn_out"], ["all"], None, [1.0], 1500)
+    with pytest.raises(WpatchError, match=r"^site cnn_out is the wav2vec2 family's; a Whisper model has no such site"):
+        check_whisper_sites(["block_out", "cnn_out"])

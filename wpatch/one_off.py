@@ -82,8 +82,8 @@ def patch(
     `model`: a model spec or a loaded openai-whisper model; `donor`, `recipient`: audio files or 16 kHz samples."""
     from wpatch.models.loading import keep_models, load_model
 
-    if site not in SITES or SITES[site].in_decoder:
-        encoder_sites = ", ".join(name for name, s in SITES.items() if not s.in_decoder)
+    if site not in SITES or SITES[site].in_decoder or not SITES[site].whisper:
+        encoder_sites = ", ".join(name for name, s in SITES.items() if not s.in_decoder and s.whisper)
         raise WpatchError(f"wpatch.patch takes an encoder site ({encoder_sites}), not {site!r}; use wpatch.run")
     if isinstance(model, str):
         with keep_models():

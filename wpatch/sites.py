@@ -3,9 +3,11 @@
 A site names an activation inside one block of the encoder or the decoder. Encoder sites are patched on encoder
 frames (a window, or sliding windows), decoder sites on the token positions that read the word out, except
 `enc_to_dec`, which patches the encoder output one decoder block's cross-attention reads (on frames, from no
-source block). A new encoder site is one entry here (with the `Hook` kind it reads); a decoder site one entry and
-its place in `wpatch.patching.decoding.decoder_states`. A site's hook kind is a `Hook`, never a string: an entry whose
-stack cannot read its kind is refused when it is made, and a setting that cannot handle a kind (AtP*'s QK fix:
+source block), and `cnn_out`, the wav2vec2 family's alone: its convolutional feature encoder's output, before
+block 0 (its one layer is 0; Whisper refuses it, `check_whisper_sites`). A new encoder site is one entry here
+(with the `Hook` kind it reads); a decoder site one entry and its place in
+`wpatch.patching.decoding.decoder_states`. A site's hook kind is a `Hook`, never a string: an entry whose stack
+cannot read its kind is refused when it is made, and a setting that cannot handle a kind (AtP*'s QK fix:
 `wpatch.patching.attribution_qk.check_qk_sites`) refuses the run in one line.
 """
 
@@ -26,6 +28,7 @@ class Hook(Enum):
     ATTN = "attn"  # what the self-attention adds to the stream
     MLP = "mlp"  # what the MLP adds to the stream
     ATTN_LN = "attn_ln"  # the self-attention's input (its layer norm's output); no site reads it yet
+    FEATURES = "feature encoder output"  # a CTC model's convolutional feature encoder's output, before block 0
     DEC_BLOCK_OUT = "block output"
     DEC_ATTN = "self-attention output"
     DEC_MLP = "MLP output"
@@ -48,7 +51,7 @@ class Hook(Enum):
         return self in (Hook.INPUT, Hook.OUTPUT)
 
 
-ENCODER_HOOKS = frozenset({Hook.INPUT, Hook.OUTPUT, Hook.ATTN, Hook.MLP, Hook.ATTN_LN})
+ENCODER_HOOKS = frozenset({Hook.INPUT, Hook.OUTPUT, Hook.ATTN, Hook.MLP, Hook.ATTN_LN, Hook.FEATURES})
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ class Site:
         donor decoder run (over the donor clip, teacher-forced on the donor word) at block s, or the donor clip's
         clean encoder output.
     patches: what it replaces, in words (the README's site table).
+    before_blocks: it is before encoder block 0 (the feature encoder's output): its one layer is 0, as source and
+        target (layer 0's input before the feature projection, the positional convolution and block 0).
+    whisper: Whisper has it (False: the wav2vec2 family only; Whisper refuses it in one line).
     """
 
     name: str
@@ -74,6 +80,8 @@ class Site:
     hook: Hook
     donor: str
     patches: str
+    before_blocks: bool = False
+    whisper: bool = True
 
     def __post_init__(self):
         if not isinstance(self.hook, Hook) or self.hook.stack != self.stack:
@@ -169,6 +177,17 @@ ENC_TO_DEC = Site(
     "donor clip's encoder output",
     "the encoder output decoder block *t*'s cross-attention reads",
 )
+CNN_OUT = Site(
+    "cnn_out",
+    "encoder",
+    "frames",
+    False,
+    Hook.FEATURES,
+    "donor clip's CNN",
+    "the CNN feature encoder's output (wav2vec2 family only)",
+    before_blocks=True,
+    whisper=False,
+)
 
 SITES: dict[str, Site] = {
     site.name: site
@@ -182,6 +201,7 @@ SITES: dict[str, Site] = {
         DEC_MLP_OUT,
         DEC_CROSS_OUT,
         ENC_TO_DEC,
+        CNN_OUT,
     )
 }
 SiteName = Literal[tuple(SITES)]  # the choices `wpatch predict --help` lists
@@ -194,13 +214,21 @@ def site_named(name: str) -> Site:
     return SITES[name]
 
 
+def check_whisper_sites(names) -> None:
+    """Refuse, in one line, a site Whisper lacks (the wav2vec2 family's feature encoder output)."""
+    for name in names:
+        if name in SITES and not SITES[name].whisper:
+            others = ", ".join(n for n, site in SITES.items() if site.whisper)
+            raise WpatchError(f"site {name} is the wav2vec2 family's; a Whisper model has no such site: use {others}")
+
+
 def sites_table() -> str:
     """The README's table of sites, in Markdown."""
     lines = [
-        "| site | stack | positions | source layer | what it patches | donor activation from |",
+        "| site | stack | positions | source layer | what it patches | donor from |",
         "|---|---|---|---|---|---|",
     ]
     for s in SITES.values():
-        source = "yes" if s.has_source_layer else "no (same-layer pairs only)"
+        source = "0 only" if s.before_blocks else "yes" if s.has_source_layer else "no (s = t only)"
         lines.append(f"| `{s.name}` | {s.stack} | {s.positions} | {source} | {s.patches} | {s.donor} |")
     return "\n".join(lines) + "\n"

@@ -4,9 +4,10 @@ fine-tunes are `Wav2Vec2ForCTC`) run by transformers, patched and read out the w
 
 A model is a `save_pretrained` folder (config.json, the weights, vocab.json and preprocessor_config.json) or a
 hub id in the local Hugging Face cache (`wpatch.models.loading.locate`). Its encoder layers are the blocks the
-encoder sites index (`resid_pre`, `attn_out`, `mlp_out`, `block_out`; the convolutional feature encoder's output
-has no site yet: block 0's `resid_pre` is after its projection and positional convolution), on its 20 ms frames
-(a 320-sample stride at 16 kHz, Whisper's frame rate).
+encoder sites index (`resid_pre`, `attn_out`, `mlp_out`, `block_out`), on its 20 ms frames (a 320-sample stride at
+16 kHz, Whisper's frame rate); `cnn_out`, the family's own site, is the convolutional feature encoder's output on
+the same frames, before its projection, the positional convolution and layer 0 (its one layer: 0; block 0's
+`resid_pre` comes after them).
 
 Length: every clip of a run is padded with the feature extractor's padding value (silence) to the run's longest
 clip (at most 30 s: 1500 frames, as Whisper), so donor and recipient have the same frames and each clip has one
@@ -240,9 +241,12 @@ class CTCModel(torch.nn.Module):
         return self.log_probs(x)
 
     def site_module(self, layer: int, site: str) -> torch.nn.Module:
-        """The module whose output (input for `resid_pre`) a site is."""
-        module = self.base.encoder.layers[layer]
+        """The module whose output (input for `resid_pre`) a site is: for `cnn_out` the convolutional feature
+        encoder, whose output is (N, channels, frames)."""
         hook = SITES[site].hook
+        if hook is Hook.FEATURES:
+            return self.base.feature_extractor
+        module = self.base.encoder.layers[layer]
         return getattr(module, SUBMODULE[hook]) if hook in SUBMODULE else module
 
     def transcript(self, best: list[int]) -> str:

@@ -25,7 +25,7 @@ from wpatch.patching.encoder import fast_patched_run, site_states
 from wpatch.sites import RESID_PRE, SITES
 from wpatch.text import ScoredWord
 
-ENCODER_SITES = tuple(name for name, site in SITES.items() if site.stack == "encoder")
+ENCODER_SITES = tuple(name for name, site in SITES.items() if site.stack == "encoder" and site.whisper)
 MAX_ROWS_PER_PASS = 4  # recipients differentiated together (bounds the graph's memory)
 
 

@@ -120,10 +120,10 @@ def pattern_change(p: Pattern, delta_q: Tensor, delta_k: Tensor) -> Tensor:
 
 
 def check_qk_sites() -> None:
-    """Refuse `--model.qk_fix` when an encoder site of the map (every encoder site of `wpatch.sites`) has a hook kind
-    the fix does not handle."""
+    """Refuse `--model.qk_fix` when an encoder site of the map (every Whisper encoder site of `wpatch.sites`) has a
+    hook kind the fix does not handle."""
     for site in SITES.values():
-        if site.stack == "encoder" and site.hook not in READ_AFTER:
+        if site.stack == "encoder" and site.whisper and site.hook not in READ_AFTER:
             raise WpatchError(
                 f"--model.qk_fix cannot correct the attribution map's site {site.name} (hook kind "
                 f"{site.hook.name}): it handles {', '.join(h.name for h in READ_AFTER)}; run the map without "

@@ -17,7 +17,7 @@ from wpatch.models.wav2vec2 import N_CTX, CTCModel
 from wpatch.patching.decoder import DecodingPlan
 from wpatch.patching.decoding import Decoded
 from wpatch.patching.encoder import EncoderOutputs, PatchedRun, mix, window_weights
-from wpatch.sites import BLOCK_OUT, RESID_PRE, SITES, Hook
+from wpatch.sites import BLOCK_OUT, CNN_OUT, RESID_PRE, SITES, Hook
 from wpatch.text import ScoredWord
 
 
@@ -48,24 +48,47 @@ def clean_run(
     states = {site: [] for site in sites}
     handles = []
     for site in sites:
-        for layer in range(model.dims.n_audio_layer):
+        for layer in range(1 if SITES[site].before_blocks else model.dims.n_audio_layer):
             store, module = states[site], model.site_module(layer, site)
-            if SITES[site].hook is Hook.INPUT:
+            if SITES[site].hook is Hook.FEATURES:  # (N, channels, frames): stored (N, frames, channels)
+                hook = module.register_forward_hook(lambda _m, _i, out, store=store: store.append(out.transpose(1, 2)))
+            elif SITES[site].hook is Hook.INPUT:
                 hook = module.register_forward_pre_hook(lambda _m, args, store=store: store.append(args[0]))
             else:
                 hook = module.register_forward_hook(
                     lambda _m, _i, out, store=store: store.append(out[0] if isinstance(out, tuple) else out)
                 )
             handles.append(hook)
-    masks = None
-    if model.dims.uses_mask:
-        masks = torch.arange(values.shape[1], device=values.device)[None] < lengths[:, None]
     try:
-        hidden = model.base(values, attention_mask=masks).last_hidden_state
+        hidden = model.base(values, attention_mask=sample_masks(model, values, lengths)).last_hidden_state
     finally:
         for handle in handles:
             handle.remove()
     return states, model.log_probs(hidden)
+
+
+def sample_masks(model: CTCModel, values: Tensor, lengths: Tensor) -> Tensor | None:
+    """(N, samples) masks of clips of `lengths` samples, as the feature extractor gives them, or None for a model
+    that reads no mask."""
+    if not model.dims.uses_mask:
+        return None
+    return torch.arange(values.shape[1], device=values.device)[None] < lengths[:, None]
+
+
+def features_run(model: CTCModel, values: Tensor, lengths: Tensor, donor: Tensor, weight: Tensor) -> Tensor:
+    """The label log-probabilities when the feature encoder's output (`cnn_out`) is lerp(it, donor, weight) on
+    the recipients' input `values` (of `lengths` samples): the feature encoder runs again, then the feature
+    projection, the positional convolution and every layer."""
+
+    def patch(_m, _i, out):
+        return mix(out.transpose(1, 2), donor, weight).transpose(1, 2)
+
+    handle = model.site_module(0, CNN_OUT.name).register_forward_hook(patch)
+    try:
+        hidden = model.base(values, attention_mask=sample_masks(model, values, lengths)).last_hidden_state
+    finally:
+        handle.remove()
+    return model.log_probs(hidden)
 
 
 def patched_run(
@@ -91,7 +114,8 @@ def encode_plan(
     """Every clip's clean label log-probabilities and every patched run's, each distinct state once: one clean
     pass over all clips; the whole-block patch (block_out, every frame, alpha 1) runs the layers after t on the
     donor's state once per donor, layer pair and mask; any other patch runs layer t and the ones after it
-    from the recipient's cached input. `inputs`: clip -> (its padded input values, its length in samples)."""
+    from the recipient's cached input, and `cnn_out` the whole model from the recipient's input values. `inputs`: clip
+    -> (its padded input values, its length in samples)."""
     clips = sorted(set(clean_clips) | {r.donor_clip for r in runs} | {r.recipient_clip for r in runs})
     position = {clip: i for i, clip in enumerate(clips)}
     values = torch.stack([inputs[clip][0] for clip in clips])
@@ -123,7 +147,10 @@ def encode_plan(
             out = out[[unique.index(k) for k in key]]
         else:
             weight = window_weights([run.patch for run in distinct], n_frames, values.device)
-            out = patched_run(model, states[RESID_PRE.name][t][recipients], t, site, donor, weight, rows)
+            if SITES[site].before_blocks:
+                out = features_run(model, values[recipients], samples[recipients], donor, weight)
+            else:
+                out = patched_run(model, states[RESID_PRE.name][t][recipients], t, site, donor, weight, rows)
         offset = sum(len(f) for f in features)
         features.append(out)
         lengths.append(model.readout_frames(samples[recipients], n_frames))

@@ -27,7 +27,7 @@ from wpatch.patching.measures import result_rows, words_to_score
 from wpatch.patching.options import AttributionOptions, PatchOptions, ReadoutOptions, options_from
 from wpatch.patching.plan import check_patch_directions, patch_specs, plan_rows
 from wpatch.rows import PairBatch
-from wpatch.sites import BLOCK_OUT, SITES, SiteName
+from wpatch.sites import BLOCK_OUT, SITES, SiteName, check_whisper_sites
 from wpatch.text import ScoredWord, WordForm, WrittenTokens, before, scored_word, tokenizer_for
 
 __all__ = ["PatchingModule", "check_precision"]
@@ -125,6 +125,8 @@ class PatchingModule(L.LightningModule):
         self.ctc = isinstance(self.whisper, CTCModel)  # the wav2vec2 family: encoder sites, CTC readout
         if self.ctc:
             ctc.check_settings(list(sites), method)
+        else:
+            check_whisper_sites(list(sites))
         check_languages(model, self.whisper.is_multilingual, language)
         self.layer_pairs = layer_pairs(dims.n_audio_layer, source_layers, target_layers)
         self.decoder_layer_pairs = (

@@ -38,12 +38,20 @@ def patch_specs(layer_pairs, sites, windows, sweep, alphas, n_ctx, decoder_layer
     """Every setting combination (sites x layer pairs x windows x alphas), checked; sweep windows (label "sweep")
     are for same-layer pairs only. Decoder sites take `decoder_layer_pairs` (default: `layer_pairs`); the dec_*
     sites patch the word's tokens (window "tokens": no frame windows, no sweep); enc_to_dec takes same-layer pairs
-    only (it has no source layer). Repeats are dropped, the first kept."""
+    only (it has no source layer), a site before block 0 (cnn_out) the pair (0, 0) only. Repeats are dropped, the
+    first kept."""
     decoder_layer_pairs = layer_pairs if decoder_layer_pairs is None else decoder_layer_pairs
     pairs_of = {}
     for name in sites:
         of_stack = decoder_layer_pairs if site_named(name).in_decoder else layer_pairs
         pairs_of[name] = of_stack if SITES[name].has_source_layer else [(s, t) for s, t in of_stack if s == t]
+        if SITES[name].before_blocks:  # its one layer: 0 (before block 0), as source and target
+            pairs_of[name] = [(s, t) for s, t in pairs_of[name] if s == t == 0]
+            if not pairs_of[name]:
+                raise WpatchError(
+                    f"site {name} comes before encoder block 0 and has layer 0 only; give 0 in both "
+                    "--model.source_layers and --model.target_layers"
+                )
         if not pairs_of[name]:
             raise WpatchError(
                 f"site {name} patches {SITES[name].stack} block l from no source layer; give layers with s == t"

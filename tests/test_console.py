@@ -6,15 +6,19 @@ import io
 import re
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 import pytest
 
+from datamodules import PairDataModule
 from tests.conftest import random_whisper, save_checkpoint
 from tests.predict_run import ROOT, main, predict_args
 from wpatch.analysis.figures import number
 from wpatch.cli import main as wpatch
 from wpatch.patching.autobatch import DEFAULT_BATCH
+from wpatch.patching.module import PatchingModule
 from wpatch.predict_help import HELP_GROUPS
+from wpatch.run_folder.plan_block import plan_block
 from wpatch.stimuli.pairs_file import PACKAGED
 
 PAIRS = "word_a,word_b\nbat,pat\nhot,cold\n"  # 4 items (both directions, one voice)
@@ -43,6 +47,19 @@ def test_a_run_starts_with_its_plan_in_one_block(tmp_path, small_model_path, cli
     assert block["output"] == str((tmp_path / "out").resolve())
     rows = (tmp_path / "out/predictions.csv").read_text().strip().splitlines()
     assert len(rows) - 1 == 16  # the plan's count is what the run writes
+
+
+def test_the_plan_counts_each_speaker_once_and_best_as_one(tmp_path, small_model_path):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("word_a,word_b\nbat,pat\ncat,hat\n")
+    module = PatchingModule(model=small_model_path)
+    data = PairDataModule(pairs_file=str(pairs), model=small_model_path, tts=["best", "kokoro:af_heart"])
+    block = plan_block(L.Trainer(accelerator="cpu", logger=False), module, data, tmp_path / "out").splitlines()
+    assert block[2].endswith(
+        "2 pairs, both directions, voices best, kokoro:af_heart (best: per word, the first "
+        "offline voice the model hears)"
+    )
+    assert block[3] == f"  rows     8 items x {module.rows_per_item} patches per item = {8 * module.rows_per_item} rows"
 
 
 def help_text(capsys, *args: str) -> str:

@@ -8,13 +8,14 @@ clips (`--data.require_heard`) or runs one shard learns its final count after sc
 import lightning as L
 
 from wpatch.stimuli.pairs_file import PACKAGED, pairs_path, patch_items
+from wpatch.stimuli.voice_choice import BEST
 
 
 def plan_block(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule, output_dir) -> str:
     """The plan's lines (see the module docstring)."""
     model, hp = module.hparams, data.hparams
     pairs = data.read_pairs()
-    items = len(patch_items(pairs, hp.bidirectional)) * len(data.clips)
+    items = len(patch_items(pairs, hp.bidirectional)) * len(data.speakers)
     per_item = module.rows_per_item
     name = hp.pairs_file or "starter"
     named = f"{name} ({pairs_path(name)})" if name in PACKAGED else name
@@ -32,7 +33,8 @@ def plan_block(trainer: L.Trainer, module: L.LightningModule, data: L.LightningD
     dims = module.whisper.dims
     lines = {
         "model": f"{model.model} ({dims.n_audio_layer} encoder blocks, {dims.n_text_layer} decoder blocks)",
-        "pairs": f"{named}: {len(pairs)} pairs, {directions}, voices {', '.join(data.clips)}",
+        "pairs": f"{named}: {len(pairs)} pairs, {directions}, voices {', '.join(data.speakers)}"
+        + (" (best: per word, the first offline voice the model hears)" if BEST in data.speakers else ""),
         "rows": count,
         "patches": f"method {model.method}; sites {', '.join(model.sites)}; windows {', '.join(windows)}{sweep}; "
         f"{layers}; alphas {', '.join(map(str, model.alphas))}; {', '.join(model.directions)}"

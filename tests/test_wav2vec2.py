@@ -17,7 +17,7 @@ import transformers
 from tests.conftest import SMALL_DIMS, random_whisper, save_checkpoint
 from tests.ctc_models import SMALL, VOCAB, save_ctc_model, save_mms_model
 from tests.predict_run import main, predict_args
-from tests.same_rows import EPS32, FLOAT32_UNITS
+from tests.same_rows import EPS32, FLOAT32_UNITS, batch_invariant_kernels
 from wpatch.cli import main as wpatch
 from wpatch.errors import WpatchError
 from wpatch.models.loading import load_model
@@ -132,7 +132,8 @@ def test_patched_rows_equal_transformers_hooks(ctc_run):
 @pytest.mark.parametrize("kind, stable", MODELS)
 def test_a_clip_patched_with_itself_is_its_clean_run(kind, stable, tmp_path, clip_dir):
     """Every site, layer pair, window and alpha: a clip patched with its own activations gives its clean
-    log-probabilities exactly, on clips of different lengths padded to the longer."""
+    log-probabilities exactly (up to float32 rounding where the kernels depend on the batch, `tests/same_rows.py`),
+    on clips of different lengths padded to the longer."""
     model = load_model(str(save_ctc_model(kind, tmp_path, stable=stable)))
     generator = np.random.default_rng(0)
     clips = [generator.normal(0, 0.1, n).astype(np.float32) for n in (7000, 12345)]
@@ -150,7 +151,12 @@ def test_a_clip_patched_with_itself_is_its_clean_run(kind, stable, tmp_path, cli
     for run in runs:
         if run.patch.source_layer == run.patch.target_layer:
             clean, patched = outputs.clean[run.recipient_clip], outputs.patched[run]
-            assert torch.equal(outputs.features[patched], outputs.features[clean]), run
+            got, want = outputs.features[patched], outputs.features[clean]
+            if batch_invariant_kernels():  # the patched and clean runs batch the clip with different others
+                assert torch.equal(got, want), run
+            else:
+                allowed = FLOAT32_UNITS * EPS32 * float(want.abs().max())
+                torch.testing.assert_close(got, want, rtol=0, atol=allowed, msg=str(run))
             assert outputs.lengths[patched] == outputs.lengths[clean]
 
 

@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     options = parser.parse_args(argv)
     shutil.rmtree(options.out, ignore_errors=True)
     loads, load = [], loading._load
-    loading._load = lambda spec: loads.append(spec) or load(spec)  # counts the weights read from disk
+    loading._load = lambda *spec: loads.append(spec) or load(*spec)  # counts the weights read from disk
     print(f"before: RSS {rss_mib():.0f} MiB")
     for k in range(options.runs):
         start, before = time.perf_counter(), len(loads)

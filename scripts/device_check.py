@@ -367,7 +367,9 @@ def run(bundle: Path, machine: Path, out: Path, cpu: bool, limit: int) -> int:
 
 
 def summarise(report: dict, runs: dict, bench: dict | None) -> str:
-    """The summary table (markdown): checks, the three precisions, the baselines, the targets."""
+    """The summary table (markdown): checks, the three precisions, the baselines, the targets, the rooflines."""
+    from wpatch.roofline import Roofline
+
     lines = [
         f"device check on {report['device']}: tiny.en, english pairs (limit {report['limit_pairs']}), "
         f"{report['seconds']} s",
@@ -417,22 +419,8 @@ def summarise(report: dict, runs: dict, bench: dict | None) -> str:
             f"{fp16['identical_transcripts'] >= TARGETS['fp16_identical']} |",
             f"| better mixed precision (the GPU default to choose) | | {best} | |",
         ]
-    for precision, roofline in bench.get("roofline", {}).items():
-        peak = roofline["peak"]["flops_per_s"]
-        lines += [
-            "",
-            f"roofline {precision} ({roofline['dtype']}): matmul ceiling {roofline['matmul_flops_per_s'] / 1e9:.0f} "
-            f"GFLOP/s ({roofline['matmul_shape']}), nominal peak {roofline['peak']['how']}",
-            "",
-            "| phase | shape | GFLOP | seconds | GFLOP/s | % of matmul | % of peak |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {p['phase'].strip()} | {p['shape']} | {p['flops'] / 1e9:.2f} | {p['seconds']:.4f} | "
-            f"{p['gflops_per_s']:.1f} | {100 * p['gflops_per_s'] * 1e9 / roofline['matmul_flops_per_s']:.1f}% | "
-            + (f"{100 * p['gflops_per_s'] * 1e9 / peak:.1f}% |" if peak else "unknown |")
-            for p in roofline["phases"]
-        ]
+    for saved in bench.get("roofline", {}).values():
+        lines += ["", *Roofline.from_dict(saved).markdown()]
     if "default_batch_peak_mib" in report:
         lines += [
             "",

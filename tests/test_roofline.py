@@ -2,6 +2,8 @@
 `torch.utils.flop_counter` counts while the harness's own code runs on a small random Whisper (attention on the
 math kernel, whose matrix products the counter sees), and the rates and shares are the counts over the times."""
 
+import json
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -21,7 +23,7 @@ from wpatch.flops import (
 )
 from wpatch.patching.decoding import cross_attention_cache, greedy_transcripts, sequence_logprobs
 from wpatch.patching.encoder import fast_whole_block_outputs, layer_pairs, site_states
-from wpatch.roofline import NominalPeak, cpu_peak, gpu_peak, measure
+from wpatch.roofline import NominalPeak, Roofline, cpu_peak, gpu_peak, measure
 from wpatch.sites import BLOCK_OUT, RESID_PRE
 
 
@@ -110,6 +112,7 @@ def test_measure_prints_every_phase_with_its_shares(model):
         if roofline.peak.flops_per_s:
             assert f"{100 * rate / roofline.peak.flops_per_s:.1f}% of peak" in line
     assert isinstance(roofline.peak, NominalPeak) and roofline.as_dict()["phases"][0]["gflops_per_s"] > 0
+    assert Roofline.from_dict(json.loads(json.dumps(roofline.as_dict()))) == roofline  # as the benchmark's JSON
 
 
 def test_a_disturbed_ceiling_timing_is_replaced_by_the_second(model, monkeypatch):

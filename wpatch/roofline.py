@@ -135,6 +135,11 @@ class Roofline:
     peak: NominalPeak
     phases: list[PhaseRate] = field(default_factory=list)
 
+    def shares(self, phase: PhaseRate) -> tuple[float, float | None]:
+        """The phase's rate in percent of the matmul ceiling and of the nominal peak (None where unknown)."""
+        peak = self.peak.flops_per_s
+        return 100 * phase.flops_per_s / self.matmul_flops_per_s, 100 * phase.flops_per_s / peak if peak else None
+
     def lines(self) -> list[str]:
         """The printed table: one line per phase, with its share of each ceiling."""
         peak = self.peak.flops_per_s
@@ -146,13 +151,36 @@ class Roofline:
         ]
         return head + [
             f"  {p.phase:<28} {p.shape:<34} {p.flops / 1e9:>9.2f} {p.seconds:>8.3f} {p.flops_per_s / 1e9:>8.1f} "
-            f"{100 * p.flops_per_s / self.matmul_flops_per_s:>10.1f}%  "
-            + (f"{100 * p.flops_per_s / peak:.1f}% of peak" if peak else "% of peak unknown")
+            f"{of_matmul:>10.1f}%  " + (f"{of_peak:.1f}% of peak" if of_peak is not None else "% of peak unknown")
             for p in self.phases
+            for of_matmul, of_peak in [self.shares(p)]
+        ]
+
+    def markdown(self) -> list[str]:
+        """The same table in markdown (the GPU check's summary, docs/performance.md)."""
+        head = [
+            f"roofline on {self.device}, {self.dtype}: matmul ceiling {self.matmul_flops_per_s / 1e9:.0f} GFLOP/s "
+            f"({self.matmul_shape}), nominal peak {self.peak.how}",
+            "",
+            "| phase | shape | GFLOP | seconds | GFLOP/s | % of matmul | % of peak |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        return head + [
+            f"| {p.phase.strip()} | {p.shape} | {p.flops / 1e9:.2f} | {p.seconds:.4f} | {p.flops_per_s / 1e9:.1f} | "
+            f"{of_matmul:.1f}% | " + (f"{of_peak:.1f}% |" if of_peak is not None else "unknown |")
+            for p in self.phases
+            for of_matmul, of_peak in [self.shares(p)]
         ]
 
     def as_dict(self) -> dict:
         return asdict(self) | {"phases": [asdict(p) | {"gflops_per_s": p.flops_per_s / 1e9} for p in self.phases]}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "Roofline":
+        """The roofline `as_dict` wrote (the benchmark's JSON)."""
+        fields = {k: saved[k] for k in ("device", "dtype", "matmul_shape", "matmul_flops_per_s")}
+        phases = [PhaseRate(p["phase"], p["shape"], p["flops"], p["seconds"]) for p in saved["phases"]]
+        return cls(**fields, peak=NominalPeak(**saved["peak"]), phases=phases)
 
 
 def best_seconds(run: Callable, device: torch.device, repeats: int):

@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 
-from wpatch.allocator import keep_freed_buffers
+from wpatch.allocator import give_back_freed_buffers, keep_freed_buffers
 from wpatch.errors import WpatchError
 from wpatch.models.loading import check_languages, load_model
 from wpatch.models.wav2vec2 import CTCModel
@@ -178,6 +178,10 @@ class PatchingModule(L.LightningModule):
                 fallbacks,
                 len(data.items),
             )
+
+    def teardown(self, stage: str) -> None:
+        """After the run: the freed buffers its batches kept go back to the kernel (`wpatch.allocator`)."""
+        give_back_freed_buffers()
 
     def scored_word(self, lang: str, forms: WrittenTokens, carrier: str = "") -> ScoredWord:
         """A word of language `lang` as it is scored: after the run's forced transcript start (in the run's
